@@ -1,0 +1,7 @@
+"""`python -m perfkit`."""
+
+from __future__ import annotations
+
+from perfkit.cli import main
+
+main()

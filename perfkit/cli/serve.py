@@ -1,0 +1,7 @@
+"""`perfkit serve` (placeholder until its issue lands)."""
+
+from __future__ import annotations
+
+import click
+
+COMMANDS: list[click.Command] = []

@@ -1,0 +1,1 @@
+"""Client-side load generation: schedules, drivers, statistics and sweeps."""

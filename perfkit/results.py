@@ -1,0 +1,208 @@
+"""Result values shared by `perfkit run`, `perfkit tune` and the reports. Pure dataclasses, stdlib only.
+
+Flow: the driver emits per-request timings into histograms -> one `Measurement` per load level ->
+`RunResult` for a sweep; a tune is a `TuneResult` of `TrialRecord`s, each holding the `Measurement`
+of its variant. Reports take these values (or their JSON form, see `perfkit.report.schema`).
+Units are in the field names: `_us` microseconds, `_ns` nanoseconds, `_s` seconds, `_rps` requests/s.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+LoadMode = Literal["concurrency", "request_rate"]
+RunStatus = Literal["ok", "unstable", "interrupted", "error"]
+TrialState = Literal["complete", "failed", "pruned"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LatencySummary:
+    """Latency statistics of one set of requests, in microseconds. Percentiles are exact (nearest rank)."""
+
+    count: int
+    avg_us: float
+    std_us: float
+    min_us: float
+    max_us: float
+    p50_us: float
+    p90_us: float
+    p95_us: float
+    p99_us: float
+    # Any further percentile asked for with --percentile, keyed by the percentile (e.g. 99.9).
+    extra_percentiles_us: dict[float, float] = field(default_factory=dict)
+
+    def percentile_us(self, p: float) -> float:
+        """The p-th percentile; raises KeyError if it was not computed."""
+        fixed = {50.0: self.p50_us, 90.0: self.p90_us, 95.0: self.p95_us, 99.0: self.p99_us}
+        if float(p) in fixed:
+            return fixed[float(p)]
+        return self.extra_percentiles_us[float(p)]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WindowStat:
+    """One measurement window, as tried by the stability loop."""
+
+    index: int
+    start_ns: int
+    duration_ns: int
+    request_count: int
+    error_count: int
+    throughput_infer_per_s: float
+    latency_avg_us: float
+    # The latency used for stability: average, or the --percentile value.
+    latency_stability_us: float
+    # True for the windows merged into the reported measurement.
+    merged: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerBreakdown:
+    """Server-side statistics deltas over the merged windows (Triton statistics extension).
+
+    Times are averages per request in microseconds, as perf_analyzer prints them.
+    """
+
+    inference_count: int
+    execution_count: int
+    success_count: int
+    failure_count: int
+    avg_request_us: float
+    queue_us: float
+    compute_input_us: float
+    compute_infer_us: float
+    compute_output_us: float
+    # Server request time not otherwise accounted (request - queue - compute).
+    overhead_us: float
+    # perf_analyzer's "Network+Server Send/Recv": client wait minus server queue+compute, clamped at 0.
+    network_server_send_recv_us: float
+    # Executions per batch size, from batch_stats.
+    batch_executions: dict[int, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Measurement:
+    """One load level: the merged stable windows (or the fixed --request-count window)."""
+
+    mode: LoadMode
+    # Concurrency (an int stored as float) or request rate in requests/s.
+    level: float
+    batch_size: int
+    stable: bool
+    request_count: int
+    error_count: int
+    duration_ns: int
+    throughput_infer_per_s: float
+    # Service latency: response received - request actually sent (perf_analyzer's latency).
+    latency: LatencySummary
+    # Open loop only: response received - request *intended* send time (wrk2's corrected latency).
+    corrected_latency: LatencySummary | None = None
+    # Open loop only: achieved send rate, and sends later than the schedule by more than the late threshold.
+    send_rate_rps: float | None = None
+    late_send_count: int = 0
+    send_lag_p99_us: float = 0.0
+    # Average client-side time to send a request and to receive/decode a response, in microseconds.
+    client_send_us: float = 0.0
+    client_recv_us: float = 0.0
+    server: ServerBreakdown | None = None
+    windows: tuple[WindowStat, ...] = ()
+    # Load-generator CPU use (percent of one core) and CPU-µs spent per completed request.
+    client_cpu_pct: float = 0.0
+    client_cpu_us_per_request: float = 0.0
+    # True when the generator itself was the bottleneck (send lag or CPU); the numbers are suspect.
+    generator_saturated: bool = False
+    # Prometheus metrics scraped during the windows (--collect-metrics): name -> {gpu uuid or "": value}.
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerInfo:
+    """What was measured against."""
+
+    url: str
+    protocol: Literal["http", "grpc"]
+    # "perfkit_server", "triton", or the name the server reports.
+    kind: str
+    version: str
+    extensions: tuple[str, ...] = ()
+    embedded: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MachineInfo:
+    hostname: str
+    cpu: str
+    cpu_count: int
+    gpus: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunResult:
+    """A `perfkit run` sweep: every level measured, in load order."""
+
+    model: str
+    model_version: str
+    server: ServerInfo
+    # The model config as the server reported it (JSON form of ModelConfig) and its sha256 (first 12 hex).
+    model_config: dict[str, Any]
+    config_hash: str
+    # Load and measurement settings as given (flag name -> value), for the record.
+    settings: dict[str, Any]
+    measurements: tuple[Measurement, ...]
+    status: RunStatus
+    started_at: str  # ISO 8601, UTC
+    perfkit_version: str
+    machine: MachineInfo
+    messages: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TrialRecord:
+    """One tuner trial: a config variant and what it measured."""
+
+    number: int
+    # Model Analyzer naming: "<model>_config_default" or "<model>_config_<n>".
+    variant_name: str
+    params: dict[str, Any]
+    config_pbtxt: str
+    state: TrialState
+    feasible: bool
+    # Why a trial failed or was pruned (load error, request error, constraint), None otherwise.
+    reason: str | None
+    # Objective name -> value, e.g. {"throughput_infer_per_s": 812.0, "p99_latency_us": 4100.0}.
+    objectives: dict[str, float]
+    # Constraint name -> violation (<= 0 satisfied), as given to Optuna's constraints_func.
+    constraints: dict[str, float]
+    measurement: Measurement | None
+    duration_s: float
+    # Seconds spent outside measurement windows (load, warm-up, bookkeeping).
+    overhead_s: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TuneResult:
+    """A `perfkit tune` study."""
+
+    model: str
+    study_name: str
+    sampler: str
+    # Objective name -> "maximize" | "minimize", in order.
+    objectives: dict[str, str]
+    # Constraint name -> bound, e.g. {"p99_latency_us": 10000.0, "throughput_infer_per_s": 100.0}.
+    constraint_bounds: dict[str, float]
+    trials: tuple[TrialRecord, ...]
+    default_trial: int | None
+    best_trial: int | None
+    pareto_trials: tuple[int, ...]
+    param_importances: dict[str, float]
+    default_config_pbtxt: str
+    best_config_pbtxt: str | None
+    # Where the best config was written back (None on --dry-run or when nothing beat the default).
+    written_to: str | None
+    server: ServerInfo
+    started_at: str
+    perfkit_version: str
+    machine: MachineInfo
+    messages: tuple[str, ...] = ()

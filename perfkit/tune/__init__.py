@@ -1,0 +1,1 @@
+"""perfkit tune: Optuna search over config.pbtxt variants measured on a live server."""
