@@ -18,8 +18,13 @@ from perfkit.errors import EXIT_OTHER, PerfkitError
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="perfkit")
-@click.option("--log-level", default="warning", show_default=True,
-              type=click.Choice(["debug", "info", "warning", "error"]), help="Logging verbosity.")
+@click.option(
+    "--log-level",
+    default="warning",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    help="Logging verbosity.",
+)
 def cli(log_level: str) -> None:
     """Measure and tune models on Triton-compatible inference servers."""
     _console.configure_logging(log_level)
