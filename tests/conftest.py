@@ -4,5 +4,10 @@ from __future__ import annotations
 
 import importlib.util
 
-_PLUGINS = ["tests.fixtures.server", "tests.fixtures.zoo", "tests.fixtures.triton", "tests.fixtures.postgres"]
+_PLUGINS = [
+    "tests.fixtures.server",
+    "tests.fixtures.zoo",
+    "tests.fixtures.triton",
+    "tests.fixtures.postgres",
+]
 pytest_plugins = [p for p in _PLUGINS if importlib.util.find_spec(p) is not None]
