@@ -1,0 +1,281 @@
+"""Frozen specs for the load generator (target, inputs, measurement, load) and range parsing. Stdlib only.
+
+These are the values the CLI and the tuner build and hand to `perfkit.load.sweep`; nothing here does
+I/O. Each spec validates itself in `__post_init__` and raises `ConfigError` naming the field.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from perfkit.errors import ConfigError
+
+Protocol = Literal["http", "grpc"]
+MeasurementMode = Literal["time_windows", "count_windows"]
+Distribution = Literal["constant", "poisson"]
+SharedMemory = Literal["none", "system"]
+
+DEFAULT_HTTP_URL = "localhost:8000"
+DEFAULT_GRPC_URL = "localhost:8001"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TargetSpec:
+    """The server and model to measure.
+
+    Args:
+        url: `host:port` (an `http://` prefix is accepted for HTTP).
+        protocol: "http" or "grpc".
+        model: model name.
+        model_version: "" for the server's choice (latest), else a version number as a string.
+        connect_timeout_s: bounded wait for the server to answer before `ServerUnavailable`.
+    """
+
+    url: str
+    protocol: Protocol = "http"
+    model: str
+    model_version: str = ""
+    connect_timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.protocol not in ("http", "grpc"):
+            raise ConfigError(f"protocol: {self.protocol!r} is not one of 'http', 'grpc' (-i).")
+        if not self.model:
+            raise ConfigError("model: a model name is required (-m).")
+        if self.model_version and not self.model_version.isdigit():
+            raise ConfigError(
+                f"model_version: {self.model_version!r} is not a version number (-x takes e.g. 1)."
+            )
+        if not self.url:
+            raise ConfigError("url: a server URL is required (-u host:port).")
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        """The URL split into host and port (scheme and path dropped)."""
+        u = self.url
+        for prefix in ("http://", "https://", "grpc://"):
+            if u.startswith(prefix):
+                u = u[len(prefix) :]
+        u = u.split("/", 1)[0]
+        host, sep, port = u.rpartition(":")
+        if not sep or not port.isdigit():
+            raise ConfigError(f"url: {self.url!r} is not host:port (e.g. localhost:8000).")
+        return host.strip("[]") or "localhost", int(port)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InputSpec:
+    """What each request carries, built once before measuring.
+
+    Args:
+        source: "random", "zero", a perf_analyzer JSON file, or a directory of one raw file per input.
+        batch_size: client batch size (-b); prepended to the shape when the model batches.
+        shapes: input name -> shape (without the batch dim) for variable (-1) dims (--shape).
+        string_length: length of random BYTES elements (--string-length).
+        string_data: a fixed string for BYTES inputs (--string-data).
+        shared_memory: "none" or "system" (--shared-memory).
+        seed: seed of the random generator for "random" data.
+    """
+
+    source: str = "random"
+    batch_size: int = 1
+    shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    string_length: int = 128
+    string_data: str | None = None
+    shared_memory: SharedMemory = "none"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size: {self.batch_size} must be at least 1 (-b).")
+        if self.string_length < 0:
+            raise ConfigError(f"string_length: {self.string_length} must be >= 0.")
+        if self.shared_memory not in ("none", "system"):
+            raise ConfigError(
+                f"shared_memory: {self.shared_memory!r} is not 'none' or 'system' "
+                "(CUDA shared memory needs the GPU extra)."
+            )
+        for name, shape in self.shapes.items():
+            if any(d < 0 for d in shape):
+                raise ConfigError(f"shapes: --shape {name} has a negative dim {shape}.")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MeasureSpec:
+    """How each level is measured (perf_analyzer's measurement flags).
+
+    Args:
+        mode: "time_windows" (windows of `interval_ms`) or "count_windows" (windows of at least
+            `request_count_per_window` requests, and at least `min_window_ms`).
+        interval_ms: -p, time-window length.
+        request_count_per_window: --measurement-request-count.
+        stability_pct: -s; the last `stability_windows` windows must agree within this percentage
+            (max/min) on throughput and on the stabilizing latency.
+        max_trials: -r; windows tried before the level is unstable.
+        percentile: --percentile; stabilize and report on this latency percentile instead of the average.
+        fixed_request_count: --request-count; measure exactly this many requests, no stability loop.
+        warmup_request_count: --warmup-request-count; requests sent (and not measured) before windows.
+        late_threshold_us: open loop; a send later than its schedule by more than this is "late".
+    """
+
+    mode: MeasurementMode = "time_windows"
+    interval_ms: int = 5000
+    request_count_per_window: int = 50
+    stability_pct: float = 10.0
+    max_trials: int = 10
+    percentile: float | None = None
+    fixed_request_count: int = 0
+    warmup_request_count: int = 0
+    stability_windows: int = 3
+    min_window_ms: int = 1000
+    late_threshold_us: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("time_windows", "count_windows"):
+            raise ConfigError(
+                f"measurement_mode: {self.mode!r} is not 'time_windows' or 'count_windows'."
+            )
+        if self.interval_ms <= 0:
+            raise ConfigError(f"measurement_interval: {self.interval_ms} ms must be > 0 (-p).")
+        if self.request_count_per_window <= 0:
+            raise ConfigError(
+                f"measurement_request_count: {self.request_count_per_window} must be > 0."
+            )
+        if self.stability_pct <= 0:
+            raise ConfigError(f"stability_percentage: {self.stability_pct} must be > 0 (-s).")
+        if self.max_trials < self.stability_windows:
+            raise ConfigError(
+                f"max_trials: {self.max_trials} must be at least {self.stability_windows} (-r)."
+            )
+        if self.percentile is not None and not (0 < self.percentile < 100):
+            raise ConfigError(f"percentile: {self.percentile} must be between 0 and 100.")
+        if self.fixed_request_count < 0 or self.warmup_request_count < 0:
+            raise ConfigError("request_count / warmup_request_count must be >= 0.")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConcurrencyLoad:
+    """Closed loop: `level` requests always in flight, for each level in order."""
+
+    levels: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if not self.levels or any(c < 1 for c in self.levels):
+            raise ConfigError(f"concurrency_range: levels {self.levels} must be >= 1.")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RequestRateLoad:
+    """Open loop: sends on an absolute schedule at `rate` requests/s, for each rate in order.
+
+    With `intervals_file` (one inter-request interval in µs per line, looped) the rates are
+    ignored and one level is measured at the file's mean rate.
+    """
+
+    rates: tuple[float, ...]
+    distribution: Distribution = "constant"
+    intervals_file: str | None = None
+    seed: int = 0
+    # Open loop never waits for a free slot silently: above this many in flight, sends are
+    # counted as overload (reported) and the request is dropped.
+    max_in_flight: int = 2048
+
+    def __post_init__(self) -> None:
+        if self.distribution not in ("constant", "poisson"):
+            raise ConfigError(
+                f"request_distribution: {self.distribution!r} is not 'constant' or 'poisson'."
+            )
+        if self.intervals_file is None and (
+            not self.rates or any(not (r > 0 and math.isfinite(r)) for r in self.rates)
+        ):
+            raise ConfigError(f"request_rate_range: rates {self.rates} must be > 0.")
+
+
+LoadSpec = ConcurrencyLoad | RequestRateLoad
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MetricsSpec:
+    """--collect-metrics: scrape the server's Prometheus endpoint during the windows."""
+
+    url: str = "localhost:8002/metrics"
+    interval_ms: int = 1000
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SweepSpec:
+    """A whole `perfkit run`: every level of `load`, with the sweep-level options.
+
+    Args:
+        latency_threshold_ms: -l; stop once the stabilizing latency reaches this (0 = none).
+        binary_search: --binary-search over the range; `binary_search_step` is the precision.
+        workers: --workers; generator processes sharing each level's load (merged latency data).
+        metrics: --collect-metrics settings, or None.
+    """
+
+    target: TargetSpec
+    inputs: InputSpec = field(default_factory=InputSpec)
+    measure: MeasureSpec = field(default_factory=MeasureSpec)
+    load: LoadSpec
+    latency_threshold_ms: float = 0.0
+    binary_search: bool = False
+    binary_search_step: float = 1.0
+    workers: int = 1
+    metrics: MetricsSpec | None = None
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ConfigError(f"workers: {self.workers} must be >= 1.")
+        if self.latency_threshold_ms < 0:
+            raise ConfigError(f"latency_threshold: {self.latency_threshold_ms} must be >= 0 (-l).")
+        if self.binary_search and self.latency_threshold_ms <= 0:
+            raise ConfigError("binary_search: --binary-search needs a --latency-threshold (-l).")
+
+
+def parse_range(
+    text: str, *, kind: Literal["int", "float"], flag: str
+) -> tuple[float, float, float]:
+    """Parse perf_analyzer's `start[:end[:step]]` into (start, end, step).
+
+    A missing end equals start; a missing step is 1. `end == 0` (concurrency only) means
+    "until the latency threshold" and is returned as 0.
+    """
+    parts = text.split(":")
+    if not 1 <= len(parts) <= 3 or any(p.strip() == "" for p in parts):
+        raise ConfigError(f"{flag}: {text!r} is not start[:end[:step]] (e.g. 1:8:2).")
+    try:
+        vals = [int(p) if kind == "int" else float(p) for p in parts]
+    except ValueError:
+        raise ConfigError(
+            f"{flag}: {text!r} is not start[:end[:step]] of {'integers' if kind == 'int' else 'numbers'}."
+        ) from None
+    start = float(vals[0])
+    end = float(vals[1]) if len(vals) > 1 else start
+    step = float(vals[2]) if len(vals) > 2 else 1.0
+    if start <= 0 or step <= 0 or (end != 0 and end < start):
+        raise ConfigError(
+            f"{flag}: {text!r} needs start > 0, step > 0 and end >= start (or end 0 for 'until -l')."
+        )
+    return start, end, step
+
+
+def expand_range(start: float, end: float, step: float, *, limit: float = 0) -> tuple[float, ...]:
+    """The levels start, start+step, ... <= end (perf_analyzer's linear sweep).
+
+    `end == 0` sweeps up to `limit` (used with a latency threshold); with no limit, just start.
+    """
+    stop = end if end > 0 else limit
+    if stop <= 0:
+        return (start,)
+    out: list[float] = []
+    k = 0
+    while True:
+        v = start + k * step
+        if v > stop + 1e-9:
+            break
+        out.append(round(v, 9))
+        k += 1
+    return tuple(out)
