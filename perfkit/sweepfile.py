@@ -1,0 +1,473 @@
+"""Sweep files (sweeps/*.toml) -> frozen `SweepSpec`. Errors name `file:key` and the reason.
+
+A sweep file says what to tune and how:
+
+    [model]        name, repository (relative to the working directory), zoo (build it if missing)
+    [server]       url (omit for the embedded server), protocol ("grpc" | "http"), startup_timeout_s
+    [space]        instance_count, instance_kind, max_batch_size, dynamic_batching,
+                   preferred_batch_sizes, max_queue_delay_us: lists of values to search
+    [load]         mode ("concurrency" | "request_rate"), concurrency / request_rate / batch_size
+                   (an int or a list to search), shape = ["NAME:d1,d2"], input_data, baseline
+    [objectives]   metric = "maximize" | "minimize"  (throughput, avg/p50/p90/p95/p99_latency)
+    [constraints]  latency_budget_ms, latency_percentile (99), min_throughput
+    [budget]       trials, timeout_s
+    [measure]      window_ms, stability_pct, max_windows, stability_windows, warmup_requests
+    [search]       sampler ("tpe" | "nsga2" | "grid" | "random"), seed, prune, prune_ratio,
+                   startup_trials
+
+Imports the stdlib and perfkit.errors only; the tuner maps these values onto the run engine's specs.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from perfkit.errors import ConfigError
+
+Direction = Literal["maximize", "minimize"]
+SamplerName = Literal["tpe", "nsga2", "grid", "random"]
+
+# Objective/constraint metric names in a sweep file -> the metric key the tuner records.
+METRICS: dict[str, str] = {
+    "throughput": "throughput_infer_per_s",
+    "avg_latency": "avg_latency_us",
+    "p50_latency": "p50_latency_us",
+    "p90_latency": "p90_latency_us",
+    "p95_latency": "p95_latency_us",
+    "p99_latency": "p99_latency_us",
+}
+INSTANCE_KINDS = ("KIND_AUTO", "KIND_CPU", "KIND_GPU", "KIND_MODEL")
+SAMPLERS = ("tpe", "nsga2", "grid", "random")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SpaceSpec:
+    """The config.pbtxt search space. An empty tuple leaves that field as the model has it."""
+
+    instance_count: tuple[int, ...] = ()
+    instance_kind: tuple[str, ...] = ()
+    max_batch_size: tuple[int, ...] = ()
+    dynamic_batching: tuple[bool, ...] = ()
+    preferred_batch_sizes: tuple[tuple[int, ...], ...] = ()
+    max_queue_delay_us: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LoadSettings:
+    """Client load. Tuples with more than one value are searched; the first value is the baseline's."""
+
+    mode: Literal["concurrency", "request_rate"] = "concurrency"
+    concurrency: tuple[int, ...] = (1,)
+    request_rate: tuple[float, ...] = ()
+    batch_size: tuple[int, ...] = (1,)
+    # perf_analyzer --shape values, "NAME:d1,d2".
+    shapes: tuple[str, ...] = ()
+    input_data: str = "random"
+    # Load levels the default config is measured at (dimension -> value); missing = first value.
+    baseline: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MeasureSettings:
+    window_ms: int = 1000
+    stability_pct: float = 10.0
+    max_windows: int = 10
+    warmup_requests: int = 16
+    # Windows that must agree (perf_analyzer uses 3); fewer = faster trials, noisier numbers.
+    stability_windows: int = 3
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConstraintSpec:
+    latency_percentile: float = 99.0
+    latency_budget_us: float | None = None
+    min_throughput: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SearchSettings:
+    sampler: SamplerName = "tpe"
+    seed: int | None = None
+    prune: bool = True
+    # A trial is pruned when, after its first windows, it reaches less than this fraction of the best.
+    prune_ratio: float = 0.5
+    # Random trials before TPE/NSGA-II start modelling the space.
+    startup_trials: int = 4
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SweepSpec:
+    source: str
+    model: str
+    repository: Path
+    zoo: str | None = None
+    url: str | None = None
+    protocol: Literal["grpc", "http"] = "grpc"
+    startup_timeout_s: float = 60.0
+    space: SpaceSpec = field(default_factory=SpaceSpec)
+    load: LoadSettings = field(default_factory=LoadSettings)
+    measure: MeasureSettings = field(default_factory=MeasureSettings)
+    # (metric key, direction) in order, e.g. (("throughput_infer_per_s", "maximize"),).
+    objectives: tuple[tuple[str, Direction], ...] = (("throughput_infer_per_s", "maximize"),)
+    constraints: ConstraintSpec = field(default_factory=ConstraintSpec)
+    trials: int = 20
+    timeout_s: float | None = None
+    search: SearchSettings = field(default_factory=SearchSettings)
+    output: Path | None = None
+    storage: str | None = None
+    study_name: str | None = None
+
+    def with_overrides(self, **changes: Any) -> SweepSpec:
+        """A copy with CLI overrides applied (None values are ignored)."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+_SECTIONS = {
+    "model",
+    "server",
+    "space",
+    "load",
+    "measure",
+    "objectives",
+    "constraints",
+    "budget",
+    "search",
+    "output",
+}
+
+
+class _Reader:
+    """Typed access to one TOML table; every error names file:key."""
+
+    def __init__(self, source: str, prefix: str, table: Mapping[str, Any]) -> None:
+        self.source = source
+        self.prefix = prefix
+        self.table = table
+        self.used: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}.{name}" if self.prefix else name
+
+    def fail(self, name: str, reason: str) -> ConfigError:
+        return ConfigError(f"{self.source}:{self.key(name)}: {reason}")
+
+    def has(self, name: str) -> bool:
+        return name in self.table
+
+    def raw(self, name: str) -> Any:
+        self.used.add(name)
+        return self.table.get(name)
+
+    def str_(
+        self, name: str, default: str | None = None, choices: tuple[str, ...] = ()
+    ) -> str | None:
+        value = self.raw(name)
+        if value is None:
+            return default
+        if not isinstance(value, str) or not value:
+            raise self.fail(name, f"must be a non-empty string, got {value!r}")
+        if choices and value not in choices:
+            raise self.fail(name, f"must be one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    def num(
+        self,
+        name: str,
+        default: float | None,
+        *,
+        minimum: float | None = None,
+        integer: bool = False,
+    ) -> float | None:
+        value = self.raw(name)
+        if value is None:
+            return default
+        ok = isinstance(value, int) if integer else isinstance(value, int | float)
+        if isinstance(value, bool) or not ok:
+            kind = "an integer" if integer else "a number"
+            raise self.fail(name, f"must be {kind}, got {value!r}")
+        if minimum is not None and value < minimum:
+            raise self.fail(name, f"must be >= {minimum:g}, got {value!r}")
+        return float(value)
+
+    def int_(self, name: str, default: int, *, minimum: int = 0) -> int:
+        value = self.num(name, default, minimum=minimum, integer=True)
+        return default if value is None else int(value)
+
+    def bool_(self, name: str, default: bool) -> bool:
+        value = self.raw(name)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            raise self.fail(name, f"must be true or false, got {value!r}")
+        return value
+
+    def int_list(
+        self, name: str, *, minimum: int = 0, default: tuple[int, ...] = ()
+    ) -> tuple[int, ...]:
+        value = self.raw(name)
+        if value is None:
+            return default
+        items = value if isinstance(value, list) else [value]
+        if not items:
+            raise self.fail(name, "must list at least one value")
+        for item in items:
+            if isinstance(item, bool) or not isinstance(item, int):
+                raise self.fail(name, f"values must be integers, got {item!r}")
+            if item < minimum:
+                raise self.fail(name, f"values must be >= {minimum}, got {item}")
+        if len(set(items)) != len(items):
+            raise self.fail(name, f"lists a value twice: {items}")
+        return tuple(int(i) for i in items)
+
+    def check_unknown(self, known: set[str]) -> None:
+        for name in self.table:
+            if name not in known:
+                hint = f"; known keys: {', '.join(sorted(known))}" if known else ""
+                raise self.fail(name, f"unknown key{hint}")
+
+
+def _table(source: str, doc: Mapping[str, Any], name: str) -> _Reader:
+    value = doc.get(name, {})
+    if not isinstance(value, dict):
+        raise ConfigError(
+            f"{source}:{name}: must be a table ([{name}]), got {type(value).__name__}"
+        )
+    return _Reader(source, name, value)
+
+
+def _parse_space(r: _Reader) -> SpaceSpec:
+    kinds: tuple[str, ...] = ()
+    raw_kinds = r.raw("instance_kind")
+    if raw_kinds is not None:
+        items = raw_kinds if isinstance(raw_kinds, list) else [raw_kinds]
+        for item in items:
+            if item not in INSTANCE_KINDS:
+                raise r.fail(
+                    "instance_kind", f"must be one of {', '.join(INSTANCE_KINDS)}, got {item!r}"
+                )
+        kinds = tuple(items)
+    dyn: tuple[bool, ...] = ()
+    raw_dyn = r.raw("dynamic_batching")
+    if raw_dyn is not None:
+        items = raw_dyn if isinstance(raw_dyn, list) else [raw_dyn]
+        if not items or not all(isinstance(i, bool) for i in items):
+            raise r.fail(
+                "dynamic_batching", f"must be true, false or a list of them, got {raw_dyn!r}"
+            )
+        dyn = tuple(dict.fromkeys(items))
+    pref: tuple[tuple[int, ...], ...] = ()
+    raw_pref = r.raw("preferred_batch_sizes")
+    if raw_pref is not None:
+        if not isinstance(raw_pref, list) or not all(isinstance(s, list) for s in raw_pref):
+            raise r.fail(
+                "preferred_batch_sizes",
+                f"must be a list of lists, e.g. [[], [4, 8]], got {raw_pref!r}",
+            )
+        for sizes in raw_pref:
+            if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in sizes):
+                raise r.fail("preferred_batch_sizes", f"sizes must be integers >= 1, got {sizes!r}")
+        pref = tuple(dict.fromkeys(tuple(sorted(set(s))) for s in raw_pref))
+    space = SpaceSpec(
+        instance_count=r.int_list("instance_count", minimum=1),
+        instance_kind=kinds,
+        max_batch_size=r.int_list("max_batch_size", minimum=0),
+        dynamic_batching=dyn,
+        preferred_batch_sizes=pref,
+        max_queue_delay_us=r.int_list("max_queue_delay_us", minimum=0),
+    )
+    r.check_unknown(set(r.used))
+    if space.max_batch_size and space.preferred_batch_sizes:
+        largest = max(max(s, default=0) for s in space.preferred_batch_sizes)
+        if largest > max(space.max_batch_size):
+            raise r.fail(
+                "preferred_batch_sizes",
+                f"size {largest} is larger than every max_batch_size {list(space.max_batch_size)}",
+            )
+    return space
+
+
+def _parse_load(r: _Reader) -> LoadSettings:
+    mode = r.str_("mode", "concurrency", ("concurrency", "request_rate"))
+    concurrency = r.int_list("concurrency", minimum=1, default=(1,))
+    rates: tuple[float, ...] = ()
+    raw_rate = r.raw("request_rate")
+    if raw_rate is not None:
+        items = raw_rate if isinstance(raw_rate, list) else [raw_rate]
+        if not items or not all(
+            isinstance(i, int | float) and not isinstance(i, bool) and i > 0 for i in items
+        ):
+            raise r.fail(
+                "request_rate", f"must be a positive number or a list of them, got {raw_rate!r}"
+            )
+        rates = tuple(float(i) for i in items)
+    if mode == "request_rate" and not rates:
+        raise r.fail("request_rate", 'is required when mode = "request_rate"')
+    shapes_raw = r.raw("shape")
+    shapes: tuple[str, ...] = ()
+    if shapes_raw is not None:
+        if not isinstance(shapes_raw, list) or not all(
+            isinstance(s, str) and ":" in s for s in shapes_raw
+        ):
+            raise r.fail("shape", f'must be a list of "NAME:d1,d2" strings, got {shapes_raw!r}')
+        shapes = tuple(shapes_raw)
+    baseline_raw = r.raw("baseline") or {}
+    if not isinstance(baseline_raw, dict):
+        raise r.fail("baseline", f"must be a table, e.g. {{concurrency = 4}}, got {baseline_raw!r}")
+    for k, v in baseline_raw.items():
+        if k not in ("concurrency", "request_rate", "batch_size") or not isinstance(v, int | float):
+            raise r.fail(
+                f"baseline.{k}", "must be concurrency, request_rate or batch_size = a number"
+            )
+    load = LoadSettings(
+        mode="request_rate" if mode == "request_rate" else "concurrency",
+        concurrency=concurrency,
+        request_rate=rates,
+        batch_size=r.int_list("batch_size", minimum=1, default=(1,)),
+        shapes=shapes,
+        input_data=r.str_("input_data", "random") or "random",
+        baseline={k: float(v) for k, v in baseline_raw.items()},
+    )
+    r.check_unknown(set(r.used))
+    return load
+
+
+def _parse_measure(r: _Reader) -> MeasureSettings:
+    m = MeasureSettings(
+        window_ms=r.int_("window_ms", 1000, minimum=10),
+        stability_pct=r.num("stability_pct", 10.0, minimum=0.0) or 10.0,
+        max_windows=r.int_("max_windows", 10, minimum=1),
+        warmup_requests=r.int_("warmup_requests", 16, minimum=0),
+        stability_windows=r.int_("stability_windows", 3, minimum=1),
+    )
+    if m.max_windows < m.stability_windows:
+        raise r.fail("max_windows", f"must be >= stability_windows ({m.stability_windows})")
+    r.check_unknown(set(r.used))
+    return m
+
+
+def _parse_objectives(r: _Reader) -> tuple[tuple[str, Direction], ...]:
+    out: list[tuple[str, Direction]] = []
+    for name, direction in r.table.items():
+        if name not in METRICS:
+            raise r.fail(name, f"unknown objective; use one of {', '.join(METRICS)}")
+        if direction not in ("maximize", "minimize"):
+            raise r.fail(name, f'must be "maximize" or "minimize", got {direction!r}')
+        out.append((METRICS[name], "maximize" if direction == "maximize" else "minimize"))
+    if not out:
+        return (("throughput_infer_per_s", "maximize"),)
+    return tuple(out)
+
+
+def _parse_constraints(r: _Reader) -> ConstraintSpec:
+    pct = r.num("latency_percentile", 99.0, minimum=1.0)
+    if pct is not None and pct not in (50.0, 90.0, 95.0, 99.0):
+        raise r.fail("latency_percentile", f"must be 50, 90, 95 or 99, got {pct:g}")
+    budget_ms = r.num("latency_budget_ms", None, minimum=0.0)
+    spec = ConstraintSpec(
+        latency_percentile=pct or 99.0,
+        latency_budget_us=None if budget_ms is None else budget_ms * 1000.0,
+        min_throughput=r.num("min_throughput", None, minimum=0.0),
+    )
+    r.check_unknown(set(r.used))
+    return spec
+
+
+def parse_sweep(text: str, source: str = "<sweep>", base_dir: Path | None = None) -> SweepSpec:
+    """Parse sweep-file text. Relative paths resolve against `base_dir` (default: the working directory)."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from exc
+    for name in doc:
+        if name not in _SECTIONS:
+            raise ConfigError(
+                f"{source}:{name}: unknown section; known sections: {', '.join(sorted(_SECTIONS))}"
+            )
+    base = base_dir or Path.cwd()
+
+    m = _table(source, doc, "model")
+    model_name = m.str_("name")
+    if model_name is None:
+        raise m.fail("name", "is required: the model to tune")
+    repo = m.str_("repository", "model_repository") or "model_repository"
+    zoo = m.str_("zoo")
+    m.check_unknown({"name", "repository", "zoo"})
+
+    s = _table(source, doc, "server")
+    url = s.str_("url")
+    protocol = s.str_("protocol", "grpc", ("grpc", "http")) or "grpc"
+    startup = s.num("startup_timeout_s", 60.0, minimum=1.0) or 60.0
+    s.check_unknown({"url", "protocol", "startup_timeout_s"})
+
+    b = _table(source, doc, "budget")
+    trials = b.int_("trials", 20, minimum=1)
+    timeout_s = b.num("timeout_s", None, minimum=1.0)
+    b.check_unknown({"trials", "timeout_s"})
+
+    q = _table(source, doc, "search")
+    sampler = q.str_("sampler", "tpe", SAMPLERS) or "tpe"
+    seed_f = q.num("seed", None, minimum=0, integer=True)
+    ratio = q.num("prune_ratio", 0.5, minimum=0.0) or 0.5
+    if ratio >= 1.0:
+        raise q.fail("prune_ratio", f"must be below 1 (a fraction of the best), got {ratio:g}")
+    search = SearchSettings(
+        sampler=sampler,  # type: ignore[arg-type]
+        seed=None if seed_f is None else int(seed_f),
+        prune=q.bool_("prune", True),
+        prune_ratio=ratio,
+        startup_trials=q.int_("startup_trials", 4, minimum=0),
+    )
+    q.check_unknown({"sampler", "seed", "prune", "prune_ratio", "startup_trials"})
+
+    o = _table(source, doc, "output")
+    out_dir = o.str_("dir")
+    storage = o.str_("storage")
+    study_name = o.str_("study_name")
+    o.check_unknown({"dir", "storage", "study_name"})
+
+    objectives = _parse_objectives(_table(source, doc, "objectives"))
+    if sampler == "tpe" and len(objectives) > 1:
+        search = replace(search, sampler="nsga2")
+    space = _parse_space(_table(source, doc, "space"))
+    load = _parse_load(_table(source, doc, "load"))
+    if load.mode == "request_rate" and len(load.concurrency) > 1:
+        raise ConfigError(
+            f'{source}:load.concurrency: cannot be searched when mode = "request_rate"'
+        )
+    return SweepSpec(
+        source=source,
+        model=model_name,
+        repository=(base / repo).resolve(),
+        zoo=zoo,
+        url=url,
+        protocol="http" if protocol == "http" else "grpc",
+        startup_timeout_s=startup,
+        space=space,
+        load=load,
+        measure=_parse_measure(_table(source, doc, "measure")),
+        objectives=objectives,
+        constraints=_parse_constraints(_table(source, doc, "constraints")),
+        trials=trials,
+        timeout_s=timeout_s,
+        search=search,
+        output=None if out_dir is None else (base / out_dir).resolve(),
+        storage=storage,
+        study_name=study_name,
+    )
+
+
+def load_sweep(path: Path, base_dir: Path | None = None) -> SweepSpec:
+    """Read and validate a sweep file; ConfigError names `path:key` and the reason."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path}: sweep file not found. Pass the path of a .toml file (see sweeps/)."
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read sweep file: {exc}") from exc
+    return parse_sweep(text, str(path), base_dir)

@@ -1,0 +1,140 @@
+"""Scores and constraints of a trial from its `Measurement`. Pure.
+
+Constraints follow Optuna's convention (a value <= 0 is satisfied), so they can go straight to a
+sampler's `constraints_func` and infeasible trials still teach the sampler where not to look.
+Latency constraints are normalised by the budget (0.1 = 10 % over), throughput ones by the minimum.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from perfkit.results import Measurement, WindowStat
+from perfkit.sweepfile import ConstraintSpec, Direction
+
+LATENCY_METRIC = {
+    50.0: "p50_latency_us",
+    90.0: "p90_latency_us",
+    95.0: "p95_latency_us",
+    99.0: "p99_latency_us",
+}
+
+
+def metrics_of(m: Measurement) -> dict[str, float]:
+    """Every number of a measurement worth keeping on a trial (flat, JSON-safe)."""
+    lat = m.latency
+    out = {
+        "throughput_infer_per_s": m.throughput_infer_per_s,
+        "avg_latency_us": lat.avg_us,
+        "std_latency_us": lat.std_us,
+        "p50_latency_us": lat.p50_us,
+        "p90_latency_us": lat.p90_us,
+        "p95_latency_us": lat.p95_us,
+        "p99_latency_us": lat.p99_us,
+        "max_latency_us": lat.max_us,
+        "request_count": float(m.request_count),
+        "error_count": float(m.error_count),
+        "duration_s": m.duration_ns / 1e9,
+        "client_send_us": m.client_send_us,
+        "client_recv_us": m.client_recv_us,
+        "client_cpu_pct": m.client_cpu_pct,
+        "stable": 1.0 if m.stable else 0.0,
+        "level": float(m.level),
+        "batch_size": float(m.batch_size),
+    }
+    if m.server is not None:
+        s = m.server
+        out.update(
+            {
+                "server_queue_us": s.queue_us,
+                "server_compute_input_us": s.compute_input_us,
+                "server_compute_infer_us": s.compute_infer_us,
+                "server_compute_output_us": s.compute_output_us,
+                "server_overhead_us": s.overhead_us,
+                "server_inference_count": float(s.inference_count),
+                "server_execution_count": float(s.execution_count),
+            }
+        )
+        if s.execution_count:
+            out["server_avg_batch"] = s.inference_count / s.execution_count
+    for name, per_gpu in m.metrics.items():
+        for gpu, value in per_gpu.items():
+            out[f"{name}{'[' + gpu + ']' if gpu else ''}"] = float(value)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Objective:
+    """What a study optimises and under which bounds."""
+
+    # (metric key, direction) in order.
+    targets: tuple[tuple[str, Direction], ...]
+    constraints: ConstraintSpec
+
+    @property
+    def latency_metric(self) -> str:
+        return LATENCY_METRIC[self.constraints.latency_percentile]
+
+    def values(self, metrics: Mapping[str, float]) -> list[float]:
+        return [float(metrics[name]) for name, _ in self.targets]
+
+    def directions(self) -> list[str]:
+        return [d for _, d in self.targets]
+
+    def bounds(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        if self.constraints.latency_budget_us is not None:
+            out[self.latency_metric] = self.constraints.latency_budget_us
+        if self.constraints.min_throughput is not None:
+            out["throughput_infer_per_s"] = self.constraints.min_throughput
+        return out
+
+    def violations(self, metrics: Mapping[str, float]) -> dict[str, float]:
+        """Constraint name -> violation (<= 0 satisfied)."""
+        out: dict[str, float] = {}
+        c = self.constraints
+        if c.latency_budget_us is not None:
+            value = metrics[self.latency_metric]
+            out[self.latency_metric] = (value - c.latency_budget_us) / max(
+                c.latency_budget_us, 1e-9
+            )
+        if c.min_throughput is not None:
+            value = metrics["throughput_infer_per_s"]
+            out["throughput_infer_per_s"] = (c.min_throughput - value) / max(c.min_throughput, 1e-9)
+        return out
+
+    def feasible(self, metrics: Mapping[str, float]) -> bool:
+        return all(v <= 0 for v in self.violations(metrics).values())
+
+    def primary(self) -> tuple[str, Direction]:
+        return self.targets[0]
+
+    def window_value(self, window: WindowStat) -> float | None:
+        """The primary objective as one window shows it (for pruning), or None if a window cannot."""
+        name, _ = self.primary()
+        if name == "throughput_infer_per_s":
+            return window.throughput_infer_per_s
+        if name == "avg_latency_us":
+            return window.latency_avg_us
+        return None
+
+    def clearly_worse(self, value: float, best: float, ratio: float) -> bool:
+        """True when `value` is below `ratio` of the best (maximize) or above best/ratio (minimize)."""
+        _, direction = self.primary()
+        if direction == "maximize":
+            return value < best * ratio
+        return value > best / ratio
+
+    def better(self, a: float, b: float) -> bool:
+        _, direction = self.primary()
+        return a > b if direction == "maximize" else a < b
+
+    def gain_pct(self, best: float, default: float) -> float:
+        """How much better `best` is than `default` on the primary objective, in percent."""
+        if default == 0:
+            return 0.0
+        _, direction = self.primary()
+        if direction == "maximize":
+            return (best - default) / default * 100.0
+        return (default - best) / default * 100.0

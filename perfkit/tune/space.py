@@ -1,0 +1,238 @@
+"""Search space: sweep `SpaceSpec`/`LoadSettings` <-> Optuna suggestions <-> `ModelConfig` variants.
+
+Pure: no I/O. Numeric lists (counts, sizes, delays, load levels) are searched as an *ordered* index
+(`<dim>_idx`, an int distribution) so that TPE can learn "bigger is better"; the rest (instance kind,
+dynamic batching on/off, preferred batch-size sets) are categorical. `Params` always carries the
+decoded values, e.g. {"max_batch_size": 16, "preferred_batch_sizes": (4, 8)}.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from perfkit.model_repo.config import (
+    ModelConfig,
+    config_hash,
+    with_dynamic_batching,
+    with_instances,
+    with_max_batch_size,
+    without_dynamic_batching,
+)
+from perfkit.sweepfile import LoadSettings, SpaceSpec
+
+Params = dict[str, Any]
+
+# Config dimensions in the order they are applied; load dimensions follow.
+CONFIG_DIMS = (
+    "instance_count",
+    "instance_kind",
+    "max_batch_size",
+    "dynamic_batching",
+    "preferred_batch_sizes",
+    "max_queue_delay_us",
+)
+LOAD_DIMS = ("concurrency", "request_rate", "batch_size")
+_CATEGORICAL = {"instance_kind", "dynamic_batching", "preferred_batch_sizes"}
+_BATCHER_DIMS = ("preferred_batch_sizes", "max_queue_delay_us")
+
+
+class Suggester(Protocol):
+    """The part of `optuna.Trial` the space uses (so replays and tests can drive it too)."""
+
+    def suggest_int(self, name: str, low: int, high: int) -> int: ...
+
+    def suggest_categorical(self, name: str, choices: Any) -> Any: ...
+
+
+def encode_sizes(sizes: tuple[int, ...]) -> str:
+    """Preferred batch sizes as an Optuna categorical value: "" for none, "4,8" otherwise."""
+    return ",".join(str(s) for s in sizes)
+
+
+def decode_sizes(text: str) -> tuple[int, ...]:
+    return tuple(int(s) for s in text.split(",") if s)
+
+
+@dataclass(frozen=True, slots=True)
+class Dim:
+    name: str
+    values: tuple[Any, ...]
+
+    @property
+    def categorical(self) -> bool:
+        return self.name in _CATEGORICAL
+
+    @property
+    def param_name(self) -> str:
+        return self.name if self.categorical else f"{self.name}_idx"
+
+    def choices(self) -> list[Any]:
+        """The Optuna values of this dimension (indexes for ordered ones)."""
+        if not self.categorical:
+            return list(range(len(self.values)))
+        if self.name == "preferred_batch_sizes":
+            return [encode_sizes(v) for v in self.values]
+        return list(self.values)
+
+    def decode(self, raw: Any) -> Any:
+        if not self.categorical:
+            return self.values[int(raw)]
+        if self.name == "preferred_batch_sizes":
+            return decode_sizes(str(raw))
+        return raw
+
+    def suggest(self, trial: Suggester) -> Any:
+        if self.categorical:
+            return self.decode(trial.suggest_categorical(self.param_name, self.choices()))
+        return self.decode(trial.suggest_int(self.param_name, 0, len(self.values) - 1))
+
+
+@dataclass(frozen=True, slots=True)
+class SearchSpace:
+    """The dimensions actually searched (more than one value) and the fixed ones (one value)."""
+
+    dims: tuple[Dim, ...]
+    fixed: Mapping[str, Any]
+
+    @classmethod
+    def from_specs(cls, space: SpaceSpec, load: LoadSettings) -> SearchSpace:
+        values: dict[str, tuple[Any, ...]] = {
+            "instance_count": space.instance_count,
+            "instance_kind": space.instance_kind,
+            "max_batch_size": space.max_batch_size,
+            "dynamic_batching": space.dynamic_batching,
+            "preferred_batch_sizes": space.preferred_batch_sizes,
+            "max_queue_delay_us": space.max_queue_delay_us,
+            "batch_size": load.batch_size,
+        }
+        if load.mode == "concurrency":
+            values["concurrency"] = load.concurrency
+        else:
+            values["request_rate"] = load.request_rate
+        dims = tuple(
+            Dim(name, values[name])
+            for name in (*CONFIG_DIMS, *LOAD_DIMS)
+            if len(values.get(name, ())) > 1
+        )
+        fixed = {name: vals[0] for name, vals in values.items() if len(vals) == 1}
+        return cls(dims=dims, fixed=fixed)
+
+    def size(self) -> int:
+        n = 1
+        for d in self.dims:
+            n *= len(d.values)
+        return n
+
+    def suggest(self, trial: Suggester, *, conditional: bool = True) -> Params:
+        """Ask `trial` for one point. With `conditional`, batcher fields are only asked when dynamic
+        batching is on (fewer duplicate variants for TPE); grid search asks every dimension."""
+        params: Params = dict(self.fixed)
+        for dim in self.dims:
+            if (
+                conditional
+                and dim.name in _BATCHER_DIMS
+                and params.get("dynamic_batching") is False
+            ):
+                continue
+            params[dim.name] = dim.suggest(trial)
+        return params
+
+    def grid(self) -> dict[str, list[Any]]:
+        """Optuna GridSampler search space (param name -> choices)."""
+        return {d.param_name: d.choices() for d in self.dims}
+
+    def points(self) -> Iterator[Params]:
+        """Every point of the grid, decoded, in grid order."""
+        for combo in itertools.product(*(d.values for d in self.dims)):
+            params: Params = dict(self.fixed)
+            params.update({d.name: v for d, v in zip(self.dims, combo, strict=True)})
+            yield params
+
+    def baseline_load(self, load: LoadSettings) -> Params:
+        """The load levels the default config is measured at."""
+        params: Params = {}
+        for name in LOAD_DIMS:
+            if name in load.baseline:
+                raw = load.baseline[name]
+                params[name] = raw if name == "request_rate" else int(raw)
+            elif name in self.fixed:
+                params[name] = self.fixed[name]
+            else:
+                for d in self.dims:
+                    if d.name == name:
+                        params[name] = d.values[0]
+        return params
+
+
+def load_params(params: Mapping[str, Any]) -> Params:
+    """The client-load part of a point."""
+    return {k: params[k] for k in LOAD_DIMS if k in params}
+
+
+def _first_group(config: ModelConfig) -> tuple[int, str]:
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    if len(config.instance_group) == 0:
+        return 1, "KIND_CPU"
+    group = config.instance_group[0]
+    kind = str(mc.ModelInstanceGroup.Kind.Name(group.kind))
+    return max(int(group.count), 1), "KIND_CPU" if kind == "KIND_AUTO" else kind
+
+
+def build_variant(base: ModelConfig, params: Mapping[str, Any]) -> ModelConfig:
+    """The model's config with the point's config fields applied; name and every other field kept.
+
+    Raises ConfigError for a value the editors refuse (e.g. an unknown instance kind). A variant
+    that is well-formed but that Triton would refuse (preferred size > max_batch_size) is returned
+    as is: validating it is the caller's job, so the trial can fail with the reason.
+    """
+    config = base
+    if "instance_count" in params or "instance_kind" in params:
+        count, kind = _first_group(base)
+        config = with_instances(
+            config, int(params.get("instance_count", count)), str(params.get("instance_kind", kind))
+        )
+    if "max_batch_size" in params:
+        config = with_max_batch_size(config, int(params["max_batch_size"]))
+    dynamic = params.get("dynamic_batching")
+    batcher_given = any(k in params for k in _BATCHER_DIMS)
+    if dynamic is False:
+        config = without_dynamic_batching(config)
+    elif dynamic is True or batcher_given:
+        current = base.dynamic_batching
+        sizes = params.get("preferred_batch_sizes", tuple(current.preferred_batch_size))
+        delay = params.get("max_queue_delay_us", int(current.max_queue_delay_microseconds))
+        config = with_dynamic_batching(config, tuple(sizes), int(delay))
+    return config
+
+
+def variant_key(config: ModelConfig, params: Mapping[str, Any]) -> str:
+    """Identity of a measurement: the config's content hash plus the client load it ran under."""
+    load = load_params(params)
+    suffix = ",".join(f"{k}={load[k]}" for k in sorted(load))
+    return f"{config_hash(config)}/{suffix}"
+
+
+def describe(params: Mapping[str, Any]) -> str:
+    """Short human description of a point, e.g. "2xKIND_CPU mbs=16 dyn[4,8]@100us c=8"."""
+    parts: list[str] = []
+    if "instance_count" in params or "instance_kind" in params:
+        parts.append(
+            f"{params.get('instance_count', '')}x{params.get('instance_kind', '')}".strip("x")
+        )
+    if "max_batch_size" in params:
+        parts.append(f"mbs={params['max_batch_size']}")
+    if params.get("dynamic_batching") is False:
+        parts.append("no-dyn")
+    elif "preferred_batch_sizes" in params or "max_queue_delay_us" in params:
+        sizes = ",".join(str(s) for s in params.get("preferred_batch_sizes", ()))
+        parts.append(f"dyn[{sizes}]@{params.get('max_queue_delay_us', 0)}us")
+    elif params.get("dynamic_batching") is True:
+        parts.append("dyn")
+    for key, short in (("concurrency", "c"), ("request_rate", "r"), ("batch_size", "b")):
+        if key in params:
+            parts.append(f"{short}={params[key]}")
+    return " ".join(parts)
