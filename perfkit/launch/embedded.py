@@ -1,0 +1,104 @@
+"""`EmbeddedServer`: the bundled perfkit_server as a subprocess (`python -m perfkit_server`) on free ports.
+
+Never imports perfkit_server: it is reached only over HTTP/gRPC, so a crashed server cannot corrupt
+a measurement.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from perfkit.errors import ConfigError
+from perfkit.launch._base import LOOPBACK, ProcessServer
+
+MODEL_CONTROL_MODES = ("none", "explicit", "poll")
+
+
+class EmbeddedServer(ProcessServer):
+    """Run perfkit_server on `repo`; a context manager that waits until ready and stops on exit.
+
+        with EmbeddedServer(repo, load_models=["mlp"]) as server:
+            client = tritonclient.grpc.InferenceServerClient(server.grpc_url)
+
+    Args:
+        repo: the model repository.
+        model_control_mode: "explicit" (default; loads `load_models`), "none" (loads everything)
+            or "poll".
+        load_models: models to load at start in explicit mode; "*" loads all.
+        extra_args: more perfkit_server flags (tritonserver names), e.g. ["--log-verbose", "1"].
+        http_port, grpc_port, metrics_port: fixed ports; by default free loopback ports.
+        startup_timeout_s: bounded wait for /v2/health/ready; `ServerUnavailable` after it.
+        log_path: where the server logs; by default a temp file removed on a clean stop.
+    """
+
+    kind = "embedded"
+
+    def __init__(
+        self,
+        repo: Path,
+        *,
+        model_control_mode: str = "explicit",
+        load_models: Sequence[str] = ("*",),
+        extra_args: Sequence[str] = (),
+        http_port: int | None = None,
+        grpc_port: int | None = None,
+        metrics_port: int | None = None,
+        host: str = LOOPBACK,
+        startup_timeout_s: float = 60.0,
+        stop_timeout_s: float = 15.0,
+        log_path: Path | None = None,
+        env: Mapping[str, str] | None = None,
+        python: str = sys.executable,
+    ) -> None:
+        super().__init__(
+            host=host,
+            http_port=http_port,
+            grpc_port=grpc_port,
+            metrics_port=metrics_port,
+            startup_timeout_s=startup_timeout_s,
+            stop_timeout_s=stop_timeout_s,
+            log_path=log_path,
+            env=env,
+        )
+        if model_control_mode not in MODEL_CONTROL_MODES:
+            raise ConfigError(
+                f"model_control_mode must be one of {', '.join(MODEL_CONTROL_MODES)}, "
+                f"got {model_control_mode!r}"
+            )
+        if isinstance(load_models, str):
+            load_models = (load_models,)
+        self.repo = Path(repo).resolve()
+        self.model_control_mode = model_control_mode
+        self.load_models = tuple(load_models)
+        self.extra_args = tuple(extra_args)
+        self.python = python
+
+    def _describe(self) -> str:
+        return f"perfkit_server (repository {self.repo})"
+
+    def _command(self) -> list[str]:
+        command = [
+            self.python,
+            "-m",
+            "perfkit_server",
+            "--model-repository",
+            str(self.repo),
+            "--http-address",
+            self._host,
+            "--http-port",
+            str(self.http_port),
+            "--grpc-address",
+            self._host,
+            "--grpc-port",
+            str(self.grpc_port),
+            "--metrics-port",
+            str(self.metrics_port),
+            "--model-control-mode",
+            self.model_control_mode,
+        ]
+        if self.model_control_mode == "explicit":
+            for name in self.load_models:
+                command += ["--load-model", name]
+        return command + list(self.extra_args)
