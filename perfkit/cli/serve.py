@@ -1,7 +1,98 @@
-"""`perfkit serve` (placeholder until its issue lands)."""
+"""`perfkit serve`: run the bundled perfkit_server (`python -m perfkit_server`) with tritonserver's flags.
+
+perfkit never imports perfkit_server: the server replaces this process (os.execv), so signals,
+exit code and logs are the server's own.
+"""
 
 from __future__ import annotations
 
+import os
+import sys
+from pathlib import Path
+
 import click
 
-COMMANDS: list[click.Command] = []
+_CONTROL_MODES = ["none", "explicit", "poll"]
+
+
+@click.command(
+    "serve",
+    context_settings={"ignore_unknown_options": False},
+    help="Run the bundled Triton-compatible server (KServe v2 over HTTP and gRPC, Prometheus metrics).",
+)
+@click.option(
+    "--model-repository",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Model repository: one directory per model with config.pbtxt and numbered versions.",
+)
+@click.option("--http-port", type=int, default=8000, show_default=True)
+@click.option("--grpc-port", type=int, default=8001, show_default=True)
+@click.option("--metrics-port", type=int, default=8002, show_default=True)
+@click.option("--http-address", default="127.0.0.1", show_default=True)
+@click.option("--grpc-address", default="127.0.0.1", show_default=True)
+@click.option("--metrics-address", default="127.0.0.1", show_default=True)
+@click.option(
+    "--model-control-mode", type=click.Choice(_CONTROL_MODES), default="none", show_default=True
+)
+@click.option("--repository-poll-secs", type=float, default=15.0, show_default=True)
+@click.option(
+    "--load-model",
+    "load_models",
+    multiple=True,
+    help="Model to load at start (explicit mode); '*' = all.",
+)
+@click.option(
+    "--strict-model-config",
+    type=bool,
+    default=False,
+    show_default=True,
+    help="If false, complete missing inputs/outputs/max_batch_size from the ONNX graph.",
+)
+@click.option(
+    "--disable-auto-complete-config", is_flag=True, help="Never complete configs from the model."
+)
+@click.option(
+    "--log-verbose", type=int, default=0, show_default=True, help="> 0 logs every request (debug)."
+)
+def serve(
+    model_repository: Path,
+    http_port: int,
+    grpc_port: int,
+    metrics_port: int,
+    http_address: str,
+    grpc_address: str,
+    metrics_address: str,
+    model_control_mode: str,
+    repository_poll_secs: float,
+    load_models: tuple[str, ...],
+    strict_model_config: bool,
+    disable_auto_complete_config: bool,
+    log_verbose: int,
+) -> None:
+    """Replace this process with `python -m perfkit_server ...`."""
+    args = [
+        sys.executable,
+        "-m",
+        "perfkit_server",
+        f"--model-repository={model_repository}",
+        f"--http-port={http_port}",
+        f"--grpc-port={grpc_port}",
+        f"--metrics-port={metrics_port}",
+        f"--http-address={http_address}",
+        f"--grpc-address={grpc_address}",
+        f"--metrics-address={metrics_address}",
+        f"--model-control-mode={model_control_mode}",
+        f"--repository-poll-secs={repository_poll_secs}",
+        f"--strict-model-config={str(strict_model_config).lower()}",
+        f"--log-verbose={log_verbose}",
+        *(f"--load-model={name}" for name in load_models),
+    ]
+    if disable_auto_complete_config:
+        args.append("--disable-auto-complete-config")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, args)
+
+
+COMMANDS: list[click.Command] = [serve]

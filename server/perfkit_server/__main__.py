@@ -1,0 +1,110 @@
+"""`python -m perfkit_server`: parse tritonserver-named flags, configure logging, run the server."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from perfkit_server.app import serve
+from perfkit_server.settings import ServerSettings
+
+
+def _bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The flag set, named as tritonserver's."""
+    p = argparse.ArgumentParser(
+        prog="perfkit_server",
+        description="Triton-compatible KServe v2 inference server (HTTP, gRPC, metrics).",
+    )
+    p.add_argument("--model-repository", "--model-store", required=True, type=Path)
+    p.add_argument("--http-address", default="127.0.0.1")
+    p.add_argument("--http-port", type=int, default=8000)
+    p.add_argument("--grpc-address", default="127.0.0.1")
+    p.add_argument("--grpc-port", type=int, default=8001)
+    p.add_argument("--metrics-address", default="127.0.0.1")
+    p.add_argument("--metrics-port", type=int, default=8002)
+    p.add_argument("--allow-http", type=_bool, default=True)
+    p.add_argument("--allow-grpc", type=_bool, default=True)
+    p.add_argument("--allow-metrics", type=_bool, default=True)
+    p.add_argument("--model-control-mode", choices=["none", "explicit", "poll"], default="none")
+    p.add_argument("--repository-poll-secs", type=float, default=15.0)
+    p.add_argument(
+        "--load-model",
+        action="append",
+        default=[],
+        help="model to load at start (explicit mode); '*' = all",
+    )
+    p.add_argument("--strict-model-config", type=_bool, nargs="?", const=True, default=False)
+    p.add_argument("--disable-auto-complete-config", action="store_true")
+    p.add_argument("--log-verbose", type=int, nargs="?", const=1, default=0)
+    p.add_argument("--log-info", type=_bool, default=True)
+    p.add_argument("--exit-timeout-secs", type=float, default=30.0)
+    return p
+
+
+def settings_from_args(args: argparse.Namespace) -> ServerSettings:
+    return ServerSettings(
+        model_repository=args.model_repository,
+        http_address=args.http_address,
+        http_port=args.http_port,
+        grpc_address=args.grpc_address,
+        grpc_port=args.grpc_port,
+        metrics_address=args.metrics_address,
+        metrics_port=args.metrics_port,
+        allow_http=args.allow_http,
+        allow_grpc=args.allow_grpc,
+        allow_metrics=args.allow_metrics,
+        model_control_mode=args.model_control_mode,
+        repository_poll_secs=args.repository_poll_secs,
+        load_models=tuple(args.load_model),
+        strict_model_config=args.strict_model_config,
+        auto_complete_config=not args.disable_auto_complete_config,
+        log_verbose=args.log_verbose,
+        drain_secs=args.exit_timeout_secs,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = settings_from_args(args)
+    except ValueError as exc:
+        parser.error(str(exc))
+    level = (
+        logging.DEBUG
+        if settings.log_verbose > 0
+        else (logging.INFO if args.log_info else logging.WARNING)
+    )
+    logging.basicConfig(
+        level=level,
+        format="%(levelname).1s%(asctime)s.%(msecs)03d %(process)d %(filename)s:%(lineno)d] %(message)s",
+        datefmt="%m%d %H:%M:%S",
+        stream=sys.stderr,
+    )
+    if not settings.model_repository.is_dir():
+        logging.getLogger("perfkit_server").error(
+            "--model-repository %s does not exist or is not a directory", settings.model_repository
+        )
+        return 1
+    try:
+        return asyncio.run(serve(settings))
+    except OSError as exc:
+        logging.getLogger("perfkit_server").error("failed to start: %s", exc)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

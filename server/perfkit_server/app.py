@@ -1,0 +1,97 @@
+"""The composition root: registry + dataplane + HTTP, gRPC and metrics services on one asyncio loop.
+
+Startup loads the models first (as tritonserver does), then starts the services and logs Triton's
+"Started ... at ADDRESS:PORT" lines. SIGINT/SIGTERM stop accepting, drain queued and running
+requests, unload the models and return 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import grpc
+from aiohttp import web
+from tritonclient.grpc import service_pb2_grpc
+
+from perfkit_server.dataplane import DataPlane
+from perfkit_server.grpc_service import GrpcService
+from perfkit_server.http_service import HttpService
+from perfkit_server.metrics import metrics_app
+from perfkit_server.registry import Registry
+from perfkit_server.settings import ServerSettings
+
+logger = logging.getLogger(__name__)
+
+
+async def _start_site(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, backlog=1024)
+    await site.start()
+    bound = port
+    for address in runner.addresses:
+        if isinstance(address, tuple):
+            bound = int(address[1])
+            break
+    return runner, bound
+
+
+async def serve(settings: ServerSettings) -> int:
+    """Run the server until SIGINT/SIGTERM; returns the process exit code."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    registry = Registry(settings)
+    dataplane = DataPlane(settings, registry)
+    await registry.load_startup()
+
+    runners: list[web.AppRunner] = []
+    grpc_server: grpc.aio.Server | None = None
+    try:
+        if settings.allow_grpc:
+            limit = settings.max_request_bytes
+            grpc_server = grpc.aio.server(
+                options=[
+                    ("grpc.max_receive_message_length", limit),
+                    ("grpc.max_send_message_length", limit),
+                    ("grpc.so_reuseport", 0),
+                ]
+            )
+            service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+                GrpcService(dataplane), grpc_server
+            )
+            port = grpc_server.add_insecure_port(f"{settings.grpc_address}:{settings.grpc_port}")
+            if port == 0:
+                raise OSError(
+                    f"cannot bind the gRPC port {settings.grpc_address}:{settings.grpc_port}"
+                )
+            await grpc_server.start()
+            logger.info("Started GRPCInferenceService at %s:%d", settings.grpc_address, port)
+        if settings.allow_http:
+            http = HttpService(dataplane, settings.max_request_bytes)
+            runner, port = await _start_site(http.app, settings.http_address, settings.http_port)
+            runners.append(runner)
+            logger.info("Started HTTPService at %s:%d", settings.http_address, port)
+        if settings.allow_metrics:
+            runner, port = await _start_site(
+                metrics_app(registry), settings.metrics_address, settings.metrics_port
+            )
+            runners.append(runner)
+            logger.info("Started Metrics Service at %s:%d", settings.metrics_address, port)
+        dataplane.set_ready(True)
+        await stop.wait()
+        logger.info("Signal received, draining in-flight requests")
+    finally:
+        dataplane.set_ready(False)
+        if grpc_server is not None:
+            await grpc_server.stop(settings.drain_secs)
+        for runner in runners:
+            await runner.shutdown()
+            await runner.cleanup()
+        await registry.close()
+        logger.info("Server stopped")
+    return 0

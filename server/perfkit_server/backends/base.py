@@ -1,0 +1,69 @@
+"""The Backend seam: one object per model instance that loads a model and runs blocking batches.
+
+A backend is created (and loaded) in a worker thread, then `infer` is called from that instance's
+worker thread only, one batch at a time. It must not touch the event loop. TensorRT and the CUDA
+provider fit here later: `InstanceSpec.kind`/`device_id` say where the instance runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+Array = npt.NDArray[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceSpec:
+    """What a backend needs to load one instance of one model version."""
+
+    model_name: str
+    version: int
+    version_dir: Path
+    config: Any  # model_config_pb2.ModelConfig (untyped: tritonclient ships no stubs)
+    index: int  # instance index within the model, 0-based
+    instance_count: int  # total instances of this model version
+    kind: str  # "KIND_CPU", "KIND_GPU", ...
+    device_id: int  # GPU id for KIND_GPU, else 0
+
+
+class Backend(Protocol):
+    """One loaded model instance."""
+
+    def infer(self, inputs: Mapping[str, Array]) -> dict[str, Array]:
+        """Run one batch (blocking). Inputs and outputs carry the batch dimension if the model batches."""
+        ...
+
+    def close(self) -> None:
+        """Release the session and its memory."""
+        ...
+
+
+def string_parameter(config: Any, key: str, default: str = "") -> str:
+    """A config `parameters { key: ... value: { string_value: ... } }` entry, or `default`."""
+    if key in config.parameters:
+        return str(config.parameters[key].string_value)
+    return default
+
+
+def int_parameter(config: Any, key: str, default: int, source: str) -> int:
+    """An integer-valued config parameter; a non-integer value names the model and key."""
+    text = string_parameter(config, key, "")
+    if not text:
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(
+            f"{source}: parameters['{key}'].string_value must be an integer, got {text!r}"
+        ) from None
+
+
+def zeros_like_config(dtype: np.dtype[Any], shape: tuple[int, ...]) -> Array:
+    """A zero tensor (used by warmup)."""
+    return np.zeros(shape, dtype=dtype)

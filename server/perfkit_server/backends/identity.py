@@ -1,0 +1,56 @@
+"""The `perfkit_identity` test/demo backend: copies INPUTi -> OUTPUTi, with configurable delays.
+
+Config parameters (string values): `execute_delay_us` (sleep once per execution, so batching pays
+off), `delay_per_item_us` (sleep per batch item), `stall_every_n` + `stall_us` (every n-th execution
+stalls for stall_us; used to test coordinated-omission correction).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping
+
+from perfkit_server.backends.base import Array, InstanceSpec, int_parameter
+
+BACKEND_NAME = "perfkit_identity"
+
+
+class IdentityBackend:
+    """Copies the i-th config input to the i-th config output."""
+
+    def __init__(self, spec: InstanceSpec) -> None:
+        config = spec.config
+        source = f"model '{spec.model_name}' config"
+        self._pairs = [
+            (inp.name, out.name) for inp, out in zip(config.input, config.output, strict=False)
+        ]
+        if not self._pairs:
+            raise ValueError(f"{source}: the perfkit_identity backend needs inputs and outputs")
+        self._execute_delay_s = int_parameter(config, "execute_delay_us", 0, source) / 1e6
+        self._per_item_s = int_parameter(config, "delay_per_item_us", 0, source) / 1e6
+        self._stall_every = int_parameter(config, "stall_every_n", 0, source)
+        self._stall_s = int_parameter(config, "stall_us", 0, source) / 1e6
+        self._batching = config.max_batch_size > 0
+        self._executions = 0
+        # Executions are counted across this instance only; the lock keeps the count exact
+        # even if a caller shares the instance between threads.
+        self._lock = threading.Lock()
+
+    def infer(self, inputs: Mapping[str, Array]) -> dict[str, Array]:
+        with self._lock:
+            self._executions += 1
+            n = self._executions
+        delay = self._execute_delay_s
+        if self._per_item_s:
+            first = next(iter(inputs.values()))
+            items = first.shape[0] if self._batching and first.ndim else 1
+            delay += self._per_item_s * items
+        if self._stall_every and n % self._stall_every == 0:
+            delay += self._stall_s
+        if delay > 0:
+            time.sleep(delay)
+        return {out: inputs[inp] for inp, out in self._pairs if inp in inputs}
+
+    def close(self) -> None:
+        self._pairs = []

@@ -1,0 +1,225 @@
+"""All server logic behind both transports: health, metadata, config, infer, statistics, repository.
+
+Transport modules decode wire formats into `types.InferRequest` and map `errors.ServerError`
+subclasses to status codes; everything else happens here.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from perfkit.model_repo.config import config_to_json
+from perfkit_server import SERVER_NAME, __version__
+from perfkit_server.errors import InvalidInput, ServerError, Unavailable
+from perfkit_server.registry import LoadedVersion, Registry
+from perfkit_server.settings import ServerSettings
+from perfkit_server.types import InferInput, InferOutput, InferRequest, InferResponse, v2_of_array
+
+logger = logging.getLogger(__name__)
+
+EXTENSIONS = [
+    "classification",
+    "sequence",
+    "model_repository",
+    "model_repository(unload_dependents)",
+    "schedule_policy",
+    "model_configuration",
+    "system_shared_memory",
+    "cuda_shared_memory",
+    "binary_tensor_data",
+    "parameters",
+    "statistics",
+    "logging",
+]
+
+
+class DataPlane:
+    """Transport-independent implementation of the KServe v2 / Triton protocol."""
+
+    def __init__(self, settings: ServerSettings, registry: Registry) -> None:
+        self._settings = settings
+        self._registry = registry
+        self._ready = False
+        self._metadata_cache: dict[tuple[str, str], dict[str, Any]] = {}
+
+    @property
+    def registry(self) -> Registry:
+        return self._registry
+
+    def set_ready(self, ready: bool) -> None:
+        """Startup loading finished (True) or the server is draining (False)."""
+        self._ready = ready
+
+    # -- health and metadata -------------------------------------------------------------------
+
+    def live(self) -> bool:
+        return True
+
+    def ready(self) -> bool:
+        return self._ready
+
+    def server_metadata(self) -> dict[str, Any]:
+        return {"name": SERVER_NAME, "version": __version__, "extensions": EXTENSIONS}
+
+    def model_ready(self, name: str, version: str = "") -> bool:
+        return self._registry.ready(name, version)
+
+    def model_metadata(self, name: str, version: str = "") -> dict[str, Any]:
+        lv = self._registry.get(name, version)
+        versions = sorted(v.version for v in self._registry.loaded_versions() if v.name == name)
+        batch = [-1] if lv.max_batch_size > 0 else []
+        return {
+            "name": name,
+            "versions": [str(v) for v in versions],
+            "platform": lv.platform,
+            "inputs": [
+                {"name": t.name, "datatype": t.datatype, "shape": [*batch, *t.dims]}
+                for t in lv.inputs.values()
+            ],
+            "outputs": [
+                {"name": t.name, "datatype": t.datatype, "shape": [*batch, *t.dims]}
+                for t in lv.outputs.values()
+            ],
+        }
+
+    def model_config(self, name: str, version: str = "") -> Any:
+        """The served ModelConfig (protobuf)."""
+        return self._registry.get(name, version).config
+
+    def model_config_json(self, name: str, version: str = "") -> dict[str, Any]:
+        return config_to_json(self.model_config(name, version))
+
+    # -- statistics ----------------------------------------------------------------------------
+
+    def statistics(self, name: str = "", version: str = "") -> dict[str, Any]:
+        """Triton's statistics extension response: {"model_stats": [...]}."""
+        if name:
+            if version:
+                versions = [self._registry.get(name, version)]
+            else:
+                self._registry.get(name)
+                versions = [v for v in self._registry.loaded_versions() if v.name == name]
+        else:
+            versions = self._registry.loaded_versions()
+        return {"model_stats": [v.stats.to_json() for v in versions]}
+
+    # -- repository ----------------------------------------------------------------------------
+
+    def repository_index(self, ready_only: bool = False) -> list[dict[str, str]]:
+        return self._registry.index(ready_only)
+
+    async def load_model(self, name: str, config: dict[str, Any] | str | None = None) -> None:
+        self._check_explicit("load")
+        await self._registry.load(name, config)
+
+    async def unload_model(self, name: str) -> None:
+        self._check_explicit("unload")
+        await self._registry.unload(name)
+
+    def _check_explicit(self, what: str) -> None:
+        mode = self._settings.model_control_mode
+        if mode != "explicit":
+            raise Unavailable(
+                f"explicit model {what} is not allowed if --model-control-mode is '{mode}'; start "
+                "the server with --model-control-mode=explicit"
+            )
+
+    # -- inference -----------------------------------------------------------------------------
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        """Validate, queue, wait for the batch, and build the response."""
+        lv = self._registry.get(request.model_name, request.model_version)
+        start = time.perf_counter_ns()
+        try:
+            inputs, batch_size = _check_inputs(lv, request.inputs)
+            wanted = [o.name for o in request.outputs]
+            for out in wanted:
+                if out not in lv.outputs:
+                    raise InvalidInput(f"unexpected inference output '{out}' for model '{lv.name}'")
+            future = lv.scheduler.submit(inputs, batch_size, request.priority, request.timeout_us)
+            outputs, times = await future
+        except ServerError as exc:
+            reason = (
+                "REJECTED"
+                if isinstance(exc, Unavailable)
+                else ("OTHER" if isinstance(exc, InvalidInput) else "BACKEND")
+            )
+            lv.stats.record_failure(time.perf_counter_ns() - start, reason)
+            raise
+        names = wanted or [n for n in lv.outputs if n in outputs] or list(outputs)
+        result: list[InferOutput] = []
+        for out in names:
+            array = outputs.get(out)
+            if array is None:
+                lv.stats.record_failure(time.perf_counter_ns() - start, "BACKEND")
+                raise InvalidInput(f"model '{lv.name}' produced no output '{out}'")
+            spec = lv.outputs.get(out)
+            datatype = spec.datatype if spec is not None else v2_of_array(array)
+            result.append(InferOutput(out, datatype, tuple(array.shape), array))
+        lv.stats.record_success(time.perf_counter_ns() - start, times)
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("infer %s v%d id=%r batch=%d", lv.name, lv.version, request.id, batch_size)
+        return InferResponse(lv.name, str(lv.version), request.id, result)
+
+
+def _check_inputs(lv: LoadedVersion, inputs: list[InferInput]) -> tuple[dict[str, Any], int]:
+    """Check names, datatypes, shapes and batch size against the config; map name -> array."""
+    arrays: dict[str, Any] = {}
+    batch_size = 1
+    mbs = lv.max_batch_size
+    first_batch: int | None = None
+    for inp in inputs:
+        spec = lv.inputs.get(inp.name)
+        if spec is None:
+            raise InvalidInput(
+                f"unexpected inference input '{inp.name}' for model '{lv.name}'; it expects "
+                f"{sorted(lv.inputs)}"
+            )
+        if inp.name in arrays:
+            raise InvalidInput(f"input '{inp.name}' appears more than once in the request")
+        if inp.datatype != spec.datatype:
+            raise InvalidInput(
+                f"inference input '{inp.name}' data-type is '{inp.datatype}', but model "
+                f"'{lv.name}' expects '{spec.datatype}'"
+            )
+        shape = inp.shape
+        dims = shape
+        if mbs > 0:
+            if not shape:
+                raise InvalidInput(
+                    f"input '{inp.name}' of model '{lv.name}' needs a batch dimension: shape "
+                    f"[batch, {', '.join(str(d) for d in spec.dims)}]"
+                )
+            batch = shape[0]
+            if batch < 1 or batch > mbs:
+                raise InvalidInput(
+                    f"inference request batch-size must be <= {mbs} for '{lv.name}' "
+                    f"(input '{inp.name}' has batch size {batch})"
+                )
+            if first_batch is None:
+                first_batch = batch
+            elif batch != first_batch:
+                raise InvalidInput(
+                    f"input '{inp.name}' has batch size {batch} but other inputs have {first_batch}"
+                )
+            dims = shape[1:]
+        if len(dims) != len(spec.dims) or any(
+            want != -1 and want != got for want, got in zip(spec.dims, dims, strict=False)
+        ):
+            expect = ([-1] if mbs > 0 else []) + list(spec.dims)
+            raise InvalidInput(
+                f"unexpected shape for input '{inp.name}' for model '{lv.name}'. "
+                f"Expected {expect}, got {list(shape)}"
+            )
+        arrays[inp.name] = inp.data
+    missing = [n for n, s in lv.inputs.items() if n not in arrays and not s.optional]
+    if missing:
+        raise InvalidInput(
+            f"expected {len(lv.inputs)} inputs but got {len(arrays)} inputs for model "
+            f"'{lv.name}'; missing required input(s) {missing}"
+        )
+    if first_batch is not None:
+        batch_size = first_batch
+    return arrays, batch_size

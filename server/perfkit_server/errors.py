@@ -1,0 +1,30 @@
+"""The transport-free ServerError tree; http_service and grpc_service map each class to a status.
+
+ServerError
+├── InvalidInput        HTTP 400 / INVALID_ARGUMENT: bad request, shape, datatype, config override
+├── ModelNotFound       HTTP 404 / NOT_FOUND: unknown model or version
+├── Unavailable         HTTP 503 / UNAVAILABLE: model not ready, queue full, timeout, shutting down
+└── InferenceFailed     HTTP 500 / INTERNAL: the backend raised while executing
+"""
+
+from __future__ import annotations
+
+
+class ServerError(Exception):
+    """Base of every error the server returns to a client. The message is shown verbatim."""
+
+
+class InvalidInput(ServerError):
+    """The request (or a load/config request) is malformed or does not match the model."""
+
+
+class ModelNotFound(ServerError):
+    """No such model, or no such version of it."""
+
+
+class Unavailable(ServerError):
+    """The model exists but cannot serve now (not ready, queue full, timed out, shutting down)."""
+
+
+class InferenceFailed(ServerError):
+    """The backend failed while executing a batch."""

@@ -1,0 +1,453 @@
+"""Model lifecycle: repository scan, versions and version_policy, load (with a config override
+applied live), unload, poll, the repository index, config completion from the ONNX graph.
+
+A load builds the new version set completely (instances loaded, warmed up) before it replaces the
+old one, so the model keeps serving during a reload and a failed reload leaves the old one in place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from perfkit.errors import ConfigError
+from perfkit.model_repo.config import (
+    config_from_json,
+    load_config,
+    v2_datatype,
+    validate_config,
+)
+from perfkit.model_repo.repository import check_model_name, scan_repository, version_dirs
+from perfkit_server.backends import (
+    Backend,
+    InstanceSpec,
+    backend_name,
+    create_backend,
+    known_backend,
+)
+from perfkit_server.errors import InvalidInput, ModelNotFound, Unavailable
+from perfkit_server.scheduler import BatcherSpec, Scheduler
+from perfkit_server.settings import ServerSettings
+from perfkit_server.stats import ModelStats
+from perfkit_server.types import NP_BY_V2
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.pbtxt"
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    """An input or output as the config declares it (dims without the batch dimension)."""
+
+    name: str
+    datatype: str
+    dims: tuple[int, ...]
+    optional: bool = False
+
+
+@dataclass(slots=True, eq=False)
+class LoadedVersion:
+    """One served model version: its config, scheduler and statistics."""
+
+    name: str
+    version: int
+    config: Any
+    scheduler: Scheduler
+    stats: ModelStats
+    inputs: dict[str, TensorSpec]
+    outputs: dict[str, TensorSpec]
+    max_batch_size: int
+    platform: str
+
+
+@dataclass(slots=True, eq=False)
+class ModelEntry:
+    """A model's current state: its loaded versions, or why it is unavailable."""
+
+    name: str
+    versions: dict[int, LoadedVersion] = field(default_factory=dict)
+    config: Any = None
+    state: str = "UNAVAILABLE"
+    reason: str = ""
+    fingerprint: tuple[Any, ...] = ()
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+def _fingerprint(model_dir: Path) -> tuple[Any, ...]:
+    items: list[tuple[str, int, int]] = []
+    for root, dirs, files in os.walk(model_dir):
+        dirs.sort()
+        for fname in sorted(files):
+            path = Path(root) / fname
+            try:
+                st = path.stat()
+            except OSError:
+                continue
+            items.append((str(path.relative_to(model_dir)), st.st_mtime_ns, st.st_size))
+    return tuple(items)
+
+
+def _instance_kinds(config: Any) -> list[tuple[str, int]]:
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    kinds: list[tuple[str, int]] = []
+    for group in config.instance_group or []:
+        kind = mc.ModelInstanceGroup.Kind.Name(group.kind)
+        kind = "KIND_CPU" if kind == "KIND_AUTO" else kind
+        gpus = list(group.gpus) or [0]
+        kinds.extend((kind, gpus[i % len(gpus)]) for i in range(max(1, group.count)))
+    return kinds or [("KIND_CPU", 0)]
+
+
+def _select_versions(config: Any, model_dir: Path, source: str) -> dict[int, Path]:
+    available = version_dirs(model_dir)
+    policy = config.version_policy
+    which = policy.WhichOneof("policy_choice")
+    if which == "all":
+        chosen = available
+    elif which == "specific":
+        chosen = {v: p for v, p in available.items() if v in set(policy.specific.versions)}
+    else:
+        n = max(1, policy.latest.num_versions) if which == "latest" else 1
+        chosen = dict(sorted(available.items())[-n:])
+    if not chosen:
+        raise ConfigError(
+            f"{source}: version_policy: no version directory of model '{config.name}' matches the "
+            f"policy (found versions {sorted(available) or 'none'}); add a numbered directory such "
+            "as 1/ holding the model file"
+        )
+    return chosen
+
+
+def _tensor_specs(tensors: Any, source: str, kind: str) -> dict[str, TensorSpec]:
+    specs: dict[str, TensorSpec] = {}
+    for t in tensors:
+        try:
+            datatype = v2_datatype(t.data_type)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {kind} '{t.name}': {exc}") from None
+        specs[t.name] = TensorSpec(
+            t.name, datatype, tuple(int(d) for d in t.dims), bool(getattr(t, "optional", False))
+        )
+    return specs
+
+
+def _warmup_inputs(config: Any, warmup: Any, version_dir: Path) -> dict[str, np.ndarray[Any, Any]]:
+    inputs: dict[str, np.ndarray[Any, Any]] = {}
+    rng = np.random.default_rng(0)
+    for name, spec in warmup.inputs.items():
+        dtype = NP_BY_V2[v2_datatype(spec.data_type)]
+        shape = tuple(int(d) for d in spec.dims)
+        if config.max_batch_size > 0:
+            shape = (max(1, warmup.batch_size), *shape)
+        which = spec.WhichOneof("input_data_type")
+        if which == "random_data" and dtype.kind in "fiu":
+            array = rng.random(shape).astype(dtype)
+        elif which == "input_data_file":
+            raw = (version_dir.parent / "warmup" / spec.input_data_file).read_bytes()
+            array = np.frombuffer(raw, dtype=dtype).reshape(shape)
+        else:
+            array = np.zeros(shape, dtype=dtype)
+        inputs[name] = array
+    return inputs
+
+
+class Registry:
+    """All models of one repository and their served versions."""
+
+    def __init__(self, settings: ServerSettings) -> None:
+        self._settings = settings
+        self._root = settings.model_repository
+        self._models: dict[str, ModelEntry] = {}
+        self._poll_task: asyncio.Task[None] | None = None
+
+    # -- lookups ------------------------------------------------------------------------------
+
+    def get(self, name: str, version: str = "") -> LoadedVersion:
+        """The served version for a request; raises ModelNotFound or Unavailable."""
+        entry = self._models.get(name)
+        if entry is None or not entry.versions:
+            if entry is None and not self._in_repository(name):
+                raise ModelNotFound(f"Request for unknown model: '{name}' is not found")
+            why = f": {entry.reason}" if entry is not None and entry.reason else ""
+            raise Unavailable(f"Request for unknown model: '{name}' is not ready{why}")
+        if not version:
+            return entry.versions[max(entry.versions)]
+        try:
+            loaded = entry.versions.get(int(version))
+        except ValueError:
+            raise InvalidInput(f"model version must be an integer, got '{version}'") from None
+        if loaded is None:
+            raise ModelNotFound(
+                f"Request for unknown model: '{name}' version {version} is not found "
+                f"(served versions: {sorted(entry.versions)})"
+            )
+        return loaded
+
+    def _in_repository(self, name: str) -> bool:
+        try:
+            check_model_name(name)
+        except ConfigError:
+            return False
+        return (self._root / name).is_dir()
+
+    def ready(self, name: str, version: str = "") -> bool:
+        try:
+            self.get(name, version)
+        except (ModelNotFound, Unavailable, InvalidInput):
+            return False
+        return True
+
+    def loaded_versions(self) -> list[LoadedVersion]:
+        return [v for e in self._models.values() for v in e.versions.values()]
+
+    def index(self, ready_only: bool = False) -> list[dict[str, str]]:
+        """Triton's repository index: one entry per model version (or per model if none)."""
+        try:
+            names = set(scan_repository(self._root))
+        except ConfigError:
+            names = set()
+        names |= set(self._models)
+        out: list[dict[str, str]] = []
+        for name in sorted(names):
+            entry = self._models.get(name)
+            if entry is not None and entry.versions:
+                out.extend(
+                    {"name": name, "version": str(v), "state": "READY", "reason": ""}
+                    for v in sorted(entry.versions)
+                )
+            elif not ready_only:
+                if entry is None:
+                    out.append({"name": name})
+                else:
+                    out.append(
+                        {"name": name, "version": "", "state": entry.state, "reason": entry.reason}
+                    )
+        return out
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def load_startup(self) -> None:
+        """Load what the model control mode says to load at start; failures are logged, not fatal."""
+        mode = self._settings.model_control_mode
+        if mode == "explicit":
+            wanted = list(self._settings.load_models)
+            if "*" in wanted:
+                wanted = list(scan_repository(self._root))
+        else:
+            wanted = list(scan_repository(self._root))
+        await asyncio.gather(*(self._load_logged(name) for name in wanted))
+        if mode == "poll":
+            self._poll_task = asyncio.get_running_loop().create_task(self._poll_forever())
+
+    async def _load_logged(self, name: str) -> None:
+        try:
+            await self.load(name)
+        except (InvalidInput, ModelNotFound, Unavailable):
+            pass  # load() logged it with the file and field; the other models keep loading
+
+    async def load(self, name: str, override: dict[str, Any] | str | None = None) -> None:
+        """(Re)load a model, optionally with a JSON config override (Triton's load API).
+
+        Raises InvalidInput for a bad name or config, ModelNotFound if the repository has no such
+        model. On failure the previously served versions keep serving.
+        """
+        try:
+            check_model_name(name)
+        except ConfigError as exc:
+            raise InvalidInput(str(exc)) from None
+        model_dir = self._root / name
+        if not model_dir.is_dir():
+            raise ModelNotFound(
+                f"failed to load '{name}': no model directory '{model_dir}' in the model repository"
+            )
+        entry = self._models.setdefault(name, ModelEntry(name))
+        async with entry.lock:
+            fingerprint = _fingerprint(model_dir)
+            try:
+                config = await asyncio.to_thread(self._resolve_config, name, model_dir, override)
+                versions = await self._build_versions(name, model_dir, config)
+            except Exception as exc:  # load boundary: any backend error fails only this model
+                message = str(exc) or type(exc).__name__
+                if not entry.versions:
+                    entry.state, entry.reason = "UNAVAILABLE", message
+                logger.error("failed to load model '%s': %s", name, message)
+                raise InvalidInput(f"failed to load '{name}': {message}") from None
+            old = entry.versions
+            entry.versions, entry.config = versions, config
+            entry.state, entry.reason, entry.fingerprint = "READY", "", fingerprint
+            logger.info(
+                "loaded model '%s' versions %s", name, ", ".join(str(v) for v in sorted(versions))
+            )
+            for lv in old.values():
+                await lv.scheduler.close()
+
+    async def unload(self, name: str) -> None:
+        """Unload every version of a model; queued requests are served first."""
+        try:
+            check_model_name(name)
+        except ConfigError as exc:
+            raise InvalidInput(str(exc)) from None
+        entry = self._models.get(name)
+        if entry is None:
+            if not (self._root / name).is_dir():
+                raise ModelNotFound(f"failed to unload '{name}': unknown model")
+            return
+        async with entry.lock:
+            old, entry.versions = entry.versions, {}
+            entry.state, entry.reason = "UNAVAILABLE", "unloaded"
+            for lv in old.values():
+                await lv.scheduler.close()
+            logger.info("unloaded model '%s'", name)
+
+    async def close(self) -> None:
+        """Stop polling and unload everything (serving what is queued)."""
+        if self._poll_task is not None:
+            self._poll_task.cancel()
+        for entry in list(self._models.values()):
+            for lv in entry.versions.values():
+                await lv.scheduler.close()
+            entry.versions = {}
+
+    async def poll_once(self) -> None:
+        """Load new and changed models, unload removed ones (poll mode)."""
+        try:
+            present = scan_repository(self._root)
+        except ConfigError as exc:
+            logger.error("model repository poll failed: %s", exc)
+            return
+        for name in sorted(set(self._models) - set(present)):
+            if self._models[name].versions:
+                await self.unload(name)
+            self._models.pop(name, None)
+        for name, model_dir in present.items():
+            entry = self._models.get(name)
+            if entry is None or entry.fingerprint != _fingerprint(model_dir):
+                await self._load_logged(name)
+                if name in self._models and not self._models[name].fingerprint:
+                    # failed: remember what failed so it is retried only when the files change
+                    self._models[name].fingerprint = _fingerprint(model_dir)
+
+    async def _poll_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._settings.repository_poll_secs)
+            await self.poll_once()
+
+    # -- building -----------------------------------------------------------------------------
+
+    def _resolve_config(
+        self, name: str, model_dir: Path, override: dict[str, Any] | str | None
+    ) -> Any:
+        config_path = model_dir / CONFIG_FILE
+        if override is not None:
+            source = f"config override for model '{name}'"
+            config = config_from_json(override, source)
+            if not config.backend and not config.platform:
+                raise ConfigError(
+                    f"{source}: backend/platform: a config override replaces the whole config and "
+                    'must name its backend or platform, e.g. backend: "onnxruntime"'
+                )
+            missing_file = False
+        elif config_path.is_file():
+            source = str(config_path)
+            config = load_config(config_path)
+            missing_file = False
+        else:
+            from tritonclient.grpc import model_config_pb2 as mc
+
+            source = str(config_path)
+            config = mc.ModelConfig()
+            missing_file = True
+        if config.name and config.name != name:
+            raise ConfigError(
+                f"{source}: name: '{config.name}' does not match the model directory '{name}'"
+            )
+        config.name = name
+        backend = backend_name(config, model_dir)
+        if not known_backend(backend):
+            raise ConfigError(
+                f"{source}: backend: unsupported backend {backend or '(none)'!r}; this server "
+                'runs backend "onnxruntime" (platform onnxruntime_onnx) and "perfkit_identity"'
+            )
+        if not config.backend and not config.platform:
+            config.backend = backend
+        settings = self._settings
+        autocomplete = settings.auto_complete_config and (
+            missing_file or not settings.strict_model_config
+        )
+        if autocomplete and backend == "onnxruntime" and (not config.input or not config.output):
+            from perfkit_server.backends.onnxruntime import autocomplete as complete
+
+            latest = _select_versions(config, model_dir, source)
+            complete(config, latest[max(latest)])
+        if missing_file and not autocomplete:
+            raise ConfigError(
+                f"{source}: missing, and config auto-completion is disabled; write a config.pbtxt"
+            )
+        validate_config(config, source)
+        if not config.input or not config.output:
+            raise ConfigError(f"{source}: input/output: the model must declare inputs and outputs")
+        return config
+
+    async def _build_versions(
+        self, name: str, model_dir: Path, config: Any
+    ) -> dict[int, LoadedVersion]:
+        source = f"model '{name}'"
+        chosen = _select_versions(config, model_dir, str(model_dir / CONFIG_FILE))
+        inputs = _tensor_specs(config.input, source, "input")
+        outputs = _tensor_specs(config.output, source, "output")
+        kinds = _instance_kinds(config)
+        spec = BatcherSpec.from_config(config)
+        platform = str(config.platform or config.backend)
+        result: dict[int, LoadedVersion] = {}
+        try:
+            for version, version_dir in chosen.items():
+                specs = [
+                    InstanceSpec(name, version, version_dir, config, i, len(kinds), kind, device)
+                    for i, (kind, device) in enumerate(kinds)
+                ]
+                loaded = await asyncio.gather(
+                    *(asyncio.to_thread(self._load_instance, s) for s in specs),
+                    return_exceptions=True,
+                )
+                good = [x for x in loaded if not isinstance(x, BaseException)]
+                errors = [x for x in loaded if isinstance(x, BaseException)]
+                if errors:
+                    for backend in good:
+                        backend.close()
+                    raise errors[0]
+                stats = ModelStats(name, str(version))
+                scheduler = Scheduler(spec, good, stats)
+                scheduler.start()
+                result[version] = LoadedVersion(
+                    name=name,
+                    version=version,
+                    config=config,
+                    scheduler=scheduler,
+                    stats=stats,
+                    inputs=inputs,
+                    outputs=outputs,
+                    max_batch_size=int(config.max_batch_size),
+                    platform=platform,
+                )
+        except BaseException:
+            for lv in result.values():
+                await lv.scheduler.close()
+            raise
+        return result
+
+    @staticmethod
+    def _load_instance(spec: InstanceSpec) -> Backend:
+        backend = create_backend(spec)
+        for warmup in spec.config.model_warmup:
+            inputs = _warmup_inputs(spec.config, warmup, spec.version_dir)
+            for _ in range(max(1, warmup.count)):
+                backend.infer(inputs)
+        return backend

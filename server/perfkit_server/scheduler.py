@@ -1,0 +1,396 @@
+"""Per model-version scheduling with Triton's semantics: the default scheduler and the dynamic batcher.
+
+One scheduler coroutine forms batches and hands each to an idle instance; each instance has its own
+backend session, and its blocking `infer` runs in a ThreadPoolExecutor, never on the loop.
+
+Dynamic batching (Triton's rules): requests are taken in priority order, then arrival order, while
+the batch stays within max_batch_size and the requests' non-batch shapes match. The batch is sent at
+once when it is full (max_batch_size, or no further request fits) or when its size is the largest
+preferred size reachable; otherwise the batcher waits up to max_queue_delay_microseconds measured
+from the oldest request, then sends the largest preferred-size prefix, or everything pending.
+Queue policies: max_queue_size rejects at arrival; a request past its timeout is rejected or, with
+timeout_action DELAY, served after the requests still within their timeouts. With
+preserve_ordering, responses complete in arrival order. Clocks: time.perf_counter_ns (monotonic).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from perfkit_server.backends.base import Array, Backend
+from perfkit_server.errors import InferenceFailed, Unavailable
+from perfkit_server.stats import ModelStats, RequestTimes
+
+logger = logging.getLogger(__name__)
+
+Outputs = dict[str, Array]
+
+
+@dataclass(slots=True, eq=False)
+class _Pending:
+    inputs: dict[str, Array]
+    batch_size: int
+    shape_key: tuple[Any, ...]
+    future: asyncio.Future[tuple[Outputs, RequestTimes]]
+    enqueue_ns: int
+    deadline_ns: int  # 0: no timeout
+    level: int
+    outcome: tuple[Outputs, RequestTimes] | BaseException | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class QueuePolicy:
+    """Triton's ModelQueuePolicy for one priority level."""
+
+    timeout_ns: int = 0
+    delay_on_timeout: bool = False
+    allow_timeout_override: bool = False
+    max_queue_size: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class BatcherSpec:
+    """The scheduling part of a model config, resolved."""
+
+    max_batch_size: int
+    dynamic: bool
+    preferred: tuple[int, ...] = ()
+    max_queue_delay_ns: int = 0
+    preserve_ordering: bool = False
+    priority_levels: int = 0
+    default_priority: int = 0
+    policies: tuple[QueuePolicy, ...] = field(default_factory=lambda: (QueuePolicy(),))
+
+    @classmethod
+    def from_config(cls, config: Any) -> BatcherSpec:
+        """Read max_batch_size and dynamic_batching from a ModelConfig."""
+        mbs = int(config.max_batch_size)
+        if not config.HasField("dynamic_batching") or mbs == 0:
+            return cls(max_batch_size=mbs, dynamic=False)
+        db = config.dynamic_batching
+
+        def policy(p: Any) -> QueuePolicy:
+            return QueuePolicy(
+                timeout_ns=int(p.default_timeout_microseconds) * 1000,
+                delay_on_timeout=int(p.timeout_action) == 1,
+                allow_timeout_override=bool(p.allow_timeout_override),
+                max_queue_size=int(p.max_queue_size),
+            )
+
+        default = policy(db.default_queue_policy)
+        levels = int(db.priority_levels)
+        policies = tuple(
+            policy(db.priority_queue_policy[lvl]) if lvl in db.priority_queue_policy else default
+            for lvl in range(1, max(levels, 1) + 1)
+        )
+        return cls(
+            max_batch_size=mbs,
+            dynamic=True,
+            preferred=tuple(sorted(int(s) for s in db.preferred_batch_size)),
+            max_queue_delay_ns=int(db.max_queue_delay_microseconds) * 1000,
+            preserve_ordering=bool(db.preserve_ordering),
+            priority_levels=levels,
+            default_priority=int(db.default_priority_level) or (1 if levels else 0),
+            policies=policies,
+        )
+
+
+class Scheduler:
+    """Queues requests for one model version and runs batches on its instances."""
+
+    def __init__(self, spec: BatcherSpec, instances: Sequence[Backend], stats: ModelStats) -> None:
+        self._spec = spec
+        self._stats = stats
+        self._instances = list(instances)
+        self._executor = ThreadPoolExecutor(
+            max_workers=max(1, len(self._instances)), thread_name_prefix=f"infer-{stats.name}"
+        )
+        nlevels = max(spec.priority_levels, 1)
+        self._queues: list[deque[_Pending]] = [deque() for _ in range(nlevels)]
+        self._delayed: list[deque[_Pending]] = [deque() for _ in range(nlevels)]
+        self._pending = 0
+        self._with_deadline = 0
+        self._order: deque[_Pending] = deque()
+        self._wake = asyncio.Event()
+        self._idle: asyncio.Queue[Backend] = asyncio.Queue()
+        for inst in self._instances:
+            self._idle.put_nowait(inst)
+        self._closing = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop_task: asyncio.Task[None] | None = None
+
+    @property
+    def spec(self) -> BatcherSpec:
+        return self._spec
+
+    @property
+    def pending(self) -> int:
+        """Requests queued and not yet executing."""
+        return self._pending
+
+    def start(self) -> None:
+        """Start the batch-forming coroutine (call on the serving loop)."""
+        self._loop_task = asyncio.get_running_loop().create_task(self._run())
+
+    def submit(
+        self,
+        inputs: dict[str, Array],
+        batch_size: int,
+        priority: int = 0,
+        timeout_us: int | None = None,
+    ) -> asyncio.Future[tuple[Outputs, RequestTimes]]:
+        """Queue one request; the future gives its outputs (sliced from the batch) and times."""
+        if self._closing:
+            raise Unavailable(f"model '{self._stats.name}' is unloading")
+        spec = self._spec
+        level = 0
+        if spec.priority_levels:
+            prio = priority if 1 <= priority <= spec.priority_levels else spec.default_priority
+            level = prio - 1
+        policy = spec.policies[level] if level < len(spec.policies) else spec.policies[0]
+        queue = self._queues[level]
+        if (
+            policy.max_queue_size
+            and len(queue) + len(self._delayed[level]) >= policy.max_queue_size
+        ):
+            raise Unavailable(
+                f"Exceeds maximum queue size: model '{self._stats.name}' queue holds "
+                f"{policy.max_queue_size} requests (dynamic_batching max_queue_size)"
+            )
+        now = time.perf_counter_ns()
+        timeout_ns = policy.timeout_ns
+        if timeout_us and (policy.allow_timeout_override or not spec.dynamic):
+            timeout_ns = timeout_us * 1000
+        shape_key = (
+            tuple((k, v.shape[1:]) for k, v in inputs.items()) if spec.max_batch_size else ()
+        )
+        fut: asyncio.Future[tuple[Outputs, RequestTimes]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        pending = _Pending(
+            inputs=inputs,
+            batch_size=batch_size,
+            shape_key=shape_key,
+            future=fut,
+            enqueue_ns=now,
+            deadline_ns=now + timeout_ns if timeout_ns else 0,
+            level=level,
+        )
+        queue.append(pending)
+        self._pending += 1
+        if pending.deadline_ns:
+            self._with_deadline += 1
+        if spec.preserve_ordering:
+            self._order.append(pending)
+        self._wake.set()
+        return fut
+
+    async def close(self) -> None:
+        """Serve what is queued, wait for running batches, then release the instances."""
+        self._closing = True
+        self._wake.set()
+        if self._loop_task is not None:
+            await self._loop_task
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        loop = asyncio.get_running_loop()
+        for inst in self._instances:
+            await loop.run_in_executor(self._executor, inst.close)
+        self._executor.shutdown(wait=False)
+
+    # -- batch forming -------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            inst = await self._idle.get()
+            batch = await self._next_batch(loop)
+            if batch is None:
+                self._idle.put_nowait(inst)
+                return
+            task = loop.create_task(self._execute(inst, batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def _take(self, count: int) -> list[_Pending]:
+        taken: list[_Pending] = []
+        for queues in zip(self._queues, self._delayed, strict=True):
+            for q in queues:
+                while q and len(taken) < count:
+                    taken.append(q.popleft())
+            if len(taken) >= count:
+                break
+        self._pending -= len(taken)
+        self._with_deadline -= sum(1 for p in taken if p.deadline_ns)
+        return taken
+
+    def _candidates(self) -> tuple[int, int, int, bool]:
+        """Scan the queue head: (requests that fit, their total size, size at the largest
+        preferred-size prefix (0: none) and its request count packed, whether the batch is full)."""
+        spec = self._spec
+        total = 0
+        count = 0
+        best_pref_count = 0
+        key: tuple[Any, ...] | None = None
+        full = False
+        for queues in zip(self._queues, self._delayed, strict=True):
+            for q in queues:
+                for p in q:
+                    if key is None:
+                        key = p.shape_key
+                    elif p.shape_key != key or total + p.batch_size > spec.max_batch_size:
+                        full = True
+                        break
+                    total += p.batch_size
+                    count += 1
+                    if total in spec.preferred:
+                        best_pref_count = count
+                    if total >= spec.max_batch_size:
+                        full = True
+                        break
+                if full:
+                    break
+            if full:
+                break
+        return count, total, best_pref_count, full
+
+    def _expire(self, now: int) -> None:
+        for level, q in enumerate(self._queues):
+            if not q:
+                continue
+            keep: deque[_Pending] = deque()
+            policy = self._spec.policies[min(level, len(self._spec.policies) - 1)]
+            for p in q:
+                if p.deadline_ns and now >= p.deadline_ns:
+                    p.deadline_ns = 0
+                    self._with_deadline -= 1
+                    if policy.delay_on_timeout:
+                        self._delayed[level].append(p)
+                    else:
+                        self._pending -= 1
+                        self._finish(p, Unavailable("Request timeout expired"))
+                else:
+                    keep.append(p)
+            self._queues[level] = keep
+
+    async def _next_batch(self, loop: asyncio.AbstractEventLoop) -> list[_Pending] | None:
+        spec = self._spec
+        while True:
+            now = time.perf_counter_ns()
+            if self._with_deadline:
+                self._expire(now)
+            if not self._pending:
+                if self._closing:
+                    return None
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            if not spec.dynamic:
+                return self._take(1)
+            count, total, best_pref, full = self._candidates()
+            if full or (spec.preferred and total == spec.preferred[-1]):
+                return self._take(count)
+            oldest = self._oldest()
+            wait_until = oldest + spec.max_queue_delay_ns
+            if now >= wait_until or self._closing:
+                return self._take(best_pref or count)
+            if self._with_deadline:
+                deadlines = [p.deadline_ns for q in self._queues for p in q if p.deadline_ns]
+                if deadlines:
+                    wait_until = min(wait_until, min(deadlines))
+            self._wake.clear()
+            handle = loop.call_later(max(0, wait_until - now) / 1e9, self._wake.set)
+            await self._wake.wait()
+            handle.cancel()
+
+    def _oldest(self) -> int:
+        for queues in zip(self._queues, self._delayed, strict=True):
+            for q in queues:
+                if q:
+                    return q[0].enqueue_ns
+        return time.perf_counter_ns()
+
+    # -- execution -----------------------------------------------------------------------------
+
+    async def _execute(self, inst: Backend, batch: list[_Pending]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            per_request, t0, t1, t2, t3 = await loop.run_in_executor(
+                self._executor, self._run_batch, inst, batch
+            )
+        except Exception as exc:  # the backend boundary: fan the error out to every request
+            logger.debug("batch of %d failed on model %s: %s", len(batch), self._stats.name, exc)
+            err = InferenceFailed(f"model '{self._stats.name}' failed to execute the batch: {exc}")
+            for p in batch:
+                self._finish(p, err)
+            return
+        finally:
+            self._idle.put_nowait(inst)
+        size = sum(p.batch_size for p in batch)
+        self._stats.record_execution(size, len(batch), t1 - t0, t2 - t1, t3 - t2)
+        for p, outputs in zip(batch, per_request, strict=True):
+            times = RequestTimes(max(0, t0 - p.enqueue_ns), t1 - t0, t2 - t1, t3 - t2)
+            self._finish(p, (outputs, times))
+
+    def _run_batch(
+        self, inst: Backend, batch: list[_Pending]
+    ) -> tuple[list[Outputs], int, int, int, int]:
+        t0 = time.perf_counter_ns()
+        if len(batch) == 1:
+            inputs = batch[0].inputs
+        else:
+            inputs = {
+                name: np.concatenate([p.inputs[name] for p in batch]) for name in batch[0].inputs
+            }
+        t1 = time.perf_counter_ns()
+        outputs = inst.infer(inputs)
+        t2 = time.perf_counter_ns()
+        if len(batch) == 1:
+            per_request = [outputs]
+        else:
+            total = sum(p.batch_size for p in batch)
+            for name, value in outputs.items():
+                if value.ndim == 0 or value.shape[0] != total:
+                    raise ValueError(
+                        f"output '{name}' has shape {list(value.shape)}, expected batch size {total}"
+                    )
+            per_request = []
+            offset = 0
+            for p in batch:
+                end = offset + p.batch_size
+                per_request.append({k: v[offset:end] for k, v in outputs.items()})
+                offset = end
+        t3 = time.perf_counter_ns()
+        return per_request, t0, t1, t2, t3
+
+    def _finish(self, p: _Pending, outcome: tuple[Outputs, RequestTimes] | BaseException) -> None:
+        if not self._spec.preserve_ordering:
+            _resolve(p.future, outcome)
+            return
+        p.outcome = outcome
+        while self._order and self._order[0].outcome is not None:
+            head = self._order.popleft()
+            assert head.outcome is not None
+            _resolve(head.future, head.outcome)
+            head.outcome = None
+
+
+def _resolve(
+    fut: asyncio.Future[tuple[Outputs, RequestTimes]],
+    outcome: tuple[Outputs, RequestTimes] | BaseException,
+) -> None:
+    if fut.done():  # the client went away (cancelled)
+        return
+    if isinstance(outcome, BaseException):
+        fut.set_exception(outcome)
+    else:
+        fut.set_result(outcome)

@@ -1,0 +1,47 @@
+"""Frozen ServerSettings, built from tritonserver-named flags by __main__."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+ModelControlMode = Literal["none", "explicit", "poll"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerSettings:
+    """Everything the server needs to start; no component sees argparse."""
+
+    model_repository: Path
+    http_address: str = "127.0.0.1"
+    http_port: int = 8000
+    grpc_address: str = "127.0.0.1"
+    grpc_port: int = 8001
+    metrics_address: str = "127.0.0.1"
+    metrics_port: int = 8002
+    allow_http: bool = True
+    allow_grpc: bool = True
+    allow_metrics: bool = True
+    model_control_mode: ModelControlMode = "none"
+    repository_poll_secs: float = 15.0
+    load_models: tuple[str, ...] = field(default_factory=tuple)
+    strict_model_config: bool = True
+    auto_complete_config: bool = True
+    log_verbose: int = 0
+    # Largest request body accepted (HTTP body / gRPC message), in bytes.
+    max_request_bytes: int = 256 * 1024 * 1024
+    # Seconds to wait for in-flight requests on SIGINT/SIGTERM.
+    drain_secs: float = 30.0
+
+    def __post_init__(self) -> None:
+        for name in ("http_port", "grpc_port", "metrics_port"):
+            port = getattr(self, name)
+            if not 0 <= port <= 65535:
+                raise ValueError(f"--{name.replace('_', '-')} must be 0..65535, got {port}")
+        if self.model_control_mode not in ("none", "explicit", "poll"):
+            raise ValueError(
+                f"--model-control-mode must be none, explicit or poll, got {self.model_control_mode!r}"
+            )
+        if self.repository_poll_secs <= 0:
+            raise ValueError(f"--repository-poll-secs must be > 0, got {self.repository_poll_secs}")

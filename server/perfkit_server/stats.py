@@ -1,0 +1,124 @@
+"""Per model-version statistics in the shape of Triton's statistics extension.
+
+Accounting follows Triton: `success`/`fail`/`queue`/`compute_*` in inference_stats are per request
+(a request in a batch of 8 adds the whole batch's compute time to its own count), batch_stats are per
+execution keyed by batch size, inference_count sums the batch sizes of executed requests, and
+execution_count counts executions. All updates happen on the event loop thread, so no locks.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(slots=True)
+class Duration:
+    """A count and cumulative nanoseconds."""
+
+    count: int = 0
+    ns: int = 0
+
+    def add(self, ns: int, count: int = 1) -> None:
+        self.count += count
+        self.ns += ns
+
+    def to_json(self) -> dict[str, int]:
+        return {"count": self.count, "ns": self.ns}
+
+
+@dataclass(slots=True)
+class BatchStat:
+    """Per-execution durations for one batch size."""
+
+    compute_input: Duration = field(default_factory=Duration)
+    compute_infer: Duration = field(default_factory=Duration)
+    compute_output: Duration = field(default_factory=Duration)
+
+
+@dataclass(slots=True)
+class RequestTimes:
+    """What one request spent where, in ns (filled by the scheduler)."""
+
+    queue_ns: int = 0
+    compute_input_ns: int = 0
+    compute_infer_ns: int = 0
+    compute_output_ns: int = 0
+
+
+@dataclass(slots=True)
+class ModelStats:
+    """Cumulative statistics of one model version."""
+
+    name: str
+    version: str
+    success: Duration = field(default_factory=Duration)
+    fail: Duration = field(default_factory=Duration)
+    queue: Duration = field(default_factory=Duration)
+    compute_input: Duration = field(default_factory=Duration)
+    compute_infer: Duration = field(default_factory=Duration)
+    compute_output: Duration = field(default_factory=Duration)
+    inference_count: int = 0
+    execution_count: int = 0
+    last_inference_ms: int = 0
+    batch: dict[int, BatchStat] = field(default_factory=dict)
+    # Failures by Triton's metric `reason` label (REJECTED, CANCELED, BACKEND, OTHER).
+    fail_reasons: dict[str, int] = field(default_factory=dict)
+
+    def record_success(self, duration_ns: int, times: RequestTimes) -> None:
+        self.success.add(duration_ns)
+        self.queue.add(times.queue_ns)
+        self.compute_input.add(times.compute_input_ns)
+        self.compute_infer.add(times.compute_infer_ns)
+        self.compute_output.add(times.compute_output_ns)
+        self.last_inference_ms = time.time_ns() // 1_000_000
+
+    def record_failure(self, duration_ns: int, reason: str) -> None:
+        self.fail.add(duration_ns)
+        self.fail_reasons[reason] = self.fail_reasons.get(reason, 0) + 1
+
+    def record_execution(
+        self, batch_size: int, requests: int, input_ns: int, infer_ns: int, output_ns: int
+    ) -> None:
+        del requests
+        self.execution_count += 1
+        self.inference_count += batch_size
+        stat = self.batch.get(batch_size)
+        if stat is None:
+            stat = self.batch[batch_size] = BatchStat()
+        stat.compute_input.add(input_ns)
+        stat.compute_infer.add(infer_ns)
+        stat.compute_output.add(output_ns)
+
+    def to_json(self) -> dict[str, Any]:
+        """Triton's `model_stats[]` entry (HTTP JSON; gRPC parses the same dict)."""
+        empty = {"count": 0, "ns": 0}
+        return {
+            "name": self.name,
+            "version": self.version,
+            "last_inference": self.last_inference_ms,
+            "inference_count": self.inference_count,
+            "execution_count": self.execution_count,
+            "inference_stats": {
+                "success": self.success.to_json(),
+                "fail": self.fail.to_json(),
+                "queue": self.queue.to_json(),
+                "compute_input": self.compute_input.to_json(),
+                "compute_infer": self.compute_infer.to_json(),
+                "compute_output": self.compute_output.to_json(),
+                "cache_hit": dict(empty),
+                "cache_miss": dict(empty),
+            },
+            "response_stats": {},
+            "batch_stats": [
+                {
+                    "batch_size": size,
+                    "compute_input": stat.compute_input.to_json(),
+                    "compute_infer": stat.compute_infer.to_json(),
+                    "compute_output": stat.compute_output.to_json(),
+                }
+                for size, stat in sorted(self.batch.items())
+            ],
+            "memory_usage": [],
+        }

@@ -1,0 +1,215 @@
+"""V2 request/response values and the one table mapping KServe v2 datatypes to numpy dtypes."""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from perfkit_server.errors import InvalidInput
+
+Array = npt.NDArray[Any]
+
+# KServe v2 datatype -> numpy dtype. BYTES tensors are numpy object arrays of `bytes`.
+NP_BY_V2: dict[str, np.dtype[Any]] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32),
+    "UINT64": np.dtype(np.uint64),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16),
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
+    "BYTES": np.dtype(np.object_),
+}
+V2_BY_NP: dict[np.dtype[Any], str] = {dt: v2 for v2, dt in NP_BY_V2.items()}
+
+
+def v2_of_array(array: Array) -> str:
+    """V2 datatype of a numpy array (strings and bytes map to BYTES)."""
+    if array.dtype.kind in "OSU":
+        return "BYTES"
+    try:
+        return V2_BY_NP[array.dtype]
+    except KeyError:
+        raise InvalidInput(f"unsupported output dtype {array.dtype}") from None
+
+
+@dataclass(slots=True)
+class InferInput:
+    """One decoded input tensor."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    data: Array
+
+
+@dataclass(slots=True)
+class RequestedOutput:
+    """An output the client asked for; `binary` is HTTP's binary_data (None: request default)."""
+
+    name: str
+    binary: bool | None = None
+
+
+@dataclass(slots=True)
+class InferRequest:
+    """A transport-independent inference request."""
+
+    model_name: str
+    model_version: str
+    id: str
+    inputs: list[InferInput]
+    outputs: list[RequestedOutput] = field(default_factory=list)
+    priority: int = 0
+    timeout_us: int | None = None
+
+
+@dataclass(slots=True)
+class InferOutput:
+    """One output tensor of a response."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    data: Array
+
+
+@dataclass(slots=True)
+class InferResponse:
+    """A transport-independent inference response."""
+
+    model_name: str
+    model_version: str
+    id: str
+    outputs: list[InferOutput]
+
+
+def check_shape(name: str, shape: Any) -> tuple[int, ...]:
+    """Validate a request's shape list: non-negative ints."""
+    try:
+        dims = tuple(int(d) for d in shape)
+    except (TypeError, ValueError):
+        raise InvalidInput(
+            f"input '{name}': shape must be a list of integers, got {shape!r}"
+        ) from None
+    if any(d < 0 for d in dims):
+        raise InvalidInput(f"input '{name}': shape {list(dims)} has a negative dimension")
+    return dims
+
+
+def _element_count(shape: tuple[int, ...]) -> int:
+    count = 1
+    for d in shape:
+        count *= d
+    return count
+
+
+def deserialize_bytes(name: str, buf: bytes | memoryview, count: int) -> Array:
+    """Decode Triton's BYTES wire format: each element is a 4-byte little-endian length + bytes."""
+    view = memoryview(buf)
+    items: list[bytes] = []
+    offset = 0
+    while offset < len(view):
+        if offset + 4 > len(view):
+            raise InvalidInput(f"input '{name}': truncated BYTES element length")
+        (length,) = struct.unpack_from("<I", view, offset)
+        offset += 4
+        if offset + length > len(view):
+            raise InvalidInput(f"input '{name}': BYTES element overruns the tensor data")
+        items.append(bytes(view[offset : offset + length]))
+        offset += length
+    if len(items) != count:
+        raise InvalidInput(
+            f"input '{name}': expected {count} BYTES elements for its shape, got {len(items)}"
+        )
+    array = np.empty(count, dtype=np.object_)
+    array[:] = items
+    return array
+
+
+def serialize_bytes(array: Array) -> bytes:
+    """Encode a BYTES tensor in Triton's wire format."""
+    parts: list[bytes] = []
+    for item in array.reshape(-1):
+        data = item if isinstance(item, bytes) else str(item).encode()
+        parts.append(struct.pack("<I", len(data)))
+        parts.append(data)
+    return b"".join(parts)
+
+
+def array_from_raw(
+    name: str, datatype: str, shape: tuple[int, ...], raw: bytes | memoryview
+) -> Array:
+    """Decode a raw (binary) tensor; refuse a byte size that does not match datatype x shape."""
+    dtype = NP_BY_V2.get(datatype)
+    if dtype is None:
+        raise InvalidInput(f"input '{name}': unsupported datatype '{datatype}'")
+    count = _element_count(shape)
+    if datatype == "BYTES":
+        return deserialize_bytes(name, raw, count).reshape(shape)
+    expected = count * dtype.itemsize
+    if len(raw) != expected:
+        raise InvalidInput(
+            f"input '{name}': unexpected byte size {len(raw)}, expected {expected} for "
+            f"datatype {datatype} and shape {list(shape)}"
+        )
+    return np.frombuffer(raw, dtype=dtype).reshape(shape)
+
+
+def array_from_json(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> Array:
+    """Decode a JSON tensor (`data` flat or nested, row-major)."""
+    dtype = NP_BY_V2.get(datatype)
+    if dtype is None:
+        raise InvalidInput(f"input '{name}': unsupported datatype '{datatype}'")
+    if datatype == "BYTES":
+        flat = np.array(_flatten(data), dtype=np.object_)
+        flat[:] = [x.encode() if isinstance(x, str) else bytes(x) for x in flat]
+    else:
+        try:
+            flat = np.asarray(data, dtype=dtype).reshape(-1)
+        except (TypeError, ValueError) as exc:
+            raise InvalidInput(
+                f"input '{name}': data does not match datatype {datatype}: {exc}"
+            ) from None
+    count = _element_count(shape)
+    if flat.size != count:
+        raise InvalidInput(
+            f"input '{name}': got {flat.size} elements, expected {count} for shape {list(shape)}"
+        )
+    return flat.reshape(shape)
+
+
+def _flatten(data: Any) -> list[Any]:
+    if isinstance(data, list):
+        out: list[Any] = []
+        for item in data:
+            out.extend(_flatten(item))
+        return out
+    return [data]
+
+
+def array_to_raw(array: Array) -> bytes:
+    """Raw bytes of an output tensor (row-major)."""
+    if array.dtype.kind in "OSU":
+        return serialize_bytes(array)
+    return np.ascontiguousarray(array).tobytes()
+
+
+def array_to_json(array: Array) -> list[Any]:
+    """Flat JSON list of an output tensor."""
+    if array.dtype.kind in "OSU":
+        return [
+            x.decode(errors="replace") if isinstance(x, bytes) else str(x)
+            for x in array.reshape(-1)
+        ]
+    flat: list[Any] = array.reshape(-1).tolist()
+    return flat
