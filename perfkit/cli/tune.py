@@ -1,7 +1,354 @@
-"""`perfkit tune` (placeholder until its issue lands)."""
+"""`perfkit tune SWEEP`: search config.pbtxt variants on a live server and write the best one back."""
 
 from __future__ import annotations
 
-import click
+import contextlib
+import dataclasses
+import hashlib
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
-COMMANDS: list[click.Command] = []
+import click
+from rich.table import Table
+
+from perfkit.cli._console import err, out
+from perfkit.errors import ConfigError
+from perfkit.results import ServerInfo, TrialRecord, TuneResult
+from perfkit.sweepfile import SAMPLERS, SweepSpec, load_sweep
+from perfkit.tune import output
+from perfkit.tune.objective import Objective
+
+# Max rows of the top-configs table (the default is always shown too).
+TOP_N = 5
+
+
+def study_name_for(spec: SweepSpec) -> str:
+    """Study name: the model plus a hash of what makes results comparable (space, load, objective)."""
+    key = json.dumps(
+        {
+            "space": dataclasses.asdict(spec.space),
+            "load": dataclasses.asdict(spec.load),
+            "measure": dataclasses.asdict(spec.measure),
+            "objectives": spec.objectives,
+            "constraints": dataclasses.asdict(spec.constraints),
+        },
+        sort_keys=True,
+        default=str,
+    )
+    return f"{spec.model}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
+
+
+@contextlib.contextmanager
+def _server(spec: SweepSpec) -> Iterator[tuple[str, ServerInfo]]:
+    from perfkit.launch import EmbeddedServer, server_info, wait_ready
+
+    if spec.url is not None:
+        wait_ready(spec.url, spec.protocol, spec.startup_timeout_s)
+        yield spec.url, server_info(spec.url, spec.protocol)
+        return
+    with EmbeddedServer(
+        spec.repository,
+        model_control_mode="explicit",
+        load_models=[spec.model],
+        startup_timeout_s=spec.startup_timeout_s,
+    ) as server:
+        url = server.grpc_url if spec.protocol == "grpc" else server.http_url
+        try:
+            info = dataclasses.replace(server_info(url, spec.protocol), embedded=True)
+        except Exception:  # the CLI boundary: metadata is nice to have
+            info = ServerInfo(
+                url=url, protocol=spec.protocol, kind="perfkit_server", version="", embedded=True
+            )
+        yield url, info
+
+
+def _ensure_model(spec: SweepSpec) -> Path:
+    model_dir = spec.repository / spec.model
+    if not (model_dir / "config.pbtxt").exists():
+        if spec.zoo is None:
+            raise ConfigError(
+                f"{spec.source}:model.repository: {model_dir}/config.pbtxt does not exist. Point "
+                "model.repository at the repository holding the model, or set model.zoo to build it."
+            )
+        from perfkit import zoo
+
+        err.print(f"building zoo model {spec.zoo!r} into {spec.repository}")
+        zoo.build(spec.zoo, spec.repository)
+    return model_dir
+
+
+def _fmt(value: float | None, scale: float = 1.0, digits: int = 1) -> str:
+    return "" if value is None else f"{value / scale:,.{digits}f}"
+
+
+def _row(t: TrialRecord, tag: str) -> list[str]:
+    m = t.measurement
+    load = ""
+    if m is not None:
+        load = f"{'c' if m.mode == 'concurrency' else 'r'}={m.level:g} b={m.batch_size}"
+    return [
+        tag,
+        t.variant_name,
+        output.describe_config(t.config_pbtxt),
+        load,
+        _fmt(m.throughput_infer_per_s if m else None),
+        _fmt(m.latency.p99_us if m else None, 1000.0, 2),
+        "yes" if t.feasible else "no",
+    ]
+
+
+def results_table(result: TuneResult) -> Table:
+    """Top configs (or the Pareto front) against the default."""
+    primary, direction = next(iter(result.objectives.items()))
+    feasible = [t for t in result.trials if t.feasible and primary in t.objectives]
+    feasible.sort(key=lambda t: t.objectives[primary], reverse=direction == "maximize")
+    if result.pareto_trials:
+        shown = [t for t in feasible if t.number in result.pareto_trials]
+        title = "Pareto front vs the default"
+    else:
+        shown = feasible[:TOP_N]
+        title = f"Top {len(shown)} configs vs the default"
+    table = Table(title=title)
+    for col in ("", "config", "variant", "load", "infer/s", "p99 ms", "meets constraints"):
+        table.add_column(col, justify="right" if col in ("infer/s", "p99 ms") else "left")
+    for t in shown:
+        tag = "best" if t.number == result.best_trial else ""
+        if t.number == result.default_trial:
+            tag = (tag + " default").strip()
+        table.add_row(*_row(t, tag))
+    default = output.trial(result, result.default_trial)
+    if default is not None and all(t.number != default.number for t in shown):
+        table.add_row(*_row(default, "default"))
+    return table
+
+
+def _progress(t: TrialRecord) -> None:
+    m = t.measurement
+    if t.state == "complete" and m is not None:
+        detail = (
+            f"{m.throughput_infer_per_s:,.1f} infer/s, p99 {m.latency.p99_us / 1000:.2f} ms"
+            + ("" if t.feasible else " (misses constraints)")
+        )
+    else:
+        detail = f"{t.state}: {t.reason}"
+    err.print(f"trial {t.number:>3} {t.variant_name:<28} {detail}")
+
+
+@click.command("tune")
+@click.argument("sweep", type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--trials", type=click.IntRange(min=1), help="Variants to measure, the default included."
+)
+@click.option(
+    "--timeout", "timeout_s", type=click.FloatRange(min=1), help="Wall-time budget in seconds."
+)
+@click.option(
+    "-o",
+    "--output",
+    "output_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Output directory (default tune-results/<model>).",
+)
+@click.option(
+    "--storage",
+    help="Optuna storage URL, e.g. postgresql://user@host/db (default: SQLite in the output dir).",
+)
+@click.option(
+    "--study-name",
+    help="Study name (default: model + hash of the sweep); workers sharing a study use the same.",
+)
+@click.option(
+    "--sampler",
+    type=click.Choice(SAMPLERS),
+    help="tpe (default), nsga2 (several objectives), grid, random.",
+)
+@click.option("--seed", type=int, help="Sampler seed.")
+@click.option(
+    "-u",
+    "--url",
+    help="A running server in explicit model-control mode (default: start the embedded server).",
+)
+@click.option(
+    "-i",
+    "--protocol",
+    type=click.Choice(["grpc", "http"]),
+    help="Protocol for loads and measurements.",
+)
+@click.option(
+    "--model-repository",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Repository holding the model (overrides the sweep's model.repository).",
+)
+@click.option(
+    "--window-ms",
+    type=click.IntRange(min=10),
+    help="Measurement window (overrides measure.window_ms).",
+)
+@click.option("--no-prune", is_flag=True, help="Measure every trial to the end.")
+@click.option(
+    "--dry-run", is_flag=True, help="Print the diff of the best config; do not write it back."
+)
+def tune(
+    sweep: Path,
+    trials: int | None,
+    timeout_s: float | None,
+    output_dir: Path | None,
+    storage: str | None,
+    study_name: str | None,
+    sampler: str | None,
+    seed: int | None,
+    url: str | None,
+    protocol: str | None,
+    model_repository: Path | None,
+    window_ms: int | None,
+    no_prune: bool,
+    dry_run: bool,
+) -> None:
+    """Find the best config.pbtxt for a model under the sweep's constraints and write it back."""
+    spec = load_sweep(sweep)
+    search: dict[str, Any] = {}
+    if sampler is not None:
+        search["sampler"] = sampler
+    if seed is not None:
+        search["seed"] = seed
+    if no_prune:
+        search["prune"] = False
+    spec = spec.with_overrides(
+        trials=trials,
+        timeout_s=timeout_s,
+        output=output_dir,
+        storage=storage,
+        study_name=study_name,
+        url=url,
+        protocol=protocol,
+        repository=None if model_repository is None else model_repository.resolve(),
+        search=dataclasses.replace(spec.search, **search) if search else None,
+        measure=None
+        if window_ms is None
+        else dataclasses.replace(spec.measure, window_ms=window_ms),
+    )
+    if spec.search.sampler == "grid" and trials is None and spec.trials < 2:
+        raise ConfigError(f"{spec.source}:budget.trials: grid search needs more than one trial")
+    run_tune(spec, dry_run=dry_run)
+
+
+def run_tune(spec: SweepSpec, *, dry_run: bool = False) -> TuneResult:
+    """The whole `perfkit tune`: study, server, loop, outputs, write-back, summary."""
+    from perfkit.model_repo.config import load_config
+    from perfkit.tune import storage as st
+    from perfkit.tune.evaluate import LiveEvaluator, ModelControl
+    from perfkit.tune.space import SearchSpace
+    from perfkit.tune.tuner import LoopSettings, Tuner, make_sampler
+
+    model_dir = _ensure_model(spec)
+    base = load_config(model_dir / "config.pbtxt")
+    default_text = (model_dir / "config.pbtxt").read_text(encoding="utf-8")
+    out_dir = (spec.output or Path("tune-results") / spec.model).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    space = SearchSpace.from_specs(spec.space, spec.load)
+    objective = Objective(spec.objectives, spec.constraints)
+    trials = spec.trials
+    if spec.search.sampler == "grid":
+        trials = min(trials, space.size() + 1)
+    settings = LoopSettings(
+        model=spec.model,
+        study_name=spec.study_name or study_name_for(spec),
+        trials=trials,
+        timeout_s=spec.timeout_s,
+        sampler=spec.search.sampler,
+        seed=spec.search.seed,
+        prune=spec.search.prune,
+        prune_ratio=spec.search.prune_ratio,
+        startup_trials=spec.search.startup_trials,
+    )
+    storage_url = spec.storage or st.default_storage_url(out_dir)
+    rdb = st.open_storage(storage_url)
+    study, created = st.open_study(
+        rdb, settings.study_name, objective.directions(), make_sampler(settings, space, objective)
+    )
+    done_before = sum(1 for t in study.get_trials(deepcopy=False) if t.state.is_finished())
+    err.print(
+        f"tuning {spec.model}: {space.size()} points in the space, budget {trials} trials, sampler "
+        f"{spec.search.sampler}, study {settings.study_name!r} in {storage_url}"
+        + (f" (resuming: {done_before} trials already finished)" if done_before else "")
+    )
+    started_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    interrupted = False
+    with _server(spec) as (url, info):
+        evaluator = LiveEvaluator(
+            url=url, protocol=spec.protocol, model=spec.model, load=spec.load, measure=spec.measure
+        )
+        tuner = Tuner(
+            settings=settings,
+            space=space,
+            objective=objective,
+            base_config=base,
+            baseline_load=space.baseline_load(spec.load),
+            study=study,
+            created=created,
+            evaluator=evaluator,
+            variants_dir=out_dir / output.VARIANTS_DIR,
+            on_trial=_progress,
+        )
+        try:
+            tuner.run()
+        except KeyboardInterrupt:
+            interrupted = True
+        result = output.build_result(
+            study,
+            objective,
+            model=spec.model,
+            sampler=spec.search.sampler,
+            default_config_pbtxt=default_text,
+            server=info,
+            started_at=started_at,
+            messages=tuner.messages
+            + (["interrupted (Ctrl-C): rerun the same command to resume"] if interrupted else []),
+        )
+        wb = output.WriteBack("", None, None, "interrupted: nothing written")
+        if not interrupted:
+            wb = output.write_back(result, model_dir, dry_run=dry_run)
+        result = output.with_written(result, wb)
+        paths = output.write_outputs(result, out_dir)
+        reload_note = ""
+        if wb.written_to is not None or not interrupted:
+            # Leave the server serving the file on disk (the written best, or the original).
+            control = ModelControl(url, spec.protocol, spec.model)
+            try:
+                control.reload_from_disk()
+                reload_note = "the server reloaded the config on disk"
+            except Exception as exc:  # the CLI boundary: report, do not lose the results
+                reload_note = f"the server could not reload the config on disk: {exc}"
+            finally:
+                control.close()
+        evaluator.close()
+    _print_summary(result, objective, wb, paths, reload_note)
+    if interrupted:
+        raise KeyboardInterrupt
+    return result
+
+
+def _print_summary(
+    result: TuneResult,
+    objective: Objective,
+    wb: output.WriteBack,
+    paths: list[Path],
+    reload_note: str,
+) -> None:
+    out.print(results_table(result))
+    out.print(output.summary_sentence(result, objective))
+    if wb.diff:
+        out.print(wb.diff, markup=False, highlight=False, end="")
+    out.print(wb.reason + (f" (original kept as {wb.backup})" if wb.backup else ""))
+    if reload_note:
+        out.print(reload_note)
+    for message in result.messages:
+        out.print(message)
+    for path in paths:
+        out.print(f"wrote {path}")
+
+
+COMMANDS: list[click.Command] = [tune]

@@ -79,7 +79,7 @@ class Objective:
     def values(self, metrics: Mapping[str, float]) -> list[float]:
         return [float(metrics[name]) for name, _ in self.targets]
 
-    def directions(self) -> list[str]:
+    def directions(self) -> list[Direction]:
         return [d for _, d in self.targets]
 
     def bounds(self) -> dict[str, float]:

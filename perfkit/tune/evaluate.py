@@ -1,0 +1,245 @@
+"""Measure one config variant on a live server: load it with a config override, then one run-engine level.
+
+`LiveEvaluator` is the tuner's only I/O seam to a server. It loads each variant through the repository
+API (`load_model(name, config=<JSON>)`, Triton's config override: no restart, the model keeps its
+name) and measures with `perfkit.load.sweep.measure_level`. Any other `Evaluator` (e.g. the benchmark's
+replay of a measured table) can drive the same tuner loop.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from perfkit.errors import ConfigError, PerfkitError
+from perfkit.load.spec import InputSpec, MeasureSpec, TargetSpec
+from perfkit.model_repo.config import ModelConfig, config_to_json
+from perfkit.results import Measurement, WindowStat
+from perfkit.sweepfile import LoadSettings, MeasureSettings
+
+logger = logging.getLogger(__name__)
+
+# Called after each window; raises `PruneTrial` to abandon the variant.
+WindowWatch = Callable[[WindowStat], None]
+
+
+class PruneTrial(Exception):
+    """Raised by a window watch: the variant is clearly worse than the best so far."""
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What measuring one variant gave. `error` set = failed trial (with the reason)."""
+
+    measurement: Measurement | None
+    error: str | None = None
+    pruned: bool = False
+    windows: tuple[WindowStat, ...] = ()
+    # Seconds spent inside measurement windows (the rest of a trial is overhead).
+    window_s: float = 0.0
+    load_s: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Evaluator(Protocol):
+    def evaluate(
+        self, config: ModelConfig, params: Mapping[str, Any], watch: WindowWatch
+    ) -> Outcome: ...
+
+
+def parse_shapes(shapes: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
+    """perf_analyzer --shape values "NAME:d1,d2" -> {name: dims}."""
+    out: dict[str, tuple[int, ...]] = {}
+    for text in shapes:
+        name, _, dims = text.rpartition(":")
+        try:
+            out[name] = tuple(int(d) for d in dims.split(",") if d)
+        except ValueError:
+            raise ConfigError(f"load.shape: {text!r} is not NAME:d1,d2 with integer dims") from None
+    return out
+
+
+def _server_message(exc: BaseException) -> str:
+    msg = getattr(exc, "message", None)
+    text = msg() if callable(msg) else str(exc)
+    return " ".join(str(text).split())
+
+
+class ModelControl:
+    """Repository-API calls on one model (tritonclient gRPC or HTTP client)."""
+
+    def __init__(self, url: str, protocol: str, model: str, timeout_s: float = 120.0) -> None:
+        self.model = model
+        self.protocol = protocol
+        if protocol == "grpc":
+            import tritonclient.grpc as grpcclient
+
+            self._client: Any = grpcclient.InferenceServerClient(url)
+        else:
+            import tritonclient.http as httpclient
+
+            self._client = httpclient.InferenceServerClient(
+                url, connection_timeout=timeout_s, network_timeout=timeout_s
+            )
+
+    def load(self, config: ModelConfig | None) -> None:
+        """Load (or reload) the model, with `config` as an override when given. Raises ServerError."""
+        from tritonclient.utils import InferenceServerException
+
+        from perfkit.errors import ServerError
+
+        body = None if config is None else json.dumps(config_to_json(config))
+        try:
+            if body is None:
+                self._client.load_model(self.model)
+            else:
+                self._client.load_model(self.model, config=body)
+        except (InferenceServerException, OSError) as exc:
+            raise ServerError(f"loading {self.model!r} failed: {_server_message(exc)}") from exc
+
+    def reload_from_disk(self) -> None:
+        """Unload then load, so the server serves the config.pbtxt on disk (an override is sticky)."""
+        from tritonclient.utils import InferenceServerException
+
+        try:
+            self._client.unload_model(self.model)
+        except (InferenceServerException, OSError) as exc:
+            logger.debug("unload of %s failed: %s", self.model, exc)
+        deadline = time.monotonic() + 30.0
+        while time.monotonic() < deadline:
+            try:
+                if not self._client.is_model_ready(self.model):
+                    break
+            except (InferenceServerException, OSError):
+                break
+            time.sleep(0.05)
+        self.load(None)
+
+    def server_config(self) -> dict[str, Any]:
+        """The config the server reports for the model (Triton JSON form)."""
+        if self.protocol == "grpc":
+            reply = self._client.get_model_config(self.model, as_json=True)
+            return dict(reply.get("config", reply))
+        return dict(self._client.get_model_config(self.model))
+
+    def close(self) -> None:
+        try:
+            self._client.close()
+        except (OSError, RuntimeError, ValueError) as exc:  # closing must never mask the outcome
+            logger.debug("closing the client failed: %s", exc)
+
+
+class LiveEvaluator:
+    """Loads each variant on a running server and measures it with the run engine."""
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        protocol: str,
+        model: str,
+        load: LoadSettings,
+        measure: MeasureSettings,
+    ) -> None:
+        self.url = url
+        self.protocol = protocol
+        self.model = model
+        self.load_settings = load
+        self.measure_settings = measure
+        self.control = ModelControl(url, protocol, model)
+        self._shapes = parse_shapes(load.shapes)
+        self._measure = MeasureSpec(
+            mode="time_windows",
+            interval_ms=measure.window_ms,
+            stability_pct=measure.stability_pct,
+            # The tuner stops a level itself after max_windows (keeping it as unstable) rather
+            # than let the engine fail it: an unstable variant is still information.
+            max_trials=max(measure.max_windows + 1, measure.stability_windows),
+            stability_windows=measure.stability_windows,
+            warmup_request_count=measure.warmup_requests,
+        )
+
+    def evaluate(
+        self, config: ModelConfig, params: Mapping[str, Any], watch: WindowWatch
+    ) -> Outcome:
+        from perfkit.load.sweep import measure_level
+
+        t0 = time.perf_counter_ns()
+        try:
+            self.control.load(config)
+        except PerfkitError as exc:
+            return Outcome(
+                measurement=None, error=str(exc), load_s=(time.perf_counter_ns() - t0) / 1e9
+            )
+        load_s = (time.perf_counter_ns() - t0) / 1e9
+        windows: list[WindowStat] = []
+
+        def on_window(w: WindowStat) -> None:
+            windows.append(w)
+            watch(w)
+
+        def should_stop() -> bool:
+            return len(windows) >= self.measure_settings.max_windows
+
+        def window_s() -> float:
+            return sum(w.duration_ns for w in windows) / 1e9
+
+        mode = self.load_settings.mode
+        level = float(params["concurrency"] if mode == "concurrency" else params["request_rate"])
+        try:
+            inputs = InputSpec(
+                source=self.load_settings.input_data,
+                batch_size=int(params.get("batch_size", 1)),
+                shapes=self._shapes,
+            )
+            measurement = measure_level(
+                TargetSpec(
+                    url=self.url,
+                    protocol="grpc" if self.protocol == "grpc" else "http",
+                    model=self.model,
+                ),
+                inputs,
+                self._measure,
+                mode,
+                level,
+                on_window=on_window,
+                should_stop=should_stop,
+            )
+        except PruneTrial:
+            return Outcome(
+                measurement=None,
+                pruned=True,
+                windows=tuple(windows),
+                window_s=window_s(),
+                load_s=load_s,
+            )
+        except PerfkitError as exc:
+            return Outcome(
+                measurement=None,
+                error=f"measurement failed: {exc}",
+                windows=tuple(windows),
+                window_s=window_s(),
+                load_s=load_s,
+            )
+        if measurement.windows:
+            measured_s = sum(w.duration_ns for w in measurement.windows) / 1e9
+        else:
+            measured_s = window_s() or measurement.duration_ns / 1e9
+        error = None
+        if measurement.error_count:
+            total = measurement.request_count + measurement.error_count
+            error = f"{measurement.error_count} of {total} requests failed"
+        return Outcome(
+            measurement=measurement,
+            error=error,
+            windows=tuple(windows),
+            window_s=measured_s,
+            load_s=load_s,
+        )
+
+    def close(self) -> None:
+        self.control.close()

@@ -1,0 +1,144 @@
+"""Where a study lives: SQLite in the output directory by default, or a shared RDB URL (PostgreSQL).
+
+Resume rules. A worker tags each trial with `worker` = "host:pid". On start, a RUNNING trial left by a
+dead process on this host (SIGKILL, crash) is marked FAIL with its reason, so it is neither lost nor
+repeated as "running" forever; the next worker re-measures that variant. Trials of other hosts are
+failed through Optuna's heartbeat (`fail_stale_trials`) once their heartbeat is older than the grace
+period: each worker records a heartbeat after every measurement window.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.storages import RDBStorage
+from optuna.trial import TrialState
+from sqlalchemy.exc import SQLAlchemyError
+
+from perfkit.errors import ConfigError, MissingDependency
+from perfkit.sweepfile import Direction
+
+logger = logging.getLogger(__name__)
+
+HEARTBEAT_INTERVAL_S = 5
+GRACE_PERIOD_S = 60
+WORKER_ATTR = "worker"
+REASON_ATTR = "reason"
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def default_storage_url(out_dir: Path) -> str:
+    return f"sqlite:///{(out_dir / 'study.db').resolve()}"
+
+
+def open_storage(url: str) -> RDBStorage:
+    """An RDBStorage for `url` with heartbeats on; errors say what to install or fix."""
+    if url.startswith("postgresql"):
+        try:
+            import psycopg2  # noqa: F401
+        except ImportError as exc:
+            raise MissingDependency(
+                "--storage postgresql://... needs psycopg2: pip install 'perfkit[postgres]'"
+            ) from exc
+    engine_kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        # Several processes may share one SQLite file (resume while a dying worker flushes).
+        engine_kwargs["connect_args"] = {"timeout": 30}
+    elif "://" in url:
+        engine_kwargs["pool_pre_ping"] = True
+    try:
+        return RDBStorage(
+            url,
+            engine_kwargs=engine_kwargs,
+            heartbeat_interval=HEARTBEAT_INTERVAL_S,
+            grace_period=GRACE_PERIOD_S,
+        )
+    except (SQLAlchemyError, ValueError, ImportError) as exc:
+        raise ConfigError(
+            f"--storage {url}: cannot open the study storage: {exc}. Check the URL, that the "
+            "database server runs, and its credentials."
+        ) from exc
+
+
+def open_study(
+    storage: RDBStorage,
+    study_name: str,
+    directions: list[Direction],
+    sampler: optuna.samplers.BaseSampler,
+) -> tuple[optuna.Study, bool]:
+    """Create the study, or load it when it exists. Returns (study, created_by_this_call).
+
+    Creation is atomic in the database (unique study name), so of several workers starting at
+    once exactly one gets `created=True`: that one measures the default config first.
+    """
+    try:
+        study = optuna.create_study(
+            storage=storage, study_name=study_name, directions=directions, sampler=sampler
+        )
+        return study, True
+    except optuna.exceptions.DuplicatedStudyError:
+        pass
+    study = optuna.load_study(study_name=study_name, storage=storage, sampler=sampler)
+    if [d.name.lower() for d in study.directions] != list(directions):
+        have = [d.name.lower() for d in study.directions]
+        raise ConfigError(
+            f"study {study_name!r} in the storage optimises {have}, this sweep {directions}. "
+            "Use another --output/--storage or study name, or delete the old study."
+        )
+    return study, False
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def recover_orphans(study: optuna.Study) -> list[int]:
+    """Fail RUNNING trials whose worker is gone. Returns the trial numbers it failed."""
+    storage = study._storage
+    host = socket.gethostname()
+    failed: list[int] = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = str(trial.user_attrs.get(WORKER_ATTR, ""))
+        w_host, _, w_pid = worker.rpartition(":")
+        if w_host != host or not w_pid.isdigit() or _pid_alive(int(w_pid)):
+            continue
+        if int(w_pid) == os.getpid():
+            continue
+        try:
+            storage.set_trial_user_attr(
+                trial._trial_id, REASON_ATTR, f"interrupted: worker {worker} exited mid-trial"
+            )
+            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            failed.append(trial.number)
+        except (RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
+            continue
+    running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    try:
+        optuna.storages.fail_stale_trials(study)
+        still = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+        failed.extend(sorted(running - still))
+    except (SQLAlchemyError, RuntimeError) as exc:  # heartbeat bookkeeping must never stop a tune
+        logger.warning("could not check for stale trials: %s", exc)
+    if failed:
+        logger.info("marked interrupted trials %s as failed", failed)
+    return failed
+
+
+def record_heartbeat(study: optuna.Study, trial: optuna.Trial) -> None:
+    storage = study._storage
+    if isinstance(storage, RDBStorage):
+        storage.record_heartbeat(trial._trial_id)

@@ -1,0 +1,501 @@
+"""The ask/tell loop: default config first, then sampled variants, each measured at most once per study.
+
+Every trial carries its record in Optuna user attrs (params, variant key and name, config.pbtxt,
+metrics, constraint violations, the `Measurement` as JSON, timings, failure reason), so a resumed or
+shared study rebuilds every `TrialRecord` from storage alone. Rules:
+
+- The default config is measured first, by the worker that created the study (`<model>_config_default`).
+- A variant (config content hash + client load) already finished in the study is never measured
+  again: the trial is told the stored result (`duplicate_of`) and does not count against the budget.
+  Two workers that draw the same variant at once: the higher trial number waits for the lower one.
+- A variant that fails validation, loading or its requests is a FAIL trial with its reason.
+- Single objective: each window is reported to the trial; a trial clearly worse than the best after
+  its first windows is pruned. Constraints go to the sampler through `constraints_func`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from perfkit.errors import ConfigError
+from perfkit.model_repo.config import ModelConfig, format_config, validate_config
+from perfkit.model_repo.repository import write_text_atomic
+from perfkit.results import Measurement, TrialRecord, WindowStat
+from perfkit.sweepfile import SamplerName
+from perfkit.tune import storage as st
+from perfkit.tune.evaluate import Evaluator, Outcome, PruneTrial
+from perfkit.tune.objective import Objective, metrics_of
+from perfkit.tune.space import Params, SearchSpace, build_variant, variant_key
+
+logger = logging.getLogger(__name__)
+
+CONSTRAINTS_ATTR = "constraints"  # optuna.samplers._base._CONSTRAINTS_KEY (system attr)
+A_KEY = "variant_key"
+A_NAME = "variant_name"
+A_PARAMS = "params"
+A_DEFAULT = "is_default"
+A_MEASURED = "measured"
+A_DUP = "duplicate_of"
+A_VIOL = "constraint_violations"
+A_VIOL_LIST = "constraints_list"
+A_METRICS = "metrics"
+A_MEAS = "measurement"
+A_CONFIG = "config_pbtxt"
+A_DURATION = "duration_s"
+A_OVERHEAD = "overhead_s"
+A_WINDOW = "window_s"
+
+# Consecutive already-measured draws before the search space counts as exhausted.
+MAX_CONSECUTIVE_DUPLICATES = 60
+WAIT_FOR_PEER_S = 900.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LoopSettings:
+    model: str
+    study_name: str
+    trials: int
+    timeout_s: float | None = None
+    sampler: SamplerName = "tpe"
+    seed: int | None = None
+    prune: bool = True
+    prune_ratio: float = 0.5
+    startup_trials: int = 4
+    # Prune only after this many windows.
+    prune_after_windows: int = 2
+
+
+def _json_safe(params: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in params.items()}
+
+
+def encode_measurement(m: Measurement) -> Any:
+    from perfkit.report.schema import _encode
+
+    return _encode(m)
+
+
+def decode_measurement(value: Any) -> Measurement | None:
+    if not isinstance(value, dict):
+        return None
+    from perfkit.report.schema import _decode_dataclass, _DecodeError
+
+    try:
+        return _decode_dataclass(Measurement, value, "measurement")
+    except _DecodeError as exc:
+        logger.warning("stored measurement unreadable: %s", exc)
+        return None
+
+
+def make_sampler(
+    settings: LoopSettings, space: SearchSpace, objective: Objective
+) -> optuna.samplers.BaseSampler:
+    n_constraints = len(objective.bounds())
+
+    def constraints_func(trial: FrozenTrial) -> list[float]:
+        values = trial.user_attrs.get(A_VIOL_LIST)
+        if isinstance(values, list) and len(values) == n_constraints:
+            return [float(v) for v in values]
+        return [0.0] * n_constraints
+
+    cf = constraints_func if n_constraints else None
+    if settings.sampler == "grid":
+        return optuna.samplers.GridSampler(space.grid() or {"_": [0]}, seed=settings.seed)
+    if settings.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=settings.seed)
+    if settings.sampler == "nsga2":
+        population = max(4, min(20, settings.trials // 3))
+        return optuna.samplers.NSGAIISampler(
+            population_size=population, seed=settings.seed, constraints_func=cf
+        )
+    return optuna.samplers.TPESampler(
+        seed=settings.seed,
+        n_startup_trials=settings.startup_trials,
+        multivariate=True,
+        group=True,
+        warn_independent_sampling=False,
+        constant_liar=True,
+        constraints_func=cf,
+    )
+
+
+class Tuner:
+    """Runs one worker's share of a study. See the module docstring for the rules."""
+
+    def __init__(
+        self,
+        *,
+        settings: LoopSettings,
+        space: SearchSpace,
+        objective: Objective,
+        base_config: ModelConfig,
+        baseline_load: Params,
+        study: optuna.Study,
+        created: bool,
+        evaluator: Evaluator,
+        variants_dir: Path | None = None,
+        on_trial: Callable[[TrialRecord], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.space = space
+        self.objective = objective
+        self.base = base_config
+        self.baseline_load = baseline_load
+        self.study = study
+        self.created = created
+        self.evaluator = evaluator
+        self.variants_dir = variants_dir
+        self.on_trial = on_trial
+        self.single = len(objective.targets) == 1
+        # Seconds each trial of this worker spent outside its windows, ask to tell (benchmarks).
+        self.overheads_s: list[float] = []
+        self.measured_here = 0
+        self.messages: list[str] = []
+
+    # -- study bookkeeping ---------------------------------------------------------------------
+    def _trials(self) -> list[FrozenTrial]:
+        return list(self.study.get_trials(deepcopy=False))
+
+    def variant_name(self, number: int, is_default: bool) -> str:
+        suffix = "default" if is_default else str(number)
+        return f"{self.settings.model}_config_{suffix}"
+
+    def budget_used(self) -> int:
+        """Distinct variants finished in the study (any worker), default included."""
+        return sum(
+            1
+            for t in self._trials()
+            if t.state.is_finished() and t.user_attrs.get(A_MEASURED) and A_DUP not in t.user_attrs
+        )
+
+    def _default_done_or_running(self) -> bool:
+        for t in self._trials():
+            if not t.user_attrs.get(A_DEFAULT):
+                continue
+            if t.state == TrialState.RUNNING or t.user_attrs.get(A_MEASURED):
+                return True
+        return False
+
+    def best_value(self) -> float | None:
+        best: float | None = None
+        for t in self._trials():
+            if t.state != TrialState.COMPLETE or A_DUP in t.user_attrs or t.values is None:
+                continue
+            viol = t.user_attrs.get(A_VIOL_LIST) or []
+            if any(float(v) > 0 for v in viol):
+                continue
+            value = float(t.values[0])
+            if best is None or self.objective.better(value, best):
+                best = value
+        return best
+
+    def _find_same(self, key: str, number: int, trial: optuna.Trial) -> FrozenTrial | None:
+        """A finished trial that measured `key`; waits while a lower-numbered peer measures it."""
+        deadline = time.monotonic() + WAIT_FOR_PEER_S
+        while True:
+            waiting = False
+            for t in self._trials():
+                if t.number == number or t.user_attrs.get(A_KEY) != key or A_DUP in t.user_attrs:
+                    continue
+                if t.state.is_finished() and t.user_attrs.get(A_MEASURED):
+                    return t
+                if t.state == TrialState.RUNNING and t.number < number:
+                    waiting = True
+            if not waiting or time.monotonic() > deadline:
+                return None
+            st.record_heartbeat(self.study, trial)
+            st.recover_orphans(self.study)
+            time.sleep(0.25)
+
+    # -- the loop ------------------------------------------------------------------------------
+    def run(self) -> None:
+        """Measure until the budget, the timeout or the space is used up."""
+        started = time.monotonic()
+        st.recover_orphans(self.study)
+        if not self._default_done_or_running():
+            self._measure_default()
+        duplicates = 0
+        grid = self.settings.sampler == "grid"
+        sampler = self.study.sampler
+        while True:
+            if self.budget_used() >= self.settings.trials:
+                break
+            if (
+                self.settings.timeout_s is not None
+                and time.monotonic() - started >= self.settings.timeout_s
+            ):
+                self.messages.append(f"stopped at the time budget ({self.settings.timeout_s:g} s)")
+                break
+            if (
+                grid
+                and isinstance(sampler, optuna.samplers.GridSampler)
+                and sampler.is_exhausted(self.study)
+            ):
+                self.messages.append("the grid is exhausted")
+                break
+            if duplicates >= max(MAX_CONSECUTIVE_DUPLICATES, 2 * self.space.size()):
+                self.messages.append("search space exhausted: every draw was already measured")
+                break
+            measured = self._one_trial()
+            duplicates = 0 if measured else duplicates + 1
+
+    def _measure_default(self) -> None:
+        default_study = optuna.load_study(
+            study_name=self.study.study_name,
+            storage=self.study._storage,
+            sampler=optuna.samplers.RandomSampler(),
+        )
+        trial = default_study.ask()
+        self._run_variant(default_study, trial, dict(self.baseline_load), is_default=True)
+
+    def _one_trial(self) -> bool:
+        """Ask, then measure or copy. Returns True when a variant was measured (or failed) here."""
+        t0 = time.perf_counter_ns()
+        trial = self.study.ask()
+        params = self.space.suggest(trial, conditional=self.settings.sampler != "grid")
+        return self._run_variant(self.study, trial, params, is_default=False, t0=t0)
+
+    def _run_variant(
+        self,
+        study: optuna.Study,
+        trial: optuna.Trial,
+        params: Params,
+        *,
+        is_default: bool,
+        t0: int | None = None,
+    ) -> bool:
+        t0 = t0 or time.perf_counter_ns()
+        name = self.variant_name(trial.number, is_default)
+        trial.set_user_attr(st.WORKER_ATTR, st.worker_id())
+        trial.set_user_attr(A_PARAMS, _json_safe(params))
+        trial.set_user_attr(A_DEFAULT, is_default)
+        try:
+            config = self.base if is_default else build_variant(self.base, params)
+        except ConfigError as exc:
+            return self._fail(study, trial, f"invalid variant: {exc}", t0, measured=True)
+        key = variant_key(config, params)
+        trial.set_user_attr(A_KEY, key)
+        same = self._find_same(key, trial.number, trial)
+        if same is not None:
+            self._copy(study, trial, same)
+            return False
+        trial.set_user_attr(A_NAME, name)
+        text = format_config(config)
+        trial.set_user_attr(A_CONFIG, text)
+        try:
+            validate_config(config, source=name)
+        except ConfigError as exc:
+            return self._fail(study, trial, f"invalid variant: {exc}", t0, measured=True)
+        if self.variants_dir is not None:
+            write_text_atomic(self.variants_dir / name / "config.pbtxt", text)
+        logger.info("trial %d: %s", trial.number, name)
+        try:
+            outcome = self.evaluator.evaluate(config, params, self._watch(study, trial))
+        except KeyboardInterrupt:
+            self._fail(
+                study,
+                trial,
+                "interrupted (Ctrl-C); it is measured again on resume",
+                t0,
+                measured=False,
+            )
+            raise
+        self._finish(study, trial, outcome, t0)
+        return True
+
+    def _watch(self, study: optuna.Study, trial: optuna.Trial) -> Callable[[WindowStat], None]:
+        best = self.best_value() if (self.single and self.settings.prune) else None
+        seen: list[float] = []
+
+        def watch(window: WindowStat) -> None:
+            st.record_heartbeat(study, trial)
+            value = self.objective.window_value(window)
+            if value is None or not self.single:
+                return
+            seen.append(value)
+            trial.report(value, len(seen))
+            if best is None or len(seen) < self.settings.prune_after_windows:
+                return
+            mean = sum(seen) / len(seen)
+            if self.objective.clearly_worse(mean, best, self.settings.prune_ratio):
+                raise PruneTrial(f"{mean:.1f} after {len(seen)} windows vs best {best:.1f}")
+
+        return watch
+
+    def _set_timing(self, trial: optuna.Trial, t0: int, window_s: float) -> float:
+        duration = (time.perf_counter_ns() - t0) / 1e9
+        overhead = max(duration - window_s, 0.0)
+        trial.set_user_attr(A_DURATION, duration)
+        trial.set_user_attr(A_OVERHEAD, overhead)
+        trial.set_user_attr(A_WINDOW, window_s)
+        return overhead
+
+    def _fail(
+        self,
+        study: optuna.Study,
+        trial: optuna.Trial,
+        reason: str,
+        t0: int,
+        *,
+        measured: bool,
+        window_s: float = 0.0,
+    ) -> bool:
+        logger.warning("trial %d failed: %s", trial.number, reason)
+        trial.set_user_attr(st.REASON_ATTR, reason)
+        trial.set_user_attr(A_MEASURED, measured)
+        if A_NAME not in trial.user_attrs:
+            trial.set_user_attr(
+                A_NAME, self.variant_name(trial.number, bool(trial.user_attrs.get(A_DEFAULT)))
+            )
+        overhead = self._set_timing(trial, t0, window_s)
+        study.tell(trial, state=TrialState.FAIL)
+        self._done(study, trial.number, overhead)
+        return measured
+
+    def _done(self, study: optuna.Study, number: int, overhead_s: float) -> None:
+        self.overheads_s.append(overhead_s)
+        self.measured_here += 1
+        if self.on_trial is not None:
+            record = record_of(
+                study._storage.get_trial(
+                    study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+                ),
+                self.objective,
+            )
+            if record is not None:
+                self.on_trial(record)
+
+    def _set_constraints(
+        self, study: optuna.Study, trial: optuna.Trial, violations: dict[str, float]
+    ) -> None:
+        values = [violations[k] for k in self.objective.bounds() if k in violations]
+        if len(values) != len(self.objective.bounds()):
+            values = [0.0] * len(self.objective.bounds())
+        trial.set_user_attr(A_VIOL, violations)
+        trial.set_user_attr(A_VIOL_LIST, values)
+        if values:
+            # Samplers read this system attr; set it ourselves so trials told through another
+            # sampler (the default's) carry it too.
+            study._storage.set_trial_system_attr(trial._trial_id, CONSTRAINTS_ATTR, values)
+
+    def _finish(self, study: optuna.Study, trial: optuna.Trial, outcome: Outcome, t0: int) -> None:
+        trial.set_user_attr(A_MEASURED, True)
+        for key, value in outcome.extra.items():
+            trial.set_user_attr(key, value)
+        if outcome.pruned:
+            partial = _window_metrics(outcome.windows)
+            trial.set_user_attr(A_METRICS, partial)
+            trial.set_user_attr(
+                st.REASON_ATTR, "pruned: clearly worse than the best after its first windows"
+            )
+            self._set_constraints(study, trial, {})
+            overhead = self._set_timing(trial, t0, outcome.window_s)
+            study.tell(trial, state=TrialState.PRUNED)
+            self._done(study, trial.number, overhead)
+            return
+        m = outcome.measurement
+        if m is not None:
+            metrics = metrics_of(m)
+            metrics["load_s"] = outcome.load_s
+            trial.set_user_attr(A_METRICS, metrics)
+            trial.set_user_attr(A_MEAS, encode_measurement(m))
+        if outcome.error is not None or m is None:
+            self._fail(
+                study,
+                trial,
+                outcome.error or "no measurement",
+                t0,
+                measured=True,
+                window_s=outcome.window_s,
+            )
+            return
+        violations = self.objective.violations(metrics)
+        self._set_constraints(study, trial, violations)
+        overhead = self._set_timing(trial, t0, outcome.window_s)
+        study.tell(trial, values=self.objective.values(metrics))
+        self._done(study, trial.number, overhead)
+
+    def _copy(self, study: optuna.Study, trial: optuna.Trial, same: FrozenTrial) -> None:
+        """Tell `trial` the stored result of `same` (no measurement)."""
+        trial.set_user_attr(A_DUP, same.number)
+        trial.set_user_attr(A_NAME, same.user_attrs.get(A_NAME, ""))
+        for key in (A_METRICS, A_VIOL, A_VIOL_LIST, st.REASON_ATTR):
+            if key in same.user_attrs:
+                trial.set_user_attr(key, same.user_attrs[key])
+        values = same.user_attrs.get(A_VIOL_LIST)
+        if values:
+            study._storage.set_trial_system_attr(trial._trial_id, CONSTRAINTS_ATTR, values)
+        if same.state == TrialState.COMPLETE and same.values is not None:
+            study.tell(trial, values=list(same.values))
+        elif same.state == TrialState.PRUNED and self.single:
+            last = same.last_step
+            if last is not None:
+                trial.report(same.intermediate_values[last], last)
+            study.tell(trial, state=TrialState.PRUNED)
+        else:
+            study.tell(trial, state=TrialState.FAIL)
+
+
+def _window_metrics(windows: tuple[WindowStat, ...]) -> dict[str, float]:
+    if not windows:
+        return {}
+    n = len(windows)
+    return {
+        "throughput_infer_per_s": sum(w.throughput_infer_per_s for w in windows) / n,
+        "avg_latency_us": sum(w.latency_avg_us for w in windows) / n,
+        "windows": float(n),
+    }
+
+
+_STATES = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}
+
+
+def record_of(t: FrozenTrial, objective: Objective) -> TrialRecord | None:
+    """The TrialRecord of a finished, measured trial (None for copies and unfinished ones)."""
+    state = _STATES.get(t.state)
+    attrs = t.user_attrs
+    if state is None or A_DUP in attrs or not attrs.get(A_MEASURED):
+        return None
+    violations = {str(k): float(v) for k, v in (attrs.get(A_VIOL) or {}).items()}
+    objectives: dict[str, float] = {}
+    if t.state == TrialState.COMPLETE and t.values is not None:
+        objectives = {
+            name: float(v) for (name, _), v in zip(objective.targets, t.values, strict=False)
+        }
+    params = dict(attrs.get(A_PARAMS) or {})
+    return TrialRecord(
+        number=t.number,
+        variant_name=str(attrs.get(A_NAME, f"trial_{t.number}")),
+        params=params,
+        config_pbtxt=str(attrs.get(A_CONFIG, "")),
+        state=state,  # type: ignore[arg-type]
+        feasible=state == "complete" and all(v <= 0 for v in violations.values()),
+        reason=attrs.get(st.REASON_ATTR),
+        objectives=objectives,
+        constraints=violations,
+        measurement=decode_measurement(attrs.get(A_MEAS)),
+        duration_s=float(attrs.get(A_DURATION, 0.0)),
+        overhead_s=float(attrs.get(A_OVERHEAD, 0.0)),
+    )
+
+
+def is_default(t: FrozenTrial) -> bool:
+    return bool(t.user_attrs.get(A_DEFAULT))
+
+
+def trial_metrics(t: FrozenTrial) -> dict[str, float]:
+    raw = t.user_attrs.get(A_METRICS) or {}
+    return {str(k): float(v) for k, v in raw.items()}
+
+
+def dumps_params(params: Mapping[str, Any]) -> str:
+    return json.dumps(_json_safe(params), sort_keys=True)
