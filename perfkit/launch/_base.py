@@ -113,7 +113,7 @@ def log_excerpt(path: Path | None, lines: int = 15, errors: int = 10, width: int
             text = f.read(4 * 1024 * 1024).decode("utf-8", "replace")
     except OSError:
         return ""
-    all_lines = [line[:width] for line in text.splitlines()]
+    all_lines = [line[:width].rstrip() for line in text.splitlines()]
     tail = all_lines[-lines:]
     found = [line for line in all_lines[:-lines] if _ERROR_LINE.search(line)][-errors:]
     parts = []

@@ -12,7 +12,6 @@ from perfkit.launch._probe import (
     ServerProtocol,
     check_protocol,
     grpc_target,
-    http_base,
     probe_ready,
     wait_ready,
 )
@@ -22,7 +21,7 @@ DEFAULT_METRICS_PORT = 8002
 
 
 def _host(url: str) -> str:
-    bare = http_base(url).split("://", 1)[1]
+    bare = url.split("://", 1)[-1]
     host = bare.split("/", 1)[0]
     if host.startswith("["):  # [ipv6]:port
         return host[: host.index("]") + 1]

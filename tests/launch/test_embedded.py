@@ -61,12 +61,14 @@ def test_mode_none_loads_everything_and_log_path_is_kept(zoo_repo: Path, tmp_pat
     assert log.is_file()
 
 
-def test_port_in_use_is_a_clear_error(zoo_repo: Path) -> None:
+def test_port_in_use_is_a_clear_error(zoo_repo: Path, tmp_path: Path) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        server = EmbeddedServer(zoo_repo, http_port=port, startup_timeout_s=20)
+        server = EmbeddedServer(
+            zoo_repo, http_port=port, startup_timeout_s=20, log_path=tmp_path / "server.log"
+        )
         with pytest.raises(ServerUnavailable) as info, server:
             pass
     message = str(info.value)
@@ -78,14 +80,14 @@ def test_port_in_use_is_a_clear_error(zoo_repo: Path) -> None:
 def test_server_exiting_at_start_shows_its_log(tmp_path: Path) -> None:
     missing = tmp_path / "no-such-repo"
     with pytest.raises(ServerUnavailable, match=r"exited with code \d+ during start-up") as info:
-        EmbeddedServer(missing).start()
+        EmbeddedServer(missing, log_path=tmp_path / "server.log").start()
     message = str(info.value)
     assert "From its log" in message
     assert str(missing) in message  # the server's own complaint, from the log tail
 
 
-def test_startup_wait_is_bounded_and_stops_the_server(zoo_repo: Path) -> None:
-    server = EmbeddedServer(zoo_repo, startup_timeout_s=0.0)
+def test_startup_wait_is_bounded_and_stops_the_server(zoo_repo: Path, tmp_path: Path) -> None:
+    server = EmbeddedServer(zoo_repo, startup_timeout_s=0.0, log_path=tmp_path / "server.log")
     with pytest.raises(ServerUnavailable, match=r"not ready at 127\.0\.0\.1:\d+ after 0 s"):
         server.start()
     assert not server.alive()
