@@ -13,7 +13,7 @@ A sweep file says what to tune and how:
     [budget]       trials, timeout_s
     [measure]      window_ms, stability_pct, max_windows, stability_windows, warmup_requests
     [search]       sampler ("tpe" | "nsga2" | "grid" | "random"), seed, prune, prune_ratio,
-                   startup_trials
+                   startup_trials, min_gain_pct
 
 Imports the stdlib and perfkit.errors only; the tuner maps these values onto the run engine's specs.
 """
@@ -97,6 +97,9 @@ class SearchSettings:
     prune_ratio: float = 0.5
     # Random trials before TPE/NSGA-II start modelling the space.
     startup_trials: int = 4
+    # The best must beat the default by this much (percent, primary objective) to be written back;
+    # a smaller gain is within measurement noise.
+    min_gain_pct: float = 2.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -420,8 +423,9 @@ def parse_sweep(text: str, source: str = "<sweep>", base_dir: Path | None = None
         prune=q.bool_("prune", True),
         prune_ratio=ratio,
         startup_trials=q.int_("startup_trials", 4, minimum=0),
+        min_gain_pct=q.num("min_gain_pct", 2.0, minimum=0.0) or 0.0,
     )
-    q.check_unknown({"sampler", "seed", "prune", "prune_ratio", "startup_trials"})
+    q.check_unknown({"sampler", "seed", "prune", "prune_ratio", "startup_trials", "min_gain_pct"})
 
     o = _table(source, doc, "output")
     out_dir = o.str_("dir")

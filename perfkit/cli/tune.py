@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import json
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -88,10 +89,10 @@ def _row(t: TrialRecord, tag: str) -> list[str]:
     m = t.measurement
     load = ""
     if m is not None:
-        load = f"{'c' if m.mode == 'concurrency' else 'r'}={m.level:g} b={m.batch_size}"
+        load = f"{'c' if m.mode == 'concurrency' else 'r'}{m.level:g} b{m.batch_size}"
     return [
         tag,
-        t.variant_name,
+        t.variant_name.removeprefix(f"{t.variant_name.rsplit('_config_', 1)[0]}_"),
         output.describe_config(t.config_pbtxt),
         load,
         _fmt(m.throughput_infer_per_s if m else None),
@@ -107,13 +108,17 @@ def results_table(result: TuneResult) -> Table:
     feasible.sort(key=lambda t: t.objectives[primary], reverse=direction == "maximize")
     if result.pareto_trials:
         shown = [t for t in feasible if t.number in result.pareto_trials]
-        title = "Pareto front vs the default"
+        title = f"{result.model}: Pareto front vs the default"
     else:
         shown = feasible[:TOP_N]
-        title = f"Top {len(shown)} configs vs the default"
+        title = f"{result.model}: top {len(shown)} configs vs the default"
     table = Table(title=title)
-    for col in ("", "config", "variant", "load", "infer/s", "p99 ms", "meets constraints"):
-        table.add_column(col, justify="right" if col in ("infer/s", "p99 ms") else "left")
+    for col in ("", "variant", "config", "load", "infer/s", "p99 ms", "ok"):
+        table.add_column(
+            col,
+            justify="right" if col in ("infer/s", "p99 ms") else "left",
+            no_wrap=col != "config",
+        )
     for t in shown:
         tag = "best" if t.number == result.best_trial else ""
         if t.number == result.default_trial:
@@ -237,12 +242,17 @@ def tune(
 
 def run_tune(spec: SweepSpec, *, dry_run: bool = False) -> TuneResult:
     """The whole `perfkit tune`: study, server, loop, outputs, write-back, summary."""
+    import optuna
+
     from perfkit.model_repo.config import load_config
     from perfkit.tune import storage as st
     from perfkit.tune.evaluate import LiveEvaluator, ModelControl
     from perfkit.tune.space import SearchSpace
     from perfkit.tune.tuner import LoopSettings, Tuner, make_sampler
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Heartbeats and grouped TPE are stable enough for us; their notices only add noise here.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     model_dir = _ensure_model(spec)
     base = load_config(model_dir / "config.pbtxt")
     default_text = (model_dir / "config.pbtxt").read_text(encoding="utf-8")
@@ -267,7 +277,7 @@ def run_tune(spec: SweepSpec, *, dry_run: bool = False) -> TuneResult:
     storage_url = spec.storage or st.default_storage_url(out_dir)
     rdb = st.open_storage(storage_url)
     study, created = st.open_study(
-        rdb, settings.study_name, objective.directions(), make_sampler(settings, space, objective)
+        rdb, settings.study_name, objective.directions(), make_sampler(settings, space)
     )
     done_before = sum(1 for t in study.get_trials(deepcopy=False) if t.state.is_finished())
     err.print(
@@ -305,6 +315,7 @@ def run_tune(spec: SweepSpec, *, dry_run: bool = False) -> TuneResult:
             default_config_pbtxt=default_text,
             server=info,
             started_at=started_at,
+            min_gain_pct=spec.search.min_gain_pct,
             messages=tuner.messages
             + (["interrupted (Ctrl-C): rerun the same command to resume"] if interrupted else []),
         )

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from perfkit.errors import ConfigError, PerfkitError
+from perfkit.errors import ConfigError, MeasurementUnstable, PerfkitError
 from perfkit.load.spec import InputSpec, MeasureSpec, TargetSpec
 from perfkit.model_repo.config import ModelConfig, config_to_json
 from perfkit.results import Measurement, WindowStat
@@ -217,6 +217,18 @@ class LiveEvaluator:
                 window_s=window_s(),
                 load_s=load_s,
             )
+        except MeasurementUnstable as exc:
+            # An unstable variant is still information: keep its merged windows (stable=False).
+            unstable = getattr(exc, "measurement", None)
+            if not isinstance(unstable, Measurement):
+                return Outcome(
+                    measurement=None,
+                    error=f"measurement failed: {exc}",
+                    windows=tuple(windows),
+                    window_s=window_s(),
+                    load_s=load_s,
+                )
+            measurement = unstable
         except PerfkitError as exc:
             return Outcome(
                 measurement=None,

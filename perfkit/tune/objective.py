@@ -1,7 +1,7 @@
 """Scores and constraints of a trial from its `Measurement`. Pure.
 
 Constraints follow Optuna's convention (a value <= 0 is satisfied), so they can go straight to a
-sampler's `constraints_func` and infeasible trials still teach the sampler where not to look.
+sampler (`Trial.set_constraint`, Optuna's constraints support) and infeasible trials still teach the sampler where not to look.
 Latency constraints are normalised by the budget (0.1 = 10 % over), throughput ones by the minimum.
 """
 

@@ -77,6 +77,7 @@ def build_result(
     server: ServerInfo,
     started_at: str,
     messages: Sequence[str] = (),
+    min_gain_pct: float = 0.0,
 ) -> TuneResult:
     """Every measured trial of the study (all workers) as a TuneResult, best and Pareto front picked."""
     frozen = study.get_trials(deepcopy=False)
@@ -98,10 +99,17 @@ def build_result(
         primary, direction = objective.primary()
         pick = max if direction == "maximize" else min
         best = pick(pool, key=lambda r: r.objectives[primary])
-        # Prefer the default on a tie: nothing to write back.
-        default_rec = next((r for r in pool if r.number == default_trial), None)
-        if default_rec is not None and default_rec.objectives[primary] == best.objectives[primary]:
-            best = default_rec
+        # Keep the default unless the best beats it by more than the noise margin.
+        default_rec = next((r for r in candidates if r.number == default_trial), None)
+        if default_rec is not None and best is not default_rec:
+            gain = objective.gain_pct(best.objectives[primary], default_rec.objectives[primary])
+            if gain < min_gain_pct:
+                best = default_rec
+                messages = [
+                    *messages,
+                    f"the best variant is only {gain:.1f}% better than the default "
+                    f"(below min_gain_pct {min_gain_pct:g}%): keeping the default",
+                ]
     importances: dict[str, float] = {}
     complete = [t for t in frozen if t.state == TrialState.COMPLETE and t.params]
     if len(objective.targets) == 1 and len(complete) >= 4:
@@ -244,5 +252,5 @@ def describe_config(pbtxt: str) -> str:
     dyn = "off"
     if c.HasField("dynamic_batching"):
         sizes = ",".join(str(s) for s in c.dynamic_batching.preferred_batch_size)
-        dyn = f"on [{sizes}] {c.dynamic_batching.max_queue_delay_microseconds}us"
-    return f"mbs {c.max_batch_size}, {instance_summary(c)}, dyn {dyn}"
+        dyn = f"[{sizes}]@{c.dynamic_batching.max_queue_delay_microseconds}us"
+    return f"mbs{c.max_batch_size} {instance_summary(c)} dyn {dyn}"

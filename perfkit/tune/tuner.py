@@ -11,7 +11,7 @@ shared study rebuilds every `TrialRecord` from storage alone. Rules:
 - A variant that the server refuses to load, or whose requests fail, is a FAIL trial with its
   reason (the server validates variants: it is the authority on what it accepts).
 - Single objective: each window is reported to the trial; a trial clearly worse than the best after
-  its first windows is pruned. Constraints go to the sampler through `constraints_func`.
+  its first windows is pruned. Constraints go to the sampler through `Trial.set_constraint`.
 """
 
 from __future__ import annotations
@@ -39,7 +39,6 @@ from perfkit.tune.space import Params, SearchSpace, build_variant, variant_key
 
 logger = logging.getLogger(__name__)
 
-CONSTRAINTS_ATTR = "constraints"  # optuna.samplers._base._CONSTRAINTS_KEY (system attr)
 A_KEY = "variant_key"
 A_NAME = "variant_name"
 A_PARAMS = "params"
@@ -47,7 +46,6 @@ A_DEFAULT = "is_default"
 A_MEASURED = "measured"
 A_DUP = "duplicate_of"
 A_VIOL = "constraint_violations"
-A_VIOL_LIST = "constraints_list"
 A_METRICS = "metrics"
 A_MEAS = "measurement"
 A_CONFIG = "config_pbtxt"
@@ -105,35 +103,22 @@ class AskTellGridSampler(optuna.samplers.GridSampler):
         return None
 
 
-def make_sampler(
-    settings: LoopSettings, space: SearchSpace, objective: Objective
-) -> optuna.samplers.BaseSampler:
-    n_constraints = len(objective.bounds())
-
-    def constraints_func(trial: FrozenTrial) -> list[float]:
-        values = trial.user_attrs.get(A_VIOL_LIST)
-        if isinstance(values, list) and len(values) == n_constraints:
-            return [float(v) for v in values]
-        return [0.0] * n_constraints
-
-    cf = constraints_func if n_constraints else None
+def make_sampler(settings: LoopSettings, space: SearchSpace) -> optuna.samplers.BaseSampler:
+    """The study's sampler. Constraints reach TPE/NSGA-II through `Trial.set_constraint`
+    (Optuna 5's replacement of `constraints_func`): every told trial carries them."""
     if settings.sampler == "grid":
         return AskTellGridSampler(space.grid() or {"_": [0]}, seed=settings.seed)
     if settings.sampler == "random":
         return optuna.samplers.RandomSampler(seed=settings.seed)
     if settings.sampler == "nsga2":
         population = max(4, min(20, settings.trials // 3))
-        return optuna.samplers.NSGAIISampler(
-            population_size=population, seed=settings.seed, constraints_func=cf
-        )
+        return optuna.samplers.NSGAIISampler(population_size=population, seed=settings.seed)
     return optuna.samplers.TPESampler(
         seed=settings.seed,
         n_startup_trials=settings.startup_trials,
         multivariate=True,
         group=True,
-        warn_independent_sampling=False,
         constant_liar=True,
-        constraints_func=cf,
     )
 
 
@@ -199,8 +184,7 @@ class Tuner:
         for t in self._trials():
             if t.state != TrialState.COMPLETE or A_DUP in t.user_attrs or t.values is None:
                 continue
-            viol = t.user_attrs.get(A_VIOL_LIST) or []
-            if any(float(v) > 0 for v in viol):
+            if any(float(v) > 0 for v in t.constraints.values()):
                 continue
             value = float(t.values[0])
             if best is None or self.objective.better(value, best):
@@ -379,18 +363,11 @@ class Tuner:
             if record is not None:
                 self.on_trial(record)
 
-    def _set_constraints(
-        self, study: optuna.Study, trial: optuna.Trial, violations: dict[str, float]
-    ) -> None:
-        values = [violations[k] for k in self.objective.bounds() if k in violations]
-        if len(values) != len(self.objective.bounds()):
-            values = [0.0] * len(self.objective.bounds())
+    def _set_constraints(self, trial: optuna.Trial, violations: dict[str, float]) -> None:
+        """Record constraint violations on the trial: samplers read them (<= 0 is feasible)."""
         trial.set_user_attr(A_VIOL, violations)
-        trial.set_user_attr(A_VIOL_LIST, values)
-        if values:
-            # Samplers read this system attr; set it ourselves so trials told through another
-            # sampler (the default's) carry it too.
-            study._storage.set_trial_system_attr(trial._trial_id, CONSTRAINTS_ATTR, values)
+        for key in self.objective.bounds():
+            trial.set_constraint(key, float(violations.get(key, 0.0)))
 
     def _finish(self, study: optuna.Study, trial: optuna.Trial, outcome: Outcome, t0: int) -> None:
         trial.set_user_attr(A_MEASURED, True)
@@ -402,7 +379,7 @@ class Tuner:
             trial.set_user_attr(
                 st.REASON_ATTR, "pruned: clearly worse than the best after its first windows"
             )
-            self._set_constraints(study, trial, {})
+            self._set_constraints(trial, {})
             overhead = self._set_timing(trial, t0, outcome.window_s)
             study.tell(trial, state=TrialState.PRUNED)
             self._done(study, trial.number, overhead)
@@ -424,7 +401,7 @@ class Tuner:
             )
             return
         violations = self.objective.violations(metrics)
-        self._set_constraints(study, trial, violations)
+        self._set_constraints(trial, violations)
         overhead = self._set_timing(trial, t0, outcome.window_s)
         study.tell(trial, values=self.objective.values(metrics))
         self._done(study, trial.number, overhead)
@@ -433,12 +410,12 @@ class Tuner:
         """Tell `trial` the stored result of `same` (no measurement)."""
         trial.set_user_attr(A_DUP, same.number)
         trial.set_user_attr(A_NAME, same.user_attrs.get(A_NAME, ""))
-        for key in (A_METRICS, A_VIOL, A_VIOL_LIST, st.REASON_ATTR):
+        for key in (A_METRICS, A_VIOL, st.REASON_ATTR):
             if key in same.user_attrs:
                 trial.set_user_attr(key, same.user_attrs[key])
-        values = same.user_attrs.get(A_VIOL_LIST)
-        if values:
-            study._storage.set_trial_system_attr(trial._trial_id, CONSTRAINTS_ATTR, values)
+        if same.state in (TrialState.COMPLETE, TrialState.PRUNED):
+            for key, value in same.constraints.items():
+                trial.set_constraint(key, float(value))
         if same.state == TrialState.COMPLETE and same.values is not None:
             study.tell(trial, values=list(same.values))
         elif same.state == TrialState.PRUNED and self.single:
