@@ -27,7 +27,10 @@ class EmbeddedServer(ProcessServer):
         model_control_mode: "explicit" (default; loads `load_models`), "none" (loads everything)
             or "poll".
         load_models: models to load at start in explicit mode; "*" loads all.
-        extra_args: more perfkit_server flags (tritonserver names), e.g. ["--log-verbose", "1"].
+        extra_args: more perfkit_server flags (tritonserver names), e.g. ["--exit-timeout-secs", "5"].
+        strict_model_config: --strict-model-config=true|false; None leaves the server's default.
+        repository_poll_secs: --repository-poll-secs, for poll mode.
+        log_verbose: --log-verbose level (0: off).
         http_port, grpc_port, metrics_port: fixed ports; by default free loopback ports.
         startup_timeout_s: bounded wait for /v2/health/ready; `ServerUnavailable` after it.
         log_path: where the server logs; by default a temp file removed on a clean stop.
@@ -42,6 +45,8 @@ class EmbeddedServer(ProcessServer):
         model_control_mode: str = "explicit",
         load_models: Sequence[str] = ("*",),
         extra_args: Sequence[str] = (),
+        strict_model_config: bool | None = None,
+        repository_poll_secs: float | None = None,
         http_port: int | None = None,
         grpc_port: int | None = None,
         metrics_port: int | None = None,
@@ -51,6 +56,7 @@ class EmbeddedServer(ProcessServer):
         log_path: Path | None = None,
         env: Mapping[str, str] | None = None,
         python: str = sys.executable,
+        log_verbose: int = 0,
     ) -> None:
         super().__init__(
             host=host,
@@ -73,7 +79,10 @@ class EmbeddedServer(ProcessServer):
         self.model_control_mode = model_control_mode
         self.load_models = tuple(load_models)
         self.extra_args = tuple(extra_args)
+        self.strict_model_config = strict_model_config
+        self.repository_poll_secs = repository_poll_secs
         self.python = python
+        self.log_verbose = log_verbose
 
     def _describe(self) -> str:
         return f"perfkit_server (repository {self.repo})"
@@ -93,6 +102,8 @@ class EmbeddedServer(ProcessServer):
             self._host,
             "--grpc-port",
             str(self.grpc_port),
+            "--metrics-address",
+            self._host,
             "--metrics-port",
             str(self.metrics_port),
             "--model-control-mode",
@@ -101,4 +112,10 @@ class EmbeddedServer(ProcessServer):
         if self.model_control_mode == "explicit":
             for name in self.load_models:
                 command += ["--load-model", name]
+        if self.strict_model_config is not None:
+            command.append(f"--strict-model-config={str(self.strict_model_config).lower()}")
+        if self.repository_poll_secs is not None:
+            command += ["--repository-poll-secs", f"{self.repository_poll_secs:g}"]
+        if self.log_verbose:
+            command += ["--log-verbose", str(self.log_verbose)]
         return command + list(self.extra_args)

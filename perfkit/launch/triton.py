@@ -147,6 +147,8 @@ class LocalTriton(ProcessServer):
         model_control_mode: "explicit" (default; loads `load_models`, "*" for all), "none", "poll".
         disable_auto_complete_config: pass --disable-auto-complete-config (starts ~3x faster).
         log_verbose: --log-verbose level.
+        strict_model_config: --strict-model-config=true|false; None leaves Triton's default.
+        repository_poll_secs: --repository-poll-secs, for poll mode.
         extra_args: more tritonserver flags.
     """
 
@@ -162,6 +164,8 @@ class LocalTriton(ProcessServer):
         disable_auto_complete_config: bool = False,
         log_verbose: int = 0,
         extra_args: Sequence[str] = (),
+        strict_model_config: bool | None = None,
+        repository_poll_secs: float | None = None,
         http_port: int | None = None,
         grpc_port: int | None = None,
         metrics_port: int | None = None,
@@ -197,6 +201,8 @@ class LocalTriton(ProcessServer):
         self.disable_auto_complete_config = disable_auto_complete_config
         self.log_verbose = log_verbose
         self.extra_args = tuple(extra_args)
+        self.strict_model_config = strict_model_config
+        self.repository_poll_secs = repository_poll_secs
 
     def _describe(self) -> str:
         return f"tritonserver {self.install.binary} (repository {self.repo})"
@@ -225,4 +231,8 @@ class LocalTriton(ProcessServer):
             command += [f"--load-model={name}" for name in self.load_models]
         if self.disable_auto_complete_config:
             command.append("--disable-auto-complete-config")
+        if self.strict_model_config is not None:
+            command.append(f"--strict-model-config={str(self.strict_model_config).lower()}")
+        if self.repository_poll_secs is not None:
+            command.append(f"--repository-poll-secs={self.repository_poll_secs:g}")
         return command + list(self.extra_args)

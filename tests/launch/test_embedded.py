@@ -13,6 +13,7 @@ import tritonclient.http as httpclient
 from perfkit.errors import ConfigError, ServerUnavailable
 from perfkit.launch import EmbeddedServer, ServerHandle, server_info
 from perfkit.launch._probe import port_open
+from tests.fixtures.zoo import ZooRepoFactory
 
 
 def test_serves_zoo_models_and_stops(zoo_repo: Path) -> None:
@@ -96,3 +97,22 @@ def test_startup_wait_is_bounded_and_stops_the_server(zoo_repo: Path, tmp_path: 
 def test_bad_model_control_mode() -> None:
     with pytest.raises(ConfigError, match="model_control_mode"):
         EmbeddedServer(Path("."), model_control_mode="sometimes")
+
+
+def test_server_flags_reach_the_server(zoo_repo_factory: ZooRepoFactory, tmp_path: Path) -> None:
+    repo = zoo_repo_factory("identity")
+    (repo / "identity" / "config.pbtxt").unlink()  # completed from the ONNX graph when not strict
+    server = EmbeddedServer(
+        repo,
+        model_control_mode="poll",
+        repository_poll_secs=0.5,
+        strict_model_config=False,
+        log_verbose=1,
+        log_path=tmp_path / "server.log",
+    )
+    with server:
+        client = httpclient.InferenceServerClient(server.http_url)
+        assert client.is_model_ready("identity")
+        assert client.get_model_config("identity")["input"][0]["name"] == "INPUT0"
+        client.close()
+    assert (tmp_path / "server.log").stat().st_size > 0
