@@ -122,8 +122,13 @@ def wait_ready(url: str, protocol: str = "http", timeout_s: float = 30.0) -> Non
     )
 
 
-def server_info(url: str, protocol: str = "http", *, timeout_s: float = 5.0) -> ServerInfo:
-    """Server metadata (name, version, extensions) as a `ServerInfo`; kind "triton" for Triton."""
+def server_info(
+    url: str, protocol: str = "http", *, timeout_s: float = 5.0, embedded: bool = False
+) -> ServerInfo:
+    """Server metadata (name, version, extensions) as a `ServerInfo`; kind "triton" for Triton.
+
+    `embedded` is recorded as given (True when perfkit started the server itself).
+    """
     proto = check_protocol(protocol)
     try:
         if proto == "http":
@@ -157,4 +162,5 @@ def server_info(url: str, protocol: str = "http", *, timeout_s: float = 5.0) -> 
         kind="triton" if name == "triton" else (name or "unknown"),
         version=version,
         extensions=extensions,
+        embedded=embedded,
     )

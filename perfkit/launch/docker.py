@@ -1,6 +1,6 @@
 """`DockerTriton`: tritonserver in a container (nvcr.io/nvidia/tritonserver) through the docker SDK.
 
-The docker SDK is imported lazily (extra `perfkit[docker]`); any object with the SDK's
+The docker SDK is imported lazily (only DockerTriton needs it); any object with the SDK's
 `containers.run(...)` shape can be passed as `client` (the tests pass a fake: the docker engine is an
 external boundary). The container uses the host network, so the server listens on free host ports,
 and the model repository is mounted at the same path inside it.
@@ -32,7 +32,7 @@ def docker_client() -> Any:
         import docker
     except ImportError as exc:
         raise MissingDependency(
-            "DockerTriton needs the docker SDK: pip install 'perfkit[docker]' (or pip install docker)"
+            "DockerTriton needs the docker SDK (a perfkit dependency): pip install 'docker>=7'"
         ) from exc
     try:
         return docker.from_env()
