@@ -282,16 +282,18 @@ def result_from_dict(doc: JsonDict, source: str = "<results>") -> AnyResult:
 
 
 def resolve_result_path(path: Path) -> Path:
-    """A results file, or the results.json inside an output directory."""
+    """A results file, or the results.json inside a run's or a tune's output directory."""
     path = Path(path)
     if path.is_dir():
-        candidate = path / RESULTS_JSON
-        if not candidate.is_file():
-            raise ConfigError(
-                f"{path}: directory has no {RESULTS_JSON}. Pass the --output-dir of a "
-                "`perfkit run` or the --output of a `perfkit tune`, or a results JSON file."
-            )
-        return candidate
+        # A run's --output-dir holds results.json; a tune's --output holds results/results.json.
+        for candidate in (path / RESULTS_JSON, path / "results" / RESULTS_JSON):
+            if candidate.is_file():
+                return candidate
+        raise ConfigError(
+            f"{path}: directory has no {RESULTS_JSON} (nor results/{RESULTS_JSON}). Pass the "
+            "--output-dir of a `perfkit run` or the --output of a `perfkit tune`, or a results "
+            "JSON file."
+        )
     if not path.is_file():
         raise ConfigError(f"{path}: no such results file or directory.")
     return path
