@@ -289,8 +289,9 @@ class ProcessServer:
             code = self._proc.poll()
             if code is not None:
                 raise ServerUnavailable(
-                    f"{self._describe()} exited with code {code} during start-up, before "
-                    f"{self.http_url} was ready. From its log {self._log_path}:\n"
+                    f"{self._describe()} exited with code {code} during start-up, before it was "
+                    f"ready at {self.http_url} (http) / {self.grpc_url} (grpc). From its log "
+                    f"{self._log_path}:\n"
                     f"{log_excerpt(self._log_path)}"
                 )
             try:
