@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,6 +94,13 @@ def decode_measurement(value: Any) -> Measurement | None:
     except _DecodeError as exc:
         logger.warning("stored measurement unreadable: %s", exc)
         return None
+
+
+def _ask(study: optuna.Study) -> optuna.Trial:
+    with warnings.catch_warnings():
+        # Heartbeats are recorded by the loop itself (after every window), not by study.optimize.
+        warnings.filterwarnings("ignore", message="Heartbeat of storage", category=UserWarning)
+        return study.ask()
 
 
 class AskTellGridSampler(optuna.samplers.GridSampler):
@@ -247,13 +255,13 @@ class Tuner:
             storage=self.study._storage,
             sampler=optuna.samplers.RandomSampler(),
         )
-        trial = default_study.ask()
+        trial = _ask(default_study)
         self._run_variant(default_study, trial, dict(self.baseline_load), is_default=True)
 
     def _one_trial(self) -> bool:
         """Ask, then measure or copy. Returns True when a variant was measured (or failed) here."""
         t0 = time.perf_counter_ns()
-        trial = self.study.ask()
+        trial = _ask(self.study)
         params = self.space.suggest(trial, conditional=self.settings.sampler != "grid")
         return self._run_variant(self.study, trial, params, is_default=False, t0=t0)
 
@@ -338,7 +346,7 @@ class Tuner:
         measured: bool,
         window_s: float = 0.0,
     ) -> bool:
-        logger.warning("trial %d failed: %s", trial.number, reason)
+        logger.info("trial %d failed: %s", trial.number, reason)
         trial.set_user_attr(st.REASON_ATTR, reason)
         trial.set_user_attr(A_MEASURED, measured)
         if A_NAME not in trial.user_attrs:

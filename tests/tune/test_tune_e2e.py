@@ -1,0 +1,91 @@
+"""`perfkit tune` end to end on the bundled server: write-back, outputs, failed variants."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import optuna
+import tritonclient.grpc as grpcclient
+
+from perfkit.model_repo.config import config_from_json, load_config, parse_config
+from perfkit.report.ma_csv import HEADER
+from tests.tune.conftest import assert_no_variant_measured_twice, run_perfkit, write_sweep
+
+
+def test_tune_writes_back_a_config_the_server_loads(
+    ident_repo: Path, tmp_path: Path, perfkit_server
+) -> None:
+    sweep = write_sweep(tmp_path / "s.toml", ident_repo, trials=4)
+    out = tmp_path / "out"
+    original = (ident_repo / "ident" / "config.pbtxt").read_text()
+    proc = run_perfkit("tune", str(sweep), "--output", str(out), "--study-name", "t")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+    # Output directory in Model Analyzer's layout, MA's CSV columns, the tidy CSV.
+    variants = out / "output_model_repository"
+    assert (variants / "ident_config_default" / "config.pbtxt").exists()
+    assert len(list(variants.glob("ident_config_*/config.pbtxt"))) == 4
+    with (out / "results" / "metrics-model-inference.csv").open() as fh:
+        rows = list(csv.reader(fh))
+    assert tuple(rows[0]) == HEADER
+    assert len(rows) >= 2
+    assert all(r[0] == "ident" for r in rows[1:])
+    assert (out / "results" / "trials.csv").exists()
+    assert "better than the default configuration" in proc.stdout or "default" in proc.stdout
+
+    study = optuna.load_study(study_name="t", storage=f"sqlite:///{out / 'study.db'}")
+    assert_no_variant_measured_twice(study)
+
+    # Batching pays off on this model: the best is not the default and was written back.
+    written = ident_repo / "ident" / "config.pbtxt"
+    assert (ident_repo / "ident" / "config.pbtxt.orig").read_text() == original
+    best = load_config(written)
+    assert best.name == "ident"
+    assert best.HasField("dynamic_batching")
+    assert best.parameters["execute_delay_us"].string_value == "4000"
+    assert "+dynamic_batching" in proc.stdout.replace(" ", "")
+
+    # A fresh server loads the written config as is.
+    server = perfkit_server(ident_repo, "--model-control-mode=explicit", "--load-model=ident")
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    served = config_from_json(client.get_model_config("ident", as_json=True)["config"])
+    assert served.HasField("dynamic_batching")
+    assert served.instance_group[0].count == best.instance_group[0].count
+    client.close()
+
+
+def test_dry_run_writes_nothing(ident_repo: Path, tmp_path: Path) -> None:
+    sweep = write_sweep(
+        tmp_path / "s.toml", ident_repo, trials=2, space="dynamic_batching = [true]"
+    )
+    before = (ident_repo / "ident" / "config.pbtxt").read_text()
+    proc = run_perfkit("tune", str(sweep), "--output", str(tmp_path / "out"), "--dry-run")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (ident_repo / "ident" / "config.pbtxt").read_text() == before
+    assert not (ident_repo / "ident" / "config.pbtxt.orig").exists()
+    assert "--dry-run: nothing written" in proc.stdout
+
+
+def test_a_variant_that_cannot_load_is_a_failed_trial(ident_repo: Path, tmp_path: Path) -> None:
+    # max_batch_size 4 with preferred size 8: the server refuses the override; the grid tries it.
+    space = "max_batch_size = [4, 16]\ndynamic_batching = [true]\npreferred_batch_sizes = [[8]]\n"
+    sweep = write_sweep(tmp_path / "s.toml", ident_repo, trials=9, sampler="grid", space=space)
+    out = tmp_path / "out"
+    proc = run_perfkit("tune", str(sweep), "--output", str(out), "--study-name", "t")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    study = optuna.load_study(study_name="t", storage=f"sqlite:///{out / 'study.db'}")
+    failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert failed, "the invalid variant was never tried"
+    for t in failed:
+        assert t.params["max_batch_size_idx"] == 0  # max_batch_size 4
+        reason = t.user_attrs["reason"]
+        assert "preferred_batch_size" in reason
+        assert "ident" in reason
+        variant = out / "output_model_repository" / t.user_attrs["variant_name"] / "config.pbtxt"
+        assert parse_config(variant.read_text()).max_batch_size == 4
+    # The study went on: the default and at least one max_batch_size 16 variant were measured.
+    assert len(complete) >= 2
+    assert len(failed) + len(complete) == 5  # the default + the grid's 4 points
+    assert "failed" in proc.stderr
