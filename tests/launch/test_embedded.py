@@ -68,7 +68,11 @@ def test_port_in_use_is_a_clear_error(zoo_repo: Path, tmp_path: Path) -> None:
         busy.listen()
         port = busy.getsockname()[1]
         server = EmbeddedServer(
-            zoo_repo, http_port=port, startup_timeout_s=20, log_path=tmp_path / "server.log"
+            zoo_repo,
+            load_models=(),
+            http_port=port,
+            startup_timeout_s=20,
+            log_path=tmp_path / "server.log",
         )
         with pytest.raises(ServerUnavailable) as info, server:
             pass
