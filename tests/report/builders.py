@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
+from perfkit.cli import main
 from perfkit.results import (
     LatencySummary,
     MachineInfo,
@@ -229,3 +231,16 @@ T = TypeVar("T")
 
 def replace(obj: T, **changes: Any) -> T:
     return dataclasses.replace(obj, **changes)  # type: ignore[type-var]
+
+
+def perfkit_main(monkeypatch: Any, capsys: Any, *args: object) -> tuple[int, str]:
+    """Run the real console entry point (`perfkit.cli.main`, which maps errors to exit codes)
+    in-process; returns (exit code, stdout + stderr)."""
+    monkeypatch.setattr(sys, "argv", ["perfkit", *map(str, args)])
+    code = 0
+    try:
+        main()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 0
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err

@@ -1,0 +1,68 @@
+"""`perfkit report`: results files and output directories in, one HTML file out."""
+
+from __future__ import annotations
+
+import pytest
+
+from perfkit.report import schema
+from tests.report.builders import make_run, make_tune, perfkit_main
+
+
+def test_report_of_run_dirs_and_tune_dir(tmp_path, monkeypatch, capsys):
+    schema.write_run(make_run(), tmp_path / "baseline")
+    schema.write_run(make_run(scale=0.9), tmp_path / "current")
+    # A tune's --output keeps its results under results/.
+    schema.write_tune(make_tune(), tmp_path / "tune-out" / "results")
+    out = tmp_path / "site" / "report.html"
+    code, output = perfkit_main(
+        monkeypatch,
+        capsys,
+        "report",
+        tmp_path / "baseline",
+        tmp_path / "current" / "results.json",
+        tmp_path / "tune-out",
+        "-o",
+        out,
+    )
+    assert code == 0, output
+    page = out.read_text()
+    assert "Stability windows: baseline" in page
+    assert "Stability windows: current" in page
+    assert "tune-out:" in page  # the tune's label comes from its output directory
+    assert "better than the default configuration" in page
+    assert "Wrote" in output
+    assert "mlp_config_4 (best)" in output  # the console table of the tune
+
+
+def test_report_labels_must_match(tmp_path, monkeypatch, capsys):
+    schema.write_run(make_run(), tmp_path / "a")
+    code, output = perfkit_main(
+        monkeypatch,
+        capsys,
+        "report",
+        tmp_path / "a",
+        "--label",
+        "x",
+        "--label",
+        "y",
+        "-o",
+        tmp_path / "r.html",
+    )
+    assert code == 3
+    assert "--label was given 2 time(s) for 1 result(s)" in output
+
+
+def test_report_refuses_a_future_schema(tmp_path, monkeypatch, capsys):
+    path = tmp_path / "results.json"
+    path.write_text('{"schema": "perfkit.run", "schema_version": 7}')
+    code, output = perfkit_main(monkeypatch, capsys, "report", path, "-o", tmp_path / "r.html")
+    assert code == 3
+    assert "version 7 is newer" in " ".join(output.split())
+    assert not (tmp_path / "r.html").exists()
+
+
+@pytest.mark.parametrize("command", ["report", "compare"])
+def test_help(monkeypatch, capsys, command):
+    code, output = perfkit_main(monkeypatch, capsys, command, "--help")
+    assert code == 0
+    assert "Usage" in output
