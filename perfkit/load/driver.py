@@ -1,0 +1,279 @@
+"""The core loop of one load level: keeps the load running (closed or open loop) and cuts it into
+windows of raw timings (`RawWindow`). Knows nothing of stability; `perfkit.load.sweep` decides.
+
+A window holds the requests sent at or after its start and answered by its end (perf_analyzer's
+rule), so windows are disjoint and requests that straddle a boundary count in none.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+from collections.abc import Iterator
+from dataclasses import dataclass
+from time import perf_counter_ns
+from typing import Protocol
+
+import numpy as np
+
+from perfkit.errors import ServerError, ServerUnavailable
+from perfkit.load.stats import RawWindow
+from perfkit.load.transport import Recorder
+
+logger = logging.getLogger(__name__)
+
+# Sleep until this long before a scheduled send, then yield to the loop until it is due: the
+# selector's timeout has millisecond resolution, so a plain sleep would send up to 1 ms late.
+_SPIN_NS = 1_200_000
+_DRAIN_TIMEOUT_S = 60.0
+_POLL_S = 0.002
+
+
+def cpu_seconds() -> float:
+    """User + system CPU of this process (all threads), seconds."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+class Pool(Protocol):
+    rec: Recorder
+    connecting: int
+
+    async def open(self, n: int) -> None: ...
+    def start_closed(self) -> None: ...
+    def slot_count(self) -> int: ...
+    async def fire_new(self, intended: int) -> None: ...
+    async def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LevelPlan:
+    closed_loop: bool
+    concurrency: int = 0
+    # Open loop: an iterator of intended offsets (ns from the level start) and the in-flight cap.
+    schedule: Iterator[int] | None = None
+    max_in_flight: int = 2048
+    late_threshold_ns: int = 1_000_000
+
+
+class LevelDriver:
+    """Runs one level on the running asyncio loop. Use `open`, then `run_fixed` or
+    `start` + `window`... + `stop`, then `close`."""
+
+    def __init__(self, pool: Pool, plan: LevelPlan, *, url: str) -> None:
+        self.pool = pool
+        self.rec = pool.rec
+        self.plan = plan
+        self.url = url
+        self.cursor = 0
+        self.err_cursor = 0
+        self.sched_task: asyncio.Task[None] | None = None
+        self.dropped: list[int] = []
+        self.sched_sent = 0
+        self.send_limit = 0
+        self.t0 = 0
+        self._cpu = cpu_seconds()
+        self._send_ns = 0
+        self._recv_ns = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def open(self) -> None:
+        n = self.plan.concurrency if self.plan.closed_loop else 8
+        try:
+            await self.pool.open(n)
+        except OSError as exc:
+            raise ServerUnavailable(f"Cannot connect to {self.url}: {exc}.") from exc
+
+    # -- load ---------------------------------------------------------------------------------
+
+    def _start_load(self, limit: int) -> None:
+        r = self.rec
+        r.running = True
+        if self.plan.closed_loop:
+            r.left = limit if limit > 0 else 1 << 62
+            self.pool.start_closed()
+        else:
+            self.send_limit = limit
+            self.sched_sent = 0
+            self.sched_task = asyncio.get_running_loop().create_task(self._schedule())
+
+    async def _schedule(self) -> None:
+        assert self.plan.schedule is not None
+        r, pool, free = self.rec, self.pool, self.rec.free
+        loop = asyncio.get_running_loop()
+        it = self.plan.schedule
+        t0 = self.t0 = perf_counter_ns() + 1_000_000
+        cap = self.plan.max_in_flight
+        burst = 0
+        while r.running and (self.send_limit == 0 or self.sched_sent < self.send_limit):
+            when = t0 + next(it)
+            now = perf_counter_ns()
+            if when - now > _SPIN_NS:
+                await asyncio.sleep((when - now - _SPIN_NS) / 1e9)
+                now = perf_counter_ns()
+            while now < when and r.running:
+                await asyncio.sleep(0)
+                now = perf_counter_ns()
+            if not r.running:
+                break
+            self.sched_sent += 1
+            if free:
+                free.pop().fire(when)
+            elif r.inflight + pool.connecting < cap:
+                task = loop.create_task(pool.fire_new(when))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+            else:
+                self.dropped.append(when)
+            burst += 1
+            if burst >= 16:  # behind schedule: still let responses in
+                burst = 0
+                await asyncio.sleep(0)
+
+    async def _drain(self) -> None:
+        r = self.rec
+        deadline = perf_counter_ns() + int(_DRAIN_TIMEOUT_S * 1e9)
+        while True:
+            if self.plan.closed_loop:
+                if r.idle >= self.pool.slot_count() or r.dead >= self.pool.slot_count():
+                    return
+            elif (
+                r.inflight <= 0
+                and self.pool.connecting == 0
+                and (self.sched_task is None or self.sched_task.done())
+            ):
+                return
+            if perf_counter_ns() > deadline:
+                raise ServerError(
+                    f"{r.inflight} requests to {self.url} did not complete within {_DRAIN_TIMEOUT_S:g} s."
+                )
+            await asyncio.sleep(_POLL_S)
+
+    async def run_fixed(self, n: int, index: int = 0) -> RawWindow:
+        """Send exactly n requests, wait for all answers, and return them as one window."""
+        self.mark()
+        start = perf_counter_ns()
+        self._start_load(n)
+        if self.sched_task is not None:
+            await self.sched_task
+        await self._drain()
+        self.rec.running = False
+        self._check_alive(0)
+        return self._cut(index, start, perf_counter_ns(), everything=True)
+
+    async def start(self) -> int:
+        """Start continuous load; returns the start time of the first window."""
+        self.mark()
+        self._start_load(0)
+        return perf_counter_ns()
+
+    def mark(self) -> None:
+        """Forget everything recorded so far (warm-up): windows start from here."""
+        r = self.rec
+        self.cursor = len(r.done)
+        self.err_cursor = len(r.err_done)
+        self._cpu = cpu_seconds()
+        self._send_ns, self._recv_ns = r.send_ns, r.recv_ns
+        self.dropped.clear()
+
+    async def window_time(self, index: int, start: int, duration_ns: int) -> RawWindow:
+        end = start + duration_ns
+        while True:
+            now = perf_counter_ns()
+            if now >= end:
+                break
+            await asyncio.sleep(min((end - now) / 1e9, 0.05))
+            self._check_alive(start)
+        return self._cut(index, start, perf_counter_ns())
+
+    async def window_count(self, index: int, start: int, count: int, min_ns: int) -> RawWindow:
+        r = self.rec
+        base = len(r.done)
+        while True:
+            await asyncio.sleep(_POLL_S * 2)
+            self._check_alive(start)
+            if len(r.done) - base >= count and perf_counter_ns() - start >= min_ns:
+                break
+        return self._cut(index, start, perf_counter_ns())
+
+    def _check_alive(self, start: int) -> None:
+        r = self.rec
+        if r.dead and r.dead >= max(1, self.pool.slot_count()) and not r.inflight:
+            raise ServerUnavailable(
+                f"The server at {self.url} closed every connection during the measurement"
+                + (f" (last error: {r.err_msgs[-1]})" if r.err_msgs else "")
+                + "."
+            )
+        if (
+            self.plan.closed_loop
+            and r.dead
+            and r.idle + r.dead >= self.pool.slot_count()
+            and r.running
+        ):
+            raise ServerUnavailable(
+                f"The server at {self.url} stopped answering during the measurement"
+                + (f" (last error: {r.err_msgs[-1]})" if r.err_msgs else "")
+                + "."
+            )
+
+    async def stop(self) -> None:
+        self.rec.running = False
+        if self.sched_task is not None:
+            await self.sched_task
+        try:
+            await self._drain()
+        except ServerError:
+            logger.warning("in-flight requests did not finish; closing connections")
+
+    async def close(self) -> None:
+        self.rec.running = False
+        if self.sched_task is not None and not self.sched_task.done():
+            self.sched_task.cancel()
+        await self.pool.close()
+
+    # -- windows ------------------------------------------------------------------------------
+
+    def _cut(self, index: int, start: int, end: int, *, everything: bool = False) -> RawWindow:
+        r = self.rec
+        n = len(r.done)
+        lo = max(0, self.cursor - 4096) if not everything else self.cursor
+        sent = np.array(r.sent[lo:n], dtype=np.int64)
+        done = np.array(r.done[lo:n], dtype=np.int64)
+        intended = (
+            np.array(r.intended[lo:n], dtype=np.int64)
+            if not self.plan.closed_loop
+            else np.empty(0, np.int64)
+        )
+        if not everything:
+            mask = (sent >= start) & (done <= end)
+            sent, done = sent[mask], done[mask]
+            if intended.size:
+                intended = intended[mask]
+        self.cursor = n
+        ne = len(r.err_done)
+        errs = np.array(r.err_done[self.err_cursor : ne], dtype=np.int64)
+        self.err_cursor = ne
+        cpu = cpu_seconds()
+        late = 0
+        if intended.size:
+            late = int(np.count_nonzero(sent - intended > self.plan.late_threshold_ns))
+        dropped = sum(1 for d in self.dropped if start <= d <= end) if self.dropped else 0
+        w = RawWindow(
+            index=index,
+            start_ns=start,
+            end_ns=end,
+            sent_ns=sent,
+            done_ns=done,
+            intended_ns=intended,
+            error_count=int(errs.size) if everything else int(np.count_nonzero(errs <= end)),
+            send_time_ns=r.send_ns - self._send_ns,
+            recv_time_ns=r.recv_ns - self._recv_ns,
+            scheduled_count=int(done.size) + int(errs.size) + dropped,
+            late_count=late,
+            dropped_count=dropped,
+            cpu_s=cpu - self._cpu,
+        )
+        self._cpu = cpu
+        self._send_ns, self._recv_ns = r.send_ns, r.recv_ns
+        return w

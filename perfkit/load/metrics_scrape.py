@@ -1,0 +1,116 @@
+"""--collect-metrics: scrape a Prometheus text endpoint (Triton's metrics) during a level.
+
+Runs as a task on the engine's loop with its own tiny HTTP GET, so it never blocks the load.
+Aggregates as perf_analyzer: average GPU utilization and power, max GPU memory used, total GPU
+memory, per GPU UUID. On a machine without a GPU the series are absent and the result is empty.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+
+logger = logging.getLogger(__name__)
+
+# perf_analyzer's names -> Triton's metric families.
+GPU_METRICS = {
+    "gpu_utilization": "nv_gpu_utilization",
+    "gpu_power_usage": "nv_gpu_power_usage",
+    "gpu_memory_used_bytes": "nv_gpu_memory_used_bytes",
+    "gpu_memory_total_bytes": "nv_gpu_memory_total_bytes",
+}
+_LINE = re.compile(r"^(\w+)(?:\{([^}]*)\})?\s+([-+0-9.eEinfaINFA]+)")
+_UUID = re.compile(r'gpu_uuid="([^"]*)"')
+
+
+def parse_prometheus(text: str) -> dict[str, dict[str, float]]:
+    """Family -> {gpu uuid (or "" when unlabelled) -> value} for the GPU families only."""
+    wanted = set(GPU_METRICS.values())
+    out: dict[str, dict[str, float]] = {}
+    for line in text.splitlines():
+        if not line or line[0] == "#":
+            continue
+        m = _LINE.match(line)
+        if not m or m.group(1) not in wanted:
+            continue
+        u = _UUID.search(m.group(2) or "")
+        with contextlib.suppress(ValueError):
+            out.setdefault(m.group(1), {})[u.group(1) if u else ""] = float(m.group(3))
+    return out
+
+
+def aggregate(samples: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
+    """perf_analyzer's aggregation over the samples of a level."""
+    res: dict[str, dict[str, float]] = {k: {} for k in GPU_METRICS}
+    for key, fam in GPU_METRICS.items():
+        per: dict[str, list[float]] = {}
+        for s in samples:
+            for uuid, v in s.get(fam, {}).items():
+                per.setdefault(uuid, []).append(v)
+        for uuid, vals in per.items():
+            if key in ("gpu_utilization", "gpu_power_usage"):
+                res[key][uuid] = sum(vals) / len(vals)
+            elif key == "gpu_memory_used_bytes":
+                res[key][uuid] = max(vals)
+            else:
+                res[key][uuid] = vals[0]
+    return res
+
+
+def _split(url: str) -> tuple[str, int, str]:
+    u = url.split("://", 1)[-1]
+    hostport, _, path = u.partition("/")
+    host, _, port = hostport.rpartition(":")
+    if not host:
+        host, port = hostport, "80"
+    return host or "localhost", int(port), "/" + (path or "metrics")
+
+
+async def fetch(url: str, timeout_s: float = 2.0) -> str:
+    """GET a metrics page (HTTP/1.0, read to EOF)."""
+    host, port, path = _split(url)
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
+    try:
+        writer.write(f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+        data = await asyncio.wait_for(reader.read(-1), timeout_s)
+    finally:
+        writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/") or head[9:12] != b"200":
+        raise OSError(f"metrics endpoint {url} answered {head[:40]!r}")
+    return body.decode(errors="replace")
+
+
+class MetricsScraper:
+    """Start before a level, stop after it: samples every `interval_ms`."""
+
+    def __init__(self, url: str, interval_ms: int) -> None:
+        self.url = url
+        self.interval_s = interval_ms / 1000.0
+        self.samples: list[dict[str, dict[str, float]]] = []
+        self.errors: list[str] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.samples = []
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                self.samples.append(parse_prometheus(await fetch(self.url)))
+            except (TimeoutError, OSError, ValueError) as exc:
+                if len(self.errors) < 3:
+                    self.errors.append(str(exc))
+                    logger.warning("metrics scrape of %s failed: %s", self.url, exc)
+            await asyncio.sleep(self.interval_s)
+
+    async def stop(self) -> dict[str, dict[str, float]]:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        return aggregate(self.samples)
