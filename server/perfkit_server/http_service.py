@@ -210,8 +210,9 @@ class HttpService:
         r.add_get("/v2", self.server_metadata)
         r.add_get("/v2/models/stats", self.stats)
         r.add_post("/v2/repository/index", self.index)
-        r.add_post("/v2/repository/models/{model}/load", self.load)
-        r.add_post("/v2/repository/models/{model}/unload", self.unload)
+        # `.+` so that a name with an (encoded) slash reaches the name check and gets a 400.
+        r.add_post("/v2/repository/models/{model:.+}/load", self.load)
+        r.add_post("/v2/repository/models/{model:.+}/unload", self.unload)
         for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
             r.add_get(prefix, self.model_metadata)
             r.add_get(prefix + "/ready", self.model_ready)

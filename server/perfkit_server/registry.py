@@ -271,6 +271,10 @@ class Registry:
         entry = self._models.setdefault(name, ModelEntry(name))
         async with entry.lock:
             fingerprint = _fingerprint(model_dir)
+            if override is None and entry.versions and entry.fingerprint == fingerprint:
+                # Triton: a plain load of a loaded model whose files did not change is a no-op
+                # (it keeps a config override applied earlier; unload + load reverts to the file).
+                return
             try:
                 config = await asyncio.to_thread(self._resolve_config, name, model_dir, override)
                 versions = await self._build_versions(name, model_dir, config)

@@ -3,11 +3,12 @@
 One scheduler coroutine forms batches and hands each to an idle instance; each instance has its own
 backend session, and its blocking `infer` runs in a ThreadPoolExecutor, never on the loop.
 
-Dynamic batching (Triton's rules): requests are taken in priority order, then arrival order, while
-the batch stays within max_batch_size and the requests' non-batch shapes match. The batch is sent at
-once when it is full (max_batch_size, or no further request fits) or when its size is the largest
-preferred size reachable; otherwise the batcher waits up to max_queue_delay_microseconds measured
-from the oldest request, then sends the largest preferred-size prefix, or everything pending.
+Dynamic batching (Triton's GetDynamicBatch): requests are taken in priority order, then arrival
+order, while the batch stays within max_batch_size and the requests' non-batch shapes match. The
+batch is sent at once when it is full (max_batch_size, or the next request does not fit), when it
+reaches the largest preferred_batch_size, or when the next request would take it past that size;
+otherwise the batcher waits up to max_queue_delay_microseconds from the oldest request, then sends
+what is pending.
 Queue policies: max_queue_size rejects at arrival; a request past its timeout is rejected or, with
 timeout_action DELAY, served after the requests still within their timeouts. With
 preserve_ordering, responses complete in arrival order. Clocks: time.perf_counter_ns (monotonic).
@@ -233,35 +234,36 @@ class Scheduler:
         self._with_deadline -= sum(1 for p in taken if p.deadline_ns)
         return taken
 
-    def _candidates(self) -> tuple[int, int, int, bool]:
-        """Scan the queue head: (requests that fit, their total size, size at the largest
-        preferred-size prefix (0: none) and its request count packed, whether the batch is full)."""
+    def _candidates(self) -> tuple[int, bool]:
+        """Scan the queue as Triton's GetDynamicBatch does: (requests to take, send now?).
+
+        Requests join while the batch stays within max_batch_size and their shapes match. The
+        batch is sent at once when it reaches the largest preferred size, when the next request
+        would pass the largest preferred size (the batch up to that point is sent), or when the
+        next request does not fit at all. Otherwise it may wait for the queue delay.
+        """
         spec = self._spec
+        max_pref = spec.preferred[-1] if spec.preferred else 0
         total = 0
         count = 0
-        best_pref_count = 0
         key: tuple[Any, ...] | None = None
-        full = False
         for queues in zip(self._queues, self._delayed, strict=True):
             for q in queues:
                 for p in q:
                     if key is None:
                         key = p.shape_key
-                    elif p.shape_key != key or total + p.batch_size > spec.max_batch_size:
-                        full = True
-                        break
+                    else:
+                        if p.shape_key != key:
+                            return count, True
+                        if max_pref and total + p.batch_size > max_pref:
+                            return count, True
+                        if total + p.batch_size > spec.max_batch_size:
+                            return count, True
                     total += p.batch_size
                     count += 1
-                    if total in spec.preferred:
-                        best_pref_count = count
-                    if total >= spec.max_batch_size:
-                        full = True
-                        break
-                if full:
-                    break
-            if full:
-                break
-        return count, total, best_pref_count, full
+                    if total == max_pref or total >= spec.max_batch_size:
+                        return count, True
+        return count, False
 
     def _expire(self, now: int) -> None:
         for level, q in enumerate(self._queues):
@@ -296,13 +298,13 @@ class Scheduler:
                 continue
             if not spec.dynamic:
                 return self._take(1)
-            count, total, best_pref, full = self._candidates()
-            if full or (spec.preferred and total == spec.preferred[-1]):
+            count, send_now = self._candidates()
+            if send_now:
                 return self._take(count)
             oldest = self._oldest()
             wait_until = oldest + spec.max_queue_delay_ns
             if now >= wait_until or self._closing:
-                return self._take(best_pref or count)
+                return self._take(count)
             if self._with_deadline:
                 deadlines = [p.deadline_ns for q in self._queues for p in q if p.deadline_ns]
                 if deadlines:

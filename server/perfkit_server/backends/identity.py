@@ -2,7 +2,8 @@
 
 Config parameters (string values): `execute_delay_us` (sleep once per execution, so batching pays
 off), `delay_per_item_us` (sleep per batch item), `stall_every_n` + `stall_us` (every n-th execution
-stalls for stall_us; used to test coordinated-omission correction).
+stalls for stall_us; used to test coordinated-omission correction), `span_log` (a file path: each
+execution appends "start_ns end_ns instance" on the monotonic clock; shows instances overlapping).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import threading
 import time
 from collections.abc import Mapping
 
-from perfkit_server.backends.base import Array, InstanceSpec, int_parameter
+from perfkit_server.backends.base import Array, InstanceSpec, int_parameter, string_parameter
 
 BACKEND_NAME = "perfkit_identity"
 
@@ -32,6 +33,8 @@ class IdentityBackend:
         self._stall_every = int_parameter(config, "stall_every_n", 0, source)
         self._stall_s = int_parameter(config, "stall_us", 0, source) / 1e6
         self._batching = config.max_batch_size > 0
+        self._span_log = string_parameter(config, "span_log", "")
+        self._index = spec.index
         self._executions = 0
         # Executions are counted across this instance only; the lock keeps the count exact
         # even if a caller shares the instance between threads.
@@ -48,8 +51,12 @@ class IdentityBackend:
             delay += self._per_item_s * items
         if self._stall_every and n % self._stall_every == 0:
             delay += self._stall_s
+        start = time.monotonic_ns()
         if delay > 0:
             time.sleep(delay)
+        if self._span_log:
+            with open(self._span_log, "a", encoding="utf-8") as log:
+                log.write(f"{start} {time.monotonic_ns()} {self._index}\n")
         return {out: inputs[inp] for inp, out in self._pairs if inp in inputs}
 
     def close(self) -> None:
