@@ -1,0 +1,110 @@
+"""A tune interrupted by SIGINT or SIGKILL resumes on rerun without repeating finished trials."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import optuna
+import psutil
+import pytest
+from optuna.trial import TrialState
+from sqlalchemy.exc import SQLAlchemyError
+
+from tests.tune.conftest import (
+    ROOT,
+    assert_no_variant_measured_twice,
+    measured_trials,
+    perfkit_cmd,
+    run_perfkit,
+    write_sweep,
+)
+
+TRIALS = 6
+
+
+def _snapshot(study: optuna.Study) -> dict[int, tuple[str, tuple[float, ...] | None]]:
+    return {
+        t.number: (t.state.name, None if t.values is None else tuple(t.values))
+        for t in measured_trials(study)
+    }
+
+
+def _wait_for_measured(
+    storage: str, n: int, proc: subprocess.Popen[bytes], timeout: float = 120
+) -> optuna.Study:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "perfkit tune ended before it could be interrupted"
+        if not Path(storage.removeprefix("sqlite:///")).exists():
+            time.sleep(0.2)
+            continue
+        try:
+            study = optuna.load_study(study_name="t", storage=storage)
+        except (KeyError, SQLAlchemyError):
+            time.sleep(0.2)
+            continue
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if len(measured_trials(study)) >= n and running:
+            return study
+        time.sleep(0.1)
+    raise AssertionError(f"fewer than {n} trials finished within {timeout} s")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["sigint", "sigkill"])
+def test_resume_after_interrupt(ident_repo: Path, tmp_path: Path, sig: signal.Signals) -> None:
+    sweep = write_sweep(tmp_path / "s.toml", ident_repo, trials=TRIALS)
+    out = tmp_path / "out"
+    storage = f"sqlite:///{out / 'study.db'}"
+    args = ["tune", str(sweep), "--output", str(out), "--study-name", "t", "--no-prune"]
+    proc = subprocess.Popen(
+        perfkit_cmd(*args), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    children: list[psutil.Process] = []
+    try:
+        _wait_for_measured(storage, 2, proc)
+        # The embedded server is our child: a SIGKILL leaves it behind, so remember it.
+        children = psutil.Process(proc.pid).children(recursive=True)
+        os.kill(proc.pid, sig)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        for child in children:
+            if child.is_running():
+                child.kill()
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130, output.decode(errors="replace")
+    else:
+        assert proc.returncode == -signal.SIGKILL
+
+    study = optuna.load_study(study_name="t", storage=storage)
+    before = _snapshot(study)
+    assert len(before) >= 2
+    left_running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    if sig == signal.SIGINT:
+        # Ctrl-C fails the running trial with its reason and writes what it has.
+        assert not left_running
+        assert (out / "results" / "metrics-model-inference.csv").exists()
+    else:
+        # Killed mid-trial (or, rarely, between a tell and the next ask).
+        assert len(left_running) <= 1
+
+    proc2 = run_perfkit(*args)
+    assert proc2.returncode == 0, proc2.stdout + proc2.stderr
+    study = optuna.load_study(study_name="t", storage=storage)
+    after = _snapshot(study)
+    # Nothing finished before was lost or re-measured; the budget was completed.
+    for number, snap in before.items():
+        assert after[number] == snap
+    assert len(after) == TRIALS
+    assert_no_variant_measured_twice(study)
+    assert not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    interrupted = [t for t in study.trials if "interrupted" in str(t.user_attrs.get("reason", ""))]
+    assert len(interrupted) == (1 if sig == signal.SIGINT else len(left_running))
+    assert all(t.state == TrialState.FAIL for t in interrupted)
+    assert "resuming" in proc2.stderr
