@@ -365,7 +365,8 @@ def _best_so_far(
 def trial_history(tunes: LabelledTunes) -> Figure | None:
     """The first objective per trial, the best feasible value so far, and failed, pruned and
     infeasible trials marked."""
-    if not tunes or not any(t.trials for _, t in tunes):
+    tunes = [(lb, t) for lb, t in tunes if t.trials and t.objectives]
+    if not tunes:
         return None
     fig = _new_figure(7.5, 4.2)
     ax = fig.subplots()

@@ -3,6 +3,7 @@ networking off: it renders, makes no network request, logs no console error."""
 
 from __future__ import annotations
 
+import os
 import re
 from datetime import UTC, datetime
 from html import unescape
@@ -114,9 +115,10 @@ def test_report_renders_in_chromium_without_network(chromium, tmp_path, kind):
     data = shot.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(data) > 50_000
-    keep = Path("/tmp/perfkit-report-screens")
-    keep.mkdir(exist_ok=True)
-    (keep / shot.name).write_bytes(data)  # for a person to look at after the run
+    keep = os.environ.get("PERFKIT_SCREENSHOT_DIR")
+    if keep:  # for a person to look at after the run
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        (Path(keep) / shot.name).write_bytes(data)
 
 
 @pytest.mark.chromium
@@ -132,3 +134,21 @@ def test_chromium_probe_sees_requests_and_errors(chromium, tmp_path):
     report = chromium.render(page)
     assert "http://example.invalid/x.png" in report.foreign_requests
     assert any("boom" in e for e in report.errors)
+
+
+def test_empty_results_still_make_a_page():
+    run = replace(make_run(), measurements=(), status="interrupted")
+    tune = replace(
+        make_tune(),
+        trials=(),
+        objectives={},
+        best_trial=None,
+        default_trial=None,
+        pareto_trials=(),
+        param_importances={},
+        best_config_pbtxt=None,
+    )
+    page = html.build_report([("r", run), ("t", tune)], generated_at=NOW)
+    assert "interrupted" in page
+    assert "<svg" not in page
+    assert "no configuration satisfied" in page
