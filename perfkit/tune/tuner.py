@@ -256,14 +256,33 @@ class Tuner:
             sampler=optuna.samplers.RandomSampler(),
         )
         trial = _ask(default_study)
-        self._run_variant(default_study, trial, dict(self.baseline_load), is_default=True)
+        try:
+            self._run_variant(default_study, trial, dict(self.baseline_load), is_default=True)
+        except KeyboardInterrupt:
+            self._abandon(default_study, trial)
+            raise
 
     def _one_trial(self) -> bool:
         """Ask, then measure or copy. Returns True when a variant was measured (or failed) here."""
         t0 = time.perf_counter_ns()
         trial = _ask(self.study)
-        params = self.space.suggest(trial, conditional=self.settings.sampler != "grid")
-        return self._run_variant(self.study, trial, params, is_default=False, t0=t0)
+        try:
+            params = self.space.suggest(trial, conditional=self.settings.sampler != "grid")
+            return self._run_variant(self.study, trial, params, is_default=False, t0=t0)
+        except KeyboardInterrupt:
+            self._abandon(self.study, trial)
+            raise
+
+    def _abandon(self, study: optuna.Study, trial: optuna.Trial) -> None:
+        """Ctrl-C: fail the trial if it is still running, so a rerun measures it again."""
+        storage = study._storage
+        if storage.get_trial(trial._trial_id).state != TrialState.RUNNING:
+            return
+        storage.set_trial_user_attr(
+            trial._trial_id, st.REASON_ATTR, "interrupted (Ctrl-C); measured again on resume"
+        )
+        storage.set_trial_user_attr(trial._trial_id, A_MEASURED, False)
+        study.tell(trial, state=TrialState.FAIL)
 
     def _run_variant(
         self,
@@ -295,17 +314,7 @@ class Tuner:
         if self.variants_dir is not None:
             write_text_atomic(self.variants_dir / name / "config.pbtxt", text)
         logger.info("trial %d: %s", trial.number, name)
-        try:
-            outcome = self.evaluator.evaluate(config, params, self._watch(study, trial))
-        except KeyboardInterrupt:
-            self._fail(
-                study,
-                trial,
-                "interrupted (Ctrl-C); it is measured again on resume",
-                t0,
-                measured=False,
-            )
-            raise
+        outcome = self.evaluator.evaluate(config, params, self._watch(study, trial))
         self._finish(study, trial, outcome, t0)
         return True
 
