@@ -222,6 +222,20 @@ def _run_table(run: RunResult) -> str:
     return _table(head, rows, left=1)
 
 
+def _metrics_table(run: RunResult) -> str:
+    """Scraped server metrics (e.g. GPU utilization, memory, power), one column per metric and
+    GPU, when --collect-metrics was on."""
+    cols = sorted({(n, g) for m in run.measurements for n, per in m.metrics.items() for g in per})
+    if not cols:
+        return ""
+    head = ["Load", *(escape(f"{n} ({g})" if g else n) for n, g in cols)]
+    rows = [
+        [escape(_load(m)), *(_num(m.metrics.get(n, {}).get(g), 3) for n, g in cols)]
+        for m in run.measurements
+    ]
+    return "<h3>Scraped server metrics</h3>" + _table(head, rows, left=1)
+
+
 def _messages(messages: Sequence[str], measurements: Sequence[Measurement] = ()) -> str:
     items = list(messages)
     for m in measurements:
@@ -266,6 +280,7 @@ def _runs_section(runs: Sequence[tuple[str, RunResult]], fig: _Figures) -> str:
         parts.append(f"<h3>{escape(label)}: {escape(run.model)} on {escape(run.server.kind)}</h3>")
         parts.append(_settings(run.settings))
         parts.append(_run_table(run))
+        parts.append(_metrics_table(run))
         parts.append(_messages(run.messages, run.measurements))
         parts.append(
             fig(

@@ -63,6 +63,7 @@ def test_run_report_content():
         "Request rate (requests/s)",
         "AMD EPYC 7B13",
         "0123456789ab",
+        "nv_gpu_utilization (GPU-aaaa)",
     ):
         assert text in page, text
     # Axis labels are text (not paths), so they are searchable and the file stays small.
