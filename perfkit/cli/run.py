@@ -74,6 +74,7 @@ def build_spec(
     metrics_url: str,
     metrics_interval: int,
     workers: int,
+    connect_timeout: float = 10.0,
 ) -> S.SweepSpec:
     """Flags (perf_analyzer names) -> a validated SweepSpec; ConfigError names the flag."""
     if concurrency_range and (request_rate_range or request_intervals):
@@ -112,9 +113,10 @@ def build_spec(
     return S.SweepSpec(
         target=S.TargetSpec(
             url=url,
-            protocol=protocol,
+            protocol="grpc" if protocol == "grpc" else "http",
             model=model,
-            model_version=model_version,  # type: ignore[arg-type]
+            model_version=model_version,
+            connect_timeout_s=connect_timeout,
         ),
         inputs=S.InputSpec(
             source=input_data,
@@ -432,6 +434,7 @@ def run(**o: Any) -> None:
         string_length=o["string_length"], string_data=o["string_data"], shared_memory=o["shared_memory"],
         collect_metrics=o["collect_metrics"], metrics_url=o["metrics_url"] or "localhost:8002/metrics",
         metrics_interval=o["metrics_interval"], workers=o["workers"],
+        connect_timeout=o["connect_timeout"],
     )  # fmt: skip
     if spec.load.__class__ is S.RequestRateLoad and spec.load.intervals_file:  # type: ignore[union-attr]
         from perfkit.load import schedule

@@ -166,8 +166,14 @@ class ControlClient:
         try:
             self._c.register_system_shared_memory(name, key, byte_size)
         except Exception as exc:  # InferenceServerException / RpcError
+            err = self._err(exc)
+            if "404" in err or "Not Found" in err or "UNIMPLEMENTED" in err:
+                raise ServerError(
+                    f"--shared-memory system: the server at {self.url} does not offer the system "
+                    "shared-memory extension; run without --shared-memory."
+                ) from exc
             raise ServerError(
-                f"--shared-memory system: {self.url} refused region {name}: {self._err(exc)}"
+                f"--shared-memory system: {self.url} refused region {name}: {err}"
             ) from exc
 
     def unregister_system_shm(self, name: str) -> None:

@@ -1,0 +1,155 @@
+"""The engine against a real perfkit_server: closed and open loop, stability, server breakdown."""
+
+from __future__ import annotations
+
+import pytest
+import tritonclient.http as th
+
+from perfkit.errors import MeasurementUnstable, ModelError, ServerError, ServerUnavailable
+from perfkit.load.spec import (
+    ConcurrencyLoad,
+    InputSpec,
+    MeasureSpec,
+    RequestRateLoad,
+    SweepSpec,
+    TargetSpec,
+)
+from perfkit.load.sweep import measure_level, run_sweep
+
+FAST = MeasureSpec(interval_ms=300, stability_pct=80, max_trials=8)
+
+
+def target(server, model="fast", protocol="http"):
+    url = server.http_url if protocol == "http" else server.grpc_url
+    return TargetSpec(url=url, protocol=protocol, model=model, connect_timeout_s=2)
+
+
+def stats(server, model):
+    c = th.InferenceServerClient(server.http_url)
+    s = c.get_inference_statistics(model)["model_stats"][0]
+    c.close()
+    return s
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_fixed_count_and_breakdown_equals_stats_delta(load_server, protocol):
+    before = stats(load_server, "identity")
+    m = measure_level(
+        target(load_server, "identity", protocol), InputSpec(),
+        MeasureSpec(fixed_request_count=200, warmup_request_count=20), "concurrency", 4,
+    )  # fmt: skip
+    after = stats(load_server, "identity")
+    assert m.stable and m.request_count == 200 and m.error_count == 0
+    s = m.server
+    assert s is not None
+    assert s.inference_count == int(after["inference_count"]) - int(before["inference_count"]) - 20
+    assert s.execution_count == int(after["execution_count"]) - int(before["execution_count"]) - 20
+
+    # The breakdown is the statistics delta of the measured requests only (warm-up excluded).
+    def delta(key):
+        a, b = after["inference_stats"][key], before["inference_stats"][key]
+        return int(a["ns"]) - int(b["ns"]), int(a["count"]) - int(b["count"])
+
+    assert s.success_count == delta("success")[1] - 20
+    assert s.queue_us > 0 and s.compute_infer_us > 0
+    assert m.latency.count == 200 and m.latency.p99_us >= m.latency.p50_us > 0
+    assert m.client_cpu_us_per_request > 0
+
+
+def test_breakdown_exact_without_warmup(load_server):
+    before = stats(load_server, "fast")
+    m = measure_level(target(load_server), InputSpec(), MeasureSpec(fixed_request_count=100), "concurrency", 2)
+    after = stats(load_server, "fast")
+    s = m.server
+    assert s is not None
+    for key, got in (("queue", s.queue_us), ("compute_infer", s.compute_infer_us),
+                     ("compute_input", s.compute_input_us), ("success", s.avg_request_us)):  # fmt: skip
+        a, b = after["inference_stats"][key], before["inference_stats"][key]
+        want = (int(a["ns"]) - int(b["ns"])) / (int(a["count"]) - int(b["count"])) / 1000
+        assert got == pytest.approx(want)
+    assert s.inference_count == 100
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_time_windows_stable(load_server, protocol):
+    seen = []
+    m = measure_level(target(load_server, protocol=protocol), InputSpec(batch_size=2), FAST,
+                      "concurrency", 2, on_window=seen.append)  # fmt: skip
+    assert m.stable and seen and len(m.windows) == len(seen) >= 3
+    assert sum(w.merged for w in m.windows) == 3
+    assert m.request_count == sum(w.request_count for w in m.windows if w.merged)
+    assert m.throughput_infer_per_s == pytest.approx(2 * m.request_count / (m.duration_ns / 1e9))
+    assert m.server is not None and m.server.batch_executions.get(2, 0) > 0
+
+
+def test_unstable_raises_with_measurement(load_server):
+    spec = MeasureSpec(interval_ms=100, stability_pct=0.0001, max_trials=3)
+    with pytest.raises(MeasurementUnstable, match="Failed to obtain stable measurement within 3") as ei:
+        measure_level(target(load_server), InputSpec(), spec, "concurrency", 1)
+    assert ei.value.measurement.stable is False  # type: ignore[attr-defined]
+
+
+def test_open_loop_corrected_latency_shows_the_stall(load_server):
+    # `stall`: 200 us per execution, every 20th execution stalls 30 ms. At 200 req/s a stall
+    # holds up ~6 later requests: service time of those stays small (they are sent late? no:
+    # the schedule sends them on time and they queue), corrected latency includes the queueing.
+    m = measure_level(
+        target(load_server, "stall"), InputSpec(),
+        MeasureSpec(fixed_request_count=400, late_threshold_us=1000), "request_rate", 200,
+    )  # fmt: skip
+    c = m.corrected_latency
+    assert c is not None and m.send_rate_rps is not None
+    assert c.p99_us >= m.latency.p99_us
+    assert c.max_us >= 25_000  # the 30 ms stall is visible from the intended send time
+    assert m.send_rate_rps == pytest.approx(200, rel=0.25)
+
+
+def test_open_loop_behind_schedule_counts_late_sends(load_server):
+    # `slow` takes 5 ms per execution with one instance: at 1000 req/s an in-flight cap of 4 is
+    # reached at once and sends are dropped, counted late and reported, never silently waited.
+    load = RequestRateLoad(rates=(1000.0,), max_in_flight=4)
+    m = measure_level(target(load_server, "slow"), InputSpec(), MeasureSpec(fixed_request_count=300), load, 1000)
+    assert m.late_send_count > 0
+    assert any("not able to keep up" in w for w in m.warnings)
+    assert m.generator_saturated
+
+
+def test_sweep_levels_and_threshold(load_server):
+    spec = SweepSpec(target=target(load_server, "slow"), measure=MeasureSpec(fixed_request_count=30),
+                     load=ConcurrencyLoad(levels=(1, 4, 8)), latency_threshold_ms=15)  # fmt: skip
+    r = run_sweep(spec)
+    assert r.status == "ok"
+    assert [m.level for m in r.measurements] == [1.0, 4.0]  # 4 in flight on 5 ms -> ~20 ms > 15 ms
+    assert any("went over the set limit of 15 msec" in x for x in r.messages)
+
+
+def test_binary_search(load_server):
+    spec = SweepSpec(target=target(load_server, "slow"), measure=MeasureSpec(fixed_request_count=30),
+                     load=ConcurrencyLoad(levels=(1, 8)), latency_threshold_ms=15, binary_search=True)  # fmt: skip
+    r = run_sweep(spec)
+    assert [m.level for m in r.measurements][:2] == [1.0, 8.0]
+    assert len(r.measurements) >= 3
+
+
+def test_bad_targets(load_server):
+    with pytest.raises(ModelError, match="'nope'.*not available"):
+        measure_level(target(load_server, "nope"), InputSpec(), FAST, "concurrency", 1)
+    with pytest.raises(ModelError, match="--shape INPUT0:N"):
+        measure_level(target(load_server, "varid"), InputSpec(), FAST, "concurrency", 1)
+    with pytest.raises(ModelError, match="does not batch"):
+        measure_level(target(load_server, "nobatch"), InputSpec(batch_size=2), FAST, "concurrency", 1)
+    with pytest.raises(ServerUnavailable, match="127.0.0.1:9"):
+        measure_level(TargetSpec(url="127.0.0.1:9", model="x", connect_timeout_s=0.3), InputSpec(), FAST, "concurrency", 1)
+
+
+def test_variable_shape(load_server):
+    m = measure_level(target(load_server, "varid"), InputSpec(shapes={"INPUT0": (7,)}),
+                      MeasureSpec(fixed_request_count=20), "concurrency", 2)  # fmt: skip
+    assert m.request_count == 20 and m.error_count == 0
+
+
+def test_shared_memory_refused_cleanly(load_server):
+    # perfkit_server has no shared-memory extension: a clear error (the triton test covers success).
+    with pytest.raises(ServerError, match="does not offer the system shared-memory extension"):
+        measure_level(target(load_server), InputSpec(shared_memory="system"),
+                      MeasureSpec(fixed_request_count=5), "concurrency", 1)  # fmt: skip
