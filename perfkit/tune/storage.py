@@ -9,9 +9,11 @@ period: each worker records a heartbeat after every measurement window.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -39,33 +41,49 @@ def default_storage_url(out_dir: Path) -> str:
     return f"sqlite:///{(out_dir / 'study.db').resolve()}"
 
 
-def open_storage(url: str) -> RDBStorage:
-    """An RDBStorage for `url` with heartbeats on; errors say what to install or fix."""
-    if url.startswith("postgresql"):
-        try:
-            import psycopg2  # noqa: F401
-        except ImportError as exc:
+def _with_driver(url: str) -> str:
+    """postgresql:// -> postgresql+psycopg2:// when no driver is named: SQLAlchemy 2.1 defaults to
+    psycopg 3, while perfkit's postgres extra installs psycopg2-binary."""
+    if not url.startswith(("postgresql://", "postgres://")):
+        return url
+    if importlib.util.find_spec("psycopg2") is None:
+        if importlib.util.find_spec("psycopg") is None:
             raise MissingDependency(
                 "--storage postgresql://... needs psycopg2: pip install 'perfkit[postgres]'"
-            ) from exc
+            )
+        return url
+    return "postgresql+psycopg2://" + url.split("://", 1)[1]
+
+
+def open_storage(url: str) -> RDBStorage:
+    """An RDBStorage for `url` with heartbeats on; errors say what to install or fix."""
+    url = _with_driver(url)
     engine_kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
         # Several processes may share one SQLite file (resume while a dying worker flushes).
         engine_kwargs["connect_args"] = {"timeout": 30}
     elif "://" in url:
         engine_kwargs["pool_pre_ping"] = True
-    try:
-        return RDBStorage(
-            url,
-            engine_kwargs=engine_kwargs,
-            heartbeat_interval=HEARTBEAT_INTERVAL_S,
-            grace_period=GRACE_PERIOD_S,
-        )
-    except (SQLAlchemyError, ValueError, ImportError) as exc:
-        raise ConfigError(
-            f"--storage {url}: cannot open the study storage: {exc}. Check the URL, that the "
-            "database server runs, and its credentials."
-        ) from exc
+    last: Exception | None = None
+    for attempt in range(6):
+        try:
+            return RDBStorage(
+                url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=HEARTBEAT_INTERVAL_S,
+                grace_period=GRACE_PERIOD_S,
+            )
+        except (SQLAlchemyError, ValueError, ImportError) as exc:
+            # Workers starting together on an empty database race to create the schema; the
+            # loser sees "already exists" and succeeds on a retry.
+            last = exc
+            if not isinstance(exc, SQLAlchemyError):
+                break
+            time.sleep(0.2 * (attempt + 1))
+    raise ConfigError(
+        f"--storage {url}: cannot open the study storage: {last}. Check the URL, that the "
+        "database server runs, and its credentials."
+    ) from last
 
 
 def open_study(
