@@ -30,6 +30,7 @@ h1 { font-size: 1.6em; margin: 0 0 4px; }
 h2 { font-size: 1.3em; margin: 32px 0 8px; padding-bottom: 4px; border-bottom: 2px solid var(--line); }
 h3 { font-size: 1.08em; margin: 22px 0 6px; }
 .muted { color: var(--muted); }
+div.scroll { max-width: 100%; overflow-x: auto; }
 table { border-collapse: collapse; margin: 8px 0 16px; font-variant-numeric: tabular-nums; }
 th, td { border: 1px solid var(--line); padding: 3px 8px; text-align: right; vertical-align: top; }
 th { background: #f3f5f9; font-weight: 600; }
@@ -80,7 +81,7 @@ def _table(
     def cls(i: int) -> str:
         return ' class="l"' if i < left else ""
 
-    out = ["<table><thead><tr>"]
+    out = ['<div class="scroll"><table><thead><tr>']
     out += [f"<th{cls(i)}>{h}</th>" for i, h in enumerate(head)]
     out.append("</tr></thead><tbody>")
     for k, row in enumerate(rows):
@@ -88,7 +89,7 @@ def _table(
         out.append(f'<tr class="{rc}">' if rc else "<tr>")
         out += [f"<td{cls(i)}>{c}</td>" for i, c in enumerate(row)]
         out.append("</tr>")
-    out.append("</tbody></table>")
+    out.append("</tbody></table></div>")
     return "".join(out)
 
 
@@ -463,6 +464,15 @@ def _state_tag(t: TrialRecord) -> str:
     return _tag("feasible", "ok") if t.feasible else _tag("infeasible", "warn")
 
 
+def _reason(t: TrialRecord) -> str:
+    if t.reason:
+        return t.reason
+    violated = [f"{k} ({v:+.3g})" for k, v in t.constraints.items() if v > 0]
+    if t.state == "complete" and not t.feasible and violated:
+        return "violates " + ", ".join(violated)
+    return ""
+
+
 def _trials_table(tune: TuneResult) -> str:
     objectives = list(tune.objectives)
     params = sorted({p for t in tune.trials for p in t.params})
@@ -477,7 +487,7 @@ def _trials_table(tune: TuneResult) -> str:
     ]
     rows, classes = [], []
     for t in sorted(tune.trials, key=lambda t: t.number):
-        cells = [str(t.number), escape(t.variant_name), _state_tag(t), escape(t.reason or "")]
+        cells = [str(t.number), escape(t.variant_name), _state_tag(t), escape(_reason(t))]
         for o in objectives:
             value = t.objectives.get(o)
             cells.append("" if value is None else _num(value * plots.metric_axis(o)[1], 3))

@@ -417,7 +417,10 @@ def trial_history(tunes: LabelledTunes) -> Figure | None:
                     clip_on=False,
                     label=f"{label}: {state}",
                 )
-        for num, text in ((tune.default_trial, "default"), (tune.best_trial, "best")):
+        marks = [(tune.default_trial, "default"), (tune.best_trial, "best")]
+        if tune.default_trial == tune.best_trial:
+            marks = [(tune.best_trial, "default = best")]
+        for num, text in marks:
             t = next((t for t in trials if t.number == num), None)
             if t is not None and objective in t.objectives:
                 ax.annotate(
