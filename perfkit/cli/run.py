@@ -392,6 +392,13 @@ _OPTS = [
         "--output-dir", default=None, help="Keep everything the run writes in this folder."
     ),
     click.option(
+        "--connect-timeout",
+        default=10.0,
+        show_default=True,
+        type=float,
+        help="Seconds to wait for the server to answer.",
+    ),
+    click.option(
         "--live/--no-live", default=None, help="Live view on stderr (default: when a terminal)."
     ),
     click.option(
@@ -436,10 +443,10 @@ def run(**o: Any) -> None:
         metrics_interval=o["metrics_interval"], workers=o["workers"],
         connect_timeout=o["connect_timeout"],
     )  # fmt: skip
-    if spec.load.__class__ is S.RequestRateLoad and spec.load.intervals_file:  # type: ignore[union-attr]
+    if isinstance(spec.load, S.RequestRateLoad) and spec.load.intervals_file:
         from perfkit.load import schedule
 
-        schedule.read_intervals(spec.load.intervals_file)  # type: ignore[union-attr]
+        schedule.read_intervals(spec.load.intervals_file)
     from dataclasses import replace
 
     from perfkit.load.sweep import run_sweep
@@ -492,7 +499,7 @@ def run(**o: Any) -> None:
         markup=False, highlight=False, soft_wrap=True,
     )  # fmt: skip
     for msg in result.messages:
-        _console.err.print(msg, markup=False, highlight=False)
+        _console.err.print(msg, markup=False, highlight=False, soft_wrap=True)
     for p in written:
         _console.err.print(f"Wrote {p}", markup=False, highlight=False)
     code = _STATUS_EXIT.get(result.status, EXIT_OTHER)

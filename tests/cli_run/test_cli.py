@@ -1,0 +1,176 @@
+"""`perfkit run` end to end (a subprocess, as users run it) against perfkit_server."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.server import start_server
+from tests.load.helpers import build_repo
+from tests.load.test_pure import PA_DEFAULT, PA_VERBOSE_METRICS
+
+QUICK = ["-p", "250", "-s", "80", "-r", "8"]
+
+
+def perfkit(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, COLUMNS="200")
+    return subprocess.run(
+        [sys.executable, "-m", "perfkit", "run", "--no-live", *args],
+        capture_output=True, text=True, timeout=timeout, env=env,
+    )  # fmt: skip
+
+
+def flat(text: str) -> str:
+    """Rich wraps long lines at the terminal width: compare with the line breaks removed."""
+    return " ".join(text.split())
+
+
+def no_traceback(p: subprocess.CompletedProcess[str]) -> None:
+    assert "Traceback" not in p.stderr + p.stdout, p.stderr
+
+
+@pytest.mark.parametrize("load", [["--concurrency-range", "1:2"], ["--request-rate-range", "50:100:50"]])
+@pytest.mark.parametrize("verbose", [False, True])
+def test_csv_headers_byte_identical(run_server, tmp_path, load, verbose):
+    out = tmp_path / "pa.csv"
+    extra = ["--verbose-csv"] if verbose else []
+    p = perfkit("-m", "fast", "-u", run_server.http_url, *load, "--request-count", "30",
+                "-f", str(out), *extra)  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    lines = out.read_text().splitlines()
+    first = "Concurrency" if load[0] == "--concurrency-range" else "Request Rate"
+    want = PA_DEFAULT if not verbose else PA_VERBOSE_METRICS.rsplit(",Avg GPU Utilization", 1)[0]
+    assert lines[0] == want.replace("Concurrency", first, 1)
+    assert len(lines) == 3
+    # perf_analyzer's order: ascending Inferences/Second.
+    thr = [float(x.split(",")[1]) for x in lines[1:]]
+    assert thr == sorted(thr)
+
+
+def test_embedded_server_summary_and_rows(tmp_path):
+    out = tmp_path / "out.csv"
+    p = perfkit("-m", "identity", "--concurrency-range", "1:2", "--request-count", "50", "-f", str(out),
+                "--output-dir", str(tmp_path / "run"), "-i", "grpc")  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert "Request concurrency: 1" in p.stdout and "Request concurrency: 2" in p.stdout
+    assert "Inferences/Second vs. Client Average Batch Latency" in p.stdout
+    assert "Avg gRPC time" in p.stdout and "Avg request latency" in p.stdout
+    assert len(out.read_text().splitlines()) == 3
+    files = {f.name for f in (tmp_path / "run").iterdir()}
+    assert {"perf_analyzer.csv", "profile_export.json"} <= files
+    doc = json.loads((tmp_path / "run" / "profile_export.json").read_text())
+    assert [e["experiment"] for e in doc["experiments"]] == [
+        {"mode": "concurrency", "value": 1}, {"mode": "concurrency", "value": 2}]  # fmt: skip
+    req = doc["experiments"][0]["requests"][0]
+    assert req["response_timestamps"][0] > req["timestamp"] > 1.6e18
+
+
+def test_time_windows_stable_open_loop_summary(run_server):
+    p = perfkit("-m", "stall", "-u", run_server.http_url, "--request-rate-range", "100", *QUICK,
+                "--percentile", "95", "-v")  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert "Request Rate: 100 inference requests per second" in p.stdout
+    assert "Stabilizing using p95latency and throughput" in p.stdout
+    assert "Corrected latency (from the scheduled send time)" in p.stdout
+    assert "Late sends:" in p.stdout and "\n    Avg latency:" not in p.stdout
+
+
+def test_unstable_exit_2_and_request_count_never_unstable(run_server, tmp_path):
+    out = tmp_path / "u.csv"
+    p = perfkit("-m", "fast", "-u", run_server.http_url, "-p", "100", "-s", "0.0001", "-r", "3", "-f", str(out))
+    assert p.returncode == 2, p.stderr
+    assert "Failed to obtain stable measurement within 3 measurement windows for concurrency 1. " \
+           "Please try to increase the --measurement-interval." in flat(p.stderr)  # fmt: skip
+    assert len(out.read_text().splitlines()) == 2  # the unstable level is still written
+    p = perfkit("-m", "fast", "-u", run_server.http_url, "-s", "0.0001", "-r", "3", "--request-count", "40")
+    assert p.returncode == 0, p.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["-m", "nope"], 3, "Model 'nope' is not available"),
+        (["-m", "fast", "-x", "7"], 3, "version 7 is not available"),
+        (["-m", "varid"], 3, "--shape INPUT0:N"),
+        (["-m", "varid", "--shape", "INPUT0:2,2"], 3, "does not fit model 'varid'"),
+        (["-m", "fast", "--shape", "INPUT0:abc"], 3, "is not NAME:d1,d2"),
+        (["-m", "fast", "--concurrency-range", "4:1"], 3, "--concurrency-range: '4:1'"),
+        (["-m", "fast", "--concurrency-range", "a:b"], 3, "is not start[:end[:step]]"),
+        (["-m", "fast", "--request-rate-range", "0"], 3, "--request-rate-range"),
+        (["-m", "fast", "-b", "9"], 3, "above max_batch_size 8"),
+        (["-m", "fast", "--input-data", "missing.json"], 3, "--input-data"),
+        (["-m", "fast", "--request-intervals", "missing.txt"], 3, "cannot read missing.txt"),
+    ],
+)
+def test_bad_input_exit_codes(run_server, args, code, message):
+    p = perfkit(*args, "-u", run_server.http_url, "--request-count", "5")
+    assert p.returncode == code, p.stderr
+    assert message in flat(p.stderr)
+    no_traceback(p)
+
+
+def test_input_json_not_matching_the_model(run_server, tmp_path):
+    f = tmp_path / "d.json"
+    f.write_text(json.dumps({"data": [{"INPUT0": [1.0, 2.0]}]}))
+    p = perfkit("-m", "fast", "-u", run_server.http_url, "--input-data", str(f), "--request-count", "5")
+    assert p.returncode == 3 and "has 2 values but the model needs 16" in flat(p.stderr)
+    no_traceback(p)
+    f.write_text(json.dumps({"data": [{"INPUT0": list(range(16))}]}))
+    p = perfkit("-m", "fast", "-u", run_server.http_url, "--input-data", str(f), "--request-count", "5")
+    assert p.returncode == 0, p.stderr
+
+
+def test_server_not_there_bounded_wait():
+    t = time.monotonic()
+    p = perfkit("-m", "fast", "-u", "127.0.0.1:9", "--connect-timeout", "1")
+    assert p.returncode == 99
+    assert "No server answered at 127.0.0.1:9 (http) within 1 s" in flat(p.stderr)
+    assert time.monotonic() - t < 30
+    no_traceback(p)
+
+
+def test_unknown_zoo_model_embedded():
+    p = perfkit("-m", "no_such_zoo_model", "--request-count", "5")
+    assert p.returncode == 3, p.stderr
+    no_traceback(p)
+
+
+def _sweep_then(tmp_path: Path, action: str) -> tuple[subprocess.CompletedProcess[str], Path]:
+    repo = build_repo(tmp_path / "repo", tmp_path / "cache") if (tmp_path / "repo").mkdir() is None else tmp_path
+    out = tmp_path / "kept.csv"
+    with start_server(repo) as server:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "perfkit", "run", "--no-live", "-m", "fast", "-u", server.http_url,
+             "--concurrency-range", "1:40", *QUICK, "-f", str(out)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        time.sleep(4.0)
+        if action == "kill-server":
+            server.process.kill()
+        else:
+            proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=120)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr), out
+
+
+def test_server_dying_mid_sweep_keeps_levels(tmp_path):
+    p, out = _sweep_then(tmp_path, "kill-server")
+    assert p.returncode == 99, p.stderr
+    assert "level(s) measured before are kept" in flat(p.stderr)
+    assert len(out.read_text().splitlines()) >= 2
+    no_traceback(p)
+
+
+def test_ctrl_c_keeps_levels(tmp_path):
+    p, out = _sweep_then(tmp_path, "sigint")
+    assert p.returncode == 130, p.stderr
+    assert len(out.read_text().splitlines()) >= 2
+    assert "Request concurrency: 1" in p.stdout
+    no_traceback(p)
