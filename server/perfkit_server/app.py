@@ -64,7 +64,11 @@ async def serve(settings: ServerSettings) -> int:
             service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
                 GrpcService(dataplane), grpc_server
             )
-            port = grpc_server.add_insecure_port(f"{settings.grpc_address}:{settings.grpc_port}")
+            address = f"{settings.grpc_address}:{settings.grpc_port}"
+            try:
+                port = grpc_server.add_insecure_port(address)
+            except RuntimeError as exc:  # grpc reports a taken port as RuntimeError
+                raise OSError(f"cannot bind the gRPC port {address}: {exc}") from exc
             if port == 0:
                 raise OSError(
                     f"cannot bind the gRPC port {settings.grpc_address}:{settings.grpc_port}"

@@ -33,7 +33,12 @@ class InstanceSpec:
 
 
 class Backend(Protocol):
-    """One loaded model instance."""
+    """One loaded model instance.
+
+    A backend may define `may_block = False` to say that `infer` never sleeps or waits on I/O;
+    the scheduler then runs very short executions (under ~100 us, measured) on the event loop
+    instead of paying a thread hand-off. Without the attribute, every execution runs in a thread.
+    """
 
     def infer(self, inputs: Mapping[str, Array]) -> dict[str, Array]:
         """Run one batch (blocking). Inputs and outputs carry the batch dimension if the model batches."""

@@ -34,6 +34,10 @@ class IdentityBackend:
         self._stall_s = int_parameter(config, "stall_us", 0, source) / 1e6
         self._batching = config.max_batch_size > 0
         self._span_log = string_parameter(config, "span_log", "")
+        # Without delays or span logging an execution is a dict build: safe on the event loop.
+        self.may_block = bool(
+            self._execute_delay_s or self._per_item_s or self._stall_every or self._span_log
+        )
         self._index = spec.index
         self._executions = 0
         # Executions are counted across this instance only; the lock keeps the count exact

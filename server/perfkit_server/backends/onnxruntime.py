@@ -54,6 +54,9 @@ def _providers(spec: InstanceSpec) -> list[Any]:
 class OnnxRuntimeBackend:
     """One ONNX Runtime InferenceSession per model instance."""
 
+    # A CPU session computes and returns; it never waits on anything outside the process.
+    may_block = False
+
     def __init__(self, spec: InstanceSpec) -> None:
         config = spec.config
         source = f"model '{spec.model_name}' config"
