@@ -222,12 +222,12 @@ def server_breakdown(runs: Labelled) -> Figure | None:
         _finish(
             ax,
             s.label,
-            "Load level (c = concurrency, r = request rate)",
+            "Load level" if len(series) > 1 else "Load level (c = concurrency, r = request rate)",
             "Time per request (ms)" if ax is panels[0] else "",
             legend=False,
         )
     handles, labels = panels[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside right upper", fontsize="x-small")
+    fig.legend(handles, labels, loc="outside lower center", ncols=4, fontsize="x-small")
     fig.suptitle("Where a request's time goes (server statistics, average per request)")
     return fig
 
@@ -264,6 +264,8 @@ def stability_windows(label: str, run: RunResult) -> Figure | None:
             fontsize="small",
         )
         ax.set_xlabel("Window", fontsize="small")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlim(min(xs) - 0.5, max(xs) + 0.5)
         ax.set_ylabel("Throughput (infer/s)", fontsize="small", color=_color(0))
         twin.set_ylabel("Latency (ms)", fontsize="small", color=_color(1))
         # Headroom above the highest window so that the markers are not cut by the frame.

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from perfkit.report import schema
+from perfkit.results import RunResult
 from tests.report.builders import make_run, make_tune, perfkit_main
 
 
@@ -66,3 +70,40 @@ def test_help(monkeypatch, capsys, command):
     code, output = perfkit_main(monkeypatch, capsys, command, "--help")
     assert code == 0
     assert "Usage" in output
+
+
+def test_real_run_then_report_and_compare(tmp_path, monkeypatch, capsys):
+    """End to end: `perfkit run` against the embedded server writes results that `perfkit report`
+    and `perfkit compare` read."""
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "perfkit",
+            "run",
+            "-m",
+            "identity",
+            "--concurrency-range",
+            "1:2",
+            "--request-count",
+            "200",
+            "--output-dir",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    loaded = schema.load_result(out)
+    assert isinstance(loaded, RunResult)
+    assert [m.level for m in loaded.measurements] == [1.0, 2.0]
+    code, output = perfkit_main(monkeypatch, capsys, "report", out, "-o", tmp_path / "r.html")
+    assert code == 0, output
+    assert "Stability windows: run" in (tmp_path / "r.html").read_text()
+    code, output = perfkit_main(
+        monkeypatch, capsys, "compare", out, out, "--junit", tmp_path / "j.xml"
+    )
+    assert code == 0, output
+    assert 'failures="0"' in (tmp_path / "j.xml").read_text()
