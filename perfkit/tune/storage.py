@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -67,12 +68,15 @@ def open_storage(url: str) -> RDBStorage:
     last: Exception | None = None
     for attempt in range(6):
         try:
-            return RDBStorage(
-                url,
-                engine_kwargs=engine_kwargs,
-                heartbeat_interval=HEARTBEAT_INTERVAL_S,
-                grace_period=GRACE_PERIOD_S,
-            )
+            with warnings.catch_warnings():
+                # Heartbeats are "experimental" since Optuna 2.9; the notice is only noise here.
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return RDBStorage(
+                    url,
+                    engine_kwargs=engine_kwargs,
+                    heartbeat_interval=HEARTBEAT_INTERVAL_S,
+                    grace_period=GRACE_PERIOD_S,
+                )
         except (SQLAlchemyError, ValueError, ImportError) as exc:
             # Workers starting together on an empty database race to create the schema; the
             # loser sees "already exists" and succeeds on a retry.
@@ -146,7 +150,9 @@ def recover_orphans(study: optuna.Study) -> list[int]:
             continue
     running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
     try:
-        optuna.storages.fail_stale_trials(study)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
         still = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
         failed.extend(sorted(running - still))
     except (SQLAlchemyError, RuntimeError) as exc:  # heartbeat bookkeeping must never stop a tune

@@ -121,13 +121,16 @@ def make_sampler(settings: LoopSettings, space: SearchSpace) -> optuna.samplers.
     if settings.sampler == "nsga2":
         population = max(4, min(20, settings.trials // 3))
         return optuna.samplers.NSGAIISampler(population_size=population, seed=settings.seed)
-    return optuna.samplers.TPESampler(
-        seed=settings.seed,
-        n_startup_trials=settings.startup_trials,
-        multivariate=True,
-        group=True,
-        constant_liar=True,
-    )
+    with warnings.catch_warnings():
+        # multivariate/group are "experimental" since Optuna 2.2; they handle our conditional space.
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(
+            seed=settings.seed,
+            n_startup_trials=settings.startup_trials,
+            multivariate=True,
+            group=True,
+            constant_liar=True,
+        )
 
 
 class Tuner:
