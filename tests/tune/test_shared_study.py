@@ -51,15 +51,15 @@ def test_two_workers_share_one_study(ident_repo: Path, tmp_path: Path, postgres_
         )
         for i in range(2)
     ]
-    outputs = []
+    outputs: list[str] = []
     for proc in procs:
         try:
-            out, _ = proc.communicate(timeout=300)
+            raw, _ = proc.communicate(timeout=300)
         finally:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(10)
-        outputs.append(out.decode(errors="replace"))
+        outputs.append(raw.decode(errors="replace"))
     for proc, out in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, out
 

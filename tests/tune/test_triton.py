@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import optuna
 import tritonclient.grpc as grpcclient
@@ -13,7 +14,7 @@ from tests.fixtures.triton import write_identity
 from tests.tune.conftest import assert_no_variant_measured_twice, run_perfkit, write_sweep
 
 
-def test_tune_python_model_on_real_triton(tmp_path: Path, triton_server) -> None:
+def test_tune_python_model_on_real_triton(tmp_path: Path, triton_server: Any) -> None:
     repo = tmp_path / "repo"
     write_identity(repo, "pyident", max_batch_size=8, delay_s=0.004)
     server = triton_server(repo)

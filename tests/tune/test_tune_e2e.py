@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import Any
 
 import optuna
 import tritonclient.grpc as grpcclient
@@ -14,7 +15,7 @@ from tests.tune.conftest import assert_no_variant_measured_twice, run_perfkit, w
 
 
 def test_tune_writes_back_a_config_the_server_loads(
-    ident_repo: Path, tmp_path: Path, perfkit_server
+    ident_repo: Path, tmp_path: Path, perfkit_server: Any
 ) -> None:
     sweep = write_sweep(tmp_path / "s.toml", ident_repo, trials=4)
     out = tmp_path / "out"
