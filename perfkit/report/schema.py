@@ -57,6 +57,11 @@ def _encode_key(key: Any) -> str:
     return str(key)
 
 
+def encode_value(value: Any) -> Any:
+    """The JSON form of any result value (a Measurement, a TrialRecord, ...)."""
+    return _encode(value)
+
+
 def run_to_dict(result: RunResult) -> JsonDict:
     """The JSON form of a run (current schema version)."""
     return {"schema": RUN_SCHEMA, "schema_version": SCHEMA_VERSION, **_encode(result)}
@@ -146,6 +151,14 @@ def _decode_dataclass(cls: type[T], value: Any, where: str) -> T:
             raise _DecodeError(where, f"missing key {f.name!r}")
         kwargs[f.name] = _decode(hints[f.name], value[f.name], f"{where}.{f.name}")
     return cls(**kwargs)
+
+
+def decode_value(cls: type[T], value: Any, where: str = "$") -> T:
+    """A result dataclass (e.g. Measurement) from its JSON form; `ConfigError` names the key."""
+    try:
+        return _decode_dataclass(cls, value, where)
+    except _DecodeError as exc:
+        raise ConfigError(f"{exc}: does not match {cls.__name__}.") from exc
 
 
 # ---------------------------------------------------------------------------------------------
@@ -504,6 +517,8 @@ __all__ = [
     "RESULTS_JSON",
     "SCHEMA_VERSION",
     "TRIALS_CSV",
+    "decode_value",
+    "encode_value",
     "load_result",
     "measurement_row",
     "result_from_dict",

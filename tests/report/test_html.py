@@ -3,6 +3,7 @@ networking off: it renders, makes no network request, logs no console error."""
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from datetime import UTC, datetime
@@ -25,6 +26,7 @@ _FETCHING = re.compile(
 NOW = datetime(2026, 11, 25, 9, 30, tzinfo=UTC)
 
 
+@functools.cache
 def _run_report() -> str:
     base = make_run()
     new = make_run(scale=0.9, latency_scale=1.2)
@@ -34,6 +36,7 @@ def _run_report() -> str:
     )
 
 
+@functools.cache
 def _tune_report() -> str:
     return html.build_report([("mlp-cpu", make_tune())], generated_at=NOW)
 

@@ -11,7 +11,7 @@ import pytest
 
 from perfkit.errors import ConfigError
 from perfkit.report import schema
-from perfkit.results import RunResult, TuneResult
+from perfkit.results import Measurement, RunResult, TuneResult
 from tests.report.builders import make_run, make_tune, replace
 
 DATA = Path(__file__).parent / "data"
@@ -152,3 +152,10 @@ def test_wrong_type_names_the_key(tmp_path):
     path.write_text(json.dumps(doc))
     with pytest.raises(ConfigError, match=r"measurements\[1\]\.throughput_infer_per_s"):
         schema.load_result(path)
+
+
+def test_encode_decode_value_for_parts():
+    m = make_run(mode="request_rate").measurements[0]
+    assert schema.decode_value(Measurement, schema.encode_value(m)) == m
+    with pytest.raises(ConfigError, match=r"\$\.latency: missing key"):
+        schema.decode_value(Measurement, {**schema.encode_value(m), "latency": {}})
