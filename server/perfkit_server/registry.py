@@ -167,6 +167,7 @@ class Registry:
         self._root = settings.model_repository
         self._models: dict[str, ModelEntry] = {}
         self._poll_task: asyncio.Task[None] | None = None
+        self._poll_seen: dict[str, tuple[Any, ...]] = {}
 
     # -- lookups ------------------------------------------------------------------------------
 
@@ -243,6 +244,8 @@ class Registry:
                 wanted = list(scan_repository(self._root))
         else:
             wanted = list(scan_repository(self._root))
+        if mode == "poll":
+            self._poll_seen = {name: _fingerprint(self._root / name) for name in wanted}
         await asyncio.gather(*(self._load_logged(name) for name in wanted))
         if mode == "poll":
             self._poll_task = asyncio.get_running_loop().create_task(self._poll_forever())
@@ -331,13 +334,13 @@ class Registry:
             if self._models[name].versions:
                 await self.unload(name)
             self._models.pop(name, None)
+            self._poll_seen.pop(name, None)
         for name, model_dir in present.items():
-            entry = self._models.get(name)
-            if entry is None or entry.fingerprint != _fingerprint(model_dir):
+            fingerprint = _fingerprint(model_dir)
+            if self._poll_seen.get(name) != fingerprint:
+                # A failed load is retried only when the model's files change again.
+                self._poll_seen[name] = fingerprint
                 await self._load_logged(name)
-                if name in self._models and not self._models[name].fingerprint:
-                    # failed: remember what failed so it is retried only when the files change
-                    self._models[name].fingerprint = _fingerprint(model_dir)
 
     async def _poll_forever(self) -> None:
         while True:
