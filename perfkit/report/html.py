@@ -220,6 +220,16 @@ def _run_table(run: RunResult) -> str:
                 _num(m.client_cpu_us_per_request),
             ]
         )
+    if any(m.mode == "request_rate" for m in run.measurements):
+        # Open loop: did the generator keep to its schedule?
+        head += ["Sent (req/s)", "Late sends", "Send lag p99 (ms)"]
+        for row, m in zip(rows, run.measurements, strict=True):
+            open_loop = m.mode == "request_rate"
+            row += [
+                _num(m.send_rate_rps) if open_loop else "",
+                f"{m.late_send_count:,}" if open_loop else "",
+                _ms(m.send_lag_p99_us) if open_loop else "",
+            ]
     return _table(head, rows, left=1)
 
 

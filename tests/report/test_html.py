@@ -67,6 +67,7 @@ def test_run_report_content():
         "AMD EPYC 7B13",
         "0123456789ab",
         "nv_gpu_utilization (GPU-aaaa)",
+        "Late sends",
     ):
         assert text in page, text
     # Axis labels are text (not paths), so they are searchable and the file stays small.
