@@ -9,5 +9,6 @@ _PLUGINS = [
     "tests.fixtures.zoo",
     "tests.fixtures.triton",
     "tests.fixtures.postgres",
+    "tests.fixtures.chromium",
 ]
 pytest_plugins = [p for p in _PLUGINS if importlib.util.find_spec(p) is not None]
