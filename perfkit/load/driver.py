@@ -43,6 +43,7 @@ class Pool(Protocol):
     async def open(self, n: int) -> None: ...
     def start_closed(self) -> None: ...
     def slot_count(self) -> int: ...
+    def alive(self) -> bool: ...
     async def fire_new(self, intended: int) -> None: ...
     async def close(self) -> None: ...
 
@@ -199,20 +200,9 @@ class LevelDriver:
 
     def _check_alive(self, start: int) -> None:
         r = self.rec
-        if r.dead and r.dead >= max(1, self.pool.slot_count()) and not r.inflight:
+        if r.dead and not self.pool.alive():
             raise ServerUnavailable(
                 f"The server at {self.url} closed every connection during the measurement"
-                + (f" (last error: {r.err_msgs[-1]})" if r.err_msgs else "")
-                + "."
-            )
-        if (
-            self.plan.closed_loop
-            and r.dead
-            and r.idle + r.dead >= self.pool.slot_count()
-            and r.running
-        ):
-            raise ServerUnavailable(
-                f"The server at {self.url} stopped answering during the measurement"
                 + (f" (last error: {r.err_msgs[-1]})" if r.err_msgs else "")
                 + "."
             )

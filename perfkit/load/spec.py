@@ -32,6 +32,7 @@ class TargetSpec:
         model: model name.
         model_version: "" for the server's choice (latest), else a version number as a string.
         connect_timeout_s: bounded wait for the server to answer before `ServerUnavailable`.
+        grpc_client: the gRPC hot path, "h2" (lean, default) or "grpcio".
     """
 
     url: str
@@ -39,6 +40,8 @@ class TargetSpec:
     model: str
     model_version: str = ""
     connect_timeout_s: float = 10.0
+    # gRPC hot path: "h2" (perfkit's lean HTTP/2 client) or "grpcio" (grpc's own client).
+    grpc_client: Literal["h2", "grpcio"] = "h2"
 
     def __post_init__(self) -> None:
         if self.protocol not in ("http", "grpc"):

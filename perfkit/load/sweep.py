@@ -27,6 +27,7 @@ from perfkit.errors import MeasurementUnstable, PerfkitError, ServerError, Serve
 from perfkit.load import schedule as sched
 from perfkit.load.client import ControlClient, grpc_request_bytes, http_request_bytes
 from perfkit.load.driver import LevelDriver, LevelPlan, Pool
+from perfkit.load.h2 import H2Pool
 from perfkit.load.inputs import PreparedInputs, prepare
 from perfkit.load.spec import (
     ConcurrencyLoad,
@@ -138,7 +139,9 @@ class Session:
         host, port = self.target.host_port
         if self.target.protocol == "http":
             return HttpPool(host, port, rec, self.reqs, closed_loop)
-        return GrpcPool(f"{host}:{port}", rec, self.reqs, closed_loop)
+        if self.target.grpc_client == "grpcio":
+            return GrpcPool(f"{host}:{port}", rec, self.reqs, closed_loop)
+        return H2Pool(host, port, rec, self.reqs, closed_loop)
 
     def server_info(self, embedded: bool = False) -> ServerInfo:
         md = self.server_md

@@ -99,6 +99,11 @@ class HttpConn(asyncio.Protocol):
 
     def fire(self, intended: int = 0) -> None:
         r = self.rec
+        if self.lost:
+            r.error(perf_counter_ns(), "connection to the server lost")
+            if self.closed_loop:
+                r.idle += 1
+            return
         if self.multi:
             r.seq += 1
             self.req = self.reqs[r.seq % len(self.reqs)]
@@ -230,7 +235,10 @@ class HttpPool:
                 r.idle += 1
 
     def slot_count(self) -> int:
-        return len([c for c in self.conns if not c.lost])
+        return len(self.conns)
+
+    def alive(self) -> bool:
+        return any(not c.lost for c in self.conns)
 
     async def fire_new(self, intended: int) -> None:
         """Open loop with no free connection: connect one more and send on it (counted late)."""
@@ -354,6 +362,9 @@ class GrpcPool:
 
     def slot_count(self) -> int:
         return len(self.slots)
+
+    def alive(self) -> bool:
+        return self.rec.dead < max(1, len(self.slots))
 
     async def fire_new(self, intended: int) -> None:
         s = GrpcSlot(self.rec, self.mc, self.reqs, self.closed_loop)

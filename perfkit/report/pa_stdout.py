@@ -69,10 +69,10 @@ def level_block(
     else:
         lines = [f"Request Rate: {m.level:g} inference requests per second"]
     if verbose:
-        for w in m.windows:
+        for win in m.windows:
             lines.append(
-                f"  Pass [{w.index + 1}] throughput: {w.throughput_infer_per_s:.2f} infer/sec. "
-                f"Avg latency: {int(w.latency_avg_us)} usec" + (" (merged)" if w.merged else "")
+                f"  Pass [{win.index + 1}] throughput: {win.throughput_infer_per_s:.2f} infer/sec. "
+                f"Avg latency: {int(win.latency_avg_us)} usec" + (" (merged)" if win.merged else "")
             )
     lat = m.latency
     lines += ["  Client: ", f"    Request count: {m.request_count}"]

@@ -36,7 +36,9 @@ def no_traceback(p: subprocess.CompletedProcess[str]) -> None:
     assert "Traceback" not in p.stderr + p.stdout, p.stderr
 
 
-@pytest.mark.parametrize("load", [["--concurrency-range", "1:2"], ["--request-rate-range", "50:100:50"]])
+@pytest.mark.parametrize(
+    "load", [["--concurrency-range", "1:2"], ["--request-rate-range", "50:100:50"]]
+)
 @pytest.mark.parametrize("verbose", [False, True])
 def test_csv_headers_byte_identical(run_server, tmp_path, load, verbose):
     out = tmp_path / "pa.csv"
@@ -59,9 +61,11 @@ def test_embedded_server_summary_and_rows(tmp_path):
     p = perfkit("-m", "identity", "--concurrency-range", "1:2", "--request-count", "50", "-f", str(out),
                 "--output-dir", str(tmp_path / "run"), "-i", "grpc")  # fmt: skip
     assert p.returncode == 0, p.stderr
-    assert "Request concurrency: 1" in p.stdout and "Request concurrency: 2" in p.stdout
+    assert "Request concurrency: 1" in p.stdout
+    assert "Request concurrency: 2" in p.stdout
     assert "Inferences/Second vs. Client Average Batch Latency" in p.stdout
-    assert "Avg gRPC time" in p.stdout and "Avg request latency" in p.stdout
+    assert "Avg gRPC time" in p.stdout
+    assert "Avg request latency" in p.stdout
     assert len(out.read_text().splitlines()) == 3
     files = {f.name for f in (tmp_path / "run").iterdir()}
     assert {"perf_analyzer.csv", "profile_export.json"} <= files
@@ -79,17 +83,33 @@ def test_time_windows_stable_open_loop_summary(run_server):
     assert "Request Rate: 100 inference requests per second" in p.stdout
     assert "Stabilizing using p95latency and throughput" in p.stdout
     assert "Corrected latency (from the scheduled send time)" in p.stdout
-    assert "Late sends:" in p.stdout and "\n    Avg latency:" not in p.stdout
+    assert "Late sends:" in p.stdout
+    assert "\n    Avg latency:" not in p.stdout
 
 
 def test_unstable_exit_2_and_request_count_never_unstable(run_server, tmp_path):
     out = tmp_path / "u.csv"
-    p = perfkit("-m", "fast", "-u", run_server.http_url, "-p", "100", "-s", "0.0001", "-r", "3", "-f", str(out))
+    p = perfkit(
+        "-m",
+        "fast",
+        "-u",
+        run_server.http_url,
+        "-p",
+        "100",
+        "-s",
+        "0.0001",
+        "-r",
+        "3",
+        "-f",
+        str(out),
+    )
     assert p.returncode == 2, p.stderr
     assert "Failed to obtain stable measurement within 3 measurement windows for concurrency 1. " \
            "Please try to increase the --measurement-interval." in flat(p.stderr)  # fmt: skip
     assert len(out.read_text().splitlines()) == 2  # the unstable level is still written
-    p = perfkit("-m", "fast", "-u", run_server.http_url, "-s", "0.0001", "-r", "3", "--request-count", "40")
+    p = perfkit(
+        "-m", "fast", "-u", run_server.http_url, "-s", "0.0001", "-r", "3", "--request-count", "40"
+    )
     assert p.returncode == 0, p.stderr
 
 
@@ -119,11 +139,16 @@ def test_bad_input_exit_codes(run_server, args, code, message):
 def test_input_json_not_matching_the_model(run_server, tmp_path):
     f = tmp_path / "d.json"
     f.write_text(json.dumps({"data": [{"INPUT0": [1.0, 2.0]}]}))
-    p = perfkit("-m", "fast", "-u", run_server.http_url, "--input-data", str(f), "--request-count", "5")
-    assert p.returncode == 3 and "has 2 values but the model needs 16" in flat(p.stderr)
+    p = perfkit(
+        "-m", "fast", "-u", run_server.http_url, "--input-data", str(f), "--request-count", "5"
+    )
+    assert p.returncode == 3
+    assert "has 2 values but the model needs 16" in flat(p.stderr)
     no_traceback(p)
     f.write_text(json.dumps({"data": [{"INPUT0": list(range(16))}]}))
-    p = perfkit("-m", "fast", "-u", run_server.http_url, "--input-data", str(f), "--request-count", "5")
+    p = perfkit(
+        "-m", "fast", "-u", run_server.http_url, "--input-data", str(f), "--request-count", "5"
+    )
     assert p.returncode == 0, p.stderr
 
 
@@ -143,7 +168,11 @@ def test_unknown_zoo_model_embedded():
 
 
 def _sweep_then(tmp_path: Path, action: str) -> tuple[subprocess.CompletedProcess[str], Path]:
-    repo = build_repo(tmp_path / "repo", tmp_path / "cache") if (tmp_path / "repo").mkdir() is None else tmp_path
+    repo = (
+        build_repo(tmp_path / "repo", tmp_path / "cache")
+        if (tmp_path / "repo").mkdir() is None
+        else tmp_path
+    )
     out = tmp_path / "kept.csv"
     with start_server(repo) as server:
         proc = subprocess.Popen(

@@ -20,10 +20,20 @@ def test_run_against_real_triton(triton_server, tmp_path):
                     "--request-count", "100", "-f", str(out))  # fmt: skip
         assert p.returncode == 0, p.stderr
         lines = out.read_text().splitlines()
-        assert lines[0] == PA_DEFAULT and len(lines) == 3
+        assert lines[0] == PA_DEFAULT
+        assert len(lines) == 3
         assert "Avg request latency" in p.stdout
     # System shared memory works with a real Triton.
-    p = perfkit("-m", "identity", "-u", server.http_url, "--shared-memory", "system", "--request-count", "50")
+    p = perfkit(
+        "-m",
+        "identity",
+        "-u",
+        server.http_url,
+        "--shared-memory",
+        "system",
+        "--request-count",
+        "50",
+    )
     assert p.returncode == 0, p.stderr
     # Open loop against the stalling model: corrected latency is reported.
     p = perfkit("-m", "identity", "-u", server.grpc_url, "-i", "grpc", "--request-rate-range", "100",
@@ -31,5 +41,6 @@ def test_run_against_real_triton(triton_server, tmp_path):
     assert p.returncode == 0, p.stderr
     assert "Corrected latency" in p.stdout
     p = perfkit("-m", "nope", "-u", server.http_url, "--request-count", "5")
-    assert p.returncode == 3 and "Model 'nope'" in flat(p.stderr)
+    assert p.returncode == 3
+    assert "Model 'nope'" in flat(p.stderr)
     no_traceback(p)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 import tritonclient.http as th
 
@@ -39,7 +41,9 @@ def test_fixed_count_and_breakdown_equals_stats_delta(load_server, protocol):
         MeasureSpec(fixed_request_count=200, warmup_request_count=20), "concurrency", 4,
     )  # fmt: skip
     after = stats(load_server, "identity")
-    assert m.stable and m.request_count == 200 and m.error_count == 0
+    assert m.stable
+    assert m.request_count == 200
+    assert m.error_count == 0
     s = m.server
     assert s is not None
     assert s.inference_count == int(after["inference_count"]) - int(before["inference_count"]) - 20
@@ -51,14 +55,18 @@ def test_fixed_count_and_breakdown_equals_stats_delta(load_server, protocol):
         return int(a["ns"]) - int(b["ns"]), int(a["count"]) - int(b["count"])
 
     assert s.success_count == delta("success")[1] - 20
-    assert s.queue_us > 0 and s.compute_infer_us > 0
-    assert m.latency.count == 200 and m.latency.p99_us >= m.latency.p50_us > 0
+    assert s.queue_us > 0
+    assert s.compute_infer_us > 0
+    assert m.latency.count == 200
+    assert m.latency.p99_us >= m.latency.p50_us > 0
     assert m.client_cpu_us_per_request > 0
 
 
 def test_breakdown_exact_without_warmup(load_server):
     before = stats(load_server, "fast")
-    m = measure_level(target(load_server), InputSpec(), MeasureSpec(fixed_request_count=100), "concurrency", 2)
+    m = measure_level(
+        target(load_server), InputSpec(), MeasureSpec(fixed_request_count=100), "concurrency", 2
+    )
     after = stats(load_server, "fast")
     s = m.server
     assert s is not None
@@ -75,16 +83,21 @@ def test_time_windows_stable(load_server, protocol):
     seen = []
     m = measure_level(target(load_server, protocol=protocol), InputSpec(batch_size=2), FAST,
                       "concurrency", 2, on_window=seen.append)  # fmt: skip
-    assert m.stable and seen and len(m.windows) == len(seen) >= 3
+    assert m.stable
+    assert seen
+    assert len(m.windows) == len(seen) >= 3
     assert sum(w.merged for w in m.windows) == 3
     assert m.request_count == sum(w.request_count for w in m.windows if w.merged)
     assert m.throughput_infer_per_s == pytest.approx(2 * m.request_count / (m.duration_ns / 1e9))
-    assert m.server is not None and m.server.batch_executions.get(2, 0) > 0
+    assert m.server is not None
+    assert m.server.batch_executions.get(2, 0) > 0
 
 
 def test_unstable_raises_with_measurement(load_server):
     spec = MeasureSpec(interval_ms=100, stability_pct=0.0001, max_trials=3)
-    with pytest.raises(MeasurementUnstable, match="Failed to obtain stable measurement within 3") as ei:
+    with pytest.raises(
+        MeasurementUnstable, match="Failed to obtain stable measurement within 3"
+    ) as ei:
         measure_level(target(load_server), InputSpec(), spec, "concurrency", 1)
     assert ei.value.measurement.stable is False  # type: ignore[attr-defined]
 
@@ -98,7 +111,8 @@ def test_open_loop_corrected_latency_shows_the_stall(load_server):
         MeasureSpec(fixed_request_count=400, late_threshold_us=1000), "request_rate", 200,
     )  # fmt: skip
     c = m.corrected_latency
-    assert c is not None and m.send_rate_rps is not None
+    assert c is not None
+    assert m.send_rate_rps is not None
     assert c.p99_us >= m.latency.p99_us
     assert c.max_us >= 25_000  # the 30 ms stall is visible from the intended send time
     assert m.send_rate_rps == pytest.approx(200, rel=0.25)
@@ -108,7 +122,9 @@ def test_open_loop_behind_schedule_counts_late_sends(load_server):
     # `slow` takes 5 ms per execution with one instance: at 1000 req/s an in-flight cap of 4 is
     # reached at once and sends are dropped, counted late and reported, never silently waited.
     load = RequestRateLoad(rates=(1000.0,), max_in_flight=4)
-    m = measure_level(target(load_server, "slow"), InputSpec(), MeasureSpec(fixed_request_count=300), load, 1000)
+    m = measure_level(
+        target(load_server, "slow"), InputSpec(), MeasureSpec(fixed_request_count=300), load, 1000
+    )
     assert m.late_send_count > 0
     assert any("not able to keep up" in w for w in m.warnings)
     assert m.generator_saturated
@@ -132,20 +148,29 @@ def test_binary_search(load_server):
 
 
 def test_bad_targets(load_server):
-    with pytest.raises(ModelError, match="'nope'.*not available"):
+    with pytest.raises(ModelError, match=r"'nope'.*not available"):
         measure_level(target(load_server, "nope"), InputSpec(), FAST, "concurrency", 1)
     with pytest.raises(ModelError, match="--shape INPUT0:N"):
         measure_level(target(load_server, "varid"), InputSpec(), FAST, "concurrency", 1)
     with pytest.raises(ModelError, match="does not batch"):
-        measure_level(target(load_server, "nobatch"), InputSpec(batch_size=2), FAST, "concurrency", 1)
-    with pytest.raises(ServerUnavailable, match="127.0.0.1:9"):
-        measure_level(TargetSpec(url="127.0.0.1:9", model="x", connect_timeout_s=0.3), InputSpec(), FAST, "concurrency", 1)
+        measure_level(
+            target(load_server, "nobatch"), InputSpec(batch_size=2), FAST, "concurrency", 1
+        )
+    with pytest.raises(ServerUnavailable, match=r"127\.0\.0\.1:9"):
+        measure_level(
+            TargetSpec(url="127.0.0.1:9", model="x", connect_timeout_s=0.3),
+            InputSpec(),
+            FAST,
+            "concurrency",
+            1,
+        )
 
 
 def test_variable_shape(load_server):
     m = measure_level(target(load_server, "varid"), InputSpec(shapes={"INPUT0": (7,)}),
                       MeasureSpec(fixed_request_count=20), "concurrency", 2)  # fmt: skip
-    assert m.request_count == 20 and m.error_count == 0
+    assert m.request_count == 20
+    assert m.error_count == 0
 
 
 def test_shared_memory_refused_cleanly(load_server):
@@ -153,3 +178,38 @@ def test_shared_memory_refused_cleanly(load_server):
     with pytest.raises(ServerError, match="does not offer the system shared-memory extension"):
         measure_level(target(load_server), InputSpec(shared_memory="system"),
                       MeasureSpec(fixed_request_count=5), "concurrency", 1)  # fmt: skip
+
+
+@pytest.mark.parametrize("client", ["h2", "grpcio"])
+def test_grpc_large_tensors_flow_control(load_server, client):
+    # 800 KB requests and responses: more than HTTP/2's default 64 KB windows and 16 KB frames.
+    t = TargetSpec(url=load_server.grpc_url, protocol="grpc", model="big", grpc_client=client)
+    m = measure_level(
+        t, InputSpec(batch_size=2), MeasureSpec(fixed_request_count=30), "concurrency", 3
+    )
+    assert m.request_count == 30
+    assert m.error_count == 0
+
+
+async def test_h2_error_responses_are_errors(load_server):
+    # A ModelInferRequest for a model that is not there: the server answers trailers-only with
+    # an error status; the lean client must count an error, never a success.
+    import tritonclient.grpc as tg
+
+    from perfkit.load.h2 import H2Pool
+    from perfkit.load.transport import Recorder
+
+    req = tg.service_pb2.ModelInferRequest(model_name="nope").SerializeToString()
+    host, port = load_server.grpc_url.split(":")
+    rec = Recorder()
+    pool = H2Pool(host, int(port), rec, [req], closed_loop=True)
+    await pool.open(2)
+    rec.running, rec.left = True, 10
+    pool.start_closed()
+    for _ in range(500):
+        if rec.idle >= 2:
+            break
+        await asyncio.sleep(0.01)
+    await pool.close()
+    assert len(rec.done) == 0
+    assert len(rec.err_done) == 10

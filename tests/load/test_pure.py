@@ -32,14 +32,24 @@ def test_nearest_rank_is_perf_analyzers():
     assert nearest_rank(vals, 50) == 51  # int(0.5*99+0.5) = 50 -> value 51
     assert nearest_rank(vals, 99) == 99
     s = summarize(vals * 1000, extra=[99.9])
-    assert s.count == 100 and s.p50_us == 51 and s.max_us == 100
+    assert s.count == 100
+    assert s.p50_us == 51
+    assert s.max_us == 100
     assert s.extra_percentiles_us == {99.9: 100.0}
     assert s.avg_us == pytest.approx(50.5)
 
 
 def _ws(i, thr, lat, n=10):
-    return WindowStat(index=i, start_ns=0, duration_ns=1, request_count=n, error_count=0,
-                      throughput_infer_per_s=thr, latency_avg_us=lat, latency_stability_us=lat)
+    return WindowStat(
+        index=i,
+        start_ns=0,
+        duration_ns=1,
+        request_count=n,
+        error_count=0,
+        throughput_infer_per_s=thr,
+        latency_avg_us=lat,
+        latency_stability_us=lat,
+    )
 
 
 def test_stability_rule_last_three_windows():
@@ -50,21 +60,36 @@ def test_stability_rule_last_three_windows():
 
 
 def test_merge_concatenates_exactly():
-    a = RawWindow(index=0, start_ns=0, end_ns=10, sent_ns=np.array([0, 1]), done_ns=np.array([5, 6]))
+    a = RawWindow(
+        index=0, start_ns=0, end_ns=10, sent_ns=np.array([0, 1]), done_ns=np.array([5, 6])
+    )
     b = RawWindow(index=1, start_ns=10, end_ns=20, sent_ns=np.array([11]), done_ns=np.array([19]))
     m = merge([a, b])
-    assert m.count == 3 and m.start_ns == 0 and m.end_ns == 20
+    assert m.count == 3
+    assert m.start_ns == 0
+    assert m.end_ns == 20
     assert list(m.latency_ns()) == [5, 5, 8]
     st = window_stat(a, batch_size=2, percentile=None)
     assert st.throughput_infer_per_s == pytest.approx(2 * 2 * 1e9 / 10)
 
 
 def test_schedules():
-    assert list(itertools.islice(schedule.constant(4.0), 4)) == [0, 250_000_000, 500_000_000, 750_000_000]
+    assert list(itertools.islice(schedule.constant(4.0), 4)) == [
+        0,
+        250_000_000,
+        500_000_000,
+        750_000_000,
+    ]
     offs = np.array(list(itertools.islice(schedule.poisson(1000.0, seed=1), 20000)))
     assert np.all(np.diff(offs) >= 0)
     assert np.diff(offs).mean() == pytest.approx(1e6, rel=0.05)
-    assert list(itertools.islice(schedule.from_intervals([10, 30]), 5)) == [0, 10_000, 40_000, 50_000, 80_000]
+    assert list(itertools.islice(schedule.from_intervals([10, 30]), 5)) == [
+        0,
+        10_000,
+        40_000,
+        50_000,
+        80_000,
+    ]
 
 
 def test_read_intervals(tmp_path):
@@ -91,7 +116,8 @@ MD = {"name": "m", "inputs": [{"name": "X", "datatype": "FP32", "shape": [-1, -1
 
 def test_inputs_shapes_and_errors(tmp_path):
     p = prepare(MD, {"max_batch_size": 8}, InputSpec(batch_size=3, shapes={"X": (5, 4)}))
-    assert p.sets[0]["X"].shape == (3, 5, 4) and p.outputs == ("Y",)
+    assert p.sets[0]["X"].shape == (3, 5, 4)
+    assert p.outputs == ("Y",)
     with pytest.raises(ModelError, match=r"--shape X:N,4"):
         prepare(MD, {"max_batch_size": 8}, InputSpec())
     with pytest.raises(ModelError, match="does not fit"):
@@ -106,7 +132,11 @@ def test_inputs_shapes_and_errors(tmp_path):
 
 def test_inputs_from_json(tmp_path):
     f = tmp_path / "d.json"
-    f.write_text(json.dumps({"data": [{"X": [1, 2, 3, 4]}, {"X": {"content": list(range(8)), "shape": [2, 4]}}]}))
+    f.write_text(
+        json.dumps(
+            {"data": [{"X": [1, 2, 3, 4]}, {"X": {"content": list(range(8)), "shape": [2, 4]}}]}
+        )
+    )
     with pytest.raises(ModelError, match="give 'shape'"):
         prepare(MD, {"max_batch_size": 8}, InputSpec(source=str(f)))
     p = prepare(MD, {"max_batch_size": 8}, InputSpec(source=str(f), shapes={"X": (1, 4)}))

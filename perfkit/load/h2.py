@@ -1,0 +1,353 @@
+"""A lean gRPC-over-HTTP/2 client for the hot path: unary ModelInfer with pre-encoded bytes.
+
+grpcio costs 150-250 CPU-µs per call in Python (futures, callbacks, its polling threads); this
+speaks just enough HTTP/2 for unary calls on an asyncio.Protocol: a constant HPACK header block
+(literals only, so no encoder state), DATA frames split to the peer's frame size and sent within
+its flow-control windows, and a frame parser that needs no HPACK decoding: a call succeeded when
+its stream carried a DATA frame before it ended (a failed unary call is a trailers-only response
+or RST_STREAM). Error details are fetched once through tritonclient by the caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from collections import deque
+from collections.abc import Sequence
+from time import perf_counter_ns
+from typing import Any
+
+from perfkit.load.transport import Recorder
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+DATA, HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = (
+    0,
+    1,
+    3,
+    4,
+    6,
+    7,
+    8,
+    9,
+)
+END_STREAM, ACK, END_HEADERS, PADDED, PRIORITY = 0x1, 0x1, 0x4, 0x8, 0x20
+MAX_WINDOW = (1 << 31) - 1
+_FRAME = struct.Struct(">HBBBI")  # length (24 bit: H + B), type, flags, stream id
+_U32 = struct.Struct(">I")
+_SETTING = struct.Struct(">HI")
+METHOD = "/inference.GRPCInferenceService/ModelInfer"
+
+
+def frame(ftype: int, flags: int, sid: int, payload: bytes = b"") -> bytes:
+    n = len(payload)
+    return _FRAME.pack(n >> 8, n & 0xFF, ftype, flags, sid) + payload
+
+
+def _hstr(s: bytes) -> bytes:
+    n = len(s)
+    if n < 127:
+        return bytes([n]) + s
+    out = bytearray([127])
+    n -= 127
+    while n >= 128:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out) + s
+
+
+def header_block(authority: str, path: str = METHOD) -> bytes:
+    """HPACK block for a gRPC unary call: static-table indexes and literals without indexing."""
+    return (
+        b"\x83"  # :method POST
+        + b"\x86"  # :scheme http
+        + b"\x04" + _hstr(path.encode())  # :path (name index 4)
+        + b"\x01" + _hstr(authority.encode())  # :authority (name index 1)
+        + b"\x0f\x10" + _hstr(b"application/grpc")  # content-type (name index 31)
+        + b"\x00" + _hstr(b"te") + _hstr(b"trailers")
+        + b"\x00" + _hstr(b"user-agent") + _hstr(b"perfkit")
+    )  # fmt: skip
+
+
+class H2Conn(asyncio.Protocol):
+    """One HTTP/2 connection carrying many concurrent unary calls (one stream each)."""
+
+    def __init__(
+        self, rec: Recorder, reqs: Sequence[bytes], authority: str, closed_loop: bool
+    ) -> None:
+        self.rec = rec
+        self.closed_loop = closed_loop
+        self.block = header_block(authority)
+        # gRPC length-prefixed messages, one per input set.
+        self.msgs = [b"\x00" + _U32.pack(len(r)) + r for r in reqs]
+        self.multi = len(self.msgs) > 1
+        self.t: asyncio.Transport | None = None
+        self.buf = b""
+        self.next_sid = 1
+        # sid -> [sent_ns, intended_ns, got_data]
+        self.calls: dict[int, list[int]] = {}
+        self.send_window = 65535
+        self.peer_init_window = 65535
+        self.max_frame = 16384
+        self.stream_windows: dict[int, int] = {}
+        # Streams whose DATA is not (fully) sent yet: [sid, msg, offset].
+        self.pending: deque[list[Any]] = deque()
+        self.recv_unacked = 0
+        self.lost = False
+        self.ready = asyncio.get_running_loop().create_future()
+        self.idle_slots = 0
+
+    # -- connection -----------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.t = transport
+        settings = _SETTING.pack(0x2, 0) + _SETTING.pack(0x4, MAX_WINDOW)
+        transport.write(
+            PREFACE
+            + frame(SETTINGS, 0, 0, settings)
+            + frame(WINDOW_UPDATE, 0, 0, _U32.pack(MAX_WINDOW - 65535))
+        )
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        if not self.ready.done():
+            self.ready.set_exception(ConnectionError(f"HTTP/2 connection closed: {exc or 'EOF'}"))
+        r = self.rec
+        r.dead += 1
+        now = perf_counter_ns()
+        for _ in range(len(self.calls)):
+            r.error(now, f"connection closed by the server ({exc or 'EOF'})")
+            r.inflight -= 1
+            if self.closed_loop:
+                r.idle += 1
+        self.calls.clear()
+
+    def close(self) -> None:
+        if self.t is not None:
+            self.t.close()
+
+    # -- sending --------------------------------------------------------------------------------
+
+    def fire(self, intended: int = 0) -> None:
+        r = self.rec
+        if self.lost:
+            r.error(perf_counter_ns(), "connection to the server lost")
+            if self.closed_loop:
+                r.idle += 1
+            return
+        if self.multi:
+            r.seq += 1
+            msg = self.msgs[r.seq % len(self.msgs)]
+        else:
+            msg = self.msgs[0]
+        sid = self.next_sid
+        self.next_sid = sid + 2
+        r.inflight += 1
+        s = perf_counter_ns()
+        self.calls[sid] = [s, intended, 0]
+        n = len(msg)
+        hb = self.block
+        lb = len(hb)
+        head = _FRAME.pack(lb >> 8, lb & 0xFF, HEADERS, END_HEADERS, sid) + hb
+        if (
+            n <= self.send_window
+            and n <= self.peer_init_window
+            and n <= self.max_frame
+            and not self.pending
+        ):
+            self.send_window -= n
+            self.t.write(head + _FRAME.pack(n >> 8, n & 0xFF, DATA, END_STREAM, sid) + msg)  # type: ignore[union-attr]
+        else:
+            self.t.write(head)  # type: ignore[union-attr]
+            self.stream_windows[sid] = self.peer_init_window
+            self.pending.append([sid, msg, 0])
+            self._flush()
+        r.send_ns += perf_counter_ns() - s
+
+    def _flush(self) -> None:
+        t = self.t
+        assert t is not None
+        while self.pending:
+            item = self.pending[0]
+            sid, msg, off = item
+            if sid not in self.calls:  # reset meanwhile
+                self.pending.popleft()
+                self.stream_windows.pop(sid, None)
+                continue
+            while off < len(msg):
+                avail = min(self.send_window, self.stream_windows.get(sid, 0), self.max_frame)
+                if avail <= 0:
+                    item[2] = off
+                    return
+                chunk = msg[off : off + avail]
+                off += len(chunk)
+                last = off >= len(msg)
+                t.write(frame(DATA, END_STREAM if last else 0, sid, chunk))
+                self.send_window -= len(chunk)
+                self.stream_windows[sid] -= len(chunk)
+            self.pending.popleft()
+            self.stream_windows.pop(sid, None)
+
+    # -- receiving ------------------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf + data if self.buf else data
+        pos = 0
+        end = len(buf)
+        unpack = _FRAME.unpack_from
+        while end - pos >= 9:
+            hi, lo, ftype, flags, sid = unpack(buf, pos)
+            n = (hi << 8) | lo
+            if end - pos - 9 < n:
+                break
+            p = pos + 9
+            pos = p + n
+            if ftype == DATA:
+                self.recv_unacked += n
+                call = self.calls.get(sid)
+                if call is not None and n > (buf[p] + 1 if flags & PADDED else 0):
+                    call[2] = 1
+                if flags & END_STREAM:
+                    self._end(sid, False)
+            elif ftype == HEADERS:
+                if flags & END_STREAM:
+                    self._end(sid, False)
+            elif ftype == WINDOW_UPDATE:
+                inc = _U32.unpack_from(buf, p)[0] & MAX_WINDOW
+                if sid == 0:
+                    self.send_window += inc
+                elif sid in self.stream_windows:
+                    self.stream_windows[sid] += inc
+                if self.pending:
+                    self._flush()
+            elif ftype == SETTINGS:
+                if not flags & ACK:
+                    self._settings(buf[p:pos])
+            elif ftype == PING:
+                if not flags & ACK:
+                    self.t.write(frame(PING, ACK, 0, buf[p:pos]))  # type: ignore[union-attr]
+            elif ftype == RST_STREAM:
+                self._end(sid, True, "stream reset by the server")
+            elif ftype == GOAWAY:
+                last = _U32.unpack_from(buf, p)[0] & MAX_WINDOW
+                for s in [s for s in self.calls if s > last]:
+                    self._end(s, True, "server sent GOAWAY")
+                self.lost = True
+        self.buf = buf[pos:] if pos < end else b""
+        if self.recv_unacked > (1 << 30):
+            self.t.write(frame(WINDOW_UPDATE, 0, 0, _U32.pack(self.recv_unacked)))  # type: ignore[union-attr]
+            self.recv_unacked = 0
+
+    def _settings(self, payload: bytes) -> None:
+        for i in range(0, len(payload) - 5, 6):
+            key, val = _SETTING.unpack_from(payload, i)
+            if key == 0x4:
+                delta = val - self.peer_init_window
+                self.peer_init_window = val
+                for sid in self.stream_windows:
+                    self.stream_windows[sid] += delta
+            elif key == 0x5:
+                self.max_frame = val
+        self.t.write(frame(SETTINGS, ACK, 0))  # type: ignore[union-attr]
+        if not self.ready.done():
+            self.ready.set_result(None)
+        if self.pending:
+            self._flush()
+
+    def _end(self, sid: int, reset: bool, why: str = "") -> None:
+        call = self.calls.pop(sid, None)
+        if call is None:
+            return
+        d = perf_counter_ns()
+        r = self.rec
+        if call[2] and not reset:
+            if not self.closed_loop:
+                r.intended.append(call[1])
+            r.sent.append(call[0])
+            r.done.append(d)
+        else:
+            r.error(d, f"gRPC call failed ({why or 'no response message: an error status'})")
+        r.inflight -= 1
+        if self.closed_loop:
+            if r.running and r.left > 0 and not self.lost:
+                r.left -= 1
+                self.fire()
+            else:
+                r.idle += 1
+        else:
+            r.free.append(self)
+
+
+class H2Pool:
+    """gRPC calls over a few HTTP/2 connections (one per `streams_per_conn` slots)."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        rec: Recorder,
+        reqs: Sequence[bytes],
+        closed_loop: bool,
+        streams_per_conn: int = 32,
+    ) -> None:
+        self.host, self.port = host, port
+        self.rec = rec
+        self.reqs = reqs
+        self.closed_loop = closed_loop
+        self.per_conn = streams_per_conn
+        self.conns: list[H2Conn] = []
+        self.slots = 0
+        self.connecting = 0
+
+    async def _connect(self) -> H2Conn:
+        loop = asyncio.get_running_loop()
+        authority = f"{self.host}:{self.port}"
+        _, proto = await loop.create_connection(
+            lambda: H2Conn(self.rec, self.reqs, authority, self.closed_loop), self.host, self.port
+        )
+        assert isinstance(proto, H2Conn)
+        await asyncio.wait_for(proto.ready, 10.0)
+        self.conns.append(proto)
+        return proto
+
+    async def open(self, n: int) -> None:
+        need = -(-n // self.per_conn) - len(self.conns)
+        if need > 0:
+            await asyncio.gather(*(self._connect() for _ in range(need)))
+        # Slot i lives on connection i % len(conns); a slot is a "free" entry naming its conn.
+        add = n - self.slots
+        for i in range(self.slots, self.slots + max(add, 0)):
+            if not self.closed_loop:
+                self.rec.free.append(self.conns[i % len(self.conns)])
+        self.slots = max(self.slots, n)
+
+    def start_closed(self) -> None:
+        r = self.rec
+        r.idle = 0
+        for i in range(self.slots):
+            c = self.conns[i % len(self.conns)]
+            if r.running and r.left > 0 and not c.lost:
+                r.left -= 1
+                c.fire()
+            else:
+                r.idle += 1
+
+    def slot_count(self) -> int:
+        return self.slots
+
+    def alive(self) -> bool:
+        return any(not c.lost for c in self.conns)
+
+    async def fire_new(self, intended: int) -> None:
+        # HTTP/2 multiplexes: one more stream on the least busy connection.
+        live = [c for c in self.conns if not c.lost] or [await self._connect()]
+        self.slots += 1
+        min(live, key=lambda c: len(c.calls)).fire(intended)
+
+    async def close(self) -> None:
+        for c in self.conns:
+            c.close()
+        self.conns.clear()
+        self.rec.free.clear()
+        await asyncio.sleep(0)
