@@ -67,6 +67,8 @@ def _triton(repo: Path, logs: Path, cache: Path) -> Iterator[tuple[str, str, str
         disable_auto_complete_config=True,
         cache_dir=cache,
         log_path=logs / "triton.log",
+        # A failed load of an unknown model leaves entries Triton waits 30 s for at exit.
+        extra_args=("--exit-timeout-secs=3",),
     )
     server.start()
     try:

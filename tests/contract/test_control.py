@@ -1,0 +1,254 @@
+"""Contract: repository index and explicit model control (load with a config override, unload)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import pytest
+from google.protobuf import json_format, text_format
+from tritonclient.grpc import model_config_pb2
+from tritonclient.utils import InferenceServerException
+
+from tests.contract._client import PROTOCOLS, batch, expect_error, index, infer, wait_state
+from tests.contract._models import IdentitySpec, backend_for, config_text
+from tests.contract._server import Server
+
+# On disk every model is: max_batch_size 8, one instance, no dynamic batching.
+NAMES = [
+    "idx",
+    *(f"{prefix}_{p}" for prefix in ("ovr", "partial", "gone") for p in PROTOCOLS),
+    "plain_after",
+    "revert",
+    "nobackend",
+]
+SPECS = [IdentitySpec(name, max_batch_size=8, instance_count=1) for name in NAMES]
+
+pytestmark = pytest.mark.timeout(180)
+
+UNLOADED = ("UNAVAILABLE",)
+
+
+@pytest.fixture(params=PROTOCOLS)
+def protocol(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def override_json(server: Server, spec: IdentitySpec) -> str:
+    """A whole-config override, as perfkit writes one: config.pbtxt text -> ModelConfig -> JSON."""
+    config = text_format.Parse(
+        config_text(spec, backend_for(server.kind)), model_config_pb2.ModelConfig()
+    )
+    return str(json_format.MessageToJson(config, preserving_proto_field_name=True))
+
+
+def http_config(server: Server, model: str) -> dict[str, Any]:
+    status, body = server.http("GET", f"/v2/models/{model}/config")
+    assert status == 200, body
+    config: dict[str, Any] = json.loads(body)
+    return config
+
+
+def summary(config: dict[str, Any]) -> tuple[int, int, int | None]:
+    """(max_batch_size, instance count, queue delay µs or None without dynamic_batching)."""
+    batching = config.get("dynamic_batching")
+    delay = None if batching is None else int(batching.get("max_queue_delay_microseconds", 0))
+    return config["max_batch_size"], config["instance_group"][0]["count"], delay
+
+
+ON_DISK = (8, 1, None)
+
+
+# -- repository index ---------------------------------------------------------------------------
+
+
+def test_index_lists_ready_models(server: Server, protocol: str) -> None:
+    entries = index(server, protocol)
+    assert set(NAMES) <= set(entries)
+    entry = entries["idx"]
+    assert (entry["name"], entry["version"], entry["state"]) == ("idx", "1", "READY")
+    if protocol == "grpc":
+        assert entry["reason"] == ""
+
+
+@pytest.mark.diverges(
+    'POST /v2/repository/index: entries of READY models carry "reason": ""; Triton leaves '
+    "the reason key out when there is none (entry keys are exactly name, version, state)"
+)
+def test_index_http_entry_keys(server: Server) -> None:
+    status, body = server.http("POST", "/v2/repository/index", b"{}")
+    assert status == 200
+    entries = {e["name"]: e for e in json.loads(body)}
+    assert set(entries["idx"]) == {"name", "version", "state"}
+
+
+# -- load with a config override ----------------------------------------------------------------
+
+
+def test_load_override_applies(server: Server, protocol: str) -> None:
+    model = f"ovr_{protocol}"
+    assert summary(http_config(server, model)) == ON_DISK
+    client = server.client(protocol)
+    new = IdentitySpec(model, max_batch_size=4, instance_count=2, queue_delay_us=7000)
+    client.load_model(model, config=override_json(server, new))
+    assert client.is_model_ready(model)
+    assert summary(http_config(server, model)) == (4, 2, 7000)
+    pb = server.client("grpc").get_model_config(model).config
+    assert (pb.max_batch_size, pb.instance_group[0].count) == (4, 2)
+    assert pb.HasField("dynamic_batching")
+    assert pb.dynamic_batching.max_queue_delay_microseconds == 7000
+    # ... and in behaviour: a batch of 4 is served, 5 is over the new max_batch_size.
+    data = batch(4)
+    np.testing.assert_array_equal(infer(server, protocol, model, data).as_numpy("OUTPUT0"), data)
+    with pytest.raises(InferenceServerException) as exc:
+        infer(server, protocol, model, batch(5))
+    assert "batch-size must be <= 4" in expect_error(protocol, exc, "400")
+
+
+def test_partial_override_refused_old_version_serves(server: Server, protocol: str) -> None:
+    """An override replaces the whole config: one with only instance_group has no inputs/outputs,
+    the identity refuses to load it, and the version already loaded keeps serving."""
+    model = f"partial_{protocol}"
+    client = server.client(protocol)
+    partial = json.dumps({"instance_group": [{"count": 3, "kind": "KIND_CPU"}]})
+    with pytest.raises(InferenceServerException) as exc:
+        client.load_model(model, config=partial)
+    message = expect_error(protocol, exc, "400")
+    assert model in message
+    assert client.is_model_ready(model)
+    assert summary(http_config(server, model)) == ON_DISK
+    data = batch(2)
+    np.testing.assert_array_equal(infer(server, protocol, model, data).as_numpy("OUTPUT0"), data)
+    assert index(server, protocol)[model]["state"] == "READY"
+
+
+@pytest.mark.diverges(
+    'a whole-config override that names no backend/platform is refused (400 "config override '
+    '... must name its backend or platform"); Triton loads it and fills the backend in from the '
+    'model\'s files (here backend "python" from 1/model.py; "onnxruntime" for a model.onnx)'
+)
+def test_override_without_backend_loads(server: Server) -> None:
+    model = "nobackend"
+    override = json.loads(override_json(server, IdentitySpec(model, max_batch_size=4)))
+    del override["backend"]
+    server.client("http").load_model(model, config=json.dumps(override))
+    config = http_config(server, model)
+    assert config["max_batch_size"] == 4
+    assert config["backend"] == backend_for(server.kind)
+
+
+def test_plain_load_after_override_changes_nothing(server: Server) -> None:
+    model = "plain_after"
+    client = server.client("http")
+    new = IdentitySpec(model, max_batch_size=4, instance_count=2, queue_delay_us=3000)
+    client.load_model(model, config=override_json(server, new))
+    assert summary(http_config(server, model)) == (4, 2, 3000)
+    client.load_model(model)  # no body
+    assert client.is_model_ready(model)
+    assert summary(http_config(server, model)) == (4, 2, 3000)
+    server.client("grpc").load_model(model)
+    assert summary(http_config(server, model)) == (4, 2, 3000)
+
+
+def test_unload_then_load_reverts_to_disk(server: Server) -> None:
+    model = "revert"
+    client = server.client("http")
+    new = IdentitySpec(model, max_batch_size=2, instance_count=2, queue_delay_us=1000)
+    client.load_model(model, config=override_json(server, new))
+    assert summary(http_config(server, model)) == (2, 2, 1000)
+    client.unload_model(model)
+    assert wait_state(server, model, UNLOADED)["state"] == "UNAVAILABLE"
+    client.load_model(model)
+    assert client.is_model_ready(model)
+    assert summary(http_config(server, model)) == ON_DISK
+
+
+# -- unload -------------------------------------------------------------------------------------
+
+
+@pytest.mark.diverges(
+    'infer/metadata/config of an unloaded model answer 503 UNAVAILABLE "Request for unknown '
+    "model: 'm' is not ready: unloaded\"; Triton answers 404 NOT_FOUND \"Request for unknown "
+    "model: 'm' has no available versions\""
+)
+def test_unload_makes_requests_fail(server: Server, protocol: str) -> None:
+    model = f"gone_{protocol}"
+    client = server.client(protocol)
+    np.testing.assert_array_equal(
+        infer(server, protocol, model, batch(1)).as_numpy("OUTPUT0"), batch(1)
+    )
+    client.unload_model(model)
+    wait_state(server, model, UNLOADED)
+    assert not client.is_model_ready(model)
+    want = f"Request for unknown model: '{model}' has no available versions"
+    with pytest.raises(InferenceServerException) as exc:
+        infer(server, protocol, model, batch(1))
+    assert want in expect_error(protocol, exc, "404")
+    for call in ("get_model_metadata", "get_model_config"):
+        with pytest.raises(InferenceServerException) as exc:
+            getattr(client, call)(model)
+        assert want in expect_error(protocol, exc, "404"), call
+
+
+@pytest.mark.diverges(
+    'the index entry of an unloaded model has no version (HTTP "version": "", gRPC unset); '
+    'Triton keeps the version: {"name": m, "version": "1", "state": "UNAVAILABLE", '
+    '"reason": "unloaded"}'
+)
+def test_unloaded_index_entry(server: Server, protocol: str) -> None:
+    model = f"gone_{protocol}"
+    server.client("http").unload_model(model)  # already unloaded by the test above, or now
+    entry = wait_state(server, model, UNLOADED)
+    assert entry["state"] == "UNAVAILABLE"
+    entry = index(server, protocol)[model]
+    assert (entry["name"], entry["version"], entry["state"], entry["reason"]) == (
+        model,
+        "1",
+        "UNAVAILABLE",
+        "unloaded",
+    )
+
+
+@pytest.mark.diverges(
+    'stats of an unloaded model: Triton answers HTTP 400 / gRPC INVALID_ARGUMENT "requested '
+    "model 'm' is not available\"; perfkit_server answers 503 / UNAVAILABLE"
+)
+def test_unloaded_statistics_refused(server: Server, protocol: str) -> None:
+    model = f"gone_{protocol}"
+    server.client("http").unload_model(model)
+    wait_state(server, model, UNLOADED)
+    with pytest.raises(InferenceServerException) as exc:
+        server.client(protocol).get_inference_statistics(model)
+    assert f"requested model '{model}' is not available" in expect_error(protocol, exc, "400")
+
+
+@pytest.mark.diverges(
+    "statistics of an unknown model: Triton answers HTTP 400 / gRPC INVALID_ARGUMENT "
+    "\"requested model 'nope' is not available\"; perfkit_server answers 404 / NOT_FOUND "
+    "\"Request for unknown model: 'nope' is not found\""
+)
+def test_unknown_model_statistics_refused(server: Server, protocol: str) -> None:
+    with pytest.raises(InferenceServerException) as exc:
+        server.client(protocol).get_inference_statistics("nope")
+    assert "requested model 'nope' is not available" in expect_error(protocol, exc, "400")
+
+
+@pytest.mark.diverges(
+    'load of a model not in the repository: Triton answers HTTP 500 / gRPC INTERNAL "failed to '
+    "load 'nope', failed to poll from model repository\"; perfkit_server answers 404 / NOT_FOUND "
+    "\"failed to load 'nope': no model directory ...\""
+)
+def test_load_unknown_model(server: Server, protocol: str) -> None:
+    with pytest.raises(InferenceServerException) as exc:
+        server.client(protocol).load_model("nope")
+    assert "failed to load 'nope'" in expect_error(protocol, exc, "500")
+
+
+@pytest.mark.diverges(
+    "unload of a model not in the repository: Triton succeeds (HTTP 200 {}, gRPC OK); "
+    "perfkit_server answers 404 / NOT_FOUND \"failed to unload 'nope': unknown model\""
+)
+def test_unload_unknown_model_succeeds(server: Server, protocol: str) -> None:
+    server.client(protocol).unload_model("nope")
+    assert "nope" not in index(server, protocol)
