@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from typing import Any
 from pathlib import Path
 
 from perfkit_server.app import serve
@@ -76,6 +78,18 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
     )
 
 
+def _run(main_coro: Coroutine[Any, Any, int]) -> int:
+    """Run on uvloop when it is installed (much less CPU per request), else on asyncio's loop."""
+    if os.environ.get("PERFKIT_SERVER_LOOP", "uvloop") == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            return uvloop.run(main_coro)
+    return asyncio.run(main_coro)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -100,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 1
     try:
-        return asyncio.run(serve(settings))
+        return _run(serve(settings))
     except OSError as exc:
         logging.getLogger("perfkit_server").error("failed to start: %s", exc)
         return 1

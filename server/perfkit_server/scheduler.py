@@ -176,6 +176,14 @@ class Scheduler:
                 f"Exceeds maximum queue size: model '{self._stats.name}' queue holds "
                 f"{policy.max_queue_size} requests (dynamic_batching max_queue_size)"
             )
+        if (
+            self._inline
+            and not self._pending
+            and not self._order
+            and spec.max_queue_delay_ns == 0
+            and not self._idle.empty()
+        ):
+            return self._run_now(inputs, batch_size)
         now = time.perf_counter_ns()
         timeout_ns = policy.timeout_ns
         if timeout_us and (policy.allow_timeout_override or not spec.dynamic):
@@ -220,13 +228,21 @@ class Scheduler:
     # -- batch forming -------------------------------------------------------------------------
 
     async def _run(self) -> None:
+        # Wait for work first, then for an instance: requests keep queueing (and batching) while
+        # every instance is busy, and an idle instance stays free for the inline fast path.
         loop = asyncio.get_running_loop()
         while True:
+            if not self._pending:
+                if self._closing:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
             inst = await self._idle.get()
             batch = await self._next_batch(loop)
             if batch is None:
                 self._idle.put_nowait(inst)
-                return
+                continue
             task = loop.create_task(self._execute(inst, batch))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -300,11 +316,7 @@ class Scheduler:
             if self._with_deadline:
                 self._expire(now)
             if not self._pending:
-                if self._closing:
-                    return None
-                self._wake.clear()
-                await self._wake.wait()
-                continue
+                return None
             if not spec.dynamic:
                 return self._take(1)
             count, send_now = self._candidates()
@@ -332,23 +344,51 @@ class Scheduler:
 
     # -- execution -----------------------------------------------------------------------------
 
+    def _run_now(
+        self, inputs: dict[str, Array], batch_size: int
+    ) -> asyncio.Future[tuple[Outputs, RequestTimes]]:
+        """The inline fast path: nothing queued, an instance idle, a short non-blocking backend."""
+        fut: asyncio.Future[tuple[Outputs, RequestTimes]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        pending = _Pending(inputs, batch_size, (), fut, time.perf_counter_ns(), 0, 0)
+        inst = self._idle.get_nowait()
+        try:
+            result = self._run_batch(inst, [pending])
+        except Exception as exc:  # the backend boundary, as in _execute
+            self._fail(pending_batch=[pending], exc=exc)
+        else:
+            self._complete([pending], result)
+        finally:
+            self._idle.put_nowait(inst)
+        return fut
+
     async def _execute(self, inst: Backend, batch: list[_Pending]) -> None:
         loop = asyncio.get_running_loop()
         try:
             if self._inline:
-                per_request, t0, t1, t2, t3 = self._run_batch(inst, batch)
+                result = self._run_batch(inst, batch)
             else:
-                per_request, t0, t1, t2, t3 = await loop.run_in_executor(
-                    self._executor, self._run_batch, inst, batch
-                )
+                result = await loop.run_in_executor(self._executor, self._run_batch, inst, batch)
         except Exception as exc:  # the backend boundary: fan the error out to every request
-            logger.debug("batch of %d failed on model %s: %s", len(batch), self._stats.name, exc)
-            err = InferenceFailed(f"model '{self._stats.name}' failed to execute the batch: {exc}")
-            for p in batch:
-                self._finish(p, err)
+            self._fail(batch, exc)
             return
         finally:
             self._idle.put_nowait(inst)
+        self._complete(batch, result)
+
+    def _fail(self, pending_batch: list[_Pending], exc: Exception) -> None:
+        logger.debug(
+            "batch of %d failed on model %s: %s", len(pending_batch), self._stats.name, exc
+        )
+        err = InferenceFailed(f"model '{self._stats.name}' failed to execute the batch: {exc}")
+        for p in pending_batch:
+            self._finish(p, err)
+
+    def _complete(
+        self, batch: list[_Pending], result: tuple[list[Outputs], int, int, int, int]
+    ) -> None:
+        per_request, t0, t1, t2, t3 = result
         size = sum(p.batch_size for p in batch)
         self._stats.record_execution(size, len(batch), t1 - t0, t2 - t1, t3 - t2)
         if self._may_inline:
