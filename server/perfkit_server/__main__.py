@@ -8,8 +8,8 @@ import logging
 import os
 import sys
 from collections.abc import Coroutine, Sequence
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 from perfkit_server.app import serve
 from perfkit_server.settings import ServerSettings
