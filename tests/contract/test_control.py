@@ -175,6 +175,7 @@ def test_unload_then_load_reverts_to_disk(server: Server) -> None:
 def test_unload_makes_requests_fail(server: Server, protocol: str) -> None:
     model = f"gone_{protocol}"
     client = server.client(protocol)
+    client.load_model(model)  # loaded from disk, whatever ran before
     np.testing.assert_array_equal(
         infer(server, protocol, model, batch(1)).as_numpy("OUTPUT0"), batch(1)
     )

@@ -35,6 +35,16 @@ def test_live_and_ready(server: Server, protocol: str) -> None:
     assert not client.is_model_ready(MODEL, "7")
 
 
+@pytest.mark.diverges(
+    "GET /v2/models/{m}/versions/7/ready answers 400 with an empty body; Triton answers 400 "
+    '{"error": "Model version not ready"}'
+)
+def test_http_ready_unknown_version_body(server: Server) -> None:
+    status, body = server.http("GET", f"/v2/models/{MODEL}/versions/7/ready")
+    assert status == 400
+    assert json.loads(body) == {"error": "Model version not ready"}
+
+
 def test_server_metadata_shape(server: Server, protocol: str) -> None:
     if protocol == "http":
         meta = server.client("http").get_server_metadata()
