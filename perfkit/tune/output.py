@@ -101,7 +101,12 @@ def build_result(
         best = pick(pool, key=lambda r: r.objectives[primary])
         # Keep the default unless the best beats it by more than the noise margin.
         default_rec = next((r for r in candidates if r.number == default_trial), None)
-        if default_rec is not None and best is not default_rec:
+        # (With several objectives only when the default is on the Pareto front: else it is dominated.)
+        if (
+            default_rec is not None
+            and best is not default_rec
+            and (not pareto or default_rec in pareto)
+        ):
             gain = objective.gain_pct(best.objectives[primary], default_rec.objectives[primary])
             if gain < min_gain_pct:
                 best = default_rec

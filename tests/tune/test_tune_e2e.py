@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 from typing import Any
 
@@ -90,3 +91,20 @@ def test_a_variant_that_cannot_load_is_a_failed_trial(ident_repo: Path, tmp_path
     assert len(complete) >= 2
     assert len(failed) + len(complete) == 5  # the default + the grid's 4 points
     assert "failed" in proc.stderr
+
+
+def test_two_objectives_use_nsga2_and_report_a_pareto_front(
+    ident_repo: Path, tmp_path: Path
+) -> None:
+    extra = '\n[objectives]\nthroughput = "maximize"\np99_latency = "minimize"\n'
+    sweep = write_sweep(tmp_path / "s.toml", ident_repo, trials=4, extra=extra)
+    out = tmp_path / "out"
+    proc = run_perfkit("tune", str(sweep), "--output", str(out), "--dry-run")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "sampler nsga2" in proc.stderr
+    assert "Pareto front" in proc.stdout
+    doc = json.loads((out / "results" / "results.json").read_text())
+    assert doc["sampler"] == "nsga2"
+    assert list(doc["objectives"]) == ["throughput_infer_per_s", "p99_latency_us"]
+    assert doc["pareto_trials"]
+    assert doc["best_trial"] in doc["pareto_trials"]
