@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 
 # Sleep until this long before a scheduled send, then yield to the loop until it is due: the
 # selector's timeout has millisecond resolution, so a plain sleep would send up to 1 ms late.
-_SPIN_NS = 1_200_000
+_SPIN_NS = 1_050_000
 _DRAIN_TIMEOUT_S = 60.0
 _POLL_S = 0.002
 
@@ -34,6 +34,14 @@ def cpu_seconds() -> float:
     """User + system CPU of this process (all threads), seconds."""
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
+
+
+async def sleep_until(t_ns: int) -> None:
+    """Sleep until perf_counter_ns() >= t_ns (the selector may wake early by rounding)."""
+    now = perf_counter_ns()
+    while now < t_ns:
+        await asyncio.sleep((t_ns - now) / 1e9)
+        now = perf_counter_ns()
 
 
 class Pool(Protocol):
@@ -177,6 +185,14 @@ class LevelDriver:
         self._cpu = cpu_seconds()
         self._send_ns, self._recv_ns = r.send_ns, r.recv_ns
         self.dropped.clear()
+
+    def mark_cpu(self) -> None:
+        """Restart the CPU accounting of the next window from now."""
+        self._cpu = cpu_seconds()
+
+    def cut(self, index: int, start: int, end: int) -> RawWindow:
+        """The window [start, end] from what was recorded so far (see `_cut`)."""
+        return self._cut(index, start, end)
 
     async def window_time(self, index: int, start: int, duration_ns: int) -> RawWindow:
         end = start + duration_ns

@@ -72,6 +72,8 @@ class Session:
         self.inputs_spec = inputs
         self.ctl = ControlClient(target)
         self._shm: list[tuple[str, Any]] = []
+        # --workers processes, started on first use by `workers.measure_parallel`.
+        self.worker_group: Any = None
         try:
             self.ctl.wait_live()
             self.server_md = self.ctl.server_metadata()
@@ -115,6 +117,9 @@ class Session:
         return out
 
     def close(self) -> None:
+        if self.worker_group is not None:
+            self.worker_group.close()
+            self.worker_group = None
         if self._shm:
             import tritonclient.utils.shared_memory as shmlib
 

@@ -213,3 +213,25 @@ async def test_h2_error_responses_are_errors(load_server):
     await pool.close()
     assert len(rec.done) == 0
     assert len(rec.err_done) == 10
+
+
+@pytest.mark.parametrize("load", [ConcurrencyLoad(levels=(4,)), RequestRateLoad(rates=(300.0,))])
+def test_workers_merge_windows(load_server, load):
+    spec = SweepSpec(target=target(load_server), measure=FAST, load=load, workers=2)
+    r = run_sweep(spec)
+    assert r.status == "ok", r.messages
+    (m,) = r.measurements
+    assert m.stable and m.request_count == sum(w.request_count for w in m.windows if w.merged)
+    assert any("2 load-generator processes" in w for w in m.warnings)
+    assert m.server is not None and m.server.inference_count >= m.request_count
+    if isinstance(load, RequestRateLoad):
+        assert m.throughput_infer_per_s == pytest.approx(300, rel=0.2)
+        assert m.corrected_latency is not None
+
+
+def test_workers_fixed_count(load_server):
+    spec = SweepSpec(target=target(load_server), measure=MeasureSpec(fixed_request_count=101),
+                     load=ConcurrencyLoad(levels=(3, 5)), workers=2)  # fmt: skip
+    r = run_sweep(spec)
+    assert [m.request_count for m in r.measurements] == [101, 101]
+    assert [m.server.inference_count for m in r.measurements if m.server] == [101, 101]
