@@ -53,6 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-verbose", type=int, nargs="?", const=1, default=0)
     p.add_argument("--log-info", type=_bool, default=True)
     p.add_argument("--exit-timeout-secs", type=float, default=30.0)
+    p.add_argument(
+        "--http-max-input-size",
+        type=int,
+        default=256 * 1024 * 1024,
+        help="largest request body (HTTP) / message (gRPC) in bytes",
+    )
     return p
 
 
@@ -75,6 +81,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         auto_complete_config=not args.disable_auto_complete_config,
         log_verbose=args.log_verbose,
         drain_secs=args.exit_timeout_secs,
+        max_request_bytes=args.http_max_input_size,
     )
 
 

@@ -65,6 +65,8 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await handler(request)
     except ServerError as exc:
         return _error(_status(exc), str(exc))
+    except web.HTTPRequestEntityTooLarge as exc:
+        return _error(413, f"{exc.text} Raise --http-max-input-size to accept larger bodies.")
     except web.HTTPException:
         raise
     except Exception:  # the request boundary: a server bug answers 500 and is logged

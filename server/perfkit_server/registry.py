@@ -412,7 +412,11 @@ class Registry:
         outputs = _tensor_specs(config.output, source, "output")
         kinds = _instance_kinds(config)
         spec = BatcherSpec.from_config(config)
-        platform = str(config.platform or config.backend)
+        # Triton reports the platform of a backend: "onnxruntime" models as onnxruntime_onnx.
+        platform = str(
+            config.platform
+            or ("onnxruntime_onnx" if config.backend == "onnxruntime" else config.backend)
+        )
         result: dict[int, LoadedVersion] = {}
         try:
             for version, version_dir in chosen.items():

@@ -244,3 +244,17 @@ def test_load_name_escaping_repository(server, tmp_path):
     with pytest.raises(InferenceServerException) as info:
         client.load_model("does_not_exist")
     assert info.value.status() == "StatusCode.NOT_FOUND"
+
+
+def test_body_over_the_size_limit(perfkit_server, tmp_path):
+    models.add_sub(tmp_path)
+    server = perfkit_server(tmp_path, "--http-max-input-size=65536")
+    head = json.dumps({"inputs": [{"name": "INPUT0", "shape": [1, 16], "datatype": "FP32"}]})
+    status, body = _post(server, "/v2/models/add_sub/infer", head.encode() + bytes(200_000))
+    assert status == 413
+    assert "--http-max-input-size" in body["error"]
+    grpc_client = grpcclient.InferenceServerClient(server.grpc_url)
+    big = np.zeros((8, 16), np.float32)
+    req = _add_sub_request(shape=[8, 16], raw=big.tobytes() + bytes(100_000))
+    assert _grpc_infer(server, req).code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert grpc_client.is_model_ready("add_sub")

@@ -170,3 +170,25 @@ async def test_resnet50_all_clients(perfkit_server, tmp_path):
     finally:
         await h.close()
         await g.close()
+
+
+def test_grpc_stream(server, repo):
+    """ModelStreamInfer (perf_analyzer --streaming): one response per request, errors in-stream."""
+    session = _session(repo, "add_sub")
+    feeds = [_feed(session, b) for b in (1, 2, 3)]
+    results: list[Any] = []
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    client.start_stream(callback=lambda result, error: results.append((result, error)))
+    try:
+        for feed in feeds:
+            client.async_stream_infer("add_sub", _build(grpcclient, feed))
+        bad = {"INPUT0": np.zeros((1, 3), np.float32), "INPUT1": np.zeros((1, 3), np.float32)}
+        client.async_stream_infer("add_sub", _build(grpcclient, bad))
+    finally:
+        client.stop_stream()
+    assert len(results) == 4
+    for (result, error), feed in zip(results[:3], feeds, strict=True):
+        assert error is None
+        _check(result, _expected(session, feed))
+    assert results[3][0] is None
+    assert "unexpected shape" in str(results[3][1])
