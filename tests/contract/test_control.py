@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import numpy as np
@@ -11,6 +12,7 @@ from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
 from tritonclient.utils import InferenceServerException
 
+from perfkit.model_repo.config import config_to_json
 from tests.contract._client import PROTOCOLS, batch, expect_error, index, infer, wait_state
 from tests.contract._models import IdentitySpec, backend_for, config_text
 from tests.contract._server import Server
@@ -22,6 +24,8 @@ NAMES = [
     "plain_after",
     "revert",
     "nobackend",
+    "ovr_str",
+    "revert_now",
 ]
 SPECS = [IdentitySpec(name, max_batch_size=8, instance_count=1) for name in NAMES]
 
@@ -35,12 +39,15 @@ def protocol(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-def override_json(server: Server, spec: IdentitySpec) -> str:
-    """A whole-config override, as perfkit writes one: config.pbtxt text -> ModelConfig -> JSON."""
+def override_json(server: Server, spec: IdentitySpec, *, int64_strings: bool = False) -> str:
+    """A whole-config override, as perfkit sends one: config.pbtxt text -> ModelConfig -> JSON
+    with 64-bit ints as numbers (perfkit's `config_to_json`), or as strings (protobuf's JSON)."""
     config = text_format.Parse(
         config_text(spec, backend_for(server.kind)), model_config_pb2.ModelConfig()
     )
-    return str(json_format.MessageToJson(config, preserving_proto_field_name=True))
+    if int64_strings:
+        return str(json_format.MessageToJson(config, preserving_proto_field_name=True))
+    return json.dumps(config_to_json(config))
 
 
 def http_config(server: Server, model: str) -> dict[str, Any]:
@@ -106,6 +113,16 @@ def test_load_override_applies(server: Server, protocol: str) -> None:
     assert "batch-size must be <= 4" in expect_error(protocol, exc, "400")
 
 
+def test_load_override_int64_as_strings(server: Server) -> None:
+    """protobuf's canonical JSON writes uint64 max_queue_delay_microseconds as a string."""
+    model = "ovr_str"
+    new = IdentitySpec(model, max_batch_size=4, instance_count=2, queue_delay_us=7000)
+    body = override_json(server, new, int64_strings=True)
+    assert '"7000"' in body
+    server.client("http").load_model(model, config=body)
+    assert summary(http_config(server, model)) == (4, 2, 7000)
+
+
 def test_partial_override_refused_old_version_serves(server: Server, protocol: str) -> None:
     """An override replaces the whole config: one with only instance_group has no inputs/outputs,
     the identity refuses to load it, and the version already loaded keeps serving."""
@@ -162,6 +179,23 @@ def test_unload_then_load_reverts_to_disk(server: Server) -> None:
     client.load_model(model)
     assert client.is_model_ready(model)
     assert summary(http_config(server, model)) == ON_DISK
+
+
+def test_unload_then_load_when_not_ready_reverts(server: Server) -> None:
+    """perfkit tune's reload_from_disk: unload, wait only until the model is not ready, load."""
+    model = "revert_now"
+    client = server.client("http")
+    new = IdentitySpec(model, max_batch_size=2, instance_count=2, queue_delay_us=1000)
+    client.load_model(model, config=override_json(server, new))
+    client.unload_model(model)
+    deadline = time.monotonic() + 20
+    while client.is_model_ready(model) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    client.load_model(model)
+    assert client.is_model_ready(model)
+    assert summary(http_config(server, model)) == ON_DISK
+    data = batch(8)
+    np.testing.assert_array_equal(infer(server, "http", model, data).as_numpy("OUTPUT0"), data)
 
 
 # -- unload -------------------------------------------------------------------------------------
