@@ -116,41 +116,44 @@ class HttpConn(asyncio.Protocol):
         r.send_ns += perf_counter_ns() - s
 
     def data_received(self, data: bytes) -> None:
+        now = perf_counter_ns()
         if self.buf:
             buf = self.buf + data
         else:
             buf = data
-            self.first = perf_counter_ns()
-        if self.hlen < 0:
+            self.first = now
+        hlen = self.hlen
+        if hlen < 0:
             i = buf.find(b"\r\n\r\n")
             if i < 0:
                 self.buf = buf
                 return
-            head = buf[:i].lower()
-            j = head.find(b"\r\ncontent-length:")
-            if j < 0:
-                if b"chunked" in head:
-                    self._chunked(buf, i)
-                    return
-                self.clen = 0
-            else:
-                k = head.find(b"\r\n", j + 17)
-                self.clen = int(head[j + 17 : k if k > 0 else None])
-            self.hlen = i + 4
-        if len(buf) < self.hlen + self.clen:
+            j = buf.find(b"\r\nContent-Length: ", 0, i)
+            if j >= 0:
+                self.clen = int(buf[j + 18 : buf.find(b"\r", j + 18)])
+            elif not self._other_length(buf, i):
+                return
+            hlen = self.hlen = i + 4
+        if len(buf) < hlen + self.clen:
             self.buf = buf
             return
-        self._complete(buf[9:12] == b"200", buf)
+        self._complete(buf[9:12] == b"200", buf, now)
 
-    def _chunked(self, buf: bytes, i: int) -> None:
-        # Rare path (servers that stream the body): wait for the terminating chunk.
-        if not buf.endswith(b"0\r\n\r\n"):
+    def _other_length(self, buf: bytes, i: int) -> bool:
+        # Rare path: a header spelled differently, or a chunked body (wait for the last chunk).
+        head = buf[:i].lower()
+        j = head.find(b"\r\ncontent-length:")
+        if j >= 0:
+            k = head.find(b"\r\n", j + 17)
+            self.clen = int(head[j + 17 : k if k > 0 else None])
+            return True
+        if b"chunked" in head and not buf.endswith(b"0\r\n\r\n"):
             self.buf = buf
-            return
-        self._complete(buf[9:12] == b"200", buf)
+            return False
+        self.clen = len(buf) - i - 4
+        return True
 
-    def _complete(self, ok: bool, buf: bytes) -> None:
-        d = perf_counter_ns()
+    def _complete(self, ok: bool, buf: bytes, d: int) -> None:
         r = self.rec
         r.recv_ns += d - self.first
         if ok:
@@ -163,16 +166,24 @@ class HttpConn(asyncio.Protocol):
             r.error(d, _http_error(buf, self.hlen))
         self.buf = b""
         self.hlen = -1
-        r.inflight -= 1
         if self.closed_loop:
             if r.running and r.left > 0:
+                # Re-send at once from here: no task, no future (the in-flight count is unchanged).
                 r.left -= 1
-                self.fire()
-            else:
-                self.busy = False
-                r.idle += 1
+                if self.multi:
+                    r.seq += 1
+                    self.req = self.reqs[r.seq % len(self.reqs)]
+                s = perf_counter_ns()
+                self.sent = s
+                self.t.write(self.req)  # type: ignore[union-attr]
+                r.send_ns += perf_counter_ns() - s
+                return
+            self.busy = False
+            r.inflight -= 1
+            r.idle += 1
         else:
             self.busy = False
+            r.inflight -= 1
             r.free.append(self)
 
     def close(self) -> None:

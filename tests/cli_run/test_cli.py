@@ -203,3 +203,37 @@ def test_ctrl_c_keeps_levels(tmp_path):
     assert len(out.read_text().splitlines()) >= 2
     assert "Request concurrency: 1" in p.stdout
     no_traceback(p)
+
+
+def test_collect_metrics_gpu_columns_empty_without_gpu(run_server, tmp_path):
+    out = tmp_path / "m.csv"
+    metrics = run_server.metrics_url + "/metrics"
+    p = perfkit("-m", "fast", "-u", run_server.http_url, "--request-count", "50", "--collect-metrics",
+                "--metrics-url", metrics, "--metrics-interval", "100", "--verbose-csv", "-f", str(out))  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    head, row = out.read_text().splitlines()
+    assert head == PA_VERBOSE_METRICS
+    assert row.endswith(",,,,")  # no GPU: the four GPU cells stay empty
+
+
+def test_count_windows_and_request_intervals(run_server, tmp_path):
+    p = perfkit("-m", "fast", "-u", run_server.http_url, "--measurement-mode", "count_windows",
+                "--measurement-request-count", "20", "-s", "80")  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert "Minimum number of samples in each window: 20" in p.stdout
+    iv = tmp_path / "iv.txt"
+    iv.write_text("2000\n8000\n")  # 2 requests per 10 ms: 200 req/s
+    out = tmp_path / "iv.csv"
+    p = perfkit("-m", "fast", "-u", run_server.http_url, "--request-intervals", str(iv),
+                "--request-count", "100", "-f", str(out))  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert out.read_text().splitlines()[1].startswith("200,")
+    assert "Using custom request intervals" in p.stdout
+
+
+def test_concurrency_until_latency_threshold(run_server):
+    p = perfkit("-m", "slow", "-u", run_server.http_url, "--concurrency-range", "1:0:2", "-l", "12",
+                "--request-count", "20")  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert "Request concurrency: 3" in p.stdout
+    assert "Measured latency went over the set limit of 12 msec." in flat(p.stderr)
