@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -31,7 +32,7 @@ class RecordingBackend:
         self.first_delay_s = first_delay_s
         self.lock = threading.Lock()
 
-    def infer(self, inputs: dict[str, Any]) -> dict[str, Any]:
+    def infer(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         x = inputs["INPUT0"]
         with self.lock:
             first = not self.batches
