@@ -55,6 +55,20 @@ _CONTROL_MODES = ["none", "explicit", "poll"]
 @click.option(
     "--log-verbose", type=int, default=0, show_default=True, help="> 0 logs every request (debug)."
 )
+@click.option(
+    "--exit-timeout-secs",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="On SIGINT/SIGTERM, wait this long for in-flight requests.",
+)
+@click.option(
+    "--http-max-input-size",
+    type=int,
+    default=256 * 1024 * 1024,
+    show_default=True,
+    help="Largest request body (HTTP) or message (gRPC), in bytes.",
+)
 def serve(
     model_repository: Path,
     http_port: int,
@@ -69,6 +83,8 @@ def serve(
     strict_model_config: bool,
     disable_auto_complete_config: bool,
     log_verbose: int,
+    exit_timeout_secs: float,
+    http_max_input_size: int,
 ) -> None:
     """Replace this process with `python -m perfkit_server ...`."""
     args = [
@@ -86,6 +102,8 @@ def serve(
         f"--repository-poll-secs={repository_poll_secs}",
         f"--strict-model-config={str(strict_model_config).lower()}",
         f"--log-verbose={log_verbose}",
+        f"--exit-timeout-secs={exit_timeout_secs}",
+        f"--http-max-input-size={http_max_input_size}",
         *(f"--load-model={name}" for name in load_models),
     ]
     if disable_auto_complete_config:
