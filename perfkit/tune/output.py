@@ -14,6 +14,7 @@ Write-back: the best config replaces `<repo>/<model>/config.pbtxt`; the original
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import logging
 import os
@@ -194,11 +195,16 @@ def write_outputs(result: TuneResult, out_dir: Path) -> list[Path]:
     """The MA-layout variant configs (default included), MA's CSV, and the tidy CSV + JSON."""
     paths: list[Path] = []
     variants = out_dir / VARIANTS_DIR
+    names = {t.variant_name for t in result.trials if t.config_pbtxt}
     for t in result.trials:
         if t.config_pbtxt:
-            path = variants / t.variant_name / "config.pbtxt"
-            if not path.exists():
-                write_text_atomic(path, t.config_pbtxt)
+            write_text_atomic(variants / t.variant_name / "config.pbtxt", t.config_pbtxt)
+    # Variants of another study in the same output directory (e.g. an edited sweep) would mislead.
+    for stale in variants.glob(f"{result.model}_config_*/config.pbtxt"):
+        if stale.parent.name not in names:
+            stale.unlink()
+            with contextlib.suppress(OSError):
+                stale.parent.rmdir()
     results = out_dir / RESULTS_DIR
     paths.append(ma_csv.write(result, results))
     try:
