@@ -75,6 +75,7 @@ def build_spec(
     metrics_interval: int,
     workers: int,
     connect_timeout: float = 10.0,
+    max_in_flight: int = 2048,
 ) -> S.SweepSpec:
     """Flags (perf_analyzer names) -> a validated SweepSpec; ConfigError names the flag."""
     if concurrency_range and (request_rate_range or request_intervals):
@@ -93,6 +94,7 @@ def build_spec(
             rates=rates or (1.0,),
             distribution=request_distribution,  # type: ignore[arg-type]
             intervals_file=request_intervals,
+            max_in_flight=max_in_flight,
         )
         bs_step = (
             S.parse_range(request_rate_range, kind="float", flag="--request-rate-range")[2]
@@ -392,6 +394,14 @@ _OPTS = [
         "--output-dir", default=None, help="Keep everything the run writes in this folder."
     ),
     click.option(
+        "--max-in-flight",
+        default=2048,
+        show_default=True,
+        type=int,
+        help="Open loop: most requests in flight; beyond it sends wait, are counted late and the "
+        "corrected latency shows the wait.",
+    ),
+    click.option(
         "--connect-timeout",
         default=10.0,
         show_default=True,
@@ -441,7 +451,7 @@ def run(**o: Any) -> None:
         string_length=o["string_length"], string_data=o["string_data"], shared_memory=o["shared_memory"],
         collect_metrics=o["collect_metrics"], metrics_url=o["metrics_url"] or "localhost:8002/metrics",
         metrics_interval=o["metrics_interval"], workers=o["workers"],
-        connect_timeout=o["connect_timeout"],
+        connect_timeout=o["connect_timeout"], max_in_flight=o["max_in_flight"],
     )  # fmt: skip
     if isinstance(spec.load, S.RequestRateLoad) and spec.load.intervals_file:
         from perfkit.load import schedule

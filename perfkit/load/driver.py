@@ -88,7 +88,7 @@ class LevelDriver:
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def open(self) -> None:
-        n = self.plan.concurrency if self.plan.closed_loop else 8
+        n = self.plan.concurrency if self.plan.closed_loop else min(8, self.plan.max_in_flight)
         try:
             await self.pool.open(n)
         except OSError as exc:
@@ -127,14 +127,14 @@ class LevelDriver:
             if not r.running:
                 break
             self.sched_sent += 1
-            if free:
+            if free and r.inflight < cap:
                 free.pop().fire(when)
             elif r.inflight + pool.connecting < cap:
                 task = loop.create_task(pool.fire_new(when))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
             else:
-                self.dropped.append(when)
+                r.waiting.append(when)
             burst += 1
             if burst >= 16:  # behind schedule: still let responses in
                 burst = 0
@@ -225,6 +225,7 @@ class LevelDriver:
 
     async def stop(self) -> None:
         self.rec.running = False
+        self.rec.waiting.clear()
         if self.sched_task is not None:
             await self.sched_task
         try:

@@ -275,6 +275,8 @@ class H2Conn(asyncio.Protocol):
                 self.fire()
             else:
                 r.idle += 1
+        elif r.waiting and r.running and not self.lost:
+            self.fire(r.waiting.popleft())
         else:
             r.free.append(self)
 

@@ -182,8 +182,9 @@ class RequestRateLoad:
     distribution: Distribution = "constant"
     intervals_file: str | None = None
     seed: int = 0
-    # Open loop never waits for a free slot silently: above this many in flight, sends are
-    # counted as overload (reported) and the request is dropped.
+    # Most requests in flight (connections / streams opened on demand up to it). Above it a send
+    # waits for the next free slot, is counted late and reported, and its corrected latency
+    # (from the scheduled time) includes the wait: never a silent semaphore.
     max_in_flight: int = 2048
 
     def __post_init__(self) -> None:
@@ -191,6 +192,8 @@ class RequestRateLoad:
             raise ConfigError(
                 f"request_distribution: {self.distribution!r} is not 'constant' or 'poisson'."
             )
+        if self.max_in_flight < 1:
+            raise ConfigError(f"max_in_flight: {self.max_in_flight} must be >= 1.")
         if self.intervals_file is None and (
             not self.rates or any(not (r > 0 and math.isfinite(r)) for r in self.rates)
         ):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+from collections import deque
 from collections.abc import Sequence
 from time import perf_counter_ns
 from typing import Any
@@ -37,6 +38,7 @@ class Recorder:
         "send_ns",
         "sent",
         "seq",
+        "waiting",
     )
 
     def __init__(self) -> None:
@@ -55,6 +57,9 @@ class Recorder:
         self.send_ns = 0
         self.recv_ns = 0
         self.free: list[Any] = []
+        # Open loop: intended send times waiting for a free slot (in-flight cap reached); they
+        # are sent, late, as slots free up, and their corrected latency includes the wait.
+        self.waiting: deque[int] = deque()
         self.lock = threading.Lock()
 
     def error(self, done: int, msg: str) -> None:
@@ -184,7 +189,10 @@ class HttpConn(asyncio.Protocol):
         else:
             self.busy = False
             r.inflight -= 1
-            r.free.append(self)
+            if r.waiting and r.running:
+                self.fire(r.waiting.popleft())
+            else:
+                r.free.append(self)
 
     def close(self) -> None:
         if self.t is not None:
@@ -326,8 +334,12 @@ class GrpcSlot:
                     r.idle += 1
                     again = False
             else:
-                r.free.append(self)
                 again = False
+                if r.waiting and r.running:
+                    queued = r.waiting.popleft()
+                    self.fire(queued)
+                else:
+                    r.free.append(self)
         if again:
             self.fire()
 

@@ -36,14 +36,14 @@ def write_model(repo: Path, name: str, config: str) -> None:
 
 def build_repo(repo: Path, cache_dir: Path) -> Path:
     """identity + add_sub (zoo, ONNX Runtime), `fast` (perfkit_identity), `varid` (a variable dim),
-    `stall` (every 20th execution stalls 30 ms), `nobatch` (max_batch_size 0), `slow` (5 ms),
+    `stall` (every 200th execution stalls 30 ms), `nobatch` (max_batch_size 0), `slow` (5 ms),
     `big` (800 KB tensors: HTTP/2 flow control and frame splitting)."""
     zoo.build("identity", repo, cache_dir=cache_dir)
     zoo.build("add_sub", repo, cache_dir=cache_dir)
     write_model(repo, "fast", identity_config("fast"))
     write_model(repo, "varid", identity_config("varid", dims="-1"))
     write_model(
-        repo, "stall", identity_config("stall", delay_us=200, stall_every=20, stall_us=30000)
+        repo, "stall", identity_config("stall", delay_us=200, stall_every=200, stall_us=30000)
     )
     write_model(repo, "nobatch", identity_config("nobatch", max_batch_size=0))
     write_model(repo, "slow", identity_config("slow", delay_us=5000))
