@@ -207,6 +207,9 @@ class HttpService:
         self._dp = dataplane
         self.app = web.Application(middlewares=[_errors], client_max_size=max_request_bytes)
         r = self.app.router
+        # aiohttp tries routes in registration order: the hot path goes first.
+        r.add_post("/v2/models/{model}/infer", self.infer)
+        r.add_post("/v2/models/{model}/versions/{version}/infer", self.infer)
         r.add_get("/v2/health/live", self.live)
         r.add_get("/v2/health/ready", self.ready)
         r.add_get("/v2", self.server_metadata)
@@ -220,7 +223,6 @@ class HttpService:
             r.add_get(prefix + "/ready", self.model_ready)
             r.add_get(prefix + "/config", self.model_config)
             r.add_get(prefix + "/stats", self.stats)
-            r.add_post(prefix + "/infer", self.infer)
 
     async def live(self, request: web.Request) -> web.Response:
         return web.Response(status=200 if self._dp.live() else 503)
