@@ -598,6 +598,8 @@ async def _sweep(
     thr_us = spec.latency_threshold_ms * 1000.0
     pct = spec.measure.percentile
 
+    unstable: list[float] = []
+
     async def one(level: float) -> Measurement:
         if metrics is not None:
             metrics.start()
@@ -611,6 +613,11 @@ async def _sweep(
                     session, spec.measure, spec.load, level, on_window=on_window,
                     should_stop=should_stop, on_raw=on_raw,
                 )  # fmt: skip
+        except UnstableLevel as exc:
+            # Kept, flagged stable=False; the sweep goes on and ends with status "unstable".
+            m = exc.measurement
+            unstable.append(level)
+            messages.append(str(exc))
         finally:
             if metrics is not None:
                 collected = await metrics.stop()
@@ -636,9 +643,9 @@ async def _sweep(
                 messages.append(
                     f"Measured latency went over the set limit of {spec.latency_threshold_ms:g} msec."
                 )
-                return "ok"
+                return "unstable" if unstable else "ok"
             if hi == lo or not over(await one(hi)):
-                return "ok"
+                return "unstable" if unstable else "ok"
             while hi - lo > step:
                 mid = (lo + hi) / 2
                 if is_int:
@@ -649,7 +656,7 @@ async def _sweep(
                     hi = mid
                 else:
                     lo = mid
-            return "ok"
+            return "unstable" if unstable else "ok"
         for level in _levels(spec):
             m = await one(level)
             if over(m):
@@ -660,7 +667,7 @@ async def _sweep(
             if should_stop is not None and should_stop():
                 messages.append("Stopped on request.")
                 return "interrupted"
-        return "ok"
+        return "unstable" if unstable else "ok"
     except UnstableLevel as exc:
         done.append(exc.measurement)
         if on_level:

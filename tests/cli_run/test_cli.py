@@ -107,6 +107,11 @@ def test_unstable_exit_2_and_request_count_never_unstable(run_server, tmp_path):
     assert "Failed to obtain stable measurement within 3 measurement windows for concurrency 1. " \
            "Please try to increase the --measurement-interval." in flat(p.stderr)  # fmt: skip
     assert len(out.read_text().splitlines()) == 2  # the unstable level is still written
+    # An unstable level does not end the sweep: every level is measured and written, exit 2.
+    p = perfkit("-m", "fast", "-u", run_server.http_url, "--concurrency-range", "1:2", "-p", "100",
+                "-s", "0.0001", "-r", "3", "-f", str(out))  # fmt: skip
+    assert p.returncode == 2, p.stderr
+    assert len(out.read_text().splitlines()) == 3
     p = perfkit(
         "-m", "fast", "-u", run_server.http_url, "-s", "0.0001", "-r", "3", "--request-count", "40"
     )
