@@ -26,10 +26,12 @@ from perfkit.tune.objective import Objective
 TOP_N = 5
 
 
-def study_name_for(spec: SweepSpec) -> str:
-    """Study name: the model plus a hash of what makes results comparable (space, load, objective)."""
+def study_name_for(spec: SweepSpec, base_hash: str) -> str:
+    """Study name: the model plus a hash of what makes results comparable: the model's config on
+    disk (after a write-back, a rerun tunes from the new baseline), space, load and objective."""
     key = json.dumps(
         {
+            "base": base_hash,
             "space": dataclasses.asdict(spec.space),
             "load": dataclasses.asdict(spec.load),
             "measure": dataclasses.asdict(spec.measure),
@@ -111,7 +113,7 @@ def results_table(result: TuneResult) -> Table:
         title = f"{result.model}: Pareto front vs the default"
     else:
         shown = feasible[:TOP_N]
-        title = f"{result.model}: top {len(shown)} configs vs the default"
+        title = f"{result.model}: top {len(shown)} config{'' if len(shown) == 1 else 's'} vs the default"
     table = Table(title=title)
     for col in ("", "variant", "config", "load", "infer/s", "p99 ms", "ok"):
         table.add_column(
@@ -244,7 +246,7 @@ def run_tune(spec: SweepSpec, *, dry_run: bool = False) -> TuneResult:
     """The whole `perfkit tune`: study, server, loop, outputs, write-back, summary."""
     import optuna
 
-    from perfkit.model_repo.config import load_config
+    from perfkit.model_repo.config import config_hash, load_config
     from perfkit.tune import storage as st
     from perfkit.tune.evaluate import LiveEvaluator, ModelControl
     from perfkit.tune.space import SearchSpace
@@ -265,7 +267,7 @@ def run_tune(spec: SweepSpec, *, dry_run: bool = False) -> TuneResult:
         trials = min(trials, space.size() + 1)
     settings = LoopSettings(
         model=spec.model,
-        study_name=spec.study_name or study_name_for(spec),
+        study_name=spec.study_name or study_name_for(spec, config_hash(base)),
         trials=trials,
         timeout_s=spec.timeout_s,
         sampler=spec.search.sampler,
