@@ -68,7 +68,11 @@ def test_embedded_server_summary_and_rows(tmp_path):
     assert "Avg request latency" in p.stdout
     assert len(out.read_text().splitlines()) == 3
     files = {f.name for f in (tmp_path / "run").iterdir()}
-    assert {"perf_analyzer.csv", "profile_export.json"} <= files
+    assert {"perf_analyzer.csv", "profile_export.json", "results.json", "results.csv"} <= files
+    from perfkit.report.schema import load_result
+
+    back = load_result(tmp_path / "run")
+    assert [m.level for m in back.measurements] == [1.0, 2.0]  # type: ignore[union-attr]
     doc = json.loads((tmp_path / "run" / "profile_export.json").read_text())
     assert [e["experiment"] for e in doc["experiments"]] == [
         {"mode": "concurrency", "value": 1}, {"mode": "concurrency", "value": 2}]  # fmt: skip
