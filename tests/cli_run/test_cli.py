@@ -246,3 +246,16 @@ def test_concurrency_until_latency_threshold(run_server):
     assert p.returncode == 0, p.stderr
     assert "Request concurrency: 3" in p.stdout
     assert "Measured latency went over the set limit of 12 msec." in flat(p.stderr)
+
+
+def test_embedded_server_with_model_repository(tmp_path):
+    (tmp_path / "repo").mkdir()
+    (tmp_path / "cache").mkdir()
+    repo = build_repo(tmp_path / "repo", tmp_path / "cache")
+    p = perfkit("-m", "fast", "--model-repository", str(repo), "--request-count", "20")
+    assert p.returncode == 0, p.stderr
+    assert "Request concurrency: 1" in p.stdout
+    p = perfkit("-m", "absent", "--model-repository", str(repo), "--request-count", "20")
+    assert p.returncode == 3
+    assert "has no model directory 'absent'" in flat(p.stderr)
+    no_traceback(p)
