@@ -10,9 +10,9 @@ import logging
 import time
 from typing import Any
 
-from perfkit.model_repo.config import config_to_json
 from perfkit_server import SERVER_NAME, __version__
-from perfkit_server.errors import InvalidInput, ServerError, Unavailable
+from perfkit_server.errors import InvalidInput, ModelNotFound, ServerError, Unavailable
+from perfkit_server.modelconfig import config_json
 from perfkit_server.registry import LoadedVersion, Registry
 from perfkit_server.settings import ServerSettings
 from perfkit_server.types import InferInput, InferOutput, InferRequest, InferResponse, v2_of_array
@@ -89,18 +89,22 @@ class DataPlane:
         return self._registry.get(name, version).config
 
     def model_config_json(self, name: str, version: str = "") -> dict[str, Any]:
-        return config_to_json(self.model_config(name, version))
+        return config_json(self.model_config(name, version))
 
     # -- statistics ----------------------------------------------------------------------------
 
     def statistics(self, name: str = "", version: str = "") -> dict[str, Any]:
         """Triton's statistics extension response: {"model_stats": [...]}."""
         if name:
-            if version:
-                versions = [self._registry.get(name, version)]
-            else:
-                self._registry.get(name)
-                versions = [v for v in self._registry.loaded_versions() if v.name == name]
+            try:
+                if version:
+                    versions = [self._registry.get(name, version)]
+                else:
+                    self._registry.get(name)
+                    versions = [v for v in self._registry.loaded_versions() if v.name == name]
+            except (ModelNotFound, Unavailable):
+                # Triton's answer (400 / INVALID_ARGUMENT) for statistics of a model not served.
+                raise InvalidInput(f"requested model '{name}' is not available") from None
         else:
             versions = self._registry.loaded_versions()
         return {"model_stats": [v.stats.to_json() for v in versions]}
@@ -132,20 +136,17 @@ class DataPlane:
         """Validate, queue, wait for the batch, and build the response."""
         lv = self._registry.get(request.model_name, request.model_version)
         start = time.perf_counter_ns()
+        # Requests refused by validation are not counted (as in Triton): they never reach the model.
+        inputs, batch_size = _check_inputs(lv, request.inputs)
+        wanted = [o.name for o in request.outputs]
+        for out in wanted:
+            if out not in lv.outputs:
+                raise InvalidInput(f"unexpected inference output '{out}' for model '{lv.name}'")
         try:
-            inputs, batch_size = _check_inputs(lv, request.inputs)
-            wanted = [o.name for o in request.outputs]
-            for out in wanted:
-                if out not in lv.outputs:
-                    raise InvalidInput(f"unexpected inference output '{out}' for model '{lv.name}'")
             future = lv.scheduler.submit(inputs, batch_size, request.priority, request.timeout_us)
             outputs, times = await future
         except ServerError as exc:
-            reason = (
-                "REJECTED"
-                if isinstance(exc, Unavailable)
-                else ("OTHER" if isinstance(exc, InvalidInput) else "BACKEND")
-            )
+            reason = "REJECTED" if isinstance(exc, Unavailable) else "BACKEND"
             lv.stats.record_failure(time.perf_counter_ns() - start, reason)
             raise
         names = wanted or [n for n in lv.outputs if n in outputs] or list(outputs)
@@ -209,9 +210,15 @@ def _check_inputs(lv: LoadedVersion, inputs: list[InferInput]) -> tuple[dict[str
             want != -1 and want != got for want, got in zip(spec.dims, dims, strict=False)
         ):
             expect = ([-1] if mbs > 0 else []) + list(spec.dims)
+            note = (
+                ". NOTE: Setting a non-zero max_batch_size in the model config requires a batch "
+                "dimension to be prepended to each input shape."
+                if mbs > 0
+                else ""
+            )
             raise InvalidInput(
                 f"unexpected shape for input '{inp.name}' for model '{lv.name}'. "
-                f"Expected {expect}, got {list(shape)}"
+                f"Expected {_dims(expect)}, got {_dims(shape)}{note}"
             )
         arrays[inp.name] = inp.data
     missing = [n for n, s in lv.inputs.items() if n not in arrays and not s.optional]
@@ -223,3 +230,8 @@ def _check_inputs(lv: LoadedVersion, inputs: list[InferInput]) -> tuple[dict[str
     if first_batch is not None:
         batch_size = first_batch
     return arrays, batch_size
+
+
+def _dims(dims: Any) -> str:
+    """Triton's shape format in messages: [-1,16] (no spaces)."""
+    return "[" + ",".join(str(int(d)) for d in dims) + "]"

@@ -26,5 +26,9 @@ class Unavailable(ServerError):
     """The model exists but cannot serve now (not ready, queue full, timed out, shutting down)."""
 
 
-class InferenceFailed(ServerError):
+class InternalError(ServerError):
+    """The request was fine but the server failed to carry it out."""
+
+
+class InferenceFailed(InternalError):
     """The backend failed while executing a batch."""

@@ -18,7 +18,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from perfkit_server.dataplane import DataPlane
 from perfkit_server.errors import (
-    InferenceFailed,
+    InternalError,
     InvalidInput,
     ModelNotFound,
     ServerError,
@@ -41,7 +41,7 @@ _CODES = {
     InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
     ModelNotFound: grpc.StatusCode.NOT_FOUND,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
-    InferenceFailed: grpc.StatusCode.INTERNAL,
+    InternalError: grpc.StatusCode.INTERNAL,
 }
 _CONTENTS_FIELD = {
     "BOOL": "bool_contents",

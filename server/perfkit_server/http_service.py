@@ -14,7 +14,7 @@ from aiohttp import web
 
 from perfkit_server.dataplane import DataPlane
 from perfkit_server.errors import (
-    InferenceFailed,
+    InternalError,
     InvalidInput,
     ModelNotFound,
     ServerError,
@@ -35,7 +35,7 @@ from perfkit_server.types import (
 logger = logging.getLogger(__name__)
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
-_STATUS = {InvalidInput: 400, ModelNotFound: 404, Unavailable: 503, InferenceFailed: 500}
+_STATUS = {InvalidInput: 400, ModelNotFound: 404, Unavailable: 503, InternalError: 500}
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -239,9 +239,9 @@ class HttpService:
 
     async def model_ready(self, request: web.Request) -> web.Response:
         m = request.match_info
-        return web.Response(
-            status=200 if self._dp.model_ready(m["model"], m.get("version", "")) else 400
-        )
+        if self._dp.model_ready(m["model"], m.get("version", "")):
+            return web.Response(status=200)
+        return _error(400, "Model version not ready")
 
     async def model_config(self, request: web.Request) -> web.Response:
         m = request.match_info

@@ -31,7 +31,8 @@ from perfkit_server.backends import (
     create_backend,
     known_backend,
 )
-from perfkit_server.errors import InvalidInput, ModelNotFound, Unavailable
+from perfkit_server.errors import InternalError, InvalidInput, ModelNotFound, Unavailable
+from perfkit_server.modelconfig import normalize
 from perfkit_server.scheduler import BatcherSpec, Scheduler
 from perfkit_server.settings import ServerSettings
 from perfkit_server.stats import ModelStats
@@ -77,6 +78,8 @@ class ModelEntry:
     state: str = "UNAVAILABLE"
     reason: str = ""
     fingerprint: tuple[Any, ...] = ()
+    # Versions last served (or tried), for the index entries of an unavailable model.
+    last_versions: list[str] = field(default_factory=list)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -174,11 +177,13 @@ class Registry:
     def get(self, name: str, version: str = "") -> LoadedVersion:
         """The served version for a request; raises ModelNotFound or Unavailable."""
         entry = self._models.get(name)
-        if entry is None or not entry.versions:
-            if entry is None and not self._in_repository(name):
-                raise ModelNotFound(f"Request for unknown model: '{name}' is not found")
-            why = f": {entry.reason}" if entry is not None and entry.reason else ""
-            raise Unavailable(f"Request for unknown model: '{name}' is not ready{why}")
+        if entry is None:
+            raise ModelNotFound(f"Request for unknown model: '{name}' is not found")
+        if not entry.versions:
+            why = f" ({entry.reason})" if entry.reason else ""
+            raise ModelNotFound(
+                f"Request for unknown model: '{name}' has no available versions{why}"
+            )
         if not version:
             return entry.versions[max(entry.versions)]
         try:
@@ -191,13 +196,6 @@ class Registry:
                 f"(served versions: {sorted(entry.versions)})"
             )
         return loaded
-
-    def _in_repository(self, name: str) -> bool:
-        try:
-            check_model_name(name)
-        except ConfigError:
-            return False
-        return (self._root / name).is_dir()
 
     def ready(self, name: str, version: str = "") -> bool:
         try:
@@ -220,16 +218,18 @@ class Registry:
         for name in sorted(names):
             entry = self._models.get(name)
             if entry is not None and entry.versions:
+                # Triton leaves "reason" out of entries that have none.
                 out.extend(
-                    {"name": name, "version": str(v), "state": "READY", "reason": ""}
+                    {"name": name, "version": str(v), "state": "READY"}
                     for v in sorted(entry.versions)
                 )
             elif not ready_only:
                 if entry is None:
                     out.append({"name": name})
                 else:
-                    out.append(
-                        {"name": name, "version": "", "state": entry.state, "reason": entry.reason}
+                    out.extend(
+                        {"name": name, "version": v, "state": entry.state, "reason": entry.reason}
+                        for v in (entry.last_versions or [""])
                     )
         return out
 
@@ -268,8 +268,10 @@ class Registry:
             raise InvalidInput(str(exc)) from None
         model_dir = self._root / name
         if not model_dir.is_dir():
-            raise ModelNotFound(
-                f"failed to load '{name}': no model directory '{model_dir}' in the model repository"
+            # Triton's status and words (500 / INTERNAL) for a model the repository does not have.
+            raise InternalError(
+                f"failed to load '{name}', failed to poll from model repository: no model "
+                f"directory '{model_dir}'"
             )
         entry = self._models.setdefault(name, ModelEntry(name))
         async with entry.lock:
@@ -285,11 +287,14 @@ class Registry:
                 message = str(exc) or type(exc).__name__
                 if not entry.versions:
                     entry.state, entry.reason = "UNAVAILABLE", message
+                    available = version_dirs(model_dir)
+                    entry.last_versions = [str(max(available))] if available else []
                 logger.error("failed to load model '%s': %s", name, message)
                 raise InvalidInput(f"failed to load '{name}': {message}") from None
             old = entry.versions
             entry.versions, entry.config = versions, config
             entry.state, entry.reason, entry.fingerprint = "READY", "", fingerprint
+            entry.last_versions = [str(v) for v in sorted(versions)]
             logger.info(
                 "loaded model '%s' versions %s", name, ", ".join(str(v) for v in sorted(versions))
             )
@@ -304,9 +309,7 @@ class Registry:
             raise InvalidInput(str(exc)) from None
         entry = self._models.get(name)
         if entry is None:
-            if not (self._root / name).is_dir():
-                raise ModelNotFound(f"failed to unload '{name}': unknown model")
-            return
+            return  # as Triton: unloading a model that is not loaded succeeds
         async with entry.lock:
             old, entry.versions = entry.versions, {}
             entry.state, entry.reason = "UNAVAILABLE", "unloaded"
@@ -354,13 +357,9 @@ class Registry:
     ) -> Any:
         config_path = model_dir / CONFIG_FILE
         if override is not None:
+            # A whole config; without backend/platform it is inferred from the model's files.
             source = f"config override for model '{name}'"
             config = config_from_json(override, source)
-            if not config.backend and not config.platform:
-                raise ConfigError(
-                    f"{source}: backend/platform: a config override replaces the whole config and "
-                    'must name its backend or platform, e.g. backend: "onnxruntime"'
-                )
             missing_file = False
         elif config_path.is_file():
             source = str(config_path)
@@ -378,6 +377,12 @@ class Registry:
             )
         config.name = name
         backend = backend_name(config, model_dir)
+        if not backend and override is not None and config_path.is_file():
+            # Like Triton, fill the backend in from the model's files: here its config.pbtxt.
+            try:
+                backend = backend_name(load_config(config_path), model_dir)
+            except ConfigError:
+                backend = ""
         if not known_backend(backend):
             raise ConfigError(
                 f"{source}: backend: unsupported backend {backend or '(none)'!r}; this server "
@@ -401,6 +406,7 @@ class Registry:
         validate_config(config, source)
         if not config.input or not config.output:
             raise ConfigError(f"{source}: input/output: the model must declare inputs and outputs")
+        normalize(config, backend)
         return config
 
     async def _build_versions(

@@ -75,11 +75,15 @@ async def test_load_with_override_changes_config_and_behaviour(perfkit_server, t
     # unload, then load reverts to the file
     client.unload_model("m")
     assert not client.is_model_ready("m")
-    with pytest.raises(InferenceServerException) as info:
+    with pytest.raises(InferenceServerException, match="has no available versions") as info:
         _batch(client, "m", 1)
-    assert info.value.status() == "503"
+    assert info.value.status() == "404"
     index = {e["name"]: e for e in client.get_model_repository_index()}
-    assert index["m"]["state"] == "UNAVAILABLE"
+    assert (index["m"]["version"], index["m"]["state"], index["m"]["reason"]) == (
+        "1",
+        "UNAVAILABLE",
+        "unloaded",
+    )
     client.load_model("m")
     assert client.get_model_config("m")["max_batch_size"] == 4
     assert "dynamic_batching" not in client.get_model_config("m")
@@ -92,9 +96,14 @@ def test_grpc_load_unload_and_failed_override_keeps_old(perfkit_server, tmp_path
     assert not client.is_model_ready("add_sub")
     client.load_model("add_sub")
     assert client.is_model_ready("add_sub")
-    # an override that names no backend is refused, and the loaded model keeps serving
-    with pytest.raises(InferenceServerException) as info:
-        client.load_model("add_sub", config=json.dumps({"instance_group": [{"count": 2}]}))
+    # an invalid override is refused, and the loaded model keeps serving
+    override = {
+        "backend": "onnxruntime",
+        "max_batch_size": 8,
+        "dynamic_batching": {"preferred_batch_size": [64]},
+    }
+    with pytest.raises(InferenceServerException, match="preferred_batch_size") as info:
+        client.load_model("add_sub", config=json.dumps(override))
     assert info.value.status() == "StatusCode.INVALID_ARGUMENT"
     assert client.is_model_ready("add_sub")
     assert client.get_model_config("add_sub").config.max_batch_size == 8
