@@ -8,6 +8,7 @@ requests, unload the models and return 0.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 
@@ -86,6 +87,9 @@ async def serve(settings: ServerSettings) -> int:
             )
             runners.append(runner)
             logger.info("Started Metrics Service at %s:%d", settings.metrics_address, port)
+        # Everything alive now (modules, models, sessions) lives as long as the server: keep it out
+        # of the collector's full passes, which otherwise rescan it every few thousand requests.
+        gc.freeze()
         dataplane.set_ready(True)
         await stop.wait()
         logger.info("Signal received, draining in-flight requests")
