@@ -115,8 +115,12 @@ class LevelDriver:
         t0 = self.t0 = perf_counter_ns() + 1_000_000
         cap = self.plan.max_in_flight
         burst = 0
+        base = -1
         while r.running and (self.send_limit == 0 or self.sched_sent < self.send_limit):
-            when = t0 + next(it)
+            off = next(it)
+            if base < 0:  # a schedule resumed after warm-up starts from its next offset
+                base = off
+            when = t0 + off - base
             now = perf_counter_ns()
             if when - now > _SPIN_NS:
                 await asyncio.sleep((when - now - _SPIN_NS) / 1e9)

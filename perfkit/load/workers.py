@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import signal
 import socket
 import subprocess
 import sys
@@ -266,6 +267,9 @@ async def _worker_level(conn: Connection, session: Session, msg: tuple[Any, ...]
 
 def _worker(fd: int) -> None:
     from perfkit.load.sweep import Session
+
+    # Ctrl-C reaches the whole process group: the parent handles it and stops the workers.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     conn = Connection(fd)
     _, target, inputs = conn.recv()

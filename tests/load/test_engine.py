@@ -249,3 +249,10 @@ def test_workers_fixed_count(load_server):
     r = run_sweep(spec)
     assert [m.request_count for m in r.measurements] == [101, 101]
     assert [m.server.inference_count for m in r.measurements if m.server] == [101, 101]
+
+
+def test_open_loop_warmup_then_on_schedule(load_server):
+    # After warm-up the schedule resumes at once (no idle gap of the warm-up's length).
+    m = measure_level(target(load_server), InputSpec(),
+                      MeasureSpec(fixed_request_count=100, warmup_request_count=100), "request_rate", 200)  # fmt: skip
+    assert m.send_rate_rps == pytest.approx(200, rel=0.25)
