@@ -89,6 +89,7 @@ class H2Conn(asyncio.Protocol):
         self.send_window = 65535
         self.peer_init_window = 65535
         self.max_frame = 16384
+        self.max_streams = 1 << 31
         self.stream_windows: dict[int, int] = {}
         # Streams whose DATA is not (fully) sent yet: [sid, msg, offset].
         self.pending: deque[list[Any]] = deque()
@@ -249,6 +250,8 @@ class H2Conn(asyncio.Protocol):
                     self.stream_windows[sid] += delta
             elif key == 0x5:
                 self.max_frame = val
+            elif key == 0x3:
+                self.max_streams = val
         self.t.write(frame(SETTINGS, ACK, 0))  # type: ignore[union-attr]
         if not self.ready.done():
             self.ready.set_result(None)
@@ -314,6 +317,10 @@ class H2Pool:
         return proto
 
     async def open(self, n: int) -> None:
+        if not self.conns:
+            first = await self._connect()
+            # Respect the server's SETTINGS_MAX_CONCURRENT_STREAMS.
+            self.per_conn = max(1, min(self.per_conn, first.max_streams))
         need = -(-n // self.per_conn) - len(self.conns)
         if need > 0:
             await asyncio.gather(*(self._connect() for _ in range(need)))
