@@ -178,3 +178,27 @@ def test_csv_headers_are_perf_analyzers(mode):
     p85 = ",".join(pa_csv.header(mode, percentile=85))
     assert "p50 latency,p85 latency,p90 latency" in p85
     assert "Avg latency" not in ",".join(pa_csv.header(mode, verbose=True, percentile=95))
+
+
+def _m(level: float, thr: float, mode: str = "concurrency"):
+    from perfkit.results import LatencySummary, Measurement, ServerBreakdown
+
+    lat = LatencySummary(count=10, avg_us=1500.7, std_us=1.0, min_us=1.0, max_us=9.0,
+                         p50_us=1400.9, p90_us=1800.2, p95_us=1900.0, p99_us=2500.5)  # fmt: skip
+    srv = ServerBreakdown(inference_count=10, execution_count=5, success_count=10, failure_count=0,
+                          avg_request_us=900.0, queue_us=100.4, compute_input_us=10.0,
+                          compute_infer_us=700.9, compute_output_us=20.0, overhead_us=68.7,
+                          network_server_send_recv_us=600.6)  # fmt: skip
+    return Measurement(mode=mode, level=level, batch_size=1, stable=True, request_count=10,  # type: ignore[arg-type]
+                       error_count=0, duration_ns=10**9, throughput_infer_per_s=thr, latency=lat,
+                       client_send_us=12.9, client_recv_us=3.2, server=srv)  # fmt: skip
+
+
+def test_csv_rows_integer_microseconds_sorted_by_throughput():
+    text = pa_csv.render([_m(1, 1234.5678), _m(2, 999.0)], verbose=True)
+    lines = text.splitlines()
+    assert lines[1] == "2,999,12,600,100,10,700,20,3,1400,1800,1900,2500,1500,15,1485"
+    assert lines[2].startswith("1,1234.57,")
+    rr = pa_csv.render([_m(20.5, 100.0, "request_rate")]).splitlines()
+    assert rr[0].startswith("Request Rate,")
+    assert rr[1].startswith("20.5,100,")
