@@ -37,7 +37,7 @@ def write_model(repo: Path, name: str, config: str) -> None:
 def build_repo(repo: Path, cache_dir: Path) -> Path:
     """identity + add_sub (zoo, ONNX Runtime), `fast` (perfkit_identity), `varid` (a variable dim),
     `stall` (every 200th execution stalls 30 ms), `nobatch` (max_batch_size 0), `slow` (5 ms),
-    `big` (800 KB tensors: HTTP/2 flow control and frame splitting)."""
+    `strid` (BYTES), `big` (800 KB tensors: HTTP/2 flow control and frame splitting)."""
     zoo.build("identity", repo, cache_dir=cache_dir)
     zoo.build("add_sub", repo, cache_dir=cache_dir)
     write_model(repo, "fast", identity_config("fast"))
@@ -47,5 +47,6 @@ def build_repo(repo: Path, cache_dir: Path) -> Path:
     )
     write_model(repo, "nobatch", identity_config("nobatch", max_batch_size=0))
     write_model(repo, "slow", identity_config("slow", delay_us=5000))
+    write_model(repo, "strid", identity_config("strid", dims="4", datatype="TYPE_STRING"))
     write_model(repo, "big", identity_config("big", dims="200000", max_batch_size=2))
     return repo

@@ -256,3 +256,12 @@ def test_open_loop_warmup_then_on_schedule(load_server):
     m = measure_level(target(load_server), InputSpec(),
                       MeasureSpec(fixed_request_count=100, warmup_request_count=100), "request_rate", 200)  # fmt: skip
     assert m.send_rate_rps == pytest.approx(200, rel=0.25)
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_bytes_inputs(load_server, protocol):
+    for inputs in (InputSpec(string_length=20), InputSpec(string_data="hello", batch_size=2)):
+        m = measure_level(target(load_server, "strid", protocol), inputs,
+                          MeasureSpec(fixed_request_count=20), "concurrency", 2)  # fmt: skip
+        assert m.request_count == 20
+        assert m.error_count == 0
