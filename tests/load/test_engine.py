@@ -7,7 +7,13 @@ import asyncio
 import pytest
 import tritonclient.http as th
 
-from perfkit.errors import MeasurementUnstable, ModelError, ServerError, ServerUnavailable
+from perfkit.errors import (
+    ConfigError,
+    MeasurementUnstable,
+    ModelError,
+    ServerError,
+    ServerUnavailable,
+)
 from perfkit.load.spec import (
     ConcurrencyLoad,
     InputSpec,
@@ -265,3 +271,16 @@ def test_bytes_inputs(load_server, protocol):
                           MeasureSpec(fixed_request_count=20), "concurrency", 2)  # fmt: skip
         assert m.request_count == 20
         assert m.error_count == 0
+
+
+def test_input_data_directory(load_server, tmp_path):
+    import numpy as np
+
+    (tmp_path / "INPUT0").write_bytes(np.arange(16, dtype=np.float32).tobytes())
+    m = measure_level(target(load_server), InputSpec(source=str(tmp_path)),
+                      MeasureSpec(fixed_request_count=10), "concurrency", 1)  # fmt: skip
+    assert m.request_count == 10
+    (tmp_path / "INPUT0").write_bytes(b"\0" * 12)
+    with pytest.raises(ConfigError, match="holds 3 FP32 values; input INPUT0 needs 16"):
+        measure_level(target(load_server), InputSpec(source=str(tmp_path)),
+                      MeasureSpec(fixed_request_count=10), "concurrency", 1)  # fmt: skip
