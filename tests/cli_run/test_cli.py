@@ -259,3 +259,11 @@ def test_embedded_server_with_model_repository(tmp_path):
     assert p.returncode == 3
     assert "has no model directory 'absent'" in flat(p.stderr)
     no_traceback(p)
+
+
+def test_workers_from_the_cli(run_server):
+    p = perfkit("-m", "fast", "-u", run_server.grpc_url, "-i", "grpc", "--concurrency-range", "4",
+                "--workers", "2", *QUICK)  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert "Using 2 load-generator processes" in p.stdout
+    no_traceback(p)
