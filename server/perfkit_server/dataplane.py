@@ -19,19 +19,14 @@ from perfkit_server.types import InferInput, InferOutput, InferRequest, InferRes
 
 logger = logging.getLogger(__name__)
 
+# Only what this server implements (no shared memory, sequences, classification or logging API).
 EXTENSIONS = [
-    "classification",
-    "sequence",
     "model_repository",
-    "model_repository(unload_dependents)",
     "schedule_policy",
     "model_configuration",
-    "system_shared_memory",
-    "cuda_shared_memory",
     "binary_tensor_data",
     "parameters",
     "statistics",
-    "logging",
 ]
 
 
