@@ -16,7 +16,7 @@ import click
 from rich.table import Table
 
 from perfkit.cli._console import err, out
-from perfkit.errors import ConfigError
+from perfkit.errors import ConfigError, ServerUnavailable
 from perfkit.results import ServerInfo, TrialRecord, TuneResult
 from perfkit.sweepfile import SAMPLERS, SweepSpec, load_sweep
 from perfkit.tune import output
@@ -24,6 +24,8 @@ from perfkit.tune.objective import Objective
 
 # Max rows of the top-configs table (the default is always shown too).
 TOP_N = 5
+# Restarts of a crashed embedded server within one `perfkit tune`.
+MAX_SERVER_RESTARTS = 3
 
 
 def study_name_for(spec: SweepSpec, base_hash: str) -> str:
@@ -248,7 +250,7 @@ def run_tune(spec: SweepSpec, *, dry_run: bool = False) -> TuneResult:
 
     from perfkit.model_repo.config import config_hash, load_config
     from perfkit.tune import storage as st
-    from perfkit.tune.evaluate import LiveEvaluator, ModelControl
+    from perfkit.tune.evaluate import LiveEvaluator
     from perfkit.tune.space import SearchSpace
     from perfkit.tune.tuner import LoopSettings, Tuner, make_sampler
 
@@ -289,59 +291,86 @@ def run_tune(spec: SweepSpec, *, dry_run: bool = False) -> TuneResult:
     )
     started_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     interrupted = False
-    with _server(spec) as (url, info):
-        evaluator = LiveEvaluator(
-            url=url, protocol=spec.protocol, model=spec.model, load=spec.load, measure=spec.measure
-        )
-        tuner = Tuner(
-            settings=settings,
-            space=space,
-            objective=objective,
-            base_config=base,
-            baseline_load=space.baseline_load(spec.load),
-            study=study,
-            created=created,
-            evaluator=evaluator,
-            variants_dir=out_dir / output.VARIANTS_DIR,
-            on_trial=_progress,
-        )
-        try:
-            tuner.run()
-        except KeyboardInterrupt:
-            interrupted = True
-        result = output.build_result(
-            study,
-            objective,
-            model=spec.model,
-            sampler=spec.search.sampler,
-            default_config_pbtxt=default_text,
-            server=info,
-            started_at=started_at,
-            min_gain_pct=spec.search.min_gain_pct,
-            messages=tuner.messages
-            + (["interrupted (Ctrl-C): rerun the same command to resume"] if interrupted else []),
-        )
-        wb = output.WriteBack("", None, None, "interrupted: nothing written")
-        if not interrupted:
-            wb = output.write_back(result, model_dir, dry_run=dry_run)
-        result = output.with_written(result, wb)
-        paths = output.write_outputs(result, out_dir)
-        reload_note = ""
-        if wb.written_to is not None or not interrupted:
-            # Leave the server serving the file on disk (the written best, or the original).
-            control = ModelControl(url, spec.protocol, spec.model)
+    failure: ServerUnavailable | None = None
+    messages: list[str] = []
+    restarts = 0
+    while True:
+        with _server(spec) as (url, info):
+            evaluator = LiveEvaluator(
+                url=url,
+                protocol=spec.protocol,
+                model=spec.model,
+                load=spec.load,
+                measure=spec.measure,
+            )
+            tuner = Tuner(
+                settings=settings,
+                space=space,
+                objective=objective,
+                base_config=base,
+                baseline_load=space.baseline_load(spec.load),
+                study=study,
+                created=created,
+                evaluator=evaluator,
+                variants_dir=out_dir / output.VARIANTS_DIR,
+                on_trial=_progress,
+            )
             try:
-                control.reload_from_disk()
-                reload_note = "the server reloaded the config on disk"
-            except Exception as exc:  # the CLI boundary: report, do not lose the results
-                reload_note = f"the server could not reload the config on disk: {exc}"
-            finally:
-                control.close()
-        evaluator.close()
+                tuner.run()
+            except KeyboardInterrupt:
+                interrupted = True
+                messages.append("interrupted (Ctrl-C): rerun the same command to resume")
+            except ServerUnavailable as exc:
+                evaluator.close()
+                if spec.url is None and restarts < MAX_SERVER_RESTARTS:
+                    restarts += 1
+                    note = f"the embedded server stopped answering; restarted it ({restarts}/{MAX_SERVER_RESTARTS})"
+                    err.print(f"{note}: {exc}")
+                    messages.extend([*tuner.messages, note])
+                    continue
+                failure = exc
+                messages.append(f"stopped: {exc}. Rerun the same command to resume")
+            messages.extend(tuner.messages)
+            result = output.build_result(
+                study,
+                objective,
+                model=spec.model,
+                sampler=spec.search.sampler,
+                default_config_pbtxt=default_text,
+                server=info,
+                started_at=started_at,
+                min_gain_pct=spec.search.min_gain_pct,
+                messages=messages,
+            )
+            stopped = interrupted or failure is not None
+            wb = output.WriteBack("", None, None, "stopped early: nothing written")
+            if not stopped:
+                wb = output.write_back(result, model_dir, dry_run=dry_run)
+            result = output.with_written(result, wb)
+            paths = output.write_outputs(result, out_dir)
+            reload_note = "" if stopped else _reload(url, spec)
+            evaluator.close()
+        break
     _print_summary(result, objective, wb, paths, reload_note)
     if interrupted:
         raise KeyboardInterrupt
+    if failure is not None:
+        raise failure
     return result
+
+
+def _reload(url: str, spec: SweepSpec) -> str:
+    """Leave the server serving the file on disk (the written best, or the original)."""
+    from perfkit.tune.evaluate import ModelControl
+
+    control = ModelControl(url, spec.protocol, spec.model)
+    try:
+        control.reload_from_disk()
+        return "the server reloaded the config on disk"
+    except Exception as exc:  # the CLI boundary: report, do not lose the results
+        return f"the server could not reload the config on disk: {exc}"
+    finally:
+        control.close()
 
 
 def _print_summary(

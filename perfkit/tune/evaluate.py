@@ -15,7 +15,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from perfkit.errors import ConfigError, MeasurementUnstable, PerfkitError
+from perfkit.errors import (
+    ConfigError,
+    MeasurementUnstable,
+    PerfkitError,
+    ServerError,
+    ServerUnavailable,
+)
 from perfkit.load.spec import InputSpec, MeasureSpec, TargetSpec
 from perfkit.model_repo.config import ModelConfig, config_to_json
 from perfkit.results import Measurement, WindowStat
@@ -46,6 +52,8 @@ class Outcome:
 
 
 class Evaluator(Protocol):
+    """Measures one variant. Raises ServerUnavailable when the server stopped answering."""
+
     def evaluate(
         self, config: ModelConfig, params: Mapping[str, Any], watch: WindowWatch
     ) -> Outcome: ...
@@ -69,6 +77,15 @@ def _server_message(exc: BaseException) -> str:
     return " ".join(str(text).split())
 
 
+def _unavailable(exc: BaseException) -> bool:
+    """True when an error means "no server there" rather than "the server refused"."""
+    if isinstance(exc, OSError):
+        return True
+    status = getattr(exc, "status", None)
+    text = str(status() if callable(status) else status or "")
+    return "UNAVAILABLE" in text or "Connection refused" in str(exc)
+
+
 class ModelControl:
     """Repository-API calls on one model (tritonclient gRPC or HTTP client)."""
 
@@ -90,8 +107,6 @@ class ModelControl:
         """Load (or reload) the model, with `config` as an override when given. Raises ServerError."""
         from tritonclient.utils import InferenceServerException
 
-        from perfkit.errors import ServerError
-
         body = None if config is None else json.dumps(config_to_json(config))
         try:
             if body is None:
@@ -99,7 +114,12 @@ class ModelControl:
             else:
                 self._client.load_model(self.model, config=body)
         except (InferenceServerException, OSError) as exc:
-            raise ServerError(f"loading {self.model!r} failed: {_server_message(exc)}") from exc
+            message = _server_message(exc)
+            if _unavailable(exc):
+                raise ServerUnavailable(
+                    f"the server stopped answering while loading {self.model!r}: {message}"
+                ) from exc
+            raise ServerError(f"loading {self.model!r} failed: {message}") from exc
 
     def reload_from_disk(self) -> None:
         """Unload then load, so the server serves the config.pbtxt on disk (an override is sticky)."""
@@ -171,7 +191,7 @@ class LiveEvaluator:
         t0 = time.perf_counter_ns()
         try:
             self.control.load(config)
-        except PerfkitError as exc:
+        except ServerError as exc:
             return Outcome(
                 measurement=None, error=str(exc), load_s=(time.perf_counter_ns() - t0) / 1e9
             )
@@ -229,6 +249,8 @@ class LiveEvaluator:
                     load_s=load_s,
                 )
             measurement = unstable
+        except ServerUnavailable:
+            raise  # the server is gone: not this variant's result alone; the tuner decides
         except PerfkitError as exc:
             return Outcome(
                 measurement=None,

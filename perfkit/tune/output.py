@@ -21,6 +21,7 @@ import os
 import platform
 import socket
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -29,7 +30,7 @@ import optuna
 from optuna.trial import TrialState
 
 from perfkit import __version__
-from perfkit.model_repo.config import instance_summary, parse_config
+from perfkit.model_repo.config import format_config, instance_summary, parse_config
 from perfkit.model_repo.repository import write_text_atomic
 from perfkit.report import ma_csv
 from perfkit.results import MachineInfo, ServerInfo, TrialRecord, TuneResult
@@ -120,9 +121,11 @@ def build_result(
     complete = [t for t in frozen if t.state == TrialState.COMPLETE and t.params]
     if len(objective.targets) == 1 and len(complete) >= 4:
         try:
-            importances = {
-                k: float(v) for k, v in optuna.importance.get_param_importances(study).items()
-            }
+            with warnings.catch_warnings():
+                # "Some regimes ... have less than 2 trials": expected with a small budget.
+                warnings.simplefilter("ignore", UserWarning)
+                found = optuna.importance.get_param_importances(study)
+            importances = {k: float(v) for k, v in found.items()}
         except (ValueError, RuntimeError, ZeroDivisionError) as exc:
             logger.debug("no parameter importances: %s", exc)
     return TuneResult(
@@ -169,11 +172,13 @@ def write_back(result: TuneResult, model_dir: Path, *, dry_run: bool) -> WriteBa
         return WriteBack("", None, None, "the default config is the best; nothing written")
     current = target.read_text(encoding="utf-8") if target.exists() else ""
     new = result.best_config_pbtxt
-    if parse_config(current, str(target)) == parse_config(new, best.variant_name):
+    current_config = parse_config(current, str(target))
+    if current_config == parse_config(new, best.variant_name):
         return WriteBack("", None, None, f"{target} already holds the best config")
+    # Diff the canonical text of both, so the diff shows what changed, not how it was written.
     diff = "".join(
         difflib.unified_diff(
-            current.splitlines(keepends=True),
+            format_config(current_config).splitlines(keepends=True),
             new.splitlines(keepends=True),
             fromfile=f"{target} (current)",
             tofile=f"{target} ({best.variant_name})",

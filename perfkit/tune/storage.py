@@ -1,6 +1,7 @@
 """Where a study lives: SQLite in the output directory by default, or a shared RDB URL (PostgreSQL).
 
-Resume rules. A worker tags each trial with `worker` = "host:pid". On start, a RUNNING trial left by a
+Resume rules. A worker tags each trial with `worker` = "host:pid" as it is created. On start (and
+between trials), a RUNNING trial left by a
 dead process on this host (SIGKILL, crash) is marked FAIL with its reason, so it is neither lost nor
 repeated as "running" forever; the next worker re-measures that variant. Trials of other hosts are
 failed through Optuna's heartbeat (`fail_stale_trials`) once their heartbeat is older than the grace
@@ -9,6 +10,7 @@ period: each worker records a heartbeat after every measurement window.
 
 from __future__ import annotations
 
+import datetime
 import importlib.util
 import logging
 import os
@@ -30,6 +32,8 @@ logger = logging.getLogger(__name__)
 
 HEARTBEAT_INTERVAL_S = 5
 GRACE_PERIOD_S = 60
+# A RUNNING trial that names no worker after this long was orphaned at birth.
+ANONYMOUS_GRACE_S = 10.0
 WORKER_ATTR = "worker"
 REASON_ATTR = "reason"
 
@@ -133,13 +137,21 @@ def recover_orphans(study: optuna.Study) -> list[int]:
     storage = study._storage
     host = socket.gethostname()
     failed: list[int] = []
+    now = datetime.datetime.now()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = str(trial.user_attrs.get(WORKER_ATTR, ""))
-        w_host, _, w_pid = worker.rpartition(":")
-        if w_host != host or not w_pid.isdigit() or _pid_alive(int(w_pid)):
-            continue
-        if int(w_pid) == os.getpid():
-            continue
+        if not worker:
+            # Tagged within milliseconds of creation (TaggingSampler): an old untagged trial
+            # belongs to a worker killed in that window.
+            started = trial.datetime_start
+            if started is None or (now - started).total_seconds() < ANONYMOUS_GRACE_S:
+                continue
+        else:
+            w_host, _, w_pid = worker.rpartition(":")
+            if w_host != host or not w_pid.isdigit() or _pid_alive(int(w_pid)):
+                continue
+            if int(w_pid) == os.getpid():
+                continue
         try:
             storage.set_trial_user_attr(
                 trial._trial_id, REASON_ATTR, f"interrupted: worker {worker} exited mid-trial"

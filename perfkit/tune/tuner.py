@@ -9,7 +9,9 @@ shared study rebuilds every `TrialRecord` from storage alone. Rules:
   again: the trial is told the stored result (`duplicate_of`) and does not count against the budget.
   Two workers that draw the same variant at once: the higher trial number waits for the lower one.
 - A variant that the server refuses to load, or whose requests fail, is a FAIL trial with its
-  reason (the server validates variants: it is the authority on what it accepts).
+  reason (the server validates variants: it is the authority on what it accepts). When the server
+  stops answering during a trial, that trial fails and `ServerUnavailable` propagates: the CLI
+  restarts an embedded server and goes on.
 - Single objective: each window is reported to the trial; a trial clearly worse than the best after
   its first windows is pruned. Constraints go to the sampler through `Trial.set_constraint`.
 """
@@ -27,8 +29,9 @@ from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy.exc import SQLAlchemyError
 
-from perfkit.errors import ConfigError
+from perfkit.errors import ConfigError, ServerUnavailable
 from perfkit.model_repo.config import ModelConfig, format_config
 from perfkit.model_repo.repository import write_text_atomic
 from perfkit.results import Measurement, TrialRecord, WindowStat
@@ -111,7 +114,43 @@ class AskTellGridSampler(optuna.samplers.GridSampler):
         return None
 
 
+class TaggingSampler(optuna.samplers.BaseSampler):
+    """Delegates to `inner`, and first tags every new trial with this worker ("host:pid").
+
+    `before_trial` runs right after the trial row is created, before any (slow) relative sampling:
+    a worker killed at any later point leaves a RUNNING trial that names its dead process, so a
+    rerun can fail it and measure that variant again (see `storage.recover_orphans`).
+    """
+
+    def __init__(self, inner: optuna.samplers.BaseSampler) -> None:
+        self.inner = inner
+
+    def infer_relative_search_space(self, study: Any, trial: Any) -> Any:
+        return self.inner.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study: Any, trial: Any, search_space: Any) -> Any:
+        return self.inner.sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study: Any, trial: Any, name: str, distribution: Any) -> Any:
+        return self.inner.sample_independent(study, trial, name, distribution)
+
+    def before_trial(self, study: Any, trial: Any) -> None:
+        study._storage.set_trial_user_attr(trial._trial_id, st.WORKER_ATTR, st.worker_id())
+        self.inner.before_trial(study, trial)
+
+    def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+        self.inner.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self.inner.reseed_rng()
+
+
 def make_sampler(settings: LoopSettings, space: SearchSpace) -> optuna.samplers.BaseSampler:
+    """The study's sampler, wrapped in a `TaggingSampler`."""
+    return TaggingSampler(_inner_sampler(settings, space))
+
+
+def _inner_sampler(settings: LoopSettings, space: SearchSpace) -> optuna.samplers.BaseSampler:
     """The study's sampler. Constraints reach TPE/NSGA-II through `Trial.set_constraint`
     (Optuna 5's replacement of `constraints_func`): every told trial carries them."""
     if settings.sampler == "grid":
@@ -229,7 +268,7 @@ class Tuner:
             self._measure_default()
         duplicates = 0
         grid = self.settings.sampler == "grid"
-        sampler = self.study.sampler
+        sampler = getattr(self.study.sampler, "inner", self.study.sampler)
         while True:
             if self.budget_used() >= self.settings.trials:
                 break
@@ -249,14 +288,16 @@ class Tuner:
             if duplicates >= max(MAX_CONSECUTIVE_DUPLICATES, 2 * self.space.size()):
                 self.messages.append("search space exhausted: every draw was already measured")
                 break
+            st.recover_orphans(self.study)
             measured = self._one_trial()
             duplicates = 0 if measured else duplicates + 1
+        st.recover_orphans(self.study)
 
     def _measure_default(self) -> None:
         default_study = optuna.load_study(
             study_name=self.study.study_name,
             storage=self.study._storage,
-            sampler=optuna.samplers.RandomSampler(),
+            sampler=TaggingSampler(optuna.samplers.RandomSampler()),
         )
         trial = _ask(default_study)
         try:
@@ -279,13 +320,17 @@ class Tuner:
     def _abandon(self, study: optuna.Study, trial: optuna.Trial) -> None:
         """Ctrl-C: fail the trial if it is still running, so a rerun measures it again."""
         storage = study._storage
-        if storage.get_trial(trial._trial_id).state != TrialState.RUNNING:
-            return
-        storage.set_trial_user_attr(
-            trial._trial_id, st.REASON_ATTR, "interrupted (Ctrl-C); measured again on resume"
-        )
-        storage.set_trial_user_attr(trial._trial_id, A_MEASURED, False)
-        study.tell(trial, state=TrialState.FAIL)
+        try:
+            if storage.get_trial(trial._trial_id).state != TrialState.RUNNING:
+                return
+            storage.set_trial_user_attr(
+                trial._trial_id, st.REASON_ATTR, "interrupted (Ctrl-C); measured again on resume"
+            )
+            storage.set_trial_user_attr(trial._trial_id, A_MEASURED, False)
+            study.tell(trial, state=TrialState.FAIL)
+        except (SQLAlchemyError, RuntimeError, ValueError) as exc:
+            # Left RUNNING under this (soon dead) process: the next run's recovery fails it.
+            logger.warning("could not mark trial %d as interrupted: %s", trial.number, exc)
 
     def _run_variant(
         self,
@@ -317,7 +362,15 @@ class Tuner:
         if self.variants_dir is not None:
             write_text_atomic(self.variants_dir / name / "config.pbtxt", text)
         logger.info("trial %d: %s", trial.number, name)
-        outcome = self.evaluator.evaluate(config, params, self._watch(study, trial))
+        try:
+            outcome = self.evaluator.evaluate(config, params, self._watch(study, trial))
+        except ServerUnavailable as exc:
+            # Maybe this variant crashed the server: it fails (and is not retried on resume).
+            self._fail(
+                study, trial, f"the server stopped answering during this trial: {exc}", t0,
+                measured=True,
+            )  # fmt: skip
+            raise
         self._finish(study, trial, outcome, t0)
         return True
 

@@ -88,7 +88,7 @@ def test_resume_after_interrupt(ident_repo: Path, tmp_path: Path, sig: signal.Si
     left_running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     if sig == signal.SIGINT:
         # Ctrl-C fails the running trial with its reason and writes what it has.
-        assert not left_running
+        assert not left_running, output.decode(errors="replace")
         assert (out / "results" / "metrics-model-inference.csv").exists()
     else:
         # Killed mid-trial (or, rarely, between a tell and the next ask).
