@@ -108,3 +108,23 @@ def test_two_objectives_use_nsga2_and_report_a_pareto_front(
     assert list(doc["objectives"]) == ["throughput_infer_per_s", "p99_latency_us"]
     assert doc["pareto_trials"]
     assert doc["best_trial"] in doc["pareto_trials"]
+
+
+def test_a_variant_whose_requests_fail_is_a_failed_trial(ident_repo: Path, tmp_path: Path) -> None:
+    # Client batches of 4 against max_batch_size 2: the variant loads, its measurement cannot run.
+    space = "max_batch_size = [2, 16]\n"
+    sweep = write_sweep(tmp_path / "s.toml", ident_repo, trials=5, sampler="grid", space=space)
+    text = sweep.read_text().replace(
+        "baseline = { concurrency = 8 }", "baseline = { concurrency = 8 }\nbatch_size = 4"
+    )
+    sweep.write_text(text)
+    out = tmp_path / "out"
+    proc = run_perfkit("tune", str(sweep), "--output", str(out), "--study-name", "t")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    study = optuna.load_study(study_name="t", storage=f"sqlite:///{out / 'study.db'}")
+    failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
+    assert failed
+    for t in failed:
+        assert t.params["max_batch_size_idx"] == 0
+        assert "max_batch_size 2" in t.user_attrs["reason"]
+    assert len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]) >= 2
