@@ -35,10 +35,6 @@ def test_live_and_ready(server: Server, protocol: str) -> None:
     assert not client.is_model_ready(MODEL, "7")
 
 
-@pytest.mark.diverges(
-    "GET /v2/models/{m}/versions/7/ready answers 400 with an empty body; Triton answers 400 "
-    '{"error": "Model version not ready"}'
-)
 def test_http_ready_unknown_version_body(server: Server) -> None:
     status, body = server.http("GET", f"/v2/models/{MODEL}/versions/7/ready")
     assert status == 400
@@ -123,12 +119,6 @@ def test_config_json_core_fields(server: Server) -> None:
     assert batching["max_queue_delay_microseconds"] == 2000
 
 
-@pytest.mark.diverges(
-    "GET /v2/models/{m}/config omits default-valued fields; Triton sends the whole normalized "
-    'config (platform "", version_policy {latest {num_versions 1}}, input.format "FORMAT_NONE", '
-    'instance_group.name "identity_0", optimization, model_warmup [], parameters {}, '
-    "dynamic_batching.preserve_ordering false / priority_levels 0 ...)"
-)
 def test_config_json_has_triton_defaults(server: Server) -> None:
     config = _http_config(server)
     assert config["platform"] == ""
@@ -148,10 +138,6 @@ def test_config_json_has_triton_defaults(server: Server) -> None:
     assert batching["priority_levels"] == 0
 
 
-@pytest.mark.diverges(
-    "dynamic_batching without preferred_batch_size: Triton reports preferred_batch_size "
-    "[max_batch_size] ([8]) in the config (HTTP and gRPC); perfkit_server reports none",
-)
 def test_config_preferred_batch_size_defaults_to_max(server: Server, protocol: str) -> None:
     if protocol == "http":
         batching = _http_config(server)["dynamic_batching"]
@@ -180,10 +166,6 @@ def test_config_grpc(server: Server) -> None:
     assert config.dynamic_batching.max_queue_delay_microseconds == 2000
 
 
-@pytest.mark.diverges(
-    "the gRPC config is not normalized as Triton's: instance_group.name is empty "
-    '(Triton: "identity_0") and version_policy is unset (Triton: latest {num_versions: 1})',
-)
 def test_config_grpc_normalized(server: Server) -> None:
     config = server.client("grpc").get_model_config(MODEL).config
     assert config.instance_group[0].name == f"{MODEL}_0"
@@ -244,10 +226,6 @@ def test_error_unknown_version(server: Server, protocol: str) -> None:
     assert "Request for unknown model: 'identity' version 7 is not found" in message
 
 
-@pytest.mark.diverges(
-    "wrong-shape message formats shapes with spaces, 'Expected [-1, 16], got [1, 15]'; "
-    "Triton: 'Expected [-1,16], got [1,15]'"
-)
 def test_error_wrong_shape(server: Server, protocol: str) -> None:
     with pytest.raises(InferenceServerException) as exc:
         infer(server, protocol, MODEL, np.zeros((1, 15), np.float32))

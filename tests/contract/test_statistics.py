@@ -244,11 +244,6 @@ def test_metrics_agree_with_statistics(traffic: Traffic) -> None:
             assert us == pytest.approx(inf[key]["ns"] / 1000, rel=0.02, abs=50), (model, name)
 
 
-@pytest.mark.diverges(
-    "requests refused by validation (wrong shape, wrong datatype, batch > max_batch_size) count as "
-    'failures: stats fail.count and nv_inference_request_failure{reason="OTHER"} go up; Triton '
-    "leaves both (and success) unchanged"
-)
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_refused_requests_not_counted(server: Server, protocol: str) -> None:
     before = statistics(server, protocol, REJECTS)
