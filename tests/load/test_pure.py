@@ -202,3 +202,27 @@ def test_csv_rows_integer_microseconds_sorted_by_throughput():
     rr = pa_csv.render([_m(20.5, 100.0, "request_rate")]).splitlines()
     assert rr[0].startswith("Request Rate,")
     assert rr[1].startswith("20.5,100,")
+
+
+def test_prometheus_gpu_metrics_parse_and_aggregate():
+    from dataclasses import replace
+
+    from perfkit.load.metrics_scrape import aggregate, parse_prometheus
+
+    page = (
+        "# HELP nv_gpu_utilization GPU utilization rate [0.0 - 1.0)\n"
+        '#TYPE nv_gpu_utilization gauge\nnv_gpu_utilization{gpu_uuid="GPU-a"} 0.5\n'
+        'nv_gpu_power_usage{gpu_uuid="GPU-a"} 100\n'
+        'nv_gpu_memory_used_bytes{gpu_uuid="GPU-a"} 1000\n'
+        'nv_gpu_memory_total_bytes{gpu_uuid="GPU-a"} 8000\n'
+        'nv_inference_count{model="m",version="1"} 7\n'
+    )
+    second = page.replace(" 0.5", " 0.7").replace(" 1000", " 3000").replace(" 100\n", " 200\n")
+    agg = aggregate([parse_prometheus(page), parse_prometheus(second)])
+    assert agg["gpu_utilization"] == {"GPU-a": pytest.approx(0.6)}
+    assert agg["gpu_power_usage"] == {"GPU-a": 150.0}
+    assert agg["gpu_memory_used_bytes"] == {"GPU-a": 3000.0}
+    assert agg["gpu_memory_total_bytes"] == {"GPU-a": 8000.0}
+    assert aggregate([parse_prometheus("nv_inference_count 3\n")])["gpu_utilization"] == {}
+    row = pa_csv.row(replace(_m(1, 10.0), metrics=agg), verbose=True, collect_metrics=True)
+    assert row[-4:] == ["GPU-a:0.6;", "GPU-a:150;", "GPU-a:3000;", "GPU-a:8000;"]
