@@ -78,6 +78,7 @@ class LevelDriver:
         self.cursor = 0
         self.err_cursor = 0
         self.sched_task: asyncio.Task[None] | None = None
+        # Open loop: intended times of sends that had to wait for the in-flight cap.
         self.dropped: list[int] = []
         self.sched_sent = 0
         self.send_limit = 0
@@ -139,6 +140,7 @@ class LevelDriver:
                 task.add_done_callback(self._tasks.discard)
             else:
                 r.waiting.append(when)
+                self.dropped.append(when)
             burst += 1
             if burst >= 16:  # behind schedule: still let responses in
                 burst = 0
@@ -280,7 +282,7 @@ class LevelDriver:
             error_count=int(errs.size) if everything else int(np.count_nonzero(errs <= end)),
             send_time_ns=r.send_ns - self._send_ns,
             recv_time_ns=r.recv_ns - self._recv_ns,
-            scheduled_count=int(done.size) + int(errs.size) + dropped,
+            scheduled_count=int(done.size) + int(errs.size),
             late_count=late,
             dropped_count=dropped,
             cpu_s=cpu - self._cpu,

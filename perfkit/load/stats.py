@@ -35,7 +35,8 @@ class RawWindow:
     # Sum of client-side send and receive time over the window's requests.
     send_time_ns: int = 0
     recv_time_ns: int = 0
-    # Open loop: sends scheduled in the window and how many of them were late / dropped (overload).
+    # Open loop: sends in the window, how many were late, and how many waited for the in-flight
+    # cap (--max-in-flight) before they could be sent.
     scheduled_count: int = 0
     late_count: int = 0
     dropped_count: int = 0

@@ -259,7 +259,7 @@ def build_measurement(
             lag = np.sort(merged.sent_ns - merged.intended_ns)
             idx = int(0.99 * (lag.size - 1) + 0.5)
             lag_p99 = float(lag[idx]) / 1000.0
-        late = merged.late_count + merged.dropped_count
+        late = merged.late_count
         send_rate = merged.scheduled_count / dur_s
         sends = max(merged.scheduled_count, 1)
         late_pct = 100.0 * late / sends
@@ -268,13 +268,16 @@ def build_measurement(
                 f"perfkit was not able to keep up with the desired request rate. {late_pct:.2f}% of "
                 f"the requests were sent more than {late_threshold_us} usec late"
                 + (
-                    f" ({merged.dropped_count} not sent: in-flight cap reached)"
+                    f" ({merged.dropped_count} waited for a free slot: --max-in-flight reached)"
                     if merged.dropped_count
                     else ""
                 )
                 + "."
             )
-        if late_pct > 10.0 or lag_p99 > 10 * late_threshold_us:
+        # Late because the generator lagged (not because sends waited for the in-flight cap).
+        if (
+            late_pct > 10.0 or lag_p99 > 10 * late_threshold_us
+        ) and merged.dropped_count < late / 2:
             saturated = True
     cpu_pct = 100.0 * merged.cpu_s / dur_s / max(merged.workers, 1)
     cpu_per_req = merged.cpu_s * 1e6 / n if n else 0.0
