@@ -393,13 +393,12 @@ class Tuner:
 
         return watch
 
-    def _set_timing(self, trial: optuna.Trial, t0: int, window_s: float) -> float:
+    def _set_timing(self, trial: optuna.Trial, t0: int, window_s: float) -> None:
         duration = (time.perf_counter_ns() - t0) / 1e9
         overhead = max(duration - window_s, 0.0)
         trial.set_user_attr(A_DURATION, duration)
         trial.set_user_attr(A_OVERHEAD, overhead)
         trial.set_user_attr(A_WINDOW, window_s)
-        return overhead
 
     def _fail(
         self,
@@ -418,13 +417,14 @@ class Tuner:
             trial.set_user_attr(
                 A_NAME, self.variant_name(trial.number, bool(trial.user_attrs.get(A_DEFAULT)))
             )
-        overhead = self._set_timing(trial, t0, window_s)
+        self._set_timing(trial, t0, window_s)
         study.tell(trial, state=TrialState.FAIL)
-        self._done(study, trial.number, overhead)
+        self._done(study, trial.number, t0, window_s)
         return measured
 
-    def _done(self, study: optuna.Study, number: int, overhead_s: float) -> None:
-        self.overheads_s.append(overhead_s)
+    def _done(self, study: optuna.Study, number: int, t0: int, window_s: float) -> None:
+        # Ask to after tell, minus the windows (the stored overhead_s stops before the tell).
+        self.overheads_s.append(max((time.perf_counter_ns() - t0) / 1e9 - window_s, 0.0))
         self.measured_here += 1
         if self.on_trial is not None:
             record = record_of(
@@ -453,9 +453,9 @@ class Tuner:
                 st.REASON_ATTR, "pruned: clearly worse than the best after its first windows"
             )
             self._set_constraints(trial, {})
-            overhead = self._set_timing(trial, t0, outcome.window_s)
+            self._set_timing(trial, t0, outcome.window_s)
             study.tell(trial, state=TrialState.PRUNED)
-            self._done(study, trial.number, overhead)
+            self._done(study, trial.number, t0, outcome.window_s)
             return
         m = outcome.measurement
         if m is not None:
@@ -475,9 +475,9 @@ class Tuner:
             return
         violations = self.objective.violations(metrics)
         self._set_constraints(trial, violations)
-        overhead = self._set_timing(trial, t0, outcome.window_s)
+        self._set_timing(trial, t0, outcome.window_s)
         study.tell(trial, values=self.objective.values(metrics))
-        self._done(study, trial.number, overhead)
+        self._done(study, trial.number, t0, outcome.window_s)
 
     def _copy(self, study: optuna.Study, trial: optuna.Trial, same: FrozenTrial) -> None:
         """Tell `trial` the stored result of `same` (no measurement)."""
