@@ -239,8 +239,6 @@ def tune(
         if window_ms is None
         else dataclasses.replace(spec.measure, window_ms=window_ms),
     )
-    if spec.search.sampler == "grid" and trials is None and spec.trials < 2:
-        raise ConfigError(f"{spec.source}:budget.trials: grid search needs more than one trial")
     run_tune(spec, dry_run=dry_run)
 
 

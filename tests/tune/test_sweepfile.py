@@ -82,3 +82,15 @@ def test_missing_model_name_and_bad_toml(tmp_path: Path) -> None:
         parse_sweep("[model\n", "s.toml", base_dir=tmp_path)
     with pytest.raises(ConfigError, match="sweep file not found"):
         load_sweep(tmp_path / "missing.toml")
+
+
+def test_cli_refuses_a_bad_sweep_with_file_key_and_reason(tmp_path: Path) -> None:
+    from tests.tune.conftest import run_perfkit
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text(MINIMAL + "[space]\nmax_batch_size = [8, -1]\n")
+    proc = run_perfkit("tune", str(bad))
+    assert proc.returncode == 3
+    assert f"{bad}:space.max_batch_size: values must be >= 0, got -1" in " ".join(
+        proc.stderr.split()
+    )
