@@ -90,6 +90,8 @@ class H2Conn(asyncio.Protocol):
         self.peer_init_window = 65535
         self.max_frame = 16384
         self.max_streams = 1 << 31
+        # While a chunk is handled: writes collected for one transport.write.
+        self.out: list[bytes] | None = None
         self.stream_windows: dict[int, int] = {}
         # Streams whose DATA is not (fully) sent yet: [sid, msg, offset].
         self.pending: deque[list[Any]] = deque()
@@ -158,17 +160,19 @@ class H2Conn(asyncio.Protocol):
             and not self.pending
         ):
             self.send_window -= n
-            self.t.write(head + _FRAME.pack(n >> 8, n & 0xFF, DATA, END_STREAM, sid) + msg)  # type: ignore[union-attr]
+            data = head + _FRAME.pack(n >> 8, n & 0xFF, DATA, END_STREAM, sid) + msg
+            if self.out is not None:
+                self.out.append(data)
+            else:
+                self.t.write(data)  # type: ignore[union-attr]
         else:
-            self.t.write(head)  # type: ignore[union-attr]
+            self._w(head)
             self.stream_windows[sid] = self.peer_init_window
             self.pending.append([sid, msg, 0])
             self._flush()
         r.send_ns += perf_counter_ns() - s
 
     def _flush(self) -> None:
-        t = self.t
-        assert t is not None
         while self.pending:
             item = self.pending[0]
             sid, msg, off = item
@@ -184,7 +188,7 @@ class H2Conn(asyncio.Protocol):
                 chunk = msg[off : off + avail]
                 off += len(chunk)
                 last = off >= len(msg)
-                t.write(frame(DATA, END_STREAM if last else 0, sid, chunk))
+                self._w(frame(DATA, END_STREAM if last else 0, sid, chunk))
                 self.send_window -= len(chunk)
                 self.stream_windows[sid] -= len(chunk)
             self.pending.popleft()
@@ -192,7 +196,23 @@ class H2Conn(asyncio.Protocol):
 
     # -- receiving ------------------------------------------------------------------------------
 
+    def _w(self, data: bytes) -> None:
+        if self.out is not None:
+            self.out.append(data)
+        else:
+            self.t.write(data)  # type: ignore[union-attr]
+
     def data_received(self, data: bytes) -> None:
+        # Everything written while handling this chunk (re-sends, acks) leaves in one write.
+        self.out = []
+        try:
+            self._frames(data)
+        finally:
+            out, self.out = self.out, None
+            if out:
+                self.t.write(out[0] if len(out) == 1 else b"".join(out))  # type: ignore[union-attr]
+
+    def _frames(self, data: bytes) -> None:
         buf = self.buf + data if self.buf else data
         pos = 0
         end = len(buf)
@@ -227,7 +247,7 @@ class H2Conn(asyncio.Protocol):
                     self._settings(buf[p:pos])
             elif ftype == PING:
                 if not flags & ACK:
-                    self.t.write(frame(PING, ACK, 0, buf[p:pos]))  # type: ignore[union-attr]
+                    self._w(frame(PING, ACK, 0, buf[p:pos]))
             elif ftype == RST_STREAM:
                 self._end(sid, True, "stream reset by the server")
             elif ftype == GOAWAY:
@@ -237,7 +257,7 @@ class H2Conn(asyncio.Protocol):
                 self.lost = True
         self.buf = buf[pos:] if pos < end else b""
         if self.recv_unacked > (1 << 30):
-            self.t.write(frame(WINDOW_UPDATE, 0, 0, _U32.pack(self.recv_unacked)))  # type: ignore[union-attr]
+            self._w(frame(WINDOW_UPDATE, 0, 0, _U32.pack(self.recv_unacked)))
             self.recv_unacked = 0
 
     def _settings(self, payload: bytes) -> None:
@@ -252,7 +272,7 @@ class H2Conn(asyncio.Protocol):
                 self.max_frame = val
             elif key == 0x3:
                 self.max_streams = val
-        self.t.write(frame(SETTINGS, ACK, 0))  # type: ignore[union-attr]
+        self._w(frame(SETTINGS, ACK, 0))
         if not self.ready.done():
             self.ready.set_result(None)
         if self.pending:
