@@ -14,7 +14,6 @@ import signal
 
 import grpc
 from aiohttp import web
-from tritonclient.grpc import service_pb2_grpc
 
 from perfkit_server.dataplane import DataPlane
 from perfkit_server.grpc_service import GrpcService
@@ -51,20 +50,10 @@ async def serve(settings: ServerSettings) -> int:
     await registry.load_startup()
 
     runners: list[web.AppRunner] = []
-    grpc_server: grpc.aio.Server | None = None
+    grpc_server: grpc.Server | None = None
     try:
         if settings.allow_grpc:
-            limit = settings.max_request_bytes
-            grpc_server = grpc.aio.server(
-                options=[
-                    ("grpc.max_receive_message_length", limit),
-                    ("grpc.max_send_message_length", limit),
-                    ("grpc.so_reuseport", 0),
-                ]
-            )
-            service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-                GrpcService(dataplane), grpc_server
-            )
+            grpc_server = GrpcService(dataplane, loop).server(settings.max_request_bytes)
             address = f"{settings.grpc_address}:{settings.grpc_port}"
             try:
                 port = grpc_server.add_insecure_port(address)
@@ -74,7 +63,7 @@ async def serve(settings: ServerSettings) -> int:
                 raise OSError(
                     f"cannot bind the gRPC port {settings.grpc_address}:{settings.grpc_port}"
                 )
-            await grpc_server.start()
+            grpc_server.start()
             logger.info("Started GRPCInferenceService at %s:%d", settings.grpc_address, port)
         if settings.allow_http:
             http = HttpService(dataplane, settings.max_request_bytes)
@@ -96,7 +85,9 @@ async def serve(settings: ServerSettings) -> int:
     finally:
         dataplane.set_ready(False)
         if grpc_server is not None:
-            await grpc_server.stop(settings.drain_secs)
+            # Handler threads wait on the loop: keep it running while grpc drains them.
+            stopped = grpc_server.stop(settings.drain_secs)
+            await loop.run_in_executor(None, stopped.wait)
         for runner in runners:
             await runner.shutdown()
             await runner.cleanup()

@@ -6,7 +6,6 @@ subclasses to status codes; everything else happens here.
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import Any
 
@@ -15,9 +14,8 @@ from perfkit_server.errors import InvalidInput, ModelNotFound, ServerError, Unav
 from perfkit_server.modelconfig import config_json
 from perfkit_server.registry import LoadedVersion, Registry
 from perfkit_server.settings import ServerSettings
+from perfkit_server.stats import RequestTimes
 from perfkit_server.types import InferInput, InferOutput, InferRequest, InferResponse, v2_of_array
-
-logger = logging.getLogger(__name__)
 
 # Only what this server implements (no shared memory, sequences, classification or logging API).
 EXTENSIONS = [
@@ -128,15 +126,9 @@ class DataPlane:
     # -- inference -----------------------------------------------------------------------------
 
     async def infer(self, request: InferRequest) -> InferResponse:
-        """Validate, queue, wait for the batch, and build the response."""
-        lv = self._registry.get(request.model_name, request.model_version)
+        """Validate, queue, wait for the batch, and build the response (on the loop)."""
+        lv, inputs, batch_size, wanted = self._prepare(request)
         start = time.perf_counter_ns()
-        # Requests refused by validation are not counted (as in Triton): they never reach the model.
-        inputs, batch_size = _check_inputs(lv, request.inputs)
-        wanted = [o.name for o in request.outputs]
-        for out in wanted:
-            if out not in lv.outputs:
-                raise InvalidInput(f"unexpected inference output '{out}' for model '{lv.name}'")
         try:
             future = lv.scheduler.submit(inputs, batch_size, request.priority, request.timeout_us)
             outputs, times = await future
@@ -144,20 +136,58 @@ class DataPlane:
             reason = "REJECTED" if isinstance(exc, Unavailable) else "BACKEND"
             lv.stats.record_failure(time.perf_counter_ns() - start, reason)
             raise
-        names = wanted or [n for n in lv.outputs if n in outputs] or list(outputs)
-        result: list[InferOutput] = []
-        for out in names:
-            array = outputs.get(out)
-            if array is None:
-                lv.stats.record_failure(time.perf_counter_ns() - start, "BACKEND")
-                raise InvalidInput(f"model '{lv.name}' produced no output '{out}'")
-            spec = lv.outputs.get(out)
-            datatype = spec.datatype if spec is not None else v2_of_array(array)
-            result.append(InferOutput(out, datatype, tuple(array.shape), array))
-        lv.stats.record_success(time.perf_counter_ns() - start, times)
-        if logger.isEnabledFor(logging.DEBUG):
-            logger.debug("infer %s v%d id=%r batch=%d", lv.name, lv.version, request.id, batch_size)
-        return InferResponse(lv.name, str(lv.version), request.id, result)
+        return _respond(lv, request, wanted, outputs, times, start)
+
+    def infer_direct(self, request: InferRequest) -> InferResponse | None:
+        """Run `request` on the calling thread when its model can take it now, else None.
+
+        Thread-safe (gRPC handler threads): see `Scheduler.try_direct` for when it runs.
+        Validation errors raise as from `infer`.
+        """
+        lv, inputs, batch_size, wanted = self._prepare(request)
+        start = time.perf_counter_ns()
+        try:
+            done = lv.scheduler.try_direct(inputs, batch_size)
+        except ServerError:
+            lv.stats.record_failure(time.perf_counter_ns() - start, "BACKEND")
+            raise
+        if done is None:
+            return None
+        return _respond(lv, request, wanted, done[0], done[1], start)
+
+    def _prepare(
+        self, request: InferRequest
+    ) -> tuple[LoadedVersion, dict[str, Any], int, list[str]]:
+        lv = self._registry.get(request.model_name, request.model_version)
+        # Requests refused by validation are not counted (as in Triton): they never reach the model.
+        inputs, batch_size = _check_inputs(lv, request.inputs)
+        wanted = [o.name for o in request.outputs]
+        for out in wanted:
+            if out not in lv.outputs:
+                raise InvalidInput(f"unexpected inference output '{out}' for model '{lv.name}'")
+        return lv, inputs, batch_size, wanted
+
+
+def _respond(
+    lv: LoadedVersion,
+    request: InferRequest,
+    wanted: list[str],
+    outputs: dict[str, Any],
+    times: RequestTimes,
+    start: int,
+) -> InferResponse:
+    names = wanted or [n for n in lv.outputs if n in outputs] or list(outputs)
+    result: list[InferOutput] = []
+    for out in names:
+        array = outputs.get(out)
+        if array is None:
+            lv.stats.record_failure(time.perf_counter_ns() - start, "BACKEND")
+            raise InvalidInput(f"model '{lv.name}' produced no output '{out}'")
+        spec = lv.outputs.get(out)
+        datatype = spec.datatype if spec is not None else v2_of_array(array)
+        result.append(InferOutput(out, datatype, tuple(array.shape), array))
+    lv.stats.record_success(time.perf_counter_ns() - start, times)
+    return InferResponse(lv.name, str(lv.version), request.id, result)
 
 
 def _check_inputs(lv: LoadedVersion, inputs: list[InferInput]) -> tuple[dict[str, Any], int]:

@@ -29,6 +29,7 @@ import numpy as np
 
 from perfkit_server.backends.base import Array, Backend
 from perfkit_server.errors import InferenceFailed, Unavailable
+from perfkit_server.instances import InstancePool
 from perfkit_server.stats import ModelStats, RequestTimes
 
 logger = logging.getLogger(__name__)
@@ -38,6 +39,9 @@ Outputs = dict[str, Array]
 # Executions that take less than this run on the event loop instead of in the executor: handing
 # a batch to a thread and back costs more CPU (two wake-ups and GIL hand-offs, ~50-100 us) than
 # such a batch itself. Only for backends that say they never block (`may_block` False).
+# The decision follows the share of recent executions under the bar (an EWMA of 0/1, inline above
+# one half): a median, not a mean, so the multi-millisecond outliers of a preempted thread on a
+# loaded machine do not switch it off.
 INLINE_BELOW_NS = 100_000
 _EWMA_WEIGHT = 0.1
 
@@ -128,13 +132,11 @@ class Scheduler:
         self._with_deadline = 0
         self._order: deque[_Pending] = deque()
         self._wake = asyncio.Event()
-        self._idle: asyncio.Queue[Backend] = asyncio.Queue()
-        for inst in self._instances:
-            self._idle.put_nowait(inst)
+        self._pool = InstancePool(self._instances, asyncio.get_running_loop())
         self._closing = False
         self._may_inline = not any(getattr(inst, "may_block", True) for inst in self._instances)
         self._inline = False
-        self._exec_ewma_ns = float(INLINE_BELOW_NS)
+        self._fast_share = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
 
@@ -181,7 +183,7 @@ class Scheduler:
             and not self._pending
             and not self._order
             and spec.max_queue_delay_ns == 0
-            and not self._idle.empty()
+            and self._pool.idle
         ):
             return self._run_now(inputs, batch_size)
         now = time.perf_counter_ns()
@@ -220,6 +222,7 @@ class Scheduler:
             await self._loop_task
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._pool.drain()  # direct calls still running in gRPC threads
         loop = asyncio.get_running_loop()
         for inst in self._instances:
             await loop.run_in_executor(self._executor, inst.close)
@@ -238,10 +241,10 @@ class Scheduler:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            inst = await self._idle.get()
+            inst = await self._pool.acquire()
             batch = await self._next_batch(loop)
             if batch is None:
-                self._idle.put_nowait(inst)
+                self._pool.release(inst)
                 continue
             task = loop.create_task(self._execute(inst, batch))
             self._tasks.add(task)
@@ -344,6 +347,34 @@ class Scheduler:
 
     # -- execution -----------------------------------------------------------------------------
 
+    def try_direct(
+        self, inputs: dict[str, Array], batch_size: int
+    ) -> tuple[Outputs, RequestTimes] | None:
+        """Run one request now on the calling (gRPC handler) thread, or None to queue it instead.
+
+        Only for what the inline path would run on the loop: no dynamic batcher, a short
+        non-blocking backend. Waits (in this thread) for an instance when all are busy, as the
+        default scheduler's queue would; requests queued on the loop compete for the same
+        instances (the default scheduler promises no order between concurrent requests).
+        Thread-safe.
+        """
+        if not self._inline or self._spec.dynamic or self._closing:
+            return None
+        inst = self._pool.take(wait=True)
+        if inst is None:
+            return None
+        enqueue_ns = time.perf_counter_ns()
+        try:
+            outputs, t0, t1, t2, t3 = self._run_batch_one(inst, inputs)
+        except Exception as exc:  # the backend boundary, as in _execute
+            raise InferenceFailed(
+                f"model '{self._stats.name}' failed to execute the batch: {exc}"
+            ) from None
+        finally:
+            self._pool.release(inst)
+        self._record(batch_size, 1, t0, t1, t2, t3)
+        return outputs, RequestTimes(max(0, t0 - enqueue_ns), t1 - t0, t2 - t1, t3 - t2)
+
     def _run_now(
         self, inputs: dict[str, Array], batch_size: int
     ) -> asyncio.Future[tuple[Outputs, RequestTimes]]:
@@ -352,7 +383,8 @@ class Scheduler:
             asyncio.get_running_loop().create_future()
         )
         pending = _Pending(inputs, batch_size, (), fut, time.perf_counter_ns(), 0, 0)
-        inst = self._idle.get_nowait()
+        inst = self._pool.take(wait=False)
+        assert inst is not None  # submit checked that one is idle, on this same thread
         try:
             result = self._run_batch(inst, [pending])
         except Exception as exc:  # the backend boundary, as in _execute
@@ -360,7 +392,7 @@ class Scheduler:
         else:
             self._complete([pending], result)
         finally:
-            self._idle.put_nowait(inst)
+            self._pool.release(inst)
         return fut
 
     async def _execute(self, inst: Backend, batch: list[_Pending]) -> None:
@@ -374,7 +406,7 @@ class Scheduler:
             self._fail(batch, exc)
             return
         finally:
-            self._idle.put_nowait(inst)
+            self._pool.release(inst)
         self._complete(batch, result)
 
     def _fail(self, pending_batch: list[_Pending], exc: Exception) -> None:
@@ -389,14 +421,26 @@ class Scheduler:
         self, batch: list[_Pending], result: tuple[list[Outputs], int, int, int, int]
     ) -> None:
         per_request, t0, t1, t2, t3 = result
-        size = sum(p.batch_size for p in batch)
-        self._stats.record_execution(size, len(batch), t1 - t0, t2 - t1, t3 - t2)
-        if self._may_inline:
-            self._exec_ewma_ns += _EWMA_WEIGHT * ((t3 - t0) - self._exec_ewma_ns)
-            self._inline = self._exec_ewma_ns < INLINE_BELOW_NS
+        self._record(sum(p.batch_size for p in batch), len(batch), t0, t1, t2, t3)
         for p, outputs in zip(batch, per_request, strict=True):
             times = RequestTimes(max(0, t0 - p.enqueue_ns), t1 - t0, t2 - t1, t3 - t2)
             self._finish(p, (outputs, times))
+
+    def _record(self, size: int, requests: int, t0: int, t1: int, t2: int, t3: int) -> None:
+        self._stats.record_execution(size, requests, t1 - t0, t2 - t1, t3 - t2)
+        if self._may_inline:
+            fast = 1.0 if t3 - t0 < INLINE_BELOW_NS else 0.0
+            self._fast_share += _EWMA_WEIGHT * (fast - self._fast_share)
+            self._inline = self._fast_share > 0.5
+
+    @staticmethod
+    def _run_batch_one(
+        inst: Backend, inputs: dict[str, Array]
+    ) -> tuple[Outputs, int, int, int, int]:
+        t0 = time.perf_counter_ns()
+        outputs = inst.infer(inputs)
+        t2 = time.perf_counter_ns()
+        return outputs, t0, t0, t2, t2
 
     def _run_batch(
         self, inst: Backend, batch: list[_Pending]

@@ -1,0 +1,318 @@
+"""perfkit_server's efficiency: served vs raw ONNX Runtime throughput, and server CPU-µs per request.
+
+From one run on this machine it prints:
+  1. raw in-process ONNX Runtime throughput of the zoo `resnet50` and `mlp` at their best batch
+     size (the session options perfkit_server uses: intra-op threads = cores, no spinning);
+  2. what perfkit_server serves for the same models over gRPC with dynamic batching
+     (preferred_batch_size = the best raw batch) at a concurrency that saturates it, and the ratio;
+  3. requests/s and server CPU-µs per request (user+sys of the server process and its children,
+     psutil, divided by the requests the server completed) for the zoo `identity` over HTTP and
+     gRPC, repeated, median and spread; and the same for a real tritonserver with a python-backend
+     identity model when one is available (nvidia-pytriton wheel or tritonserver on PATH).
+Load comes from this process (perfkit's own load generator: lean HTTP/1.1 and HTTP/2 clients), so
+the client never runs inside the server process being measured.
+
+Targets (issue 2, acceptance 7): served/raw >= 0.90 for resnet50; identity <= 120 server
+CPU-µs/request over HTTP and <= 170 over gRPC (a real tritonserver 2.51 + python backend here).
+
+    .venv/bin/python benchmarks/server_efficiency.py [--identity-requests 25000] [--repeats 3]
+        [--skip-triton] [--skip-resnet50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import statistics
+import tempfile
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import psutil
+import tritonclient.http as httpclient
+
+from perfkit import zoo
+from perfkit.launch import EmbeddedServer, LocalTriton
+from perfkit.launch.triton import pytriton_server_dir
+from perfkit.load.spec import InputSpec, MeasureSpec, TargetSpec
+from perfkit.load.sweep import measure_level
+
+TARGET_RATIO = 0.90
+TARGET_CPU_US = {"http": 120.0, "grpc": 170.0}
+BATCHES = {"resnet50": (1, 2, 4, 8, 16), "mlp": (1, 4, 16, 32, 64, 128)}
+SERVED_MAX_BATCH = {"resnet50": 32, "mlp": 256}
+
+
+# -- raw ONNX Runtime ------------------------------------------------------------------------------
+
+
+def raw_throughput(model_path: Path, batch: int, seconds: float) -> float:
+    """Inferences/s of one session (perfkit_server's options) at this batch size."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = os.cpu_count() or 1
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+    feeds = {
+        i.name: np.random.default_rng(0).standard_normal((batch, *i.shape[1:])).astype(np.float32)
+        for i in session.get_inputs()
+    }
+    session.run(None, feeds)  # warm-up
+    runs = 0
+    start = time.perf_counter_ns()
+    while True:
+        session.run(None, feeds)
+        runs += 1
+        elapsed = time.perf_counter_ns() - start
+        if elapsed >= seconds * 1e9 and runs >= 3:
+            return runs * batch / (elapsed / 1e9)
+
+
+def best_raw(model_path: Path, batches: tuple[int, ...], seconds: float) -> tuple[int, float]:
+    results = {b: raw_throughput(model_path, b, seconds) for b in batches}
+    for b, t in results.items():
+        print(f"    raw batch {b:>4}: {t:10.1f} infer/s")
+    best = max(results, key=lambda b: results[b])
+    return best, results[best]
+
+
+def write_batching_config(repo: Path, name: str, max_batch: int, preferred: int) -> None:
+    """Enable dynamic batching (preferred = the best raw batch) on a zoo model's config."""
+    path = repo / name / "config.pbtxt"
+    text = path.read_text()
+    lines = [ln for ln in text.splitlines() if not ln.startswith("max_batch_size")]
+    lines.insert(1, f"max_batch_size: {max_batch}")
+    lines.append(
+        f"dynamic_batching {{ preferred_batch_size: [ {preferred} ] "
+        "max_queue_delay_microseconds: 2000 }"
+    )
+    path.write_text("\n".join(lines) + "\n")
+
+
+# -- server CPU ------------------------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """user+sys of a process and its live children (Triton's python backend stubs)."""
+    proc = psutil.Process(pid)
+    total = 0.0
+    for p in [proc, *proc.children(recursive=True)]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            t = p.cpu_times()
+            total += t.user + t.system
+    return total
+
+
+def completed(http_url: str, model: str) -> int:
+    client = httpclient.InferenceServerClient(http_url)
+    try:
+        stats = client.get_inference_statistics(model)
+    finally:
+        client.close()
+    return sum(int(s["inference_stats"]["success"]["count"]) for s in stats["model_stats"])
+
+
+@dataclass
+class Figure:
+    rps: float
+    cpu_us: float
+
+
+def drive(url: str, protocol: str, model: str, concurrency: int, requests: int) -> float:
+    """Closed-loop load of exactly `requests` requests; returns the client's infer/s."""
+    target = TargetSpec(url=url, protocol=protocol, model=model)  # type: ignore[arg-type]
+    measure = MeasureSpec(
+        fixed_request_count=requests, warmup_request_count=min(500, requests // 10)
+    )
+    m = measure_level(target, InputSpec(), measure, "concurrency", concurrency)
+    return m.throughput_infer_per_s
+
+
+def cpu_per_request(
+    pid: int, http_url: str, url: str, protocol: str, model: str, concurrency: int, requests: int
+) -> Figure:
+    """Server CPU-µs per completed request over one load run (warm-up included on both sides)."""
+    n0, c0 = completed(http_url, model), cpu_seconds(pid)
+    rps = drive(url, protocol, model, concurrency, requests)
+    c1, n1 = cpu_seconds(pid), completed(http_url, model)
+    # The two statistics queries themselves cost a few hundred µs: negligible over 20k requests.
+    return Figure(rps, (c1 - c0) * 1e6 / max(1, n1 - n0))
+
+
+def identity_rows(
+    label: str,
+    server: EmbeddedServer | LocalTriton,
+    model: str,
+    args: argparse.Namespace,
+) -> list[tuple[str, str, list[Figure]]]:
+    pid = server.pid
+    assert pid is not None
+    rows = []
+    for protocol in ("http", "grpc"):
+        url = server.http_url if protocol == "http" else server.grpc_url
+        figures = [
+            cpu_per_request(
+                pid, server.http_url, url, protocol, model, args.concurrency, args.identity_requests
+            )
+            for _ in range(args.repeats)
+        ]
+        rows.append((label, protocol, figures))
+    return rows
+
+
+_TRITON_IDENTITY = textwrap.dedent(
+    """
+    import triton_python_backend_utils as pb_utils
+
+
+    class TritonPythonModel:
+        def execute(self, requests):
+            responses = []
+            for request in requests:
+                x0 = pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy()
+                responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", x0)]))
+            return responses
+    """
+)
+
+
+def write_triton_identity(repo: Path) -> None:
+    """Python-backend identity with the zoo identity's tensors (FP32 [16], max_batch_size 64)."""
+    (repo / "identity" / "1").mkdir(parents=True)
+    (repo / "identity" / "1" / "model.py").write_text(_TRITON_IDENTITY)
+    (repo / "identity" / "config.pbtxt").write_text(
+        'name: "identity"\nbackend: "python"\nmax_batch_size: 64\n'
+        'input { name: "INPUT0" data_type: TYPE_FP32 dims: [ 16 ] }\n'
+        'output { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 16 ] }\n'
+        "instance_group { count: 1 kind: KIND_CPU }\n"
+    )
+
+
+# -- report ----------------------------------------------------------------------------------------
+
+
+def spread(values: list[float]) -> str:
+    return f"{min(values):.0f}-{max(values):.0f}"
+
+
+def print_identity(rows: list[tuple[str, str, list[Figure]]]) -> bool:
+    ok = True
+    print(f"  {'server':<16}{'proto':<6}{'req/s':>8}{'CPU-µs/req':>12}{'(spread)':>12}  target")
+    for label, protocol, figures in rows:
+        cpu = statistics.median(f.cpu_us for f in figures)
+        rps = statistics.median(f.rps for f in figures)
+        verdict = ""
+        if label == "perfkit_server":
+            goal = TARGET_CPU_US[protocol]
+            met = cpu <= goal
+            ok = ok and met
+            verdict = f"<= {goal:g} {'ok' if met else 'MISSED'}"
+        print(
+            f"  {label:<16}{protocol:<6}{rps:>8.0f}{cpu:>12.0f}"
+            f"{spread([f.cpu_us for f in figures]):>12}  {verdict}"
+        )
+    return ok
+
+
+@contextlib.contextmanager
+def timed(what: str) -> Iterator[None]:
+    start = time.perf_counter()
+    yield
+    print(f"  ({what}: {time.perf_counter() - start:.0f} s)")
+
+
+def served_section(repo: Path, args: argparse.Namespace, models: list[str]) -> bool:
+    ok = True
+    raw: dict[str, tuple[int, float]] = {}
+    for name in models:
+        print(f"  {name}:")
+        raw[name] = best_raw(repo / name / "1" / "model.onnx", BATCHES[name], args.raw_seconds)
+        write_batching_config(repo, name, SERVED_MAX_BATCH[name], raw[name][0])
+    with EmbeddedServer(repo, load_models=models) as server:
+        for name in models:
+            best, raw_tput = raw[name]
+            # Enough requests in flight to keep two batches queued behind the running one.
+            concurrency = max(8, 3 * best)
+            requests = max(12 * best, int(raw_tput * args.served_seconds))
+            served = drive(server.grpc_url, "grpc", name, concurrency, requests)
+            ratio = served / raw_tput
+            verdict = ""
+            if name == "resnet50":
+                met = ratio >= TARGET_RATIO
+                ok = ok and met
+                verdict = f">= {TARGET_RATIO:g} {'ok' if met else 'MISSED'}"
+            print(
+                f"  {name:<9} raw {raw_tput:9.1f} infer/s (batch {best:>3})   served over gRPC "
+                f"{served:9.1f} infer/s (concurrency {concurrency})   ratio {ratio:5.2f}  {verdict}"
+            )
+    return ok
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--identity-requests", type=int, default=25000)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--concurrency", type=int, default=8, help="identity closed-loop concurrency")
+    ap.add_argument("--raw-seconds", type=float, default=4.0, help="per raw batch size")
+    ap.add_argument("--served-seconds", type=float, default=12.0, help="per served model")
+    ap.add_argument("--skip-resnet50", action="store_true")
+    ap.add_argument("--skip-served", action="store_true")
+    ap.add_argument("--skip-triton", action="store_true")
+    args = ap.parse_args()
+    load = os.getloadavg()
+    print(
+        f"perfkit_server efficiency on {os.cpu_count()} cores; load average {load[0]:.2f} "
+        f"{load[1]:.2f} {load[2]:.2f} at start"
+    )
+    ok = True
+    with tempfile.TemporaryDirectory(prefix="perfkit-eff-") as tmp:
+        repo = Path(tmp) / "repo"
+        models = ["mlp"] if args.skip_resnet50 else ["resnet50", "mlp"]
+        for name in [*models, "identity"]:
+            zoo.build(name, repo)
+        if not args.skip_served:
+            print("\n1-2. raw ONNX Runtime vs served over gRPC with dynamic batching")
+            with timed("served vs raw"):
+                ok = served_section(repo, args, models) and ok
+        print(
+            f"\n3. identity: server CPU-µs per request, concurrency {args.concurrency}, "
+            f"{args.identity_requests} requests x {args.repeats} (median, spread)"
+        )
+        rows: list[tuple[str, str, list[Figure]]] = []
+        with timed("perfkit_server identity"), EmbeddedServer(repo, load_models=["identity"]) as s:
+            rows += identity_rows("perfkit_server", s, "identity", args)
+        triton = None if args.skip_triton else _triton_factory()
+        if triton is not None:
+            troot = Path(tmp) / "triton"
+            write_triton_identity(troot)
+            with timed("tritonserver identity"), triton(troot) as t:
+                rows += identity_rows("tritonserver", t, "identity", args)
+        elif not args.skip_triton:
+            print("  (no tritonserver: neither on PATH nor the nvidia-pytriton wheel)")
+        ok = print_identity(rows) and ok
+    load = os.getloadavg()
+    print(f"\nload average at end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    return 0 if ok else 1
+
+
+def _triton_factory() -> Callable[[Path], Any] | None:
+    import shutil
+
+    if shutil.which("tritonserver") is None and pytriton_server_dir() is None:
+        return None
+    return lambda repo: LocalTriton(repo, load_models=["identity"])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
