@@ -260,7 +260,7 @@ def main() -> int:
             "--quick: short windows make a noisy table (a smoke run); the targets are for the full run"
         )
     print(
-        "method: the grid was measured live once; TPE seeds were replayed against that table (each "
+        "method: the grid was measured live once (its leaders three times, median kept); TPE seeds were replayed against that table (each "
         "suggestion looks up the grid's measurement), so measurement noise cannot decide the count."
     )
     return 0
