@@ -128,3 +128,27 @@ def test_a_variant_whose_requests_fail_is_a_failed_trial(ident_repo: Path, tmp_p
         assert t.params["max_batch_size_idx"] == 0
         assert "max_batch_size 2" in t.user_attrs["reason"]
     assert len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]) >= 2
+
+
+def test_clearly_worse_variants_are_pruned_after_their_first_windows(
+    ident_repo: Path, tmp_path: Path
+) -> None:
+    # The default batches (4 ms per execution, concurrency 8): one instance without batching is
+    # far below half of it after two windows, and is pruned there.
+    config = ident_repo / "ident" / "config.pbtxt"
+    config.write_text(config.read_text() + "dynamic_batching { }\n")
+    space = "dynamic_batching = [false]\ninstance_count = [1, 2]\n"
+    sweep = write_sweep(tmp_path / "s.toml", ident_repo, trials=3, space=space)
+    text = sweep.read_text().replace("concurrency = [4, 8]", "concurrency = 8")
+    sweep.write_text(text.replace("max_windows = 4", "max_windows = 6"))
+    out = tmp_path / "out"
+    proc = run_perfkit("tune", str(sweep), "--output", str(out), "--study-name", "t")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    study = optuna.load_study(study_name="t", storage=f"sqlite:///{out / 'study.db'}")
+    pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
+    assert pruned, [(t.number, t.state.name, t.params) for t in study.trials]
+    for t in pruned:
+        assert t.params.get("instance_count_idx") is not None
+        assert len(t.intermediate_values) == 2  # stopped after its first two windows
+        assert "pruned" in t.user_attrs["reason"]
+    assert any(t.params.get("instance_count_idx") == 0 for t in pruned)
