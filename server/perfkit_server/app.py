@@ -18,6 +18,7 @@ from aiohttp import web
 from perfkit_server.dataplane import DataPlane
 from perfkit_server.grpc_service import GrpcService
 from perfkit_server.http_service import HttpService
+from perfkit_server.http_wire import HttpServer
 from perfkit_server.metrics import metrics_app
 from perfkit_server.registry import Registry
 from perfkit_server.settings import ServerSettings
@@ -51,6 +52,7 @@ async def serve(settings: ServerSettings) -> int:
 
     runners: list[web.AppRunner] = []
     grpc_server: grpc.Server | None = None
+    http_server: HttpServer | None = None
     try:
         if settings.allow_grpc:
             grpc_server = GrpcService(dataplane, loop).server(settings.max_request_bytes)
@@ -66,9 +68,8 @@ async def serve(settings: ServerSettings) -> int:
             grpc_server.start()
             logger.info("Started GRPCInferenceService at %s:%d", settings.grpc_address, port)
         if settings.allow_http:
-            http = HttpService(dataplane, settings.max_request_bytes)
-            runner, port = await _start_site(http.app, settings.http_address, settings.http_port)
-            runners.append(runner)
+            http_server = HttpServer(HttpService(dataplane).dispatch, settings.max_request_bytes)
+            port = await http_server.start(settings.http_address, settings.http_port)
             logger.info("Started HTTPService at %s:%d", settings.http_address, port)
         if settings.allow_metrics:
             runner, port = await _start_site(
@@ -84,6 +85,8 @@ async def serve(settings: ServerSettings) -> int:
         logger.info("Signal received, draining in-flight requests")
     finally:
         dataplane.set_ready(False)
+        if http_server is not None:
+            await http_server.stop(settings.drain_secs)
         if grpc_server is not None:
             # Handler threads wait on the loop: keep it running while grpc drains them.
             stopped = grpc_server.stop(settings.drain_secs)

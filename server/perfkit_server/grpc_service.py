@@ -1,8 +1,8 @@
 """KServe v2 over gRPC on grpcio's sync server (handler threads), bridged into the asyncio loop.
 
 grpcio's sync server spends much less CPU per call than grpc.aio (no per-call asyncio machinery
-in Cython), so every RPC runs in a handler thread: protobuf parsing, validation-free decoding and
-response encoding happen there, and only the DataPlane call hops onto the event loop (where the
+in Cython), so every RPC runs in a handler thread: protobuf parsing, decoding and response
+encoding happen there, and only the DataPlane call hops onto the event loop (where the
 registry and schedulers live) through `run_coroutine_threadsafe`. A model without a dynamic
 batcher, with a short non-blocking backend and an idle instance, runs right in the handler thread
 (`DataPlane.infer_direct`): no hop at all.
@@ -253,7 +253,7 @@ class GrpcService:
 
     def _infer(self, request: Any) -> Any:
         decoded = decode_request(request)
-        response = self._dp.infer_direct(decoded)
+        response = self._dp.infer_direct(decoded, wait=True)
         if response is None:
             future = asyncio.run_coroutine_threadsafe(self._dp.infer(decoded), self._loop)
             response = future.result()

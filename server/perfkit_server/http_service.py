@@ -1,16 +1,17 @@
-"""KServe v2 over HTTP (aiohttp.web): JSON tensors and Triton's binary tensor data extension.
+"""KServe v2 over HTTP: routes on the lean `http_wire` server, JSON and binary tensor data.
 
 Maps ServerError subclasses to HTTP statuses (400/404/503/500) with Triton's `{"error": msg}` body.
+The infer route answers without a task or an await when the model can run the request at once
+(`DataPlane.infer_direct`); every other route, and queued inference, runs as a coroutine.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
-
-from aiohttp import web
 
 from perfkit_server.dataplane import DataPlane
 from perfkit_server.errors import (
@@ -20,6 +21,7 @@ from perfkit_server.errors import (
     ServerError,
     Unavailable,
 )
+from perfkit_server.http_wire import Reply, Request, error_reply, json_reply, path_param
 from perfkit_server.types import (
     InferInput,
     InferRequest,
@@ -36,8 +38,12 @@ logger = logging.getLogger(__name__)
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 _STATUS = {InvalidInput: 400, ModelNotFound: 404, Unavailable: 503, InternalError: 500}
+_OK = Reply(200)
+_NOT_FOUND = Reply(404, b"404: Not Found", "text/plain; charset=utf-8")
+_NOT_ALLOWED = Reply(405, b"405: Method Not Allowed", "text/plain; charset=utf-8")
+_MODEL = r"/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?"
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Handler = Callable[[Request, dict[str, str]], Reply | Awaitable[Reply]]
 
 
 def _status(exc: ServerError) -> int:
@@ -45,33 +51,6 @@ def _status(exc: ServerError) -> int:
         if isinstance(exc, cls):
             return status
     return 400
-
-
-def _error(status: int, message: str) -> web.Response:
-    return web.Response(
-        status=status, body=json.dumps({"error": message}).encode(), content_type="application/json"
-    )
-
-
-def _json(obj: Any, status: int = 200) -> web.Response:
-    return web.Response(
-        status=status, body=json.dumps(obj).encode(), content_type="application/json"
-    )
-
-
-@web.middleware
-async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except ServerError as exc:
-        return _error(_status(exc), str(exc))
-    except web.HTTPRequestEntityTooLarge as exc:
-        return _error(413, f"{exc.text} Raise --http-max-input-size to accept larger bodies.")
-    except web.HTTPException:
-        raise
-    except Exception:  # the request boundary: a server bug answers 500 and is logged
-        logger.exception("unhandled error on %s %s", request.method, request.path)
-        return _error(500, "internal server error; see the server log")
 
 
 def _parse_json(raw: bytes | memoryview, what: str) -> Any:
@@ -166,7 +145,7 @@ def decode_infer_request(
 
 def encode_infer_response(
     response: InferResponse, request: InferRequest, binary_default: bool
-) -> web.Response:
+) -> Reply:
     binary_of = {o.name: o.binary for o in request.outputs}
     out_json: list[dict[str, Any]] = []
     chunks: list[bytes] = []
@@ -193,95 +172,129 @@ def encode_infer_response(
         head["id"] = response.id
     head_bytes = json.dumps(head).encode()
     if not chunks:
-        return web.Response(body=head_bytes, content_type="application/json")
-    return web.Response(
-        body=b"".join([head_bytes, *chunks]),
-        headers={HEADER_LENGTH: str(len(head_bytes)), "Content-Type": "application/octet-stream"},
+        return Reply(200, head_bytes, "application/json")
+    return Reply(
+        200,
+        b"".join([head_bytes, *chunks]),
+        "application/octet-stream",
+        ((HEADER_LENGTH, str(len(head_bytes))),),
     )
 
 
 class HttpService:
-    """aiohttp routes that delegate to the DataPlane."""
+    """The KServe v2 routes, dispatched in order (the hot path first) to the DataPlane."""
 
-    def __init__(self, dataplane: DataPlane, max_request_bytes: int) -> None:
+    def __init__(self, dataplane: DataPlane) -> None:
         self._dp = dataplane
-        self.app = web.Application(middlewares=[_errors], client_max_size=max_request_bytes)
-        r = self.app.router
-        # aiohttp tries routes in registration order: the hot path goes first.
-        r.add_post("/v2/models/{model}/infer", self.infer)
-        r.add_post("/v2/models/{model}/versions/{version}/infer", self.infer)
-        r.add_get("/v2/health/live", self.live)
-        r.add_get("/v2/health/ready", self.ready)
-        r.add_get("/v2", self.server_metadata)
-        r.add_get("/v2/models/stats", self.stats)
-        r.add_post("/v2/repository/index", self.index)
-        # `.+` so that a name with an (encoded) slash reaches the name check and gets a 400.
-        r.add_post("/v2/repository/models/{model:.+}/load", self.load)
-        r.add_post("/v2/repository/models/{model:.+}/unload", self.unload)
-        for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
-            r.add_get(prefix, self.model_metadata)
-            r.add_get(prefix + "/ready", self.model_ready)
-            r.add_get(prefix + "/config", self.model_config)
-            r.add_get(prefix + "/stats", self.stats)
+        get, post = "GET", "POST"
+        routes: list[tuple[str, str, Handler]] = [
+            (post, _MODEL + "/infer", self.infer),
+            (get, "/v2/health/live", self.live),
+            (get, "/v2/health/ready", self.ready),
+            (get, "/v2", self.server_metadata),
+            (get, "/v2/models/stats", self.stats),
+            (post, "/v2/repository/index", self.index),
+            # `.+` so that a name with an (encoded) slash reaches the name check and gets a 400.
+            (post, "/v2/repository/models/(?P<model>.+)/load", self.load),
+            (post, "/v2/repository/models/(?P<model>.+)/unload", self.unload),
+            (get, _MODEL, self.model_metadata),
+            (get, _MODEL + "/ready", self.model_ready),
+            (get, _MODEL + "/config", self.model_config),
+            (get, _MODEL + "/stats", self.stats),
+        ]
+        self._routes = [(m, re.compile(pattern + "$"), h) for m, pattern, h in routes]
 
-    async def live(self, request: web.Request) -> web.Response:
-        return web.Response(status=200 if self._dp.live() else 503)
+    def dispatch(self, request: Request) -> Reply | Awaitable[Reply]:
+        """Route one request; a Reply now, or a coroutine that gives one."""
+        method = "GET" if request.method == "HEAD" else request.method
+        allowed = False
+        for route_method, pattern, handler in self._routes:
+            match = pattern.match(request.path)
+            if match is None:
+                continue
+            if route_method != method:
+                allowed = True
+                continue
+            params = {k: path_param(v) for k, v in match.groupdict().items() if v is not None}
+            try:
+                result = handler(request, params)
+            except ServerError as exc:
+                return error_reply(_status(exc), str(exc))
+            except Exception:  # the request boundary: a server bug answers 500 and is logged
+                logger.exception("unhandled error on %s %s", request.method, request.path)
+                return error_reply(500, "internal server error; see the server log")
+            if isinstance(result, Reply):
+                return result
+            return _guarded(result, request)
+        return _NOT_ALLOWED if allowed else _NOT_FOUND
 
-    async def ready(self, request: web.Request) -> web.Response:
-        return web.Response(status=200 if self._dp.ready() else 503)
+    def live(self, request: Request, params: dict[str, str]) -> Reply:
+        return _OK if self._dp.live() else Reply(503)
 
-    async def server_metadata(self, request: web.Request) -> web.Response:
-        return _json(self._dp.server_metadata())
+    def ready(self, request: Request, params: dict[str, str]) -> Reply:
+        return _OK if self._dp.ready() else Reply(503)
 
-    async def model_metadata(self, request: web.Request) -> web.Response:
-        m = request.match_info
-        return _json(self._dp.model_metadata(m["model"], m.get("version", "")))
+    def server_metadata(self, request: Request, params: dict[str, str]) -> Reply:
+        return json_reply(self._dp.server_metadata())
 
-    async def model_ready(self, request: web.Request) -> web.Response:
-        m = request.match_info
-        if self._dp.model_ready(m["model"], m.get("version", "")):
-            return web.Response(status=200)
-        return _error(400, "Model version not ready")
+    def model_metadata(self, request: Request, params: dict[str, str]) -> Reply:
+        return json_reply(self._dp.model_metadata(params["model"], params.get("version", "")))
 
-    async def model_config(self, request: web.Request) -> web.Response:
-        m = request.match_info
-        return _json(self._dp.model_config_json(m["model"], m.get("version", "")))
+    def model_ready(self, request: Request, params: dict[str, str]) -> Reply:
+        if self._dp.model_ready(params["model"], params.get("version", "")):
+            return _OK
+        return error_reply(400, "Model version not ready")
 
-    async def stats(self, request: web.Request) -> web.Response:
-        m = request.match_info
-        return _json(self._dp.statistics(m.get("model", ""), m.get("version", "")))
+    def model_config(self, request: Request, params: dict[str, str]) -> Reply:
+        return json_reply(self._dp.model_config_json(params["model"], params.get("version", "")))
 
-    async def index(self, request: web.Request) -> web.Response:
-        obj = _parse_json(await request.read(), "repository index request")
+    def stats(self, request: Request, params: dict[str, str]) -> Reply:
+        return json_reply(self._dp.statistics(params.get("model", ""), params.get("version", "")))
+
+    def index(self, request: Request, params: dict[str, str]) -> Reply:
+        obj = _parse_json(request.body, "repository index request")
         ready = bool(obj.get("ready", False)) if isinstance(obj, dict) else False
-        return _json(self._dp.repository_index(ready))
+        return json_reply(self._dp.repository_index(ready))
 
-    async def load(self, request: web.Request) -> web.Response:
-        obj = _parse_json(await request.read(), "load request")
-        params = obj.get("parameters") if isinstance(obj, dict) else None
+    async def load(self, request: Request, params: dict[str, str]) -> Reply:
+        obj = _parse_json(request.body, "load request")
+        body_params = obj.get("parameters") if isinstance(obj, dict) else None
         config: Any = None
-        if isinstance(params, dict):
-            for key in params:
+        if isinstance(body_params, dict):
+            for key in body_params:
                 if key.startswith("file:"):
                     raise InvalidInput("loading model files through the load API is not supported")
-            config = params.get("config")
+            config = body_params.get("config")
             if config is not None and not isinstance(config, str | dict):
                 raise InvalidInput("parameters.config must be the model config as a JSON string")
             if isinstance(config, str):
                 config = _parse_json(config.encode(), "parameters.config")
-        await self._dp.load_model(request.match_info["model"], config)
-        return web.Response(status=200)
+        await self._dp.load_model(params["model"], config)
+        return _OK
 
-    async def unload(self, request: web.Request) -> web.Response:
-        await request.read()
-        await self._dp.unload_model(request.match_info["model"])
-        return web.Response(status=200)
+    async def unload(self, request: Request, params: dict[str, str]) -> Reply:
+        await self._dp.unload_model(params["model"])
+        return _OK
 
-    async def infer(self, request: web.Request) -> web.Response:
-        body = await request.read()
-        m = request.match_info
+    def infer(self, request: Request, params: dict[str, str]) -> Reply | Awaitable[Reply]:
         infer_request, binary_default = decode_infer_request(
-            body, request.headers.get(HEADER_LENGTH), m["model"], m.get("version", "")
+            request.body, request.header_length, params["model"], params.get("version", "")
         )
+        response = self._dp.infer_direct(infer_request, wait=False)
+        if response is None:
+            return self._infer_queued(infer_request, binary_default)
+        return encode_infer_response(response, infer_request, binary_default)
+
+    async def _infer_queued(self, infer_request: InferRequest, binary_default: bool) -> Reply:
         response = await self._dp.infer(infer_request)
         return encode_infer_response(response, infer_request, binary_default)
+
+
+async def _guarded(result: Awaitable[Reply], request: Request) -> Reply:
+    try:
+        return await result
+    except ServerError as exc:
+        return error_reply(_status(exc), str(exc))
+    except Exception:  # the request boundary: a server bug answers 500 and is logged
+        logger.exception("unhandled error on %s %s", request.method, request.path)
+        return error_reply(500, "internal server error; see the server log")

@@ -348,19 +348,19 @@ class Scheduler:
     # -- execution -----------------------------------------------------------------------------
 
     def try_direct(
-        self, inputs: dict[str, Array], batch_size: int
+        self, inputs: dict[str, Array], batch_size: int, wait: bool
     ) -> tuple[Outputs, RequestTimes] | None:
-        """Run one request now on the calling (gRPC handler) thread, or None to queue it instead.
+        """Run one request now on the calling thread, or None to queue it instead.
 
         Only for what the inline path would run on the loop: no dynamic batcher, a short
-        non-blocking backend. Waits (in this thread) for an instance when all are busy, as the
-        default scheduler's queue would; requests queued on the loop compete for the same
+        non-blocking backend. With `wait` (a gRPC handler thread, never the loop) it waits for an
+        instance when all are busy, as the default scheduler's queue would; requests queued on the loop compete for the same
         instances (the default scheduler promises no order between concurrent requests).
         Thread-safe.
         """
         if not self._inline or self._spec.dynamic or self._closing:
             return None
-        inst = self._pool.take(wait=True)
+        inst = self._pool.take(wait)
         if inst is None:
             return None
         enqueue_ns = time.perf_counter_ns()

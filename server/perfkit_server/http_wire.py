@@ -1,0 +1,233 @@
+"""A lean HTTP/1.1 server on asyncio.Protocol and httptools (the C parser uvicorn uses).
+
+It parses requests, keeps connections alive, answers in order on each connection (pipelining)
+and hands every complete request to a `Dispatch` callable, which returns a `Reply` at once (the
+common case: no task, no await) or an awaitable of one. Bodies over the size limit are read and
+dropped, then answered 413. No logging and no copies on the per-request path beyond joining a
+body that arrived in several chunks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import cast
+from urllib.parse import unquote
+
+import httptools
+
+_REASONS = {s.value: s.phrase for s in HTTPStatus}
+
+
+@dataclass(slots=True)
+class Request:
+    """One parsed request: method, path (percent-encoded, no query), body, Triton's header."""
+
+    method: str
+    path: str
+    body: bytes
+    header_length: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A response: status, body, content type and extra headers."""
+
+    status: int
+    body: bytes = b""
+    content_type: str = "application/octet-stream"
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+Dispatch = Callable[[Request], Reply | Awaitable[Reply]]
+
+
+def json_reply(obj: object, status: int = 200) -> Reply:
+    return Reply(status, json.dumps(obj).encode(), "application/json")
+
+
+def error_reply(status: int, message: str) -> Reply:
+    """Triton's error body: {"error": message}."""
+    return json_reply({"error": message}, status)
+
+
+def path_param(segment: str) -> str:
+    """A path parameter, percent-decoded."""
+    return unquote(segment) if "%" in segment else segment
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection: parse, dispatch in order, write."""
+
+    def __init__(self, server: HttpServer) -> None:
+        self._server = server
+        self._parser = httptools.HttpRequestParser(self)
+        self._transport: asyncio.Transport | None = None
+        self._queue: deque[tuple[Request | Reply, bool]] = deque()
+        self._busy = False
+        self._url = b""
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._too_large = False
+        self._header_length: str | None = None
+        self._expect_continue = False
+
+    # -- asyncio.Protocol ----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self._server.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._server.connections.discard(self)
+        self._transport = None
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._send(error_reply(400, "protocol upgrades are not supported"), False)
+        except httptools.HttpParserError as exc:
+            self._send(error_reply(400, f"malformed HTTP request: {exc}"), False)
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+    # -- httptools callbacks -------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._chunks = []
+        self._size = 0
+        self._too_large = False
+        self._header_length = None
+        self._expect_continue = False
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        lower = name.lower()
+        if lower == b"inference-header-content-length":
+            self._header_length = value.decode("latin-1")
+        elif lower == b"expect" and value.lower() == b"100-continue":
+            self._expect_continue = True
+
+    def on_headers_complete(self) -> None:
+        if self._expect_continue and self._transport is not None:
+            self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def on_body(self, body: bytes) -> None:
+        self._size += len(body)
+        if self._size > self._server.max_body:
+            self._too_large = True
+            self._chunks = []
+        elif not self._too_large:
+            self._chunks.append(body)
+
+    def on_message_complete(self) -> None:
+        keep_alive = bool(self._parser.should_keep_alive())
+        if self._too_large:
+            limit = self._server.max_body
+            reply = error_reply(
+                413,
+                f"Maximum request body size {limit} exceeded, actual body size {self._size}. "
+                "Raise --http-max-input-size to accept larger bodies.",
+            )
+            self._enqueue(reply, keep_alive)
+            return
+        url = self._url.decode("latin-1")
+        query = url.find("?")
+        body = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
+        request = Request(
+            self._parser.get_method().decode("latin-1"),
+            url if query < 0 else url[:query],
+            body,
+            self._header_length,
+        )
+        self._enqueue(request, keep_alive)
+
+    # -- dispatch and write --------------------------------------------------------------------
+
+    def _enqueue(self, item: Request | Reply, keep_alive: bool) -> None:
+        """Handle a request (or send a ready reply) now, or after the ones before it."""
+        if self._busy:
+            self._queue.append((item, keep_alive))
+        else:
+            self._handle(item, keep_alive)
+
+    def _handle(self, request: Request | Reply, keep_alive: bool) -> None:
+        if isinstance(request, Reply):
+            self._send(request, keep_alive)
+            return
+        result = self._server.dispatch(request)
+        if isinstance(result, Reply):
+            self._send(result, keep_alive, request.method == "HEAD")
+            return
+        self._busy = True
+        task = asyncio.ensure_future(result)
+        self._server.tasks.add(task)
+        task.add_done_callback(lambda t: self._done(t, request, keep_alive))
+
+    def _done(self, task: asyncio.Future[Reply], request: Request, keep_alive: bool) -> None:
+        self._server.tasks.discard(task)
+        self._busy = False
+        if task.cancelled():
+            self.close()
+            return
+        self._send(task.result(), keep_alive, request.method == "HEAD")
+        while self._queue and not self._busy:
+            self._handle(*self._queue.popleft())
+
+    def _send(self, reply: Reply, keep_alive: bool, head_only: bool = False) -> None:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        lines = [
+            f"HTTP/1.1 {reply.status} {_REASONS.get(reply.status, 'Unknown')}\r\n"
+            f"Content-Type: {reply.content_type}\r\nContent-Length: {len(reply.body)}\r\n"
+        ]
+        lines.extend(f"{name}: {value}\r\n" for name, value in reply.headers)
+        if not keep_alive:
+            lines.append("Connection: close\r\n")
+        lines.append("\r\n")
+        head = "".join(lines).encode("latin-1")
+        if head_only or not reply.body:
+            transport.write(head)
+        else:
+            transport.writelines((head, reply.body))
+        if not keep_alive:
+            transport.close()
+
+
+class HttpServer:
+    """Serves `dispatch` on host:port; `start`, then `stop` (drains in-flight requests)."""
+
+    def __init__(self, dispatch: Dispatch, max_body: int) -> None:
+        self.dispatch = dispatch
+        self.max_body = max_body
+        self.connections: set[_Connection] = set()
+        self.tasks: set[asyncio.Future[Reply]] = set()
+        self._server: asyncio.Server | None = None
+
+    async def start(self, host: str, port: int) -> int:
+        """Listen; returns the bound port."""
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: _Connection(self), host, port, backlog=1024)
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def stop(self, drain_secs: float) -> None:
+        """Stop accepting, wait up to `drain_secs` for requests in flight, close connections."""
+        if self._server is not None:
+            self._server.close()
+        if self.tasks:
+            await asyncio.wait(list(self.tasks), timeout=drain_secs)
+        for conn in list(self.connections):
+            conn.close()
+        if self._server is not None:
+            await self._server.wait_closed()
