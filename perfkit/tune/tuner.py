@@ -82,19 +82,19 @@ def _json_safe(params: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def encode_measurement(m: Measurement) -> Any:
-    from perfkit.report.schema import _encode
+    from perfkit.report.schema import encode_value
 
-    return _encode(m)
+    return encode_value(m)
 
 
 def decode_measurement(value: Any) -> Measurement | None:
     if not isinstance(value, dict):
         return None
-    from perfkit.report.schema import _decode_dataclass, _DecodeError
+    from perfkit.report.schema import decode_value
 
     try:
-        return _decode_dataclass(Measurement, value, "measurement")
-    except _DecodeError as exc:
+        return decode_value(Measurement, value, "measurement")
+    except ConfigError as exc:
         logger.warning("stored measurement unreadable: %s", exc)
         return None
 
