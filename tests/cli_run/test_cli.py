@@ -16,7 +16,7 @@ from tests.fixtures.server import start_server
 from tests.load.helpers import build_repo
 from tests.load.test_pure import PA_DEFAULT, PA_VERBOSE_METRICS
 
-QUICK = ["-p", "250", "-s", "80", "-r", "8"]
+QUICK = ["-p", "250", "-s", "1000", "-r", "8"]  # loose: about behaviour, not CI noise
 
 
 def perfkit(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -176,6 +176,19 @@ def test_unknown_zoo_model_embedded():
     no_traceback(p)
 
 
+def _wait_for_load(http_url: str, timeout: float = 60.0) -> None:
+    """Until the server has seen requests (the subprocess started and is measuring)."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(f"http://{http_url}/v2/models/fast/stats", timeout=5) as r:
+            if json.loads(r.read())["model_stats"][0]["inference_count"] > 0:
+                return
+        time.sleep(0.1)
+    raise TimeoutError("perfkit run sent no request")
+
+
 def _sweep_then(tmp_path: Path, action: str) -> tuple[subprocess.CompletedProcess[str], Path]:
     repo = (
         build_repo(tmp_path / "repo", tmp_path / "cache")
@@ -189,7 +202,8 @@ def _sweep_then(tmp_path: Path, action: str) -> tuple[subprocess.CompletedProces
              "--concurrency-range", "1:40", *QUICK, "-f", str(out)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
-        time.sleep(4.0)
+        _wait_for_load(server.http_url)
+        time.sleep(2.0)  # a level takes about 1 s: at least one is measured by now
         if action == "kill-server":
             server.process.kill()
         else:
@@ -227,7 +241,7 @@ def test_collect_metrics_gpu_columns_empty_without_gpu(run_server, tmp_path):
 
 def test_count_windows_and_request_intervals(run_server, tmp_path):
     p = perfkit("-m", "fast", "-u", run_server.http_url, "--measurement-mode", "count_windows",
-                "--measurement-request-count", "20", "-s", "80")  # fmt: skip
+                "--measurement-request-count", "20", "-s", "1000")  # fmt: skip
     assert p.returncode == 0, p.stderr
     assert "Minimum number of samples in each window: 20" in p.stdout
     iv = tmp_path / "iv.txt"
