@@ -182,9 +182,12 @@ def _wait_for_load(http_url: str, timeout: float = 60.0) -> None:
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        with urllib.request.urlopen(f"http://{http_url}/v2/models/fast/stats", timeout=5) as r:
-            if json.loads(r.read())["model_stats"][0]["inference_count"] > 0:
-                return
+        try:
+            with urllib.request.urlopen(f"http://{http_url}/v2/models/fast/stats", timeout=5) as r:
+                if json.loads(r.read())["model_stats"][0]["inference_count"] > 0:
+                    return
+        except OSError:  # a busy server may drop a connection: ask again
+            pass
         time.sleep(0.1)
     raise TimeoutError("perfkit run sent no request")
 
