@@ -137,6 +137,19 @@ def drive(url: str, protocol: str, model: str, concurrency: int, requests: int) 
     return m.throughput_infer_per_s
 
 
+def drive_for(url: str, model: str, concurrency: int, seconds: float, warmup: int) -> float:
+    """Closed-loop gRPC load for three windows of seconds/3 after `warmup` requests; infer/s."""
+    target = TargetSpec(url=url, protocol="grpc", model=model)
+    measure = MeasureSpec(
+        interval_ms=int(seconds * 1000 / 3),
+        stability_pct=1000.0,  # take the three windows as they come
+        max_trials=3,
+        warmup_request_count=warmup,
+    )
+    m = measure_level(target, InputSpec(), measure, "concurrency", concurrency)
+    return m.throughput_infer_per_s
+
+
 def cpu_per_request(
     pid: int, http_url: str, url: str, protocol: str, model: str, concurrency: int, requests: int
 ) -> Figure:
@@ -231,19 +244,30 @@ def timed(what: str) -> Iterator[None]:
 
 
 def served_section(repo: Path, args: argparse.Namespace, models: list[str]) -> bool:
+    """Best raw batch per model; then raw and served measured alternately (the machine is shared:
+    pairs taken close together see the same background load), ratio of the medians."""
     ok = True
-    raw: dict[str, tuple[int, float]] = {}
+    best: dict[str, int] = {}
     for name in models:
-        print(f"  {name}:")
-        raw[name] = best_raw(repo / name / "1" / "model.onnx", BATCHES[name], args.raw_seconds)
-        write_batching_config(repo, name, SERVED_MAX_BATCH[name], raw[name][0])
+        print(f"  {name}: raw ONNX Runtime by batch size")
+        best[name] = best_raw(repo / name / "1" / "model.onnx", BATCHES[name], args.raw_seconds)[0]
+        write_batching_config(repo, name, SERVED_MAX_BATCH[name], best[name])
     with EmbeddedServer(repo, load_models=models) as server:
         for name in models:
-            best, raw_tput = raw[name]
             # Enough requests in flight to keep two batches queued behind the running one.
-            concurrency = max(8, 3 * best)
-            requests = max(12 * best, int(raw_tput * args.served_seconds))
-            served = drive(server.grpc_url, "grpc", name, concurrency, requests)
+            concurrency = max(8, 3 * best[name])
+            raws: list[float] = []
+            serveds: list[float] = []
+            for _ in range(args.pairs):
+                raws.append(
+                    raw_throughput(repo / name / "1" / "model.onnx", best[name], args.raw_seconds)
+                )
+                serveds.append(
+                    drive_for(
+                        server.grpc_url, name, concurrency, args.served_seconds, 2 * concurrency
+                    )
+                )
+            raw_tput, served = statistics.median(raws), statistics.median(serveds)
             ratio = served / raw_tput
             verdict = ""
             if name == "resnet50":
@@ -251,8 +275,10 @@ def served_section(repo: Path, args: argparse.Namespace, models: list[str]) -> b
                 ok = ok and met
                 verdict = f">= {TARGET_RATIO:g} {'ok' if met else 'MISSED'}"
             print(
-                f"  {name:<9} raw {raw_tput:9.1f} infer/s (batch {best:>3})   served over gRPC "
-                f"{served:9.1f} infer/s (concurrency {concurrency})   ratio {ratio:5.2f}  {verdict}"
+                f"  {name:<9} raw {raw_tput:9.1f} infer/s (batch {best[name]:>3})   served over "
+                f"gRPC {served:9.1f} infer/s (concurrency {concurrency})   ratio {ratio:5.2f}  "
+                f"{verdict}\n            pairs raw/served: "
+                + ", ".join(f"{r:.1f}/{v:.1f}" for r, v in zip(raws, serveds, strict=True))
             )
     return ok
 
@@ -265,10 +291,12 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--concurrency", type=int, default=8, help="identity closed-loop concurrency")
     ap.add_argument("--raw-seconds", type=float, default=4.0, help="per raw batch size")
-    ap.add_argument("--served-seconds", type=float, default=12.0, help="per served model")
+    ap.add_argument("--served-seconds", type=float, default=9.0, help="per served measurement")
+    ap.add_argument("--pairs", type=int, default=3, help="raw/served measurement pairs per model")
     ap.add_argument("--skip-resnet50", action="store_true")
     ap.add_argument("--skip-served", action="store_true")
     ap.add_argument("--skip-triton", action="store_true")
+    ap.add_argument("--skip-identity", action="store_true")
     args = ap.parse_args()
     load = os.getloadavg()
     print(
@@ -285,6 +313,8 @@ def main() -> int:
             print("\n1-2. raw ONNX Runtime vs served over gRPC with dynamic batching")
             with timed("served vs raw"):
                 ok = served_section(repo, args, models) and ok
+        if args.skip_identity:
+            return 0 if ok else 1
         print(
             f"\n3. identity: server CPU-µs per request, concurrency {args.concurrency}, "
             f"{args.identity_requests} requests x {args.repeats} (median, spread)"
