@@ -7,8 +7,9 @@ import logging
 from rich.console import Console
 from rich.logging import RichHandler
 
+# soft_wrap: an error message or a path must stay on one line when piped (Rich would wrap at 80).
 out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def configure_logging(level: str) -> None:
