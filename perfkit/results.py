@@ -206,3 +206,11 @@ class TuneResult:
     perfkit_version: str
     machine: MachineInfo
     messages: tuple[str, ...] = ()
+    # The default config's best feasible measurement over the loads it was measured at (Model
+    # Analyzer's per-config best); `default_trial` is the one the gain compares with (same load).
+    default_best_trial: int | None = None
+    # How much better the best is than `default_trial` on the primary objective, in percent (None
+    # when there is nothing to compare).
+    gain_pct: float | None = None
+    # The sweep's load and measure settings, how the default was compared, deduplicated draws.
+    settings: dict[str, Any] = field(default_factory=dict)

@@ -105,8 +105,9 @@ def _row(t: TrialRecord, tag: str) -> list[str]:
     ]
 
 
-def results_table(result: TuneResult) -> Table:
-    """Top configs (or the Pareto front) against the default."""
+def results_table(result: TuneResult, objective: Objective | None = None) -> Table:
+    """Top configs (or the Pareto front) against the default (measured at the best's load), and
+    the default's best under the constraints; with `objective`, a caption says what was compared."""
     primary, direction = next(iter(result.objectives.items()))
     feasible = [t for t in result.trials if t.feasible and primary in t.objectives]
     feasible.sort(key=lambda t: t.objectives[primary], reverse=direction == "maximize")
@@ -127,10 +128,20 @@ def results_table(result: TuneResult) -> Table:
         tag = "best" if t.number == result.best_trial else ""
         if t.number == result.default_trial:
             tag = (tag + " default").strip()
+        elif t.number == result.default_best_trial:
+            tag = (tag + " default best").strip()
         table.add_row(*_row(t, tag))
-    default = output.trial(result, result.default_trial)
-    if default is not None and all(t.number != default.number for t in shown):
-        table.add_row(*_row(default, "default"))
+    # The default as compared (at the best's load), then its best under the constraints.
+    for number, tag in (
+        (result.default_trial, "default"),
+        (result.default_best_trial, "default best"),
+    ):
+        extra = output.trial(result, number)
+        if extra is not None and all(t.number != extra.number for t in shown):
+            table.add_row(*_row(extra, tag))
+            shown.append(extra)
+    if objective is not None:
+        table.caption = output.comparison_text(result, objective) or None
     return table
 
 
@@ -142,7 +153,8 @@ def _progress(t: TrialRecord) -> None:
             + ("" if t.feasible else " (misses constraints)")
         )
     else:
-        detail = f"{t.state}: {t.reason}"
+        reason = t.reason or ""
+        detail = reason if reason.startswith(f"{t.state}:") else f"{t.state}: {reason}"
     err.print(f"trial {t.number:>3} {t.variant_name:<28} {detail}")
 
 
@@ -315,6 +327,10 @@ def run_tune(spec: SweepSpec, *, dry_run: bool = False) -> TuneResult:
             )
             try:
                 tuner.run()
+                # The gain must compare configs, not loads: the default at the best's load.
+                note = tuner.ensure_default_at_best()
+                if note:
+                    tuner.messages.append(note)
             except KeyboardInterrupt:
                 interrupted = True
                 messages.append("interrupted (Ctrl-C): rerun the same command to resume")
@@ -339,6 +355,7 @@ def run_tune(spec: SweepSpec, *, dry_run: bool = False) -> TuneResult:
                 started_at=started_at,
                 min_gain_pct=spec.search.min_gain_pct,
                 messages=messages,
+                settings=_settings(spec, trials),
             )
             stopped = interrupted or failure is not None
             wb = output.WriteBack("", None, None, "stopped early: nothing written")
@@ -355,6 +372,20 @@ def run_tune(spec: SweepSpec, *, dry_run: bool = False) -> TuneResult:
     if failure is not None:
         raise failure
     return result
+
+
+def _settings(spec: SweepSpec, trials: int) -> dict[str, Any]:
+    """The sweep's load and measure settings for results.json (JSON types only)."""
+    doc = {
+        "load": dataclasses.asdict(spec.load),
+        "measure": dataclasses.asdict(spec.measure),
+        "trials": trials,
+        "timeout_s": spec.timeout_s,
+        "min_gain_pct": spec.search.min_gain_pct,
+        "default_at_best_load": "one extra measurement on top of the trials budget",
+    }
+    loaded: dict[str, Any] = json.loads(json.dumps(doc, default=str))
+    return loaded
 
 
 def _reload(url: str, spec: SweepSpec) -> str:
@@ -378,7 +409,7 @@ def _print_summary(
     paths: list[Path],
     reload_note: str,
 ) -> None:
-    out.print(results_table(result))
+    out.print(results_table(result, objective))
     out.print(output.summary_sentence(result, objective))
     if wb.diff:
         out.print(wb.diff, markup=False, highlight=False, end="")

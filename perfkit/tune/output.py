@@ -22,12 +22,13 @@ import platform
 import socket
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from perfkit import __version__
 from perfkit.model_repo.config import format_config, instance_summary, parse_config
@@ -35,7 +36,8 @@ from perfkit.model_repo.repository import write_text_atomic
 from perfkit.report import ma_csv
 from perfkit.results import MachineInfo, ServerInfo, TrialRecord, TuneResult
 from perfkit.tune.objective import Objective
-from perfkit.tune.tuner import is_default, record_of
+from perfkit.tune.space import describe_load, load_params
+from perfkit.tune.tuner import A_DUP, A_KEY, is_default, record_of
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +71,61 @@ def _pareto(records: Sequence[TrialRecord], objective: Objective) -> list[TrialR
     return [r for r in records if not any(dominates(o, r) for o in records if o is not r)]
 
 
+@dataclass(frozen=True, slots=True)
+class _Comparison:
+    """The default measurements a best is compared with."""
+
+    # The default config at the best's load (None: not measured there).
+    same_load: TrialRecord | None
+    # The default config's best feasible measurement over every load it was measured at.
+    best: TrialRecord | None
+    # The one the gain is computed against (`TuneResult.default_trial`).
+    reference: TrialRecord | None
+
+
+def _split_key(t: FrozenTrial) -> tuple[str, str]:
+    config, _, load = str(t.user_attrs.get(A_KEY, "")).partition("/")
+    return config, load
+
+
+def _compare(
+    frozen: Sequence[FrozenTrial],
+    records: Sequence[TrialRecord],
+    candidates: Sequence[TrialRecord],
+    best: TrialRecord | None,
+    objective: Objective,
+) -> _Comparison:
+    """Pick the default measurements to compare `best` with (see `build_result`)."""
+    by_number = {r.number: r for r in records}
+    keys = {t.number: _split_key(t) for t in frozen if t.number in by_number}
+    defaults = [t for t in frozen if is_default(t) and t.number in by_number]
+    # The first default trial is the baseline; its config hash identifies "the default config".
+    base_hash = keys[defaults[0].number][0] if defaults else None
+    mine = [r for r in records if base_hash and keys[r.number][0] == base_hash]
+    primary, direction = objective.primary()
+    pick = max if direction == "maximize" else min
+    feasible = [r for r in mine if r in candidates]
+    default_best = pick(feasible, key=lambda r: r.objectives[primary]) if feasible else None
+    same: TrialRecord | None = None
+    if best is not None:
+        at_load = [r for r in mine if keys[r.number][1] == keys[best.number][1]]
+        same = next((r for r in at_load if r.state == "complete"), at_load[0] if at_load else None)
+    if same is not None and same in candidates:
+        reference: TrialRecord | None = same
+    elif default_best is not None:
+        # Infeasible (or not measured) at the best's load: Model Analyzer's rule, each config's
+        # best measurement under the constraints over the loads it was measured at.
+        reference = default_best
+    elif same is not None:
+        reference = same
+    else:
+        baseline = [by_number[t.number] for t in defaults]
+        reference = next((r for r in baseline if r.state == "complete"), None) or next(
+            iter(baseline), None
+        )
+    return _Comparison(same_load=same, best=default_best, reference=reference)
+
+
 def build_result(
     study: optuna.Study,
     objective: Objective,
@@ -80,43 +137,48 @@ def build_result(
     started_at: str,
     messages: Sequence[str] = (),
     min_gain_pct: float = 0.0,
+    settings: Mapping[str, Any] | None = None,
 ) -> TuneResult:
-    """Every measured trial of the study (all workers) as a TuneResult, best and Pareto front picked."""
+    """Every measured trial of the study (all workers) as a TuneResult, best and Pareto front picked.
+
+    The best is compared with the default config measured at the best's client load (the tuner
+    measures it after the search, `Tuner.ensure_default_at_best`), so the gain is the config's, not
+    the load's: that measurement is `default_trial`. When the default misses the constraints at that
+    load (or was not measured there), the comparison falls back to the default's best measurement
+    under the constraints over every load it was measured at (Model Analyzer's rule), which is
+    `default_best_trial` in any case. `min_gain_pct` applies to that same comparison.
+    """
     frozen = study.get_trials(deepcopy=False)
     records: list[TrialRecord] = []
-    default_trial: int | None = None
     for t in frozen:
         record = record_of(t, objective)
-        if record is None:
-            continue
-        records.append(record)
-        if is_default(t) and (default_trial is None or record.state == "complete"):
-            default_trial = t.number
+        if record is not None:
+            records.append(record)
     candidates = [r for r in records if r.state == "complete" and r.feasible and r.objectives]
     pareto: list[TrialRecord] = []
     best: TrialRecord | None = None
+    primary, direction = objective.primary()
     if candidates:
         pareto = _pareto(candidates, objective) if len(objective.targets) > 1 else []
         pool = pareto or candidates
-        primary, direction = objective.primary()
         pick = max if direction == "maximize" else min
         best = pick(pool, key=lambda r: r.objectives[primary])
+    cmp = _compare(frozen, records, candidates, best, objective)
+    reference = cmp.reference
+    gain: float | None = None
+    if best is not None and reference is not None and reference in candidates:
+        gain = objective.gain_pct(best.objectives[primary], reference.objectives[primary])
         # Keep the default unless the best beats it by more than the noise margin.
-        default_rec = next((r for r in candidates if r.number == default_trial), None)
         # (With several objectives only when the default is on the Pareto front: else it is dominated.)
-        if (
-            default_rec is not None
-            and best is not default_rec
-            and (not pareto or default_rec in pareto)
-        ):
-            gain = objective.gain_pct(best.objectives[primary], default_rec.objectives[primary])
-            if gain < min_gain_pct:
-                best = default_rec
-                messages = [
-                    *messages,
-                    f"the best variant is only {gain:.1f}% better than the default "
-                    f"(below min_gain_pct {min_gain_pct:g}%): keeping the default",
-                ]
+        if best is not reference and (not pareto or reference in pareto) and gain < min_gain_pct:
+            messages = [
+                *messages,
+                f"the best variant is only {gain:.1f}% better than the default "
+                f"(below min_gain_pct {min_gain_pct:g}%): keeping the default",
+            ]
+            best, gain = reference, 0.0
+    if best is not None and best is reference:
+        gain = 0.0
     importances: dict[str, float] = {}
     complete = [t for t in frozen if t.state == TrialState.COMPLETE and t.params]
     if len(objective.targets) == 1 and len(complete) >= 4:
@@ -128,6 +190,9 @@ def build_result(
             importances = {k: float(v) for k, v in found.items()}
         except (ValueError, RuntimeError, ZeroDivisionError) as exc:
             logger.debug("no parameter importances: %s", exc)
+    recorded: dict[str, Any] = dict(settings or {})
+    recorded["deduplicated_draws"] = sum(1 for t in frozen if A_DUP in t.user_attrs)
+    recorded["default_comparison"] = _comparison_note(best, cmp)
     return TuneResult(
         model=model,
         study_name=study.study_name,
@@ -135,7 +200,7 @@ def build_result(
         objectives=dict(objective.targets),
         constraint_bounds=objective.bounds(),
         trials=tuple(records),
-        default_trial=default_trial,
+        default_trial=None if reference is None else reference.number,
         best_trial=None if best is None else best.number,
         pareto_trials=tuple(r.number for r in pareto),
         param_importances=importances,
@@ -147,7 +212,21 @@ def build_result(
         perfkit_version=__version__,
         machine=machine_info(),
         messages=tuple(messages),
+        default_best_trial=None if cmp.best is None else cmp.best.number,
+        gain_pct=gain,
+        settings=recorded,
     )
+
+
+def _comparison_note(best: TrialRecord | None, cmp: _Comparison) -> str:
+    """How the default was compared, for results.json (settings.default_comparison)."""
+    if best is None or cmp.reference is None:
+        return "none: nothing to compare"
+    if cmp.same_load is not None and cmp.reference is cmp.same_load:
+        return "same load: the default measured at the best's client load"
+    if cmp.same_load is not None:
+        return "default's best under the constraints: the default misses them at the best's load"
+    return "default's best under the constraints: the default was not measured at the best's load"
 
 
 def trial(result: TuneResult, number: int | None) -> TrialRecord | None:
@@ -224,13 +303,60 @@ def with_written(result: TuneResult, wb: WriteBack) -> TuneResult:
     return replace(result, written_to=None if wb.written_to is None else str(wb.written_to))
 
 
+def load_text(t: TrialRecord) -> str:
+    """The client load a trial was measured at, in words ("concurrency 16")."""
+    return describe_load(t.params) or "the sweep's load"
+
+
+def same_load(a: TrialRecord, b: TrialRecord) -> bool:
+    def key(t: TrialRecord) -> tuple[tuple[str, float], ...]:
+        load = load_params(t.params)
+        return tuple(sorted((k, float(v)) for k, v in load.items()))
+
+    return key(a) == key(b)
+
+
+def metric_text(name: str, value: float) -> str:
+    """A metric value with its unit: "812.0 infer/s", "4.10 ms"."""
+    if name.endswith("_us"):
+        return f"{value / 1000.0:,.2f} ms"
+    if name == "throughput_infer_per_s":
+        return f"{value:,.1f} infer/s"
+    return f"{value:,.4g}"
+
+
+def comparison_text(result: TuneResult, objective: Objective) -> str:
+    """One line on what the default was compared at, e.g. "best and default both measured at
+    concurrency 16 (+41%); the default's best under the constraints: 812.0 infer/s at concurrency 8"."""
+    best = trial(result, result.best_trial)
+    default = trial(result, result.default_trial)
+    if best is None or default is None:
+        return ""
+    primary, _ = objective.primary()
+    if same_load(best, default):
+        head = f"best and default both measured at {load_text(best)}"
+    else:
+        head = f"best at {load_text(best)}, default at {load_text(default)}"
+    if result.gain_pct is not None and best.number != default.number:
+        head += f" ({result.gain_pct:+.0f}%)"
+    top = trial(result, result.default_best_trial)
+    if top is not None and top.number != default.number and primary in top.objectives:
+        head += (
+            f"; the default's best under the constraints: "
+            f"{metric_text(primary, top.objectives[primary])} at {load_text(top)}"
+        )
+    return head
+
+
 def summary_sentence(result: TuneResult, objective: Objective) -> str:
-    """Model Analyzer's summary sentence, e.g. "In 12 measurements across 12 configurations,
+    """Model Analyzer's summary sentence, e.g. "In 12 measurements across 11 configurations,
     mlp_config_7 is 41% better than the default configuration at maximizing throughput, under
-    the given constraints."."""
+    the given constraints (both at concurrency 16)."; the gain compares the best with the default
+    measured at the same client load (see `build_result`)."""
     measured = [t for t in result.trials if t.state != "failed" or t.measurement is not None]
     n = len(result.trials)
-    head = f"In {n} measurements across {len(measured)} configurations, "
+    configs = len({t.config_pbtxt or t.variant_name for t in measured})
+    head = f"In {n} measurements across {configs} configurations, "
     primary, direction = objective.primary()
     goal = {
         "throughput_infer_per_s": "throughput",
@@ -241,22 +367,38 @@ def summary_sentence(result: TuneResult, objective: Objective) -> str:
     default = trial(result, result.default_trial)
     if best is None:
         return head + "no configuration met the given constraints."
+    at = f"at {load_text(best)}"
     if default is None or not default.objectives or not default.feasible:
-        why = (
-            "failed" if default is None or default.state != "complete" else "missed the constraints"
-        )
+        if default is None or default.state != "complete":
+            why = "failed"
+        else:
+            why = "missed the constraints"
+        where = f" at {load_text(default)}" if default is not None else ""
         return (
             head
-            + f"{best.variant_name} is the best at {what}{constraints} (the default configuration {why})."
+            + f"{best.variant_name} is the best at {what}{constraints} ({at}; the default "
+            + f"configuration {why}{where})."
         )
     if best.number == default.number:
         return (
             head
-            + f"{best.variant_name} provides no gain over the default configuration at {what}{constraints}."
+            + f"{best.variant_name} provides no gain over the default configuration at "
+            + f"{what}{constraints} ({at})."
         )
-    gain = objective.gain_pct(best.objectives[primary], default.objectives[primary])
+    gain = result.gain_pct
+    if gain is None:
+        gain = objective.gain_pct(best.objectives[primary], default.objectives[primary])
+    if same_load(best, default):
+        return head + (
+            f"{best.variant_name} is {gain:.0f}% better than the default configuration at "
+            f"{what}{constraints} (both {at})."
+        )
+    # The default misses the constraints at the best's load (or was not measured there): its best
+    # measurement under the constraints, at another load, is the reference (Model Analyzer's rule).
     return head + (
-        f"{best.variant_name} is {gain:.0f}% better than the default configuration at {what}{constraints}."
+        f"{best.variant_name} is {gain:.0f}% better than the default configuration at "
+        f"{what}{constraints} ({best.variant_name} {at}, the default at its best under the "
+        f"constraints, {load_text(default)})."
     )
 
 

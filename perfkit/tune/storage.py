@@ -174,6 +174,25 @@ def recover_orphans(study: optuna.Study) -> list[int]:
     return failed
 
 
+def settle_orphans(study: optuna.Study) -> list[int]:
+    """`recover_orphans`, after waiting (at most `ANONYMOUS_GRACE_S`) for RUNNING trials that name
+    no worker yet to be tagged or to age past the grace: a worker killed between a trial's creation
+    and its tag leaves no trial RUNNING forever. Returns the trial numbers it failed."""
+    failed = recover_orphans(study)
+    deadline = time.monotonic() + ANONYMOUS_GRACE_S + 1.0
+    while time.monotonic() < deadline:
+        anonymous = [
+            t
+            for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if not t.user_attrs.get(WORKER_ATTR)
+        ]
+        if not anonymous:
+            break
+        time.sleep(0.25)
+        failed.extend(recover_orphans(study))
+    return failed
+
+
 def record_heartbeat(study: optuna.Study, trial: optuna.Trial) -> None:
     storage = study._storage
     if isinstance(storage, RDBStorage):

@@ -13,7 +13,11 @@ shared study rebuilds every `TrialRecord` from storage alone. Rules:
   stops answering during a trial, that trial fails and `ServerUnavailable` propagates: the CLI
   restarts an embedded server and goes on.
 - Single objective: each window is reported to the trial; a trial clearly worse than the best after
-  its first windows is pruned. Constraints go to the sampler through `Trial.set_constraint`.
+  its first windows is pruned (never a measurement of the default config). Constraints go to the
+  sampler through `Trial.set_constraint`.
+- Fair comparison: the client load is part of the space, so after the search the default config is
+  also measured at the best trial's load (`ensure_default_at_best`), unless that (config, load) was
+  measured already. That measurement is one extra on top of the trials budget (`A_FAIR` marks it).
 """
 
 from __future__ import annotations
@@ -39,7 +43,14 @@ from perfkit.sweepfile import SamplerName
 from perfkit.tune import storage as st
 from perfkit.tune.evaluate import Evaluator, Outcome, PruneTrial
 from perfkit.tune.objective import Objective, metrics_of
-from perfkit.tune.space import Params, SearchSpace, build_variant, variant_key
+from perfkit.tune.space import (
+    Params,
+    SearchSpace,
+    build_variant,
+    describe_load,
+    load_params,
+    variant_key,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +67,8 @@ A_CONFIG = "config_pbtxt"
 A_DURATION = "duration_s"
 A_OVERHEAD = "overhead_s"
 A_WINDOW = "window_s"
+# On a measurement of the default config at the best's load: the number of that best trial.
+A_FAIR = "default_at_load_of"
 
 # Consecutive already-measured draws before the search space counts as exhausted.
 MAX_CONSECUTIVE_DUPLICATES = 60
@@ -214,32 +227,50 @@ class Tuner:
         return f"{self.settings.model}_config_{suffix}"
 
     def budget_used(self) -> int:
-        """Distinct variants finished in the study (any worker), default included."""
+        """Distinct variants finished in the study (any worker), default included; the default's
+        measurement at the best's load (after the search) is on top of the budget."""
         return sum(
             1
             for t in self._trials()
-            if t.state.is_finished() and t.user_attrs.get(A_MEASURED) and A_DUP not in t.user_attrs
+            if t.state.is_finished()
+            and t.user_attrs.get(A_MEASURED)
+            and A_DUP not in t.user_attrs
+            and A_FAIR not in t.user_attrs
         )
 
     def _default_done_or_running(self) -> bool:
         for t in self._trials():
-            if not t.user_attrs.get(A_DEFAULT):
+            if not t.user_attrs.get(A_DEFAULT) or A_FAIR in t.user_attrs:
                 continue
             if t.state == TrialState.RUNNING or t.user_attrs.get(A_MEASURED):
                 return True
         return False
 
-    def best_value(self) -> float | None:
-        best: float | None = None
+    def best_trial(self) -> FrozenTrial | None:
+        """The complete, feasible, measured trial with the best primary objective (any worker)."""
+        best: FrozenTrial | None = None
+        best_value = 0.0
         for t in self._trials():
             if t.state != TrialState.COMPLETE or A_DUP in t.user_attrs or t.values is None:
                 continue
             if any(float(v) > 0 for v in t.constraints.values()):
                 continue
             value = float(t.values[0])
-            if best is None or self.objective.better(value, best):
-                best = value
+            if best is None or self.objective.better(value, best_value):
+                best, best_value = t, value
         return best
+
+    def best_value(self) -> float | None:
+        best = self.best_trial()
+        return None if best is None or best.values is None else float(best.values[0])
+
+    def _finished_with_key(self, key: str) -> FrozenTrial | None:
+        for t in self._trials():
+            if t.user_attrs.get(A_KEY) != key or A_DUP in t.user_attrs:
+                continue
+            if t.state.is_finished() and t.user_attrs.get(A_MEASURED):
+                return t
+        return None
 
     def _find_same(self, key: str, number: int, trial: optuna.Trial) -> FrozenTrial | None:
         """A finished trial that measured `key`; waits while a lower-numbered peer measures it."""
@@ -291,9 +322,10 @@ class Tuner:
             st.recover_orphans(self.study)
             measured = self._one_trial()
             duplicates = 0 if measured else duplicates + 1
-        st.recover_orphans(self.study)
+        st.settle_orphans(self.study)
 
-    def _measure_default(self) -> None:
+    def _measure_default(self, load: Params | None = None, *, for_best: int | None = None) -> None:
+        """Measure the default config at `load` (the sweep's baseline load by default)."""
         default_study = optuna.load_study(
             study_name=self.study.study_name,
             storage=self.study._storage,
@@ -301,10 +333,38 @@ class Tuner:
         )
         trial = _ask(default_study)
         try:
-            self._run_variant(default_study, trial, dict(self.baseline_load), is_default=True)
+            if for_best is not None:
+                trial.set_user_attr(A_FAIR, for_best)
+            params = dict(self.baseline_load if load is None else load)
+            self._run_variant(default_study, trial, params, is_default=True)
         except KeyboardInterrupt:
             self._abandon(default_study, trial)
             raise
+
+    def ensure_default_at_best(self) -> str | None:
+        """After the search: make sure the default config was measured at the best trial's client
+        load, so that "X % better than the default" compares the configs at the same load.
+
+        Reuses a stored measurement of that (config, load); otherwise measures it once (one extra
+        measurement on top of the trials budget, no pruning). Returns a note for the output, or
+        None when there is no feasible best. Raises what a measurement raises (ServerUnavailable,
+        KeyboardInterrupt), like `run`.
+        """
+        best = self.best_trial()
+        if best is None:
+            return None
+        load = load_params(best.user_attrs.get(A_PARAMS) or {})
+        key = variant_key(self.base, load)
+        where = describe_load(load) or "the same load"
+        if best.user_attrs.get(A_KEY) == key:
+            return f"the best trial is the default config itself (at {where})"
+        if self._finished_with_key(key) is not None:
+            return f"the default config was already measured at the best's load ({where}): reused"
+        self._measure_default(load, for_best=best.number)
+        return (
+            f"measured the default config at the best's load ({where}): one extra measurement "
+            f"on top of the trials budget of {self.settings.trials}"
+        )
 
     def _one_trial(self) -> bool:
         """Ask, then measure or copy. Returns True when a variant was measured (or failed) here."""
@@ -363,7 +423,8 @@ class Tuner:
             write_text_atomic(self.variants_dir / name / "config.pbtxt", text)
         logger.info("trial %d: %s", trial.number, name)
         try:
-            outcome = self.evaluator.evaluate(config, params, self._watch(study, trial))
+            watch = self._watch(study, trial, prune=not is_default)
+            outcome = self.evaluator.evaluate(config, params, watch)
         except ServerUnavailable as exc:
             # Maybe this variant crashed the server: it fails (and is not retried on resume).
             self._fail(
@@ -374,8 +435,10 @@ class Tuner:
         self._finish(study, trial, outcome, t0)
         return True
 
-    def _watch(self, study: optuna.Study, trial: optuna.Trial) -> Callable[[WindowStat], None]:
-        best = self.best_value() if (self.single and self.settings.prune) else None
+    def _watch(
+        self, study: optuna.Study, trial: optuna.Trial, *, prune: bool = True
+    ) -> Callable[[WindowStat], None]:
+        best = self.best_value() if (self.single and self.settings.prune and prune) else None
         seen: list[float] = []
 
         def watch(window: WindowStat) -> None:
