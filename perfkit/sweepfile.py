@@ -67,7 +67,8 @@ class LoadSettings:
     # perf_analyzer --shape values, "NAME:d1,d2".
     shapes: tuple[str, ...] = ()
     input_data: str = "random"
-    # Load levels the default config is measured at (dimension -> value); missing = first value.
+    # Load levels the default config is measured at first (dimension -> value); missing = first
+    # value. After the search it is also measured at the best's load, the load the gain compares at.
     baseline: dict[str, float] = field(default_factory=dict)
 
 
