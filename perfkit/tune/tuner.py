@@ -358,7 +358,11 @@ class Tuner:
         where = describe_load(load) or "the same load"
         if best.user_attrs.get(A_KEY) == key:
             return f"the best trial is the default config itself (at {where})"
-        if self._finished_with_key(key) is not None:
+        stored = self._finished_with_key(key)
+        if stored is not None and stored.state == TrialState.FAIL:
+            reason = stored.user_attrs.get(st.REASON_ATTR, "no reason recorded")
+            return f"the default config failed at the best's load ({where}): {reason}"
+        if stored is not None:
             return f"the default config was already measured at the best's load ({where}): reused"
         self._measure_default(load, for_best=best.number)
         return (
