@@ -1,4 +1,5 @@
-"""The composition root: registry + dataplane + HTTP, gRPC and metrics services on one asyncio loop.
+"""The composition root: registry + dataplane on one asyncio loop, with HTTP (lean asyncio server
+on that loop), gRPC (grpcio handler threads that call in) and metrics services.
 
 Startup loads the models first (as tritonserver does), then starts the services and logs Triton's
 "Started ... at ADDRESS:PORT" lines. SIGINT/SIGTERM stop accepting, drain queued and running

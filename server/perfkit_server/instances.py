@@ -30,10 +30,6 @@ class InstancePool:
         self._freed = asyncio.Event()
         self.closed = False
 
-    @property
-    def idle(self) -> int:
-        return len(self._free)
-
     def take(self, wait: bool) -> Backend | None:
         """An idle instance (waiting for one if `wait`; not on the loop), or None; None once closed."""
         with self._lock:

@@ -22,12 +22,14 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from perfkit_server.backends.base import Array, Backend
+from perfkit_server.batching import BatcherSpec as BatcherSpec
+from perfkit_server.batching import QueuePolicy as QueuePolicy
 from perfkit_server.errors import InferenceFailed, Unavailable
 from perfkit_server.instances import InstancePool
 from perfkit_server.stats import ModelStats, RequestTimes
@@ -56,63 +58,6 @@ class _Pending:
     deadline_ns: int  # 0: no timeout
     level: int
     outcome: tuple[Outputs, RequestTimes] | BaseException | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class QueuePolicy:
-    """Triton's ModelQueuePolicy for one priority level."""
-
-    timeout_ns: int = 0
-    delay_on_timeout: bool = False
-    allow_timeout_override: bool = False
-    max_queue_size: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class BatcherSpec:
-    """The scheduling part of a model config, resolved."""
-
-    max_batch_size: int
-    dynamic: bool
-    preferred: tuple[int, ...] = ()
-    max_queue_delay_ns: int = 0
-    preserve_ordering: bool = False
-    priority_levels: int = 0
-    default_priority: int = 0
-    policies: tuple[QueuePolicy, ...] = field(default_factory=lambda: (QueuePolicy(),))
-
-    @classmethod
-    def from_config(cls, config: Any) -> BatcherSpec:
-        """Read max_batch_size and dynamic_batching from a ModelConfig."""
-        mbs = int(config.max_batch_size)
-        if not config.HasField("dynamic_batching") or mbs == 0:
-            return cls(max_batch_size=mbs, dynamic=False)
-        db = config.dynamic_batching
-
-        def policy(p: Any) -> QueuePolicy:
-            return QueuePolicy(
-                timeout_ns=int(p.default_timeout_microseconds) * 1000,
-                delay_on_timeout=int(p.timeout_action) == 1,
-                allow_timeout_override=bool(p.allow_timeout_override),
-                max_queue_size=int(p.max_queue_size),
-            )
-
-        default = policy(db.default_queue_policy)
-        levels = int(db.priority_levels)
-        policies = tuple(
-            policy(db.priority_queue_policy[lvl]) if lvl in db.priority_queue_policy else default
-            for lvl in range(1, max(levels, 1) + 1)
-        )
-        return cls(
-            max_batch_size=mbs,
-            dynamic=True,
-            preferred=tuple(sorted(int(s) for s in db.preferred_batch_size)),
-            max_queue_delay_ns=int(db.max_queue_delay_microseconds) * 1000,
-            preserve_ordering=bool(db.preserve_ordering),
-            priority_levels=levels,
-            default_priority=int(db.default_priority_level) or (1 if levels else 0),
-            policies=policies,
-        )
 
 
 class Scheduler:
@@ -183,9 +128,9 @@ class Scheduler:
             and not self._pending
             and not self._order
             and spec.max_queue_delay_ns == 0
-            and self._pool.idle
+            and (inst := self._pool.take(wait=False)) is not None
         ):
-            return self._run_now(inputs, batch_size)
+            return self._run_now(inst, inputs, batch_size)
         now = time.perf_counter_ns()
         timeout_ns = policy.timeout_ns
         if timeout_us and (policy.allow_timeout_override or not spec.dynamic):
@@ -376,15 +321,13 @@ class Scheduler:
         return outputs, RequestTimes(max(0, t0 - enqueue_ns), t1 - t0, t2 - t1, t3 - t2)
 
     def _run_now(
-        self, inputs: dict[str, Array], batch_size: int
+        self, inst: Backend, inputs: dict[str, Array], batch_size: int
     ) -> asyncio.Future[tuple[Outputs, RequestTimes]]:
         """The inline fast path: nothing queued, an instance idle, a short non-blocking backend."""
         fut: asyncio.Future[tuple[Outputs, RequestTimes]] = (
             asyncio.get_running_loop().create_future()
         )
         pending = _Pending(inputs, batch_size, (), fut, time.perf_counter_ns(), 0, 0)
-        inst = self._pool.take(wait=False)
-        assert inst is not None  # submit checked that one is idle, on this same thread
         try:
             result = self._run_batch(inst, [pending])
         except Exception as exc:  # the backend boundary, as in _execute
