@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
+import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -113,10 +115,25 @@ def decode_measurement(value: Any) -> Measurement | None:
 
 
 def _ask(study: optuna.Study) -> optuna.Trial:
-    with warnings.catch_warnings():
-        # Heartbeats are recorded by the loop itself (after every window), not by study.optimize.
-        warnings.filterwarnings("ignore", message="Heartbeat of storage", category=UserWarning)
-        return study.ask()
+    """`study.ask()`, with a Ctrl-C during it held back until the trial exists and is tagged: the
+    interrupted trial is then failed (by the caller's handler) instead of being left RUNNING."""
+    held: list[int] = []
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT) if main else None
+    if main:
+        signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        with warnings.catch_warnings():
+            # Heartbeats are recorded by the loop itself (after every window), not by optimize.
+            warnings.filterwarnings("ignore", message="Heartbeat of storage", category=UserWarning)
+            trial = study.ask()
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, previous or signal.default_int_handler)
+    if held:
+        # The trial is tagged with this worker: `Tuner._abandon_mine` fails it.
+        raise KeyboardInterrupt
+    return trial
 
 
 class AskTellGridSampler(optuna.samplers.GridSampler):
@@ -293,6 +310,31 @@ class Tuner:
     # -- the loop ------------------------------------------------------------------------------
     def run(self) -> None:
         """Measure until the budget, the timeout or the space is used up."""
+        try:
+            self._run()
+        except KeyboardInterrupt:
+            self._abandon_mine()
+            raise
+
+    def _abandon_mine(self) -> None:
+        """Ctrl-C backstop: fail the RUNNING trials tagged with this worker (e.g. one interrupted
+        between its creation and the loop taking charge of it), so none is left running."""
+        me = st.worker_id()
+        storage = self.study._storage
+        try:
+            for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                if t.user_attrs.get(st.WORKER_ATTR) != me:
+                    continue
+                storage.set_trial_user_attr(
+                    t._trial_id, st.REASON_ATTR, "interrupted (Ctrl-C); measured again on resume"
+                )
+                storage.set_trial_user_attr(t._trial_id, A_MEASURED, False)
+                storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        except (SQLAlchemyError, RuntimeError, ValueError) as exc:
+            # Left RUNNING under this (soon dead) process: the next run's recovery fails them.
+            logger.warning("could not mark interrupted trials as failed: %s", exc)
+
+    def _run(self) -> None:
         started = time.monotonic()
         st.recover_orphans(self.study)
         if not self._default_done_or_running():
@@ -364,7 +406,11 @@ class Tuner:
             return f"the default config failed at the best's load ({where}): {reason}"
         if stored is not None:
             return f"the default config was already measured at the best's load ({where}): reused"
-        self._measure_default(load, for_best=best.number)
+        try:
+            self._measure_default(load, for_best=best.number)
+        except KeyboardInterrupt:
+            self._abandon_mine()
+            raise
         return (
             f"measured the default config at the best's load ({where}): one extra measurement "
             f"on top of the trials budget of {self.settings.trials}"
