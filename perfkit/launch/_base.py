@@ -19,17 +19,30 @@ import subprocess
 import tempfile
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Protocol, Self, runtime_checkable
 
-from perfkit.errors import ServerUnavailable
+from perfkit.errors import ConfigError, ServerUnavailable
 from perfkit.launch._probe import ProbeError, ServerProtocol, check_protocol, port_open, probe_ready
 
 logger = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
+MODEL_CONTROL_MODES = ("none", "explicit", "poll")
+
+
+def check_model_control(
+    model_control_mode: str, load_models: str | Sequence[str]
+) -> tuple[str, ...]:
+    """Validate a launcher's model-control mode; return `load_models` as a tuple (a str is one model)."""
+    if model_control_mode not in MODEL_CONTROL_MODES:
+        raise ConfigError(
+            f"model_control_mode must be one of {', '.join(MODEL_CONTROL_MODES)}, "
+            f"got {model_control_mode!r}"
+        )
+    return (load_models,) if isinstance(load_models, str) else tuple(load_models)
 
 
 @runtime_checkable

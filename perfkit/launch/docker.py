@@ -16,9 +16,8 @@ from types import TracebackType
 from typing import Any, Self
 
 from perfkit.errors import ConfigError, MissingDependency, ServerUnavailable
-from perfkit.launch._base import LOOPBACK, free_ports, log_excerpt
+from perfkit.launch._base import LOOPBACK, check_model_control, free_ports, log_excerpt
 from perfkit.launch._probe import ProbeError, ServerProtocol, check_protocol, probe_ready
-from perfkit.launch.embedded import MODEL_CONTROL_MODES
 
 logger = logging.getLogger(__name__)
 
@@ -102,18 +101,12 @@ class DockerTriton:
         log_path: Path | None = None,
         client: Any = None,
     ) -> None:
-        if model_control_mode not in MODEL_CONTROL_MODES:
-            raise ConfigError(
-                f"model_control_mode must be one of {', '.join(MODEL_CONTROL_MODES)}, "
-                f"got {model_control_mode!r}"
-            )
-        if isinstance(load_models, str):
-            load_models = (load_models,)
+        load_models = check_model_control(model_control_mode, load_models)
         self.repo = Path(repo).resolve()
         self.image = image
         self.device_requests = _device_requests(gpus)
         self.model_control_mode = model_control_mode
-        self.load_models = tuple(load_models)
+        self.load_models = load_models
         self.extra_args = tuple(extra_args)
         self._fixed_ports = (http_port, grpc_port, metrics_port)
         self._ports = (0, 0, 0)

@@ -10,10 +10,9 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from perfkit.errors import ConfigError
-from perfkit.launch._base import LOOPBACK, ProcessServer
+from perfkit.launch._base import LOOPBACK, MODEL_CONTROL_MODES, ProcessServer, check_model_control
 
-MODEL_CONTROL_MODES = ("none", "explicit", "poll")
+__all__ = ["MODEL_CONTROL_MODES", "EmbeddedServer"]
 
 
 class EmbeddedServer(ProcessServer):
@@ -68,16 +67,10 @@ class EmbeddedServer(ProcessServer):
             log_path=log_path,
             env=env,
         )
-        if model_control_mode not in MODEL_CONTROL_MODES:
-            raise ConfigError(
-                f"model_control_mode must be one of {', '.join(MODEL_CONTROL_MODES)}, "
-                f"got {model_control_mode!r}"
-            )
-        if isinstance(load_models, str):
-            load_models = (load_models,)
+        load_models = check_model_control(model_control_mode, load_models)
         self.repo = Path(repo).resolve()
         self.model_control_mode = model_control_mode
-        self.load_models = tuple(load_models)
+        self.load_models = load_models
         self.extra_args = tuple(extra_args)
         self.strict_model_config = strict_model_config
         self.repository_poll_secs = repository_poll_secs

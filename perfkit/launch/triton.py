@@ -22,9 +22,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from perfkit.errors import ConfigError, MissingDependency
-from perfkit.launch._base import LOOPBACK, ProcessServer
-from perfkit.launch.embedded import MODEL_CONTROL_MODES
+from perfkit.errors import MissingDependency
+from perfkit.launch._base import LOOPBACK, ProcessServer, check_model_control
 
 logger = logging.getLogger(__name__)
 
@@ -176,11 +175,7 @@ class LocalTriton(ProcessServer):
         env: Mapping[str, str] | None = None,
         cache_dir: Path | None = None,
     ) -> None:
-        if model_control_mode not in MODEL_CONTROL_MODES:
-            raise ConfigError(
-                f"model_control_mode must be one of {', '.join(MODEL_CONTROL_MODES)}, "
-                f"got {model_control_mode!r}"
-            )
+        load_models = check_model_control(model_control_mode, load_models)
         # Resolve the install first: a missing tritonserver is a MissingDependency, not a start failure.
         self.install = find_tritonserver(binary, cache_dir=cache_dir)
         super().__init__(
@@ -193,11 +188,9 @@ class LocalTriton(ProcessServer):
             log_path=log_path,
             env={**dict(self.install.env), **dict(env or {})},
         )
-        if isinstance(load_models, str):
-            load_models = (load_models,)
         self.repo = Path(repo).resolve()
         self.model_control_mode = model_control_mode
-        self.load_models = tuple(load_models)
+        self.load_models = load_models
         self.disable_auto_complete_config = disable_auto_complete_config
         self.log_verbose = log_verbose
         self.extra_args = tuple(extra_args)
