@@ -4,6 +4,7 @@ typed editors. Pure: no I/O beyond reading/writing the file it is given; no serv
 from __future__ import annotations
 
 import hashlib
+import inspect
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -124,13 +125,25 @@ def _fix_int64(message_descriptor: Any, obj: dict[str, Any]) -> dict[str, Any]:
     return obj
 
 
-def config_to_json(config: ModelConfig) -> dict[str, Any]:
+# protobuf >= 5.26 renamed including_default_value_fields.
+_DEFAULTS_KW = (
+    "always_print_fields_with_no_presence"
+    if "always_print_fields_with_no_presence"
+    in inspect.signature(json_format.MessageToDict).parameters
+    else "including_default_value_fields"
+)
+
+
+def config_to_json(config: ModelConfig, *, include_defaults: bool = False) -> dict[str, Any]:
     """Triton's JSON form of a config (snake_case field names, 64-bit ints as numbers).
 
-    This is what `/v2/models/{m}/config` returns and what the repository load API takes in
-    `parameters.config`.
+    This is what the repository load API takes in `parameters.config`. With `include_defaults`,
+    every field is spelled out, default-valued ones too, as Triton's `/v2/models/{m}/config` does.
     """
-    obj = json_format.MessageToDict(config, preserving_proto_field_name=True)
+    options: dict[str, Any] = {"preserving_proto_field_name": True}
+    if include_defaults:
+        options[_DEFAULTS_KW] = True
+    obj = json_format.MessageToDict(config, **options)
     return _fix_int64(ModelConfig.DESCRIPTOR, obj)
 
 
