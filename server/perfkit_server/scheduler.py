@@ -42,8 +42,8 @@ Outputs = dict[str, Array]
 # a batch to a thread and back costs more CPU (two wake-ups and GIL hand-offs, ~50-100 us) than
 # such a batch itself. Only for backends that say they never block (`may_block` False).
 # The decision follows the share of recent executions under the bar (an EWMA of 0/1, inline above
-# one half): a median, not a mean, so the multi-millisecond outliers of a preempted thread on a
-# loaded machine do not switch it off.
+# one half): a median, not a mean. Each execution is timed on the calling thread's CPU clock, so
+# waiting for the GIL (many gRPC threads) or for a core (a loaded machine) does not count.
 INLINE_BELOW_NS = 100_000
 _EWMA_WEIGHT = 0.1
 
@@ -371,17 +371,23 @@ class Scheduler:
 
     def _record(self, size: int, requests: int, t0: int, t1: int, t2: int, t3: int) -> None:
         self._stats.record_execution(size, requests, t1 - t0, t2 - t1, t3 - t2)
-        if self._may_inline:
-            fast = 1.0 if t3 - t0 < INLINE_BELOW_NS else 0.0
-            self._fast_share += _EWMA_WEIGHT * (fast - self._fast_share)
-            self._inline = self._fast_share > 0.5
 
-    @staticmethod
+    def _infer(self, inst: Backend, inputs: dict[str, Array]) -> Outputs:
+        """inst.infer, sampling its CPU time for the inline decision (any thread)."""
+        if not self._may_inline:
+            return inst.infer(inputs)
+        c0 = time.thread_time_ns()
+        outputs = inst.infer(inputs)
+        fast = 1.0 if time.thread_time_ns() - c0 < INLINE_BELOW_NS else 0.0
+        self._fast_share += _EWMA_WEIGHT * (fast - self._fast_share)  # a lost update is harmless
+        self._inline = self._fast_share > 0.5
+        return outputs
+
     def _run_batch_one(
-        inst: Backend, inputs: dict[str, Array]
+        self, inst: Backend, inputs: dict[str, Array]
     ) -> tuple[Outputs, int, int, int, int]:
         t0 = time.perf_counter_ns()
-        outputs = inst.infer(inputs)
+        outputs = self._infer(inst, inputs)
         t2 = time.perf_counter_ns()
         return outputs, t0, t0, t2, t2
 
@@ -396,7 +402,7 @@ class Scheduler:
                 name: np.concatenate([p.inputs[name] for p in batch]) for name in batch[0].inputs
             }
         t1 = time.perf_counter_ns()
-        outputs = inst.infer(inputs)
+        outputs = self._infer(inst, inputs)
         t2 = time.perf_counter_ns()
         if len(batch) == 1:
             per_request = [outputs]
