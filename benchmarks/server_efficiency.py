@@ -97,7 +97,11 @@ def best_raw(model_path: Path, batches: tuple[int, ...], seconds: float) -> tupl
     results = {b: raw_throughput(model_path, b, seconds) for b in batches}
     for b, t in results.items():
         print(f"    raw batch {b:>4}: {t:10.1f} infer/s")
-    best = max(results, key=lambda b: results[b])
+    # Raw throughput is nearly flat across batch sizes for a compute-bound model on CPU, so the
+    # single best is mostly noise. Serve with the largest batch within 3 % of the best: a larger
+    # batch amortizes the per-batch serving cost, and it is the config a user would pick.
+    top = max(results.values())
+    best = max(b for b, t in results.items() if t >= 0.97 * top)
     return best, results[best]
 
 
@@ -283,7 +287,7 @@ def served_section(repo: Path, args: argparse.Namespace, models: list[str]) -> b
         # Spinning for the compute-bound model only: mlp's served rate is bound by per-request
         # work in Python, which spinning workers would take cores from.
         write_batching_config(
-            repo, name, SERVED_MAX_BATCH[name], best[name], spinning=name == "resnet50"
+            repo, name, SERVED_MAX_BATCH[name], best[name], spinning=False
         )
     with EmbeddedServer(repo, load_models=models) as server:
         for name in models:
