@@ -24,6 +24,7 @@ test: $(STAMP) lint
 	$(BIN)/python -m pytest -m "not gpu and not docker" -q
 
 bench: $(STAMP)
+	$(BIN)/python benchmarks/server_efficiency.py
 	$(BIN)/python benchmarks/loadgen_overhead.py
 	$(BIN)/python benchmarks/tuner_efficiency.py
 
