@@ -110,10 +110,8 @@ def write_batching_config(
 ) -> None:
     """Enable dynamic batching (preferred = the best raw batch) on a zoo model's config.
 
-    `spinning` sets the backend's allow_spinning: ORT's intra-op workers spin between parallel
-    sections instead of sleeping. In the server process (more threads than the raw loop) a woken
-    worker often waits for a core, which costs resnet50 ~10-15 % here; spinning wins it back.
-    In the raw loop spinning gains nothing (measured), so raw keeps the server's default (off).
+    `spinning` sets the backend's allow_spinning (ORT's intra-op workers spin between parallel
+    sections instead of sleeping); the raw loop keeps the server's default (off).
     """
     path = repo / name / "config.pbtxt"
     text = path.read_text()
@@ -284,11 +282,9 @@ def served_section(repo: Path, args: argparse.Namespace, models: list[str]) -> b
     for name in models:
         print(f"  {name}: raw ONNX Runtime by batch size")
         best[name] = best_raw(repo / name / "1" / "model.onnx", BATCHES[name], args.raw_seconds)[0]
-        # Spinning for the compute-bound model only: mlp's served rate is bound by per-request
-        # work in Python, which spinning workers would take cores from.
-        write_batching_config(
-            repo, name, SERVED_MAX_BATCH[name], best[name], spinning=False
-        )
+        # No spinning: the server's defaults, as a user gets them (with batches kept off the event
+        # loop, spinning no longer wins resnet50 anything; mlp would lose the cores it needs).
+        write_batching_config(repo, name, SERVED_MAX_BATCH[name], best[name])
     with EmbeddedServer(repo, load_models=models) as server:
         for name in models:
             # Enough requests in flight to keep two batches queued behind the running one.
