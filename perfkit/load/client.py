@@ -204,11 +204,17 @@ class ControlClient:
 
 
 async def http_get(host: str, port: int, path: str, timeout_s: float = 5.0) -> tuple[int, bytes]:
-    """A minimal HTTP/1.0 GET on the running loop: (status, body)."""
-    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
+    """A minimal HTTP/1.0 GET on the running loop: (status, body).
+
+    `asyncio.timeout`, not `wait_for`: on Python 3.11 wait_for can swallow a cancellation (Ctrl-C)
+    that lands as its inner call completes, and the sweep would then run on to the end.
+    """
+    async with asyncio.timeout(timeout_s):
+        reader, writer = await asyncio.open_connection(host, port)
     try:
         writer.write(f"GET {path} HTTP/1.0\r\nHost: {host}:{port}\r\n\r\n".encode())
-        data = await asyncio.wait_for(reader.read(-1), timeout_s)
+        async with asyncio.timeout(timeout_s):
+            data = await reader.read(-1)
     finally:
         writer.close()
     head, _, body = data.partition(b"\r\n\r\n")

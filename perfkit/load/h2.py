@@ -332,7 +332,8 @@ class H2Pool:
             lambda: H2Conn(self.rec, self.reqs, authority, self.closed_loop), self.host, self.port
         )
         assert isinstance(proto, H2Conn)
-        await asyncio.wait_for(proto.ready, 10.0)
+        async with asyncio.timeout(10.0):  # not wait_for: it can swallow a Ctrl-C on 3.11
+            await proto.ready
         self.conns.append(proto)
         return proto
 

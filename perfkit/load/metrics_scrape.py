@@ -70,16 +70,12 @@ def _split(url: str) -> tuple[str, int, str]:
 
 async def fetch(url: str, timeout_s: float = 2.0) -> str:
     """GET a metrics page (HTTP/1.0, read to EOF)."""
+    from perfkit.load.client import http_get
+
     host, port, path = _split(url)
-    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
-    try:
-        writer.write(f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
-        data = await asyncio.wait_for(reader.read(-1), timeout_s)
-    finally:
-        writer.close()
-    head, _, body = data.partition(b"\r\n\r\n")
-    if not head.startswith(b"HTTP/") or head[9:12] != b"200":
-        raise OSError(f"metrics endpoint {url} answered {head[:40]!r}")
+    status, body = await http_get(host, port, path, timeout_s)
+    if status != 200:
+        raise OSError(f"metrics endpoint {url} answered HTTP {status}")
     return body.decode(errors="replace")
 
 
