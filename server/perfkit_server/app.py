@@ -1,5 +1,5 @@
-"""The composition root: registry + dataplane on one asyncio loop, with HTTP (lean asyncio server
-on that loop), gRPC (grpcio handler threads that call in) and metrics services.
+"""The composition root: registry + dataplane on one asyncio loop, with HTTP and gRPC (lean
+asyncio servers on that loop) and metrics services.
 
 Startup loads the models first (as tritonserver does), then starts the services and logs Triton's
 "Started ... at ADDRESS:PORT" lines. SIGINT/SIGTERM stop accepting, drain queued and running
@@ -13,11 +13,11 @@ import gc
 import logging
 import signal
 
-import grpc
 from aiohttp import web
 
 from perfkit_server.dataplane import DataPlane
 from perfkit_server.grpc_service import GrpcService
+from perfkit_server.grpc_wire import GrpcServer
 from perfkit_server.http_service import HttpService
 from perfkit_server.http_wire import HttpServer
 from perfkit_server.metrics import metrics_app
@@ -52,21 +52,16 @@ async def serve(settings: ServerSettings) -> int:
     await registry.load_startup()
 
     runners: list[web.AppRunner] = []
-    grpc_server: grpc.Server | None = None
+    grpc_server: GrpcServer | None = None
     http_server: HttpServer | None = None
     try:
         if settings.allow_grpc:
-            grpc_server = GrpcService(dataplane, loop).server(settings.max_request_bytes)
-            address = f"{settings.grpc_address}:{settings.grpc_port}"
+            grpc_server = GrpcService(dataplane).server(settings.max_request_bytes)
             try:
-                port = grpc_server.add_insecure_port(address)
-            except RuntimeError as exc:  # grpc reports a taken port as RuntimeError
+                port = await grpc_server.start(settings.grpc_address, settings.grpc_port)
+            except OSError as exc:
+                address = f"{settings.grpc_address}:{settings.grpc_port}"
                 raise OSError(f"cannot bind the gRPC port {address}: {exc}") from exc
-            if port == 0:
-                raise OSError(
-                    f"cannot bind the gRPC port {settings.grpc_address}:{settings.grpc_port}"
-                )
-            grpc_server.start()
             logger.info("Started GRPCInferenceService at %s:%d", settings.grpc_address, port)
         if settings.allow_http:
             http_server = HttpServer(HttpService(dataplane).dispatch, settings.max_request_bytes)
@@ -89,9 +84,7 @@ async def serve(settings: ServerSettings) -> int:
         if http_server is not None:
             await http_server.stop(settings.drain_secs)
         if grpc_server is not None:
-            # Handler threads wait on the loop: keep it running while grpc drains them.
-            stopped = grpc_server.stop(settings.drain_secs)
-            await loop.run_in_executor(None, stopped.wait)
+            await grpc_server.stop(settings.drain_secs)
         for runner in runners:
             await runner.shutdown()
             await runner.cleanup()

@@ -138,17 +138,15 @@ class DataPlane:
             raise
         return _respond(lv, request, wanted, outputs, times, start)
 
-    def infer_direct(self, request: InferRequest, wait: bool) -> InferResponse | None:
-        """Run `request` on the calling thread when its model can take it now, else None.
+    def infer_direct(self, request: InferRequest) -> InferResponse | None:
+        """Run `request` now, on the loop, when its model can take it at once; else None.
 
-        Thread-safe (gRPC handler threads, `wait` True: wait for a busy instance) and usable on
-        the loop (`wait` False). See `Scheduler.try_direct` for when it runs. Validation errors
-        raise as from `infer`.
+        See `Scheduler.try_direct` for when it runs. Validation errors raise as from `infer`.
         """
         lv, inputs, batch_size, wanted = self._prepare(request)
         start = time.perf_counter_ns()
         try:
-            done = lv.scheduler.try_direct(inputs, batch_size, wait)
+            done = lv.scheduler.try_direct(inputs, batch_size)
         except ServerError:
             lv.stats.record_failure(time.perf_counter_ns() - start, "BACKEND")
             raise

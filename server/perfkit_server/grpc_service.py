@@ -1,25 +1,20 @@
-"""KServe v2 over gRPC on grpcio's sync server (handler threads), bridged into the asyncio loop.
+"""KServe v2 over gRPC: GRPCInferenceService's methods on the lean HTTP/2 server (`grpc_wire`).
 
-grpcio's sync server spends much less CPU per call than grpc.aio (no per-call asyncio machinery
-in Cython), so every RPC runs in a handler thread: protobuf parsing, decoding and response
-encoding happen there, and only the DataPlane call hops onto the event loop (where the
-registry and schedulers live) through `run_coroutine_threadsafe`. A model without a dynamic
-batcher, with a short non-blocking backend and an idle instance, runs right in the handler thread
-(`DataPlane.infer_direct`): no hop at all.
-Messages are tritonclient's generated classes (upb protobuf); no vendored protos. Inputs come as
-`raw_input_contents` (or typed `contents`); outputs always go back as `raw_output_contents`.
-ServerError subclasses map to INVALID_ARGUMENT/NOT_FOUND/UNAVAILABLE/INTERNAL.
+Every call runs on the server's event loop, beside HTTP: protobuf parsing, decoding, the
+DataPlane call and response encoding. A model that can run a request now (no dynamic batcher, a
+short non-blocking backend, an idle instance: `DataPlane.infer_direct`) answers within the call;
+anything else is awaited. Messages are tritonclient's generated classes (upb protobuf); no
+vendored protos. Inputs come as `raw_input_contents` (or typed `contents`); outputs always go
+back as `raw_output_contents`. ServerError subclasses map to INVALID_ARGUMENT, NOT_FOUND,
+UNAVAILABLE and INTERNAL.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import Callable, Coroutine, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, NoReturn
+from collections.abc import Callable, Coroutine
+from typing import Any
 
-import grpc
 import numpy as np
 from google.protobuf import json_format
 from tritonclient.grpc import service_pb2 as pb
@@ -31,6 +26,15 @@ from perfkit_server.errors import (
     ModelNotFound,
     ServerError,
     Unavailable,
+)
+from perfkit_server.grpc_wire import (
+    INTERNAL,
+    INVALID_ARGUMENT,
+    NOT_FOUND,
+    UNAVAILABLE,
+    GrpcError,
+    GrpcServer,
+    Method,
 )
 from perfkit_server.types import (
     NP_BY_V2,
@@ -44,14 +48,12 @@ from perfkit_server.types import (
 )
 
 SERVICE = "inference.GRPCInferenceService"
-# Handler threads: each in-flight call (or open stream) holds one while it waits for the loop.
-MAX_WORKERS = 256
 
 _CODES = {
-    InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
-    ModelNotFound: grpc.StatusCode.NOT_FOUND,
-    Unavailable: grpc.StatusCode.UNAVAILABLE,
-    InternalError: grpc.StatusCode.INTERNAL,
+    InvalidInput: INVALID_ARGUMENT,
+    ModelNotFound: NOT_FOUND,
+    Unavailable: UNAVAILABLE,
+    InternalError: INTERNAL,
 }
 _CONTENTS_FIELD = {
     "BOOL": "bool_contents",
@@ -69,16 +71,11 @@ _CONTENTS_FIELD = {
 }
 
 
-def _code(exc: ServerError) -> grpc.StatusCode:
+def _code(exc: ServerError) -> int:
     for cls, code in _CODES.items():
         if isinstance(exc, cls):
             return code
-    return grpc.StatusCode.INVALID_ARGUMENT
-
-
-def _abort(context: Any, exc: ServerError) -> NoReturn:
-    context.abort(_code(exc), str(exc))
-    raise AssertionError("unreachable")  # context.abort raises
+    return INVALID_ARGUMENT
 
 
 def _param(params: Any, key: str) -> int | None:
@@ -163,116 +160,72 @@ def encode_response(response: InferResponse) -> Any:
 Unary = Callable[[Any], Coroutine[Any, Any, Any]]
 
 
+def error_status(exc: Exception) -> GrpcError | None:
+    """A ServerError's gRPC status; None for anything else (a server bug: INTERNAL, logged)."""
+    if isinstance(exc, ServerError):
+        return GrpcError(_code(exc), str(exc))
+    return None
+
+
 class GrpcService:
-    """GRPCInferenceService on the DataPlane; `server()` builds the grpcio server."""
+    """GRPCInferenceService on the DataPlane; `server()` builds the lean gRPC server."""
 
-    def __init__(self, dataplane: DataPlane, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, dataplane: DataPlane) -> None:
         self._dp = dataplane
-        self._loop = loop
 
-    def server(self, max_message_bytes: int) -> grpc.Server:
-        """A grpcio sync server with every RPC registered (not started, no port yet)."""
-        server = grpc.server(
-            ThreadPoolExecutor(max_workers=MAX_WORKERS, thread_name_prefix="grpc"),
-            options=[
-                ("grpc.max_receive_message_length", max_message_bytes),
-                ("grpc.max_send_message_length", max_message_bytes),
-                ("grpc.so_reuseport", 0),
-            ],
-        )
-        server.add_generic_rpc_handlers((self._handler(),))
-        return server
-
-    def _handler(self) -> grpc.GenericRpcHandler:
-        unary: dict[str, tuple[Any, Any, Unary]] = {
-            "ServerLive": (pb.ServerLiveRequest, pb.ServerLiveResponse, self._live),
-            "ServerReady": (pb.ServerReadyRequest, pb.ServerReadyResponse, self._ready),
-            "ModelReady": (pb.ModelReadyRequest, pb.ModelReadyResponse, self._model_ready),
-            "ServerMetadata": (
-                pb.ServerMetadataRequest,
-                pb.ServerMetadataResponse,
-                self._server_metadata,
-            ),
-            "ModelMetadata": (
-                pb.ModelMetadataRequest,
-                pb.ModelMetadataResponse,
-                self._model_metadata,
-            ),
-            "ModelConfig": (pb.ModelConfigRequest, pb.ModelConfigResponse, self._model_config),
-            "ModelStatistics": (
-                pb.ModelStatisticsRequest,
-                pb.ModelStatisticsResponse,
-                self._statistics,
-            ),
-            "RepositoryIndex": (
-                pb.RepositoryIndexRequest,
-                pb.RepositoryIndexResponse,
-                self._index,
-            ),
-            "RepositoryModelLoad": (
-                pb.RepositoryModelLoadRequest,
-                pb.RepositoryModelLoadResponse,
-                self._load,
-            ),
-            "RepositoryModelUnload": (
-                pb.RepositoryModelUnloadRequest,
-                pb.RepositoryModelUnloadResponse,
-                self._unload,
-            ),
+    def server(self, max_message_bytes: int) -> GrpcServer:
+        """A GrpcServer with every RPC registered (not started, no port yet)."""
+        unary: dict[str, tuple[Any, Unary]] = {
+            "ServerLive": (pb.ServerLiveRequest, self._live),
+            "ServerReady": (pb.ServerReadyRequest, self._ready),
+            "ModelReady": (pb.ModelReadyRequest, self._model_ready),
+            "ServerMetadata": (pb.ServerMetadataRequest, self._server_metadata),
+            "ModelMetadata": (pb.ModelMetadataRequest, self._model_metadata),
+            "ModelConfig": (pb.ModelConfigRequest, self._model_config),
+            "ModelStatistics": (pb.ModelStatisticsRequest, self._statistics),
+            "RepositoryIndex": (pb.RepositoryIndexRequest, self._index),
+            "RepositoryModelLoad": (pb.RepositoryModelLoadRequest, self._load),
+            "RepositoryModelUnload": (pb.RepositoryModelUnloadRequest, self._unload),
         }
-        handlers: dict[str, grpc.RpcMethodHandler] = {
-            name: grpc.unary_unary_rpc_method_handler(
-                self._bridged(fn),
-                request_deserializer=req.FromString,
-                response_serializer=resp.SerializeToString,
-            )
-            for name, (req, resp, fn) in unary.items()
+        methods = {
+            f"/{SERVICE}/{name}": Method(req.FromString, fn) for name, (req, fn) in unary.items()
         }
-        handlers["ModelInfer"] = grpc.unary_unary_rpc_method_handler(
-            self._model_infer,
-            request_deserializer=pb.ModelInferRequest.FromString,
-            response_serializer=pb.ModelInferResponse.SerializeToString,
+        methods[f"/{SERVICE}/ModelInfer"] = Method(pb.ModelInferRequest.FromString, self._infer)
+        methods[f"/{SERVICE}/ModelStreamInfer"] = Method(
+            pb.ModelInferRequest.FromString, self._stream_infer, streaming=True
         )
-        handlers["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(
-            self._stream_infer,
-            request_deserializer=pb.ModelInferRequest.FromString,
-            response_serializer=pb.ModelStreamInferResponse.SerializeToString,
-        )
-        return grpc.method_handlers_generic_handler(SERVICE, handlers)
+        return GrpcServer(methods, error_status, max_message_bytes)
 
-    # -- the thread side -----------------------------------------------------------------------
-
-    def _bridged(self, fn: Unary) -> Callable[[Any, Any], Any]:
-        def handle(request: Any, context: Any) -> Any:
-            try:
-                return asyncio.run_coroutine_threadsafe(fn(request), self._loop).result()
-            except ServerError as exc:
-                _abort(context, exc)
-
-        return handle
+    # -- inference -----------------------------------------------------------------------------
 
     def _infer(self, request: Any) -> Any:
+        """ModelInfer: answered at once when the model can run it now, else an awaitable."""
         decoded = decode_request(request)
-        response = self._dp.infer_direct(decoded, wait=True)
+        response = self._dp.infer_direct(decoded)
         if response is None:
-            future = asyncio.run_coroutine_threadsafe(self._dp.infer(decoded), self._loop)
-            response = future.result()
+            return self._infer_queued(decoded)
         return encode_response(response)
 
-    def _model_infer(self, request: Any, context: Any) -> Any:
+    async def _infer_queued(self, decoded: InferRequest) -> Any:
+        return encode_response(await self._dp.infer(decoded))
+
+    def _stream_infer(self, request: Any) -> Any:
+        """ModelStreamInfer: each request answered in order; an error is a message, not the end."""
         try:
-            return self._infer(request)
+            result = self._infer(request)
         except ServerError as exc:
-            _abort(context, exc)
+            return pb.ModelStreamInferResponse(error_message=str(exc))
+        if isinstance(result, pb.ModelInferResponse):
+            return pb.ModelStreamInferResponse(infer_response=result)
+        return self._stream_queued(result)
 
-    def _stream_infer(self, requests: Iterator[Any], context: Any) -> Iterator[Any]:
-        for request in requests:
-            try:
-                yield pb.ModelStreamInferResponse(infer_response=self._infer(request))
-            except ServerError as exc:
-                yield pb.ModelStreamInferResponse(error_message=str(exc))
+    async def _stream_queued(self, pending: Coroutine[Any, Any, Any]) -> Any:
+        try:
+            return pb.ModelStreamInferResponse(infer_response=await pending)
+        except ServerError as exc:
+            return pb.ModelStreamInferResponse(error_message=str(exc))
 
-    # -- the loop side -------------------------------------------------------------------------
+    # -- the other RPCs ------------------------------------------------------------------------
 
     async def _live(self, request: Any) -> Any:
         return pb.ServerLiveResponse(live=self._dp.live())

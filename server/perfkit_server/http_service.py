@@ -280,7 +280,7 @@ class HttpService:
         infer_request, binary_default = decode_infer_request(
             request.body, request.header_length, params["model"], params.get("version", "")
         )
-        response = self._dp.infer_direct(infer_request, wait=False)
+        response = self._dp.infer_direct(infer_request)
         if response is None:
             return self._infer_queued(infer_request, binary_default)
         return encode_infer_response(response, infer_request, binary_default)

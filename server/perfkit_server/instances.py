@@ -1,9 +1,8 @@
-"""InstancePool: a model version's idle instances, shared by the event loop and gRPC handler threads.
+"""InstancePool: a model version's idle instances, taken on the event loop, given back from any thread.
 
 The scheduler coroutine takes instances on the loop (`acquire`, awaiting one when all are busy);
-the gRPC direct path takes one from a handler thread (`take`, waiting on a threading.Condition)
-without touching the loop. Whoever gives one back (`release`, from either side) wakes a waiting
-thread, and the loop only when it is waiting.
+the direct path takes one only when one is idle (`take`). Batches of blocking backends run on
+instance threads, which give their instance back (`release`) and wake the loop only when it waits.
 """
 
 from __future__ import annotations
@@ -22,27 +21,17 @@ class InstancePool:
     def __init__(self, instances: Sequence[Backend], loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._lock = threading.Lock()
-        self._thread_freed = threading.Condition(self._lock)
-        self._thread_waiters = 0
         self._free = deque(instances)  # FIFO, as an asyncio.Queue of instances
         self._size = len(self._free)
         self._waiting = False
         self._freed = asyncio.Event()
         self.closed = False
 
-    def take(self, wait: bool) -> Backend | None:
-        """An idle instance (waiting for one if `wait`; not on the loop), or None; None once closed."""
+    def take(self) -> Backend | None:
+        """An idle instance, or None (all busy, or the pool is closed)."""
         with self._lock:
-            while not self.closed:
-                if self._free:
-                    return self._free.popleft()
-                if not wait:
-                    return None
-                self._thread_waiters += 1
-                try:
-                    self._thread_freed.wait()
-                finally:
-                    self._thread_waiters -= 1
+            if self._free and not self.closed:
+                return self._free.popleft()
         return None
 
     async def acquire(self) -> Backend:
@@ -59,18 +48,15 @@ class InstancePool:
         """Give an instance back (any thread)."""
         with self._lock:
             self._free.append(inst)
-            if self._thread_waiters:
-                self._thread_freed.notify()
             wake = self._waiting
             self._waiting = False
         if wake:
             self._loop.call_soon_threadsafe(self._freed.set)
 
     async def drain(self) -> None:
-        """Close to `try_take`, then wait until every instance is idle (loop only)."""
+        """Close to `take`, then wait until every instance is idle (loop only)."""
         with self._lock:
             self.closed = True
-            self._thread_freed.notify_all()
         while True:
             with self._lock:
                 if len(self._free) == self._size:

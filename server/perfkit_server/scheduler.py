@@ -130,7 +130,7 @@ class Scheduler:
             and not self._pending
             and not self._order
             and spec.max_queue_delay_ns == 0
-            and (inst := self._pool.take(wait=False)) is not None
+            and (inst := self._pool.take()) is not None
         ):
             return self._run_now(inst, inputs, batch_size)
         now = time.perf_counter_ns()
@@ -295,19 +295,17 @@ class Scheduler:
     # -- execution -----------------------------------------------------------------------------
 
     def try_direct(
-        self, inputs: dict[str, Array], batch_size: int, wait: bool
+        self, inputs: dict[str, Array], batch_size: int
     ) -> tuple[Outputs, RequestTimes] | None:
-        """Run one request now on the calling thread, or None to queue it instead.
+        """Run one request now, on the loop, or None to queue it instead.
 
         Only for what the inline path would run on the loop: no dynamic batcher, a short
-        non-blocking backend. With `wait` (a gRPC handler thread, never the loop) it waits for an
-        instance when all are busy, as the default scheduler's queue would; requests queued on the loop compete for the same
-        instances (the default scheduler promises no order between concurrent requests).
-        Thread-safe.
+        non-blocking backend, an idle instance (the default scheduler promises no order between
+        concurrent requests, so a request need not wait behind queued ones).
         """
         if not self._inline or self._spec.dynamic or self._closing:
             return None
-        inst = self._pool.take(wait)
+        inst = self._pool.take()
         if inst is None:
             return None
         enqueue_ns = time.perf_counter_ns()

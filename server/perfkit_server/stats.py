@@ -3,13 +3,11 @@
 Accounting follows Triton: `success`/`fail`/`queue`/`compute_*` in inference_stats are per request
 (a request in a batch of 8 adds the whole batch's compute time to its own count), batch_stats are per
 execution keyed by batch size, inference_count sums the batch sizes of executed requests, and
-execution_count counts executions. Updates come from the event loop and from gRPC handler threads
-(the direct path), so each takes the stats' lock.
+execution_count counts executions. Every update and every read happens on the event loop.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -67,43 +65,34 @@ class ModelStats:
     batch: dict[int, BatchStat] = field(default_factory=dict)
     # Failures by Triton's metric `reason` label (REJECTED, CANCELED, BACKEND, OTHER).
     fail_reasons: dict[str, int] = field(default_factory=dict)
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def record_success(self, duration_ns: int, times: RequestTimes) -> None:
-        now_ms = time.time_ns() // 1_000_000
-        with self.lock:
-            self.success.add(duration_ns)
-            self.queue.add(times.queue_ns)
-            self.compute_input.add(times.compute_input_ns)
-            self.compute_infer.add(times.compute_infer_ns)
-            self.compute_output.add(times.compute_output_ns)
-            self.last_inference_ms = now_ms
+        self.success.add(duration_ns)
+        self.queue.add(times.queue_ns)
+        self.compute_input.add(times.compute_input_ns)
+        self.compute_infer.add(times.compute_infer_ns)
+        self.compute_output.add(times.compute_output_ns)
+        self.last_inference_ms = time.time_ns() // 1_000_000
 
     def record_failure(self, duration_ns: int, reason: str) -> None:
-        with self.lock:
-            self.fail.add(duration_ns)
-            self.fail_reasons[reason] = self.fail_reasons.get(reason, 0) + 1
+        self.fail.add(duration_ns)
+        self.fail_reasons[reason] = self.fail_reasons.get(reason, 0) + 1
 
     def record_execution(
         self, batch_size: int, requests: int, input_ns: int, infer_ns: int, output_ns: int
     ) -> None:
         del requests
-        with self.lock:
-            self.execution_count += 1
-            self.inference_count += batch_size
-            stat = self.batch.get(batch_size)
-            if stat is None:
-                stat = self.batch[batch_size] = BatchStat()
-            stat.compute_input.add(input_ns)
-            stat.compute_infer.add(infer_ns)
-            stat.compute_output.add(output_ns)
+        self.execution_count += 1
+        self.inference_count += batch_size
+        stat = self.batch.get(batch_size)
+        if stat is None:
+            stat = self.batch[batch_size] = BatchStat()
+        stat.compute_input.add(input_ns)
+        stat.compute_infer.add(infer_ns)
+        stat.compute_output.add(output_ns)
 
     def to_json(self) -> dict[str, Any]:
         """Triton's `model_stats[]` entry (HTTP JSON; gRPC parses the same dict)."""
-        with self.lock:
-            return self._json()
-
-    def _json(self) -> dict[str, Any]:
         empty = {"count": 0, "ns": 0}
         return {
             "name": self.name,

@@ -1,0 +1,645 @@
+"""A lean gRPC server: HTTP/2 on asyncio.Protocol, on the server's one event loop.
+
+grpcio's server costs several hundred CPU-µs per call in Python (its completion-queue poller, a
+handler thread per call, the GIL handed back and forth, and a hop onto the loop where the models
+live). This speaks just the HTTP/2 a gRPC server needs: the connection preface and SETTINGS, PING
+answers, flow control both ways (large receive windows, WINDOW_UPDATE as they are consumed; sends
+held within the peer's windows), HPACK request headers decoded with `hpack` (a block of indexed
+fields only, the steady state of every gRPC client, is looked up in a cache), and constant
+response header blocks (literals without indexing: no encoder state). A call runs when its
+request message is complete: the handler answers at once (no task) or with an awaitable.
+
+Unary and bidirectional-streaming methods; messages are length-prefixed, uncompressed. Errors go
+back as trailers (grpc-status, grpc-message), as every gRPC server does. On `stop` each
+connection gets a GOAWAY, in-flight calls are drained, then connections close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import struct
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, cast
+
+from hpack import Decoder
+from hpack.exceptions import HPACKError
+
+logger = logging.getLogger(__name__)
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+DATA, HEADERS, PRIORITY_FRAME, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY = range(8)
+WINDOW_UPDATE, CONTINUATION = 8, 9
+END_STREAM = ACK = 0x1
+END_HEADERS, PADDED, PRIORITY = 0x4, 0x8, 0x20
+MAX_WINDOW = (1 << 31) - 1
+# Our receive side: streams and the connection start at the largest window; a window is topped up
+# once half of it is used, so a long stream never stalls and a unary call never needs an update.
+_RECV_REFILL = 1 << 30
+_OUR_MAX_FRAME = (1 << 24) - 1
+_CLOSE_GRACE_S = 2.0
+_SETTINGS_INITIAL_WINDOW_SIZE, _SETTINGS_MAX_FRAME_SIZE = 0x4, 0x5
+_FRAME = struct.Struct(">HBBBI")  # length (24 bit: H + B), type, flags, stream id
+_U32 = struct.Struct(">I")
+_SETTING = struct.Struct(">HI")
+_MSG = struct.Struct(">BI")  # gRPC message prefix: compressed flag, length
+_NO_ERROR, _PROTOCOL_ERROR, _FLOW_CONTROL_ERROR, _FRAME_SIZE_ERROR = 0x0, 0x1, 0x3, 0x6
+_COMPRESSION_ERROR = 0x9
+
+# gRPC status codes.
+OK, CANCELLED, UNKNOWN, INVALID_ARGUMENT, NOT_FOUND = 0, 1, 2, 3, 5
+RESOURCE_EXHAUSTED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE = 8, 12, 13, 14
+
+
+class GrpcError(Exception):
+    """A call's failure: a gRPC status code and its message."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class Method:
+    """One RPC: parse a request message, answer it (a message or an awaitable of one).
+
+    A streaming method gets `call` once per request message and answers each in order.
+    """
+
+    parse: Callable[[bytes], Any]
+    call: Callable[[Any], Any]
+    streaming: bool = False
+
+
+ErrorStatus = Callable[[Exception], GrpcError | None]
+
+
+def frame(ftype: int, flags: int, sid: int, payload: bytes = b"") -> bytes:
+    n = len(payload)
+    return _FRAME.pack(n >> 8, n & 0xFF, ftype, flags, sid) + payload
+
+
+def _hstr(s: bytes) -> bytes:
+    """An HPACK string literal (no Huffman coding): 7-bit-prefix length, then the bytes."""
+    n = len(s)
+    if n < 127:
+        return bytes([n]) + s
+    out = bytearray([127])
+    n -= 127
+    while n >= 128:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out) + s
+
+
+def _literal(name: bytes, value: bytes) -> bytes:
+    """A header field as a literal without indexing, new name."""
+    return b"\x00" + _hstr(name) + _hstr(value)
+
+
+_RESPONSE_HEADERS = b"\x88" + b"\x0f\x10" + _hstr(b"application/grpc")  # :status 200, content-type
+_TRAILERS_OK = _literal(b"grpc-status", b"0")
+_MAX_MESSAGE_TEXT = 4096
+
+
+def _percent_encode(text: str) -> bytes:
+    """grpc-message's encoding: printable ASCII but '%' as is, every other byte as %XX."""
+    out = bytearray()
+    for b in text.encode()[:_MAX_MESSAGE_TEXT]:
+        if 0x20 <= b <= 0x7E and b != 0x25:
+            out.append(b)
+        else:
+            out += b"%%%02X" % b
+    return bytes(out)
+
+
+def _status_block(code: int, message: str) -> bytes:
+    block = _literal(b"grpc-status", str(code).encode())
+    if message:
+        block += _literal(b"grpc-message", _percent_encode(message))
+    return block
+
+
+class _Stream:
+    """One call: the request bytes received so far and the response bytes waiting to be sent."""
+
+    __slots__ = (
+        "buf",
+        "busy",
+        "closed",
+        "ended",
+        "method",
+        "out",
+        "pending",
+        "recv_unacked",
+        "sid",
+        "started",
+        "trailers",
+        "window",
+    )
+
+    def __init__(self, sid: int, method: Method | None, window: int) -> None:
+        self.sid = sid
+        self.method = method
+        self.buf = bytearray()
+        self.window = window  # what the peer lets us send on this stream
+        self.recv_unacked = 0
+        self.ended = False  # the client half-closed (END_STREAM received)
+        self.closed = False  # our side is done (trailers queued or sent, or reset)
+        self.started = False  # response headers sent
+        self.busy = False  # a streaming call is being answered
+        self.pending: deque[Any] = deque()  # streaming: parsed requests waiting their turn
+        self.out: deque[bytes] = deque()  # DATA payload held back by flow control
+        self.trailers: bytes | None = None  # sent once `out` is empty
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection: frames in, calls dispatched, frames out."""
+
+    def __init__(self, server: GrpcServer) -> None:
+        self._server = server
+        self._transport: asyncio.Transport | None = None
+        self._buf = bytearray()
+        self._preface = False
+        self._decoder = Decoder()
+        self._paths: dict[bytes, bytes] = {}
+        self._streams: dict[int, _Stream] = {}
+        self._blocked: dict[int, _Stream] = {}
+        self._headers: tuple[int, int, bytearray] | None = None  # sid, flags, block (CONTINUATION)
+        self._last_sid = 0
+        self._send_window = 65535
+        self._peer_initial_window = 65535
+        self._peer_max_frame = 16384
+        self._recv_unacked = 0
+        self._goaway = False
+
+    # -- asyncio.Protocol ----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self._server.connection_made(self)
+        settings = _SETTING.pack(_SETTINGS_INITIAL_WINDOW_SIZE, MAX_WINDOW) + _SETTING.pack(
+            _SETTINGS_MAX_FRAME_SIZE, _OUR_MAX_FRAME
+        )
+        self._transport.write(
+            frame(SETTINGS, 0, 0, settings)
+            + frame(WINDOW_UPDATE, 0, 0, _U32.pack(MAX_WINDOW - 65535))
+        )
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._server.connection_lost(self)
+        self._transport = None
+        self._streams.clear()
+        self._blocked.clear()
+
+    def data_received(self, data: bytes) -> None:
+        buf = self._buf
+        buf += data
+        pos = 0
+        if not self._preface:
+            if len(buf) < len(PREFACE):
+                return
+            if bytes(buf[: len(PREFACE)]) != PREFACE:
+                self._fail(_PROTOCOL_ERROR, "not an HTTP/2 connection preface")
+                return
+            self._preface = True
+            pos = len(PREFACE)
+        end = len(buf)
+        while end - pos >= 9 and self._transport is not None:
+            hi, lo, ftype, flags, sid = _FRAME.unpack_from(buf, pos)
+            length = (hi << 8) | lo
+            if length > _OUR_MAX_FRAME:
+                self._fail(_FRAME_SIZE_ERROR, "frame larger than SETTINGS_MAX_FRAME_SIZE")
+                return
+            if end - pos - 9 < length:
+                break
+            payload = bytes(buf[pos + 9 : pos + 9 + length])
+            pos += 9 + length
+            try:
+                self._frame(ftype, flags, sid & 0x7FFFFFFF, payload)
+            except _ConnectionError as exc:
+                self._fail(exc.code, str(exc))
+                return
+        del buf[:pos]
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+    def goaway(self) -> None:
+        """Tell the client no new calls are taken here; the ones in flight finish."""
+        if self._transport is not None and not self._goaway:
+            self._goaway = True
+            self._transport.write(frame(GOAWAY, 0, 0, _U32.pack(self._last_sid) + _U32.pack(0)))
+
+    # -- frames in -----------------------------------------------------------------------------
+
+    def _frame(self, ftype: int, flags: int, sid: int, payload: bytes) -> None:
+        if self._headers is not None and ftype != CONTINUATION:
+            raise _ConnectionError(_PROTOCOL_ERROR, "expected a CONTINUATION frame")
+        if ftype == DATA:
+            self._data(flags, sid, payload)
+        elif ftype == HEADERS:
+            if flags & PADDED:
+                payload = payload[1 : len(payload) - payload[0]]
+            if flags & PRIORITY:
+                payload = payload[5:]
+            if flags & END_HEADERS:
+                self._header_block(sid, flags, payload)
+            else:
+                self._headers = (sid, flags, bytearray(payload))
+        elif ftype == CONTINUATION:
+            if self._headers is None or self._headers[0] != sid:
+                raise _ConnectionError(_PROTOCOL_ERROR, "unexpected CONTINUATION frame")
+            self._headers[2].extend(payload)
+            if flags & END_HEADERS:
+                hsid, hflags, block = self._headers
+                self._headers = None
+                self._header_block(hsid, hflags, bytes(block))
+        elif ftype == SETTINGS:
+            if not flags & ACK:
+                self._settings(payload)
+        elif ftype == WINDOW_UPDATE:
+            self._window_update(sid, _U32.unpack(payload)[0] & 0x7FFFFFFF)
+        elif ftype == PING:
+            if not flags & ACK and self._transport is not None:
+                self._transport.write(frame(PING, ACK, 0, payload))
+        elif ftype == RST_STREAM:
+            stream = self._streams.pop(sid, None)
+            if stream is not None:
+                stream.closed = True
+                self._blocked.pop(sid, None)
+        elif ftype == GOAWAY:
+            self._goaway = True
+        # PRIORITY, PUSH_PROMISE (never sent by a client) and unknown types are ignored.
+
+    def _settings(self, payload: bytes) -> None:
+        for off in range(0, len(payload) - len(payload) % 6, 6):
+            key, value = _SETTING.unpack_from(payload, off)
+            if key == _SETTINGS_INITIAL_WINDOW_SIZE:
+                if value > MAX_WINDOW:
+                    raise _ConnectionError(_FLOW_CONTROL_ERROR, "initial window too large")
+                delta = value - self._peer_initial_window
+                self._peer_initial_window = value
+                for stream in self._streams.values():
+                    stream.window += delta
+            elif key == _SETTINGS_MAX_FRAME_SIZE:
+                self._peer_max_frame = value
+        if self._transport is not None:
+            self._transport.write(frame(SETTINGS, ACK, 0))
+        if self._blocked:
+            self._flush_blocked()
+
+    def _window_update(self, sid: int, increment: int) -> None:
+        if sid == 0:
+            self._send_window += increment
+            if self._blocked:
+                self._flush_blocked()
+            return
+        stream = self._streams.get(sid)
+        if stream is not None:
+            stream.window += increment
+            if sid in self._blocked:
+                self._flush(stream)
+
+    def _path(self, block: bytes) -> bytes:
+        """The :path of a request header block (decoded in order: HPACK state is per connection)."""
+        path = self._paths.get(block)
+        if path is not None:
+            return path
+        try:
+            fields = self._decoder.decode(block, raw=True)
+        except HPACKError as exc:
+            raise _ConnectionError(_COMPRESSION_ERROR, f"bad header block: {exc}") from None
+        path = next((bytes(v) for k, v in fields if k == b":path"), b"")
+        # Indexed fields only (every byte has its top bit set, one byte each) leave the dynamic
+        # table as it was, so the same bytes mean the same headers until a block changes the table.
+        if all(b & 0x80 for b in block):
+            self._paths[block] = path
+        else:
+            self._paths.clear()
+        return path
+
+    def _header_block(self, sid: int, flags: int, block: bytes) -> None:
+        path = self._path(block)
+        stream = self._streams.get(sid)
+        if stream is not None:  # trailers from the client
+            if flags & END_STREAM:
+                self._end(stream)
+            return
+        if sid <= self._last_sid or not sid & 1:
+            return  # a frame for a stream that is over (we reset it or answered it)
+        self._last_sid = sid
+        method = self._server.methods.get(path.decode("latin-1"))
+        stream = _Stream(sid, method, self._peer_initial_window)
+        self._streams[sid] = stream
+        if self._goaway and self._server.stopping:
+            self._finish(stream, GrpcError(UNAVAILABLE, "the server is shutting down"))
+        elif method is None:
+            self._finish(stream, GrpcError(UNIMPLEMENTED, f"Method not found: {path.decode()}"))
+        if flags & END_STREAM:
+            self._end(stream)
+
+    def _data(self, flags: int, sid: int, payload: bytes) -> None:
+        n = len(payload)
+        if flags & PADDED:
+            payload = payload[1 : n - payload[0]]
+        self._recv_unacked += n
+        if self._recv_unacked >= _RECV_REFILL:
+            self._write(frame(WINDOW_UPDATE, 0, 0, _U32.pack(self._recv_unacked)))
+            self._recv_unacked = 0
+        stream = self._streams.get(sid)
+        if stream is None or stream.method is None or stream.closed:
+            return
+        stream.recv_unacked += n
+        if stream.recv_unacked >= _RECV_REFILL and not flags & END_STREAM:
+            self._write(frame(WINDOW_UPDATE, 0, sid, _U32.pack(stream.recv_unacked)))
+            stream.recv_unacked = 0
+        stream.buf += payload
+        if len(stream.buf) >= 5:
+            if stream.method.streaming:
+                self._take_messages(stream)
+            elif not self._prefix_ok(stream, 0):
+                return
+        if flags & END_STREAM:
+            self._end(stream)
+
+    def _prefix_ok(self, stream: _Stream, offset: int) -> bool:
+        """The message starting at `offset` is within the size limit and not compressed; else
+        the call fails now, before its bytes are all in."""
+        compressed, length = _MSG.unpack_from(stream.buf, offset)
+        limit = self._server.max_message_bytes
+        if length > limit:
+            why = f"Received message larger than max ({length} vs. {limit})"
+            self._finish(stream, GrpcError(RESOURCE_EXHAUSTED, why))
+            return False
+        if compressed:
+            self._finish(stream, GrpcError(UNIMPLEMENTED, "compressed messages are not supported"))
+            return False
+        return True
+
+    def _end(self, stream: _Stream) -> None:
+        """The client half-closed the stream: run a unary call, or close a stream when done."""
+        stream.ended = True
+        method = stream.method
+        if method is None or stream.closed:
+            return
+        if method.streaming:
+            if stream.buf:
+                self._finish(stream, GrpcError(INTERNAL, "the stream ended inside a message"))
+            elif not stream.busy and not stream.pending:
+                self._finish(stream, None)
+            return
+        buf = stream.buf
+        if len(buf) < 5 or len(buf) != 5 + _MSG.unpack_from(buf)[1]:
+            self._finish(stream, GrpcError(INTERNAL, "a unary call must carry exactly one message"))
+            return
+        try:
+            request = method.parse(bytes(buf[5:]))
+        except Exception as exc:  # protobuf's DecodeError; any parse failure is the client's
+            self._finish(stream, GrpcError(INVALID_ARGUMENT, f"cannot parse the request: {exc}"))
+            return
+        stream.buf = bytearray()
+        self._call(stream, method, request)
+
+    def _take_messages(self, stream: _Stream) -> None:
+        buf = stream.buf
+        method = cast(Method, stream.method)
+        while len(buf) >= 5:
+            if not self._prefix_ok(stream, 0):
+                return
+            length = _MSG.unpack_from(buf)[1]
+            if len(buf) < 5 + length:
+                break
+            try:
+                request = method.parse(bytes(buf[5 : 5 + length]))
+            except Exception as exc:  # the client's bytes; the stream fails, the server goes on
+                self._finish(
+                    stream, GrpcError(INVALID_ARGUMENT, f"cannot parse the request: {exc}")
+                )
+                return
+            del buf[: 5 + length]
+            stream.pending.append(request)
+        if not stream.busy:
+            self._next(stream)
+
+    def _next(self, stream: _Stream) -> None:
+        """Streaming: answer the waiting requests in order, one at a time."""
+        method = cast(Method, stream.method)
+        while stream.pending and not stream.busy and not stream.closed:
+            self._call(stream, method, stream.pending.popleft())
+        if stream.ended and not stream.busy and not stream.pending and not stream.closed:
+            self._finish(stream, None)
+
+    # -- calls ---------------------------------------------------------------------------------
+
+    def _call(self, stream: _Stream, method: Method, request: Any) -> None:
+        try:
+            result = method.call(request)
+        except Exception as exc:
+            self._failed(stream, exc)
+            return
+        if not inspect.isawaitable(result):
+            self._answer(stream, result)
+            return
+        stream.busy = True
+        task = asyncio.ensure_future(result)
+        self._server.tasks.add(task)
+        task.add_done_callback(lambda t: self._done(t, stream))
+
+    def _done(self, task: asyncio.Future[Any], stream: _Stream) -> None:
+        self._server.tasks.discard(task)
+        stream.busy = False
+        if task.cancelled():
+            self._finish(stream, GrpcError(CANCELLED, "the call was cancelled"))
+            return
+        exc = task.exception()
+        if exc is not None:
+            self._failed(stream, exc)
+            return
+        self._answer(stream, task.result())
+        if cast(Method, stream.method).streaming:
+            self._next(stream)
+
+    def _failed(self, stream: _Stream, exc: BaseException) -> None:
+        status = self._server.error_status(exc) if isinstance(exc, Exception) else None
+        if status is None:  # the request boundary: a server bug fails the call and is logged
+            logger.error("unhandled error in a gRPC call", exc_info=exc)
+            status = GrpcError(INTERNAL, f"internal server error: {exc}")
+        self._finish(stream, status)
+
+    def _answer(self, stream: _Stream, message: Any) -> None:
+        if stream.closed or self._transport is None:
+            return
+        body = message.SerializeToString()
+        payload = _MSG.pack(0, len(body)) + body
+        method = cast(Method, stream.method)
+        if not method.streaming:
+            stream.closed = True
+            stream.trailers = _TRAILERS_OK
+        head = b""
+        if not stream.started:
+            stream.started = True
+            head = frame(HEADERS, END_HEADERS, stream.sid, _RESPONSE_HEADERS)
+        n = len(payload)
+        if (
+            not stream.out
+            and n <= self._send_window
+            and n <= stream.window
+            and n <= self._peer_max_frame
+        ):
+            # The common case: headers, the message and the trailers in one write.
+            self._send_window -= n
+            stream.window -= n
+            out = head + frame(DATA, 0, stream.sid, payload)
+            if stream.trailers is not None:
+                out += frame(HEADERS, END_HEADERS | END_STREAM, stream.sid, stream.trailers)
+                self._close_stream(stream)
+            self._transport.write(out)
+        else:
+            if head:
+                self._transport.write(head)
+            stream.out.append(payload)
+            self._flush(stream)
+
+    def _finish(self, stream: _Stream, error: GrpcError | None) -> None:
+        """End our side: OK trailers after any held-back data, or a trailers-only error."""
+        if stream.closed:
+            return
+        stream.closed = True
+        stream.pending.clear()
+        if error is None:
+            stream.trailers = _TRAILERS_OK
+            if not stream.started:
+                stream.started = True
+                self._write(frame(HEADERS, END_HEADERS, stream.sid, _RESPONSE_HEADERS))
+            self._flush(stream)
+            return
+        stream.out.clear()
+        self._blocked.pop(stream.sid, None)
+        block = _status_block(error.code, error.message)
+        if not stream.started:
+            block = _RESPONSE_HEADERS + block
+        stream.started = True
+        self._write(frame(HEADERS, END_HEADERS | END_STREAM, stream.sid, block))
+        self._close_stream(stream)
+
+    def _close_stream(self, stream: _Stream) -> None:
+        """Our side is done; a client still sending is told to stop (RST_STREAM NO_ERROR)."""
+        self._streams.pop(stream.sid, None)
+        self._blocked.pop(stream.sid, None)
+        if not stream.ended:
+            self._write(frame(RST_STREAM, 0, stream.sid, _U32.pack(_NO_ERROR)))
+
+    # -- frames out ----------------------------------------------------------------------------
+
+    def _write(self, data: bytes) -> None:
+        if self._transport is not None:
+            self._transport.write(data)
+
+    def _flush(self, stream: _Stream) -> None:
+        """Send what flow control allows of `stream`'s held-back data, then its trailers."""
+        transport = self._transport
+        if transport is None:
+            return
+        out = stream.out
+        while out:
+            room = min(self._send_window, stream.window, self._peer_max_frame)
+            if room <= 0:
+                self._blocked[stream.sid] = stream
+                return
+            chunk = out[0]
+            if len(chunk) > room:
+                out[0] = chunk[room:]
+                chunk = chunk[:room]
+            else:
+                out.popleft()
+            self._send_window -= len(chunk)
+            stream.window -= len(chunk)
+            transport.write(frame(DATA, 0, stream.sid, chunk))
+        self._blocked.pop(stream.sid, None)
+        if stream.trailers is not None:
+            transport.write(frame(HEADERS, END_HEADERS | END_STREAM, stream.sid, stream.trailers))
+            self._close_stream(stream)
+
+    def _flush_blocked(self) -> None:
+        for stream in list(self._blocked.values()):
+            self._flush(stream)
+            if self._send_window <= 0:
+                return
+
+    def _fail(self, code: int, why: str) -> None:
+        """A connection error: GOAWAY with the code, then close."""
+        logger.debug("closing a gRPC connection: %s", why)
+        if self._transport is not None:
+            self._transport.write(
+                frame(GOAWAY, 0, 0, _U32.pack(self._last_sid) + _U32.pack(code) + why.encode())
+            )
+            self._transport.close()
+
+
+class _ConnectionError(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class GrpcServer:
+    """Serves `methods` (by path, '/package.Service/Method') on host:port."""
+
+    def __init__(
+        self, methods: dict[str, Method], error_status: ErrorStatus, max_message_bytes: int
+    ) -> None:
+        self.methods = methods
+        self.error_status = error_status
+        self.max_message_bytes = max_message_bytes
+        self.connections: set[_Connection] = set()
+        self.tasks: set[asyncio.Future[Any]] = set()
+        self.stopping = False
+        self._server: asyncio.Server | None = None
+        self._all_closed = asyncio.Event()
+
+    def connection_made(self, conn: _Connection) -> None:
+        self.connections.add(conn)
+        self._all_closed.clear()
+
+    def connection_lost(self, conn: _Connection) -> None:
+        self.connections.discard(conn)
+        if not self.connections:
+            self._all_closed.set()
+
+    async def start(self, host: str, port: int) -> int:
+        """Listen; returns the bound port."""
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: _Connection(self), host, port, backlog=1024)
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def stop(self, drain_secs: float) -> None:
+        """Stop accepting, GOAWAY every connection, wait up to `drain_secs` for calls in flight."""
+        self.stopping = True
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections):
+            conn.goaway()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + drain_secs
+        if self.tasks:
+            await asyncio.wait(list(self.tasks), timeout=drain_secs)
+        # A client closes its connection once it has had GOAWAY and has no call left. Closing it
+        # under the client instead can lose the last answers: a socket closed with unread bytes
+        # (a PING or WINDOW_UPDATE in flight) is reset, and what was still unsent is dropped.
+        grace = min(deadline - loop.time(), _CLOSE_GRACE_S)
+        if self.connections and grace > 0:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace):
+                    await self._all_closed.wait()
+        for conn in list(self.connections):
+            conn.close()
+        if self._server is not None:
+            await self._server.wait_closed()
