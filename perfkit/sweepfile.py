@@ -96,8 +96,10 @@ class SearchSettings:
     prune: bool = True
     # A trial is pruned when, after its first windows, it reaches less than this fraction of the best.
     prune_ratio: float = 0.5
-    # Random trials before TPE/NSGA-II start modelling the space.
-    startup_trials: int = 4
+    # Random trials (after the default config) before TPE/NSGA-II start modelling the space. Few:
+    # tuning budgets are tens of trials, and TPE's own default (10) spends a quarter of them
+    # blind (benchmarks/tuner_efficiency.py: 2 reached the grid's best in fewer trials than 4).
+    startup_trials: int = 2
     # The best must beat the default by this much (percent, primary objective) to be written back;
     # a smaller gain is within measurement noise.
     min_gain_pct: float = 2.0
@@ -423,7 +425,7 @@ def parse_sweep(text: str, source: str = "<sweep>", base_dir: Path | None = None
         seed=None if seed_f is None else int(seed_f),
         prune=q.bool_("prune", True),
         prune_ratio=ratio,
-        startup_trials=q.int_("startup_trials", 4, minimum=0),
+        startup_trials=q.int_("startup_trials", 2, minimum=0),
         min_gain_pct=q.num("min_gain_pct", 2.0, minimum=0.0) or 0.0,
     )
     q.check_unknown({"sampler", "seed", "prune", "prune_ratio", "startup_trials", "min_gain_pct"})

@@ -10,5 +10,5 @@ Public API (what `perfkit run` and the tuner call):
 Modules: `client` (tritonclient control plane, request encoding), `transport` (HTTP/1.1 hot
 path, grpcio fallback), `h2` (lean gRPC over HTTP/2), `driver` (one level, windows), `stats`
 (exact percentiles, stability, merging), `schedule` (open-loop send times), `inputs`,
-`metrics_scrape`, `workers` (--workers processes).
+`metrics_scrape`, `workers` (--workers processes), `eventloop` (uvloop when installed).
 """

@@ -15,7 +15,7 @@ import struct
 from collections import deque
 from collections.abc import Sequence
 from time import perf_counter_ns
-from typing import Any
+from typing import Any, cast
 
 from perfkit.load.transport import Recorder
 
@@ -103,8 +103,7 @@ class H2Conn(asyncio.Protocol):
     # -- connection -----------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.t = transport
+        self.t = transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         settings = _SETTING.pack(0x2, 0) + _SETTING.pack(0x4, MAX_WINDOW)
         transport.write(
             PREFACE

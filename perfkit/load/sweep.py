@@ -24,6 +24,7 @@ import numpy as np
 
 from perfkit import __version__
 from perfkit.errors import MeasurementUnstable, PerfkitError, ServerError, ServerUnavailable
+from perfkit.load import eventloop
 from perfkit.load import schedule as sched
 from perfkit.load.client import ControlClient, grpc_request_bytes, http_request_bytes
 from perfkit.load.driver import LevelDriver, LevelPlan, Pool
@@ -483,7 +484,7 @@ def measure_level(
         ModelError / ConfigError: the model or inputs do not fit. ServerUnavailable / ServerError.
     """
     with Session(target, inputs) as session:
-        return asyncio.run(
+        return eventloop.run(
             measure_async(
                 session, measure, mode, level, on_window=on_window, should_stop=should_stop
             )
@@ -570,7 +571,7 @@ def run_sweep(
 
         metrics = MetricsScraper(spec.metrics.url, spec.metrics.interval_ms)
     try:
-        status = asyncio.run(
+        status = eventloop.run(
             _sweep(spec, session, done, messages, on_window, on_level, should_stop, on_raw, metrics)
         )
     except KeyboardInterrupt:

@@ -14,7 +14,7 @@ import threading
 from collections import deque
 from collections.abc import Sequence
 from time import perf_counter_ns
-from typing import Any
+from typing import Any, cast
 
 MAX_ERROR_MESSAGES = 20
 
@@ -88,8 +88,7 @@ class HttpConn(asyncio.Protocol):
         self.lost = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.t = transport
+        self.t = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True

@@ -27,6 +27,7 @@ from time import perf_counter_ns
 from typing import TYPE_CHECKING, Any
 
 from perfkit.errors import PerfkitError, ServerError
+from perfkit.load import eventloop
 from perfkit.load.driver import LevelDriver, sleep_until
 from perfkit.load.spec import InputSpec, MeasureSpec, RequestRateLoad, TargetSpec
 from perfkit.load.stats import RawWindow, is_stable, merge, merge_parallel, window_stat
@@ -288,7 +289,7 @@ def _worker(fd: int) -> None:
             if msg[0] == "quit":
                 return
             try:
-                asyncio.run(_worker_level(conn, session, msg))
+                eventloop.run(_worker_level(conn, session, msg))
             except PerfkitError as exc:
                 conn.send(("error", type(exc), str(exc)))
             except Exception as exc:  # the worker process boundary: report, never hang the parent

@@ -9,7 +9,7 @@ decoded values, e.g. {"max_batch_size": 16, "preferred_batch_sizes": (4, 8)}.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -37,6 +37,8 @@ CONFIG_DIMS = (
 LOAD_DIMS = ("concurrency", "request_rate", "batch_size")
 _CATEGORICAL = {"instance_kind", "dynamic_batching", "preferred_batch_sizes"}
 _BATCHER_DIMS = ("preferred_batch_sizes", "max_queue_delay_us")
+# The largest space `nearest_unmeasured` walks point by point.
+MAX_WALK = 200_000
 
 
 class Suggester(Protocol):
@@ -83,6 +85,14 @@ class Dim:
         if self.name == "preferred_batch_sizes":
             return decode_sizes(str(raw))
         return raw
+
+    def encode(self, value: Any) -> Any:
+        """The Optuna value of a decoded `value` (the inverse of `decode`)."""
+        if not self.categorical:
+            return self.values.index(value)
+        if self.name == "preferred_batch_sizes":
+            return encode_sizes(tuple(value))
+        return value
 
     def suggest(self, trial: Suggester) -> Any:
         if self.categorical:
@@ -151,6 +161,63 @@ class SearchSpace:
             params.update({d.name: v for d, v in zip(self.dims, combo, strict=True)})
             yield params
 
+    def point_key(self, params: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
+        """What identifies a point of the space: its searched values, without the batcher's when
+        dynamic batching is off (they change nothing then)."""
+        off = params.get("dynamic_batching") is False
+        return tuple(
+            (d.name, _hashable(params[d.name]))
+            for d in self.dims
+            if d.name in params and not (off and d.name in _BATCHER_DIMS)
+        )
+
+    def optuna_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """The Optuna parameter values of a point (for `Study.enqueue_trial`)."""
+        key = dict(self.point_key(params))
+        return {d.param_name: d.encode(key[d.name]) for d in self.dims if d.name in key}
+
+    def nearest_unmeasured(
+        self,
+        params: Mapping[str, Any],
+        measured: set[tuple[tuple[str, Any], ...]],
+        pick: Callable[[list[Params]], Params],
+    ) -> Params | None:
+        """The points closest to `params` that are not in `measured` (keys from `point_key`); `pick`
+        chooses among equally close ones. Distance: index steps on ordered dimensions, 1 for a
+        different categorical value. None when every point is measured or the space is too large
+        to walk (more than `MAX_WALK` points)."""
+        if self.size() > MAX_WALK:
+            return None
+        here = dict(self.point_key(params))
+        best: list[Params] = []
+        best_d = -1
+        seen: set[tuple[tuple[str, Any], ...]] = set()
+        for point in self.points():
+            key = self.point_key(point)
+            if key in measured or key in seen:
+                continue
+            seen.add(key)
+            values = dict(key)
+            d = 0
+            for dim in self.dims:
+                a, b = here.get(dim.name), values.get(dim.name)
+                if a is None or b is None:
+                    d += 0 if a is b else 1
+                elif dim.categorical:
+                    d += 0 if a == b else 1
+                else:
+                    d += abs(dim.values.index(a) - dim.values.index(b))
+            if best_d < 0 or d < best_d:
+                best, best_d = [point], d
+            elif d == best_d:
+                best.append(point)
+        if not best:
+            return None
+        chosen = pick(best)
+        if chosen.get("dynamic_batching") is False:
+            chosen = {k: v for k, v in chosen.items() if k not in _BATCHER_DIMS}
+        return chosen
+
     def baseline_load(self, load: LoadSettings) -> Params:
         """The load levels the default config is measured at."""
         params: Params = {}
@@ -165,6 +232,10 @@ class SearchSpace:
                     if d.name == name:
                         params[name] = d.values[0]
         return params
+
+
+def _hashable(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list | tuple) else value
 
 
 def load_params(params: Mapping[str, Any]) -> Params:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import signal
 import threading
 import time
@@ -74,6 +75,10 @@ A_FAIR = "default_at_load_of"
 
 # Consecutive already-measured draws before the search space counts as exhausted.
 MAX_CONSECUTIVE_DUPLICATES = 60
+# Samplers that, after NEIGHBOUR_AFTER draws in a row of already-measured points, are handed the
+# nearest unmeasured point instead of being asked again (see `Tuner._enqueue_neighbour`).
+NEIGHBOUR_SAMPLERS = ("tpe", "nsga2")
+NEIGHBOUR_AFTER = 3
 WAIT_FOR_PEER_S = 900.0
 
 
@@ -87,7 +92,7 @@ class LoopSettings:
     seed: int | None = None
     prune: bool = True
     prune_ratio: float = 0.5
-    startup_trials: int = 4
+    startup_trials: int = 2
     # Prune only after this many windows.
     prune_after_windows: int = 2
 
@@ -234,6 +239,8 @@ class Tuner:
         self.overheads_s: list[float] = []
         self.measured_here = 0
         self.messages: list[str] = []
+        self._rng = random.Random(settings.seed)
+        self._last_params: Params = {}
 
     # -- study bookkeeping ---------------------------------------------------------------------
     def _trials(self) -> list[FrozenTrial]:
@@ -364,6 +371,8 @@ class Tuner:
             st.recover_orphans(self.study)
             measured = self._one_trial()
             duplicates = 0 if measured else duplicates + 1
+            if duplicates >= NEIGHBOUR_AFTER and self.settings.sampler in NEIGHBOUR_SAMPLERS:
+                self._enqueue_neighbour(self._last_params)
         st.settle_orphans(self.study)
 
     def _measure_default(self, load: Params | None = None, *, for_best: int | None = None) -> None:
@@ -422,10 +431,44 @@ class Tuner:
         trial = _ask(self.study)
         try:
             params = self.space.suggest(trial, conditional=self.settings.sampler != "grid")
-            return self._run_variant(self.study, trial, params, is_default=False, t0=t0)
+            measured = self._run_variant(self.study, trial, params, is_default=False, t0=t0)
         except KeyboardInterrupt:
             self._abandon(self.study, trial)
             raise
+        self._last_params = params
+        return measured
+
+    def _enqueue_neighbour(self, params: Params) -> None:
+        """The sampler keeps drawing measured points: queue the nearest unmeasured point to the
+        last one (`Study.enqueue_trial`; the next ask takes it). On a small discrete space a
+        model-based sampler that has settled on a region keeps drawing its best points; without
+        this the loop would end at MAX_CONSECUTIVE_DUPLICATES with points still unmeasured."""
+        taken: set[tuple[tuple[str, Any], ...]] = set()
+        for t in self._trials():
+            if t.user_attrs.get(A_DEFAULT):
+                continue
+            if t.state == TrialState.WAITING:
+                fixed = t.system_attrs.get("fixed_params") or {}
+                point = {
+                    d.name: d.decode(fixed[d.param_name])
+                    for d in self.space.dims
+                    if d.param_name in fixed
+                }
+            elif (
+                t.state == TrialState.RUNNING
+                or t.user_attrs.get(A_MEASURED)
+                or A_DUP in t.user_attrs
+            ):
+                point = t.user_attrs.get(A_PARAMS) or {}
+            else:
+                continue  # failed and not measured (interrupted): it may be measured again
+            taken.add(self.space.point_key(point))
+        rng = self._rng
+        nearest = self.space.nearest_unmeasured(
+            params, taken, lambda ties: ties[rng.randrange(len(ties))]
+        )
+        if nearest is not None:
+            self.study.enqueue_trial(self.space.optuna_params(nearest), skip_if_exists=True)
 
     def _abandon(self, study: optuna.Study, trial: optuna.Trial) -> None:
         """Ctrl-C: fail the trial if it is still running, so a rerun measures it again."""

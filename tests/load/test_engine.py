@@ -40,8 +40,12 @@ def stats(server, model):
     return s
 
 
-@pytest.mark.parametrize("protocol", ["http", "grpc"])
-def test_fixed_count_and_breakdown_equals_stats_delta(load_server, protocol):
+@pytest.mark.parametrize(
+    ("protocol", "loop"),
+    [("http", "uvloop"), ("grpc", "uvloop"), ("http", "asyncio"), ("grpc", "asyncio")],
+)
+def test_fixed_count_and_breakdown_equals_stats_delta(load_server, protocol, loop, monkeypatch):
+    monkeypatch.setenv("PERFKIT_LOOP", loop)  # uvloop by default; asyncio's loop as the fallback
     before = stats(load_server, "identity")
     m = measure_level(
         target(load_server, "identity", protocol), InputSpec(),

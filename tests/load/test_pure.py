@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 from perfkit.errors import ConfigError, ModelError
-from perfkit.load import schedule
+from perfkit.load import eventloop, schedule
 from perfkit.load.inputs import prepare
 from perfkit.load.spec import InputSpec, MeasureSpec, expand_range, parse_range
 from perfkit.load.stats import RawWindow, is_stable, merge, nearest_rank, summarize, window_stat
@@ -226,3 +227,12 @@ def test_prometheus_gpu_metrics_parse_and_aggregate():
     assert aggregate([parse_prometheus("nv_inference_count 3\n")])["gpu_utilization"] == {}
     row = pa_csv.row(replace(_m(1, 10.0), metrics=agg), verbose=True, collect_metrics=True)
     assert row[-4:] == ["GPU-a:0.6;", "GPU-a:150;", "GPU-a:3000;", "GPU-a:8000;"]
+
+
+@pytest.mark.parametrize(("setting", "module"), [("uvloop", "uvloop"), ("asyncio", "asyncio")])
+def test_event_loop_choice(monkeypatch, setting, module):
+    async def loop_module() -> str:
+        return type(asyncio.get_running_loop()).__module__.split(".")[0]
+
+    monkeypatch.setenv("PERFKIT_LOOP", setting)
+    assert eventloop.run(loop_module()) == module

@@ -116,3 +116,41 @@ def test_instance_kind(kind: str) -> None:
     v = build_variant(parse_config(BASE), {"instance_kind": kind})
     assert v.instance_group[0].count == 1
     assert text_format.MessageToString(v).count(kind) == 1
+
+
+def test_nearest_unmeasured_point() -> None:
+    space = SearchSpace.from_specs(
+        SpaceSpec(instance_count=(1, 2), max_batch_size=(8, 16, 32)),
+        LoadSettings(concurrency=(1, 4, 16)),
+    )
+    first = lambda ties: ties[0]  # noqa: E731
+    here = {"instance_count": 1, "max_batch_size": 16, "concurrency": 4}
+    measured = {space.point_key(here)}
+    near = space.nearest_unmeasured(here, measured, first)
+    assert near is not None
+    # One index step away on one ordered dimension, or the other instance count.
+    steps = sum(
+        abs(d.values.index(near[d.name]) - d.values.index(here[d.name])) for d in space.dims
+    )
+    assert steps == 1
+    # Every point measured but one: that one, however far.
+    last = {"instance_count": 2, "max_batch_size": 32, "concurrency": 16}
+    everything = {space.point_key(p) for p in space.points()}
+    only = space.nearest_unmeasured(here, everything - {space.point_key(last)}, first)
+    assert only is not None
+    assert space.point_key(only) == space.point_key(last)
+    assert space.nearest_unmeasured(here, everything, first) is None
+    # Optuna's values for that point: indexes of the ordered dimensions.
+    assert space.optuna_params(last) == {
+        "instance_count_idx": 1,
+        "max_batch_size_idx": 2,
+        "concurrency_idx": 2,
+    }
+
+
+def test_point_key_ignores_batcher_fields_when_batching_is_off() -> None:
+    space = _space()
+    off = {"dynamic_batching": False, "max_queue_delay_us": 100, "preferred_batch_sizes": (4,)}
+    assert space.point_key(off) == space.point_key({"dynamic_batching": False})
+    on = {**off, "dynamic_batching": True}
+    assert space.point_key(on) != space.point_key({"dynamic_batching": True})

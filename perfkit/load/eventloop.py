@@ -1,0 +1,30 @@
+"""The load generator's event loop: uvloop when it is installed, else asyncio's own.
+
+uvloop (a perfkit dependency, which perfkit_server runs on too) spends far less CPU per ready
+socket than asyncio's selector loop, and every request the generator sends costs one such wake-up:
+its own CPU per request is what bounds the load one process can drive. `PERFKIT_LOOP=asyncio`
+picks asyncio's loop (e.g. to compare, or to debug with asyncio's debug mode).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """`asyncio.run(coro)` on the chosen loop (the same Ctrl-C handling: the task is cancelled)."""
+    factory = None
+    if os.environ.get("PERFKIT_LOOP", "uvloop") == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(coro)
