@@ -4,10 +4,10 @@ grpcio's server costs several hundred CPU-µs per call in Python (its completion
 handler thread per call, the GIL handed back and forth, and a hop onto the loop where the models
 live). This speaks just the HTTP/2 a gRPC server needs: the connection preface and SETTINGS, PING
 answers, flow control both ways (large receive windows, WINDOW_UPDATE as they are consumed; sends
-held within the peer's windows), HPACK request headers decoded with `hpack` (a block of indexed
-fields only, the steady state of every gRPC client, is looked up in a cache), and constant
-response header blocks (literals without indexing: no encoder state). A call runs when its
-request message is complete: the handler answers at once (no task) or with an awaitable.
+held within the peer's windows), HPACK request headers decoded with `hpack` (a block that leaves
+the dynamic table as it was, the steady state of every gRPC client, is looked up in a cache), and
+constant response header blocks (literals without indexing: no encoder state). A call runs when
+its request message is complete: the handler answers at once (no task) or with an awaitable.
 
 Unary and bidirectional-streaming methods; messages are length-prefixed, uncompressed. Errors go
 back as trailers (grpc-status, grpc-message), as every gRPC server does. On `stop` each
@@ -42,6 +42,8 @@ MAX_WINDOW = (1 << 31) - 1
 _RECV_REFILL = 1 << 30
 _OUR_MAX_FRAME = (1 << 24) - 1
 _CLOSE_GRACE_S = 2.0
+# Distinct header blocks remembered per connection (a client sends a few, again and again).
+_MAX_CACHED_BLOCKS = 64
 _SETTINGS_INITIAL_WINDOW_SIZE, _SETTINGS_MAX_FRAME_SIZE = 0x4, 0x5
 _FRAME = struct.Struct(">HBBBI")  # length (24 bit: H + B), type, flags, stream id
 _U32 = struct.Struct(">I")
@@ -124,6 +126,41 @@ def _status_block(code: int, message: str) -> bytes:
     if message:
         block += _literal(b"grpc-message", _percent_encode(message))
     return block
+
+
+def _hpack_int(block: bytes, pos: int, prefix_bits: int) -> tuple[int, int]:
+    """An HPACK integer with an N-bit prefix at `pos`: (value, position after it)."""
+    mask = (1 << prefix_bits) - 1
+    value = block[pos] & mask
+    pos += 1
+    if value < mask:
+        return value, pos
+    shift = 0
+    while True:
+        b = block[pos]
+        pos += 1
+        value += (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return value, pos
+
+
+def _changes_table(block: bytes) -> bool:
+    """Whether an HPACK block adds to the dynamic table or resizes it (RFC 7541 section 6):
+    indexed fields and literals without indexing or never indexed leave it as it was."""
+    pos, end = 0, len(block)
+    while pos < end:
+        b = block[pos]
+        if b & 0x80:  # indexed field
+            pos = _hpack_int(block, pos, 7)[1]
+            continue
+        if b & 0xE0 != 0:  # literal with incremental indexing (01), or a table size update (001)
+            return True
+        name_index, pos = _hpack_int(block, pos, 4)  # literal without indexing / never indexed
+        for _ in range(1 if name_index else 2):  # the name (when not indexed), then the value
+            length, pos = _hpack_int(block, pos, 7)
+            pos += length
+    return False
 
 
 class _Stream:
@@ -318,12 +355,12 @@ class _Connection(asyncio.Protocol):
         except HPACKError as exc:
             raise _ConnectionError(_COMPRESSION_ERROR, f"bad header block: {exc}") from None
         path = next((bytes(v) for k, v in fields if k == b":path"), b"")
-        # Indexed fields only (every byte has its top bit set, one byte each) leave the dynamic
-        # table as it was, so the same bytes mean the same headers until a block changes the table.
-        if all(b & 0x80 for b in block):
-            self._paths[block] = path
-        else:
+        # A block that leaves the dynamic table as it was means the same headers every time it
+        # comes again, until some block changes the table: then every cached meaning is stale.
+        if _changes_table(block):
             self._paths.clear()
+        elif len(self._paths) < _MAX_CACHED_BLOCKS:
+            self._paths[block] = path
         return path
 
     def _header_block(self, sid: int, flags: int, block: bytes) -> None:

@@ -112,3 +112,18 @@ def test_many_calls_past_the_initial_flow_control_window(server: ServerHandle) -
             np.testing.assert_array_equal(out.as_numpy("OUTPUT1"), a - b)
     finally:
         client.close()
+
+
+def test_which_header_blocks_change_the_hpack_table() -> None:
+    from hpack import Encoder
+    from hpack.struct import NeverIndexedHeaderTuple
+    from perfkit_server.grpc_wire import _changes_table
+
+    headers = [(":method", "POST"), (":path", f"{SERVICE}/ModelInfer"), ("te", "trailers")]
+    encoder = Encoder()
+    assert _changes_table(encoder.encode(headers))  # first time: literals added to the table
+    assert not _changes_table(encoder.encode(headers))  # then: indexed fields only
+    secret = [NeverIndexedHeaderTuple("authorization", "x" * 200)]
+    assert not _changes_table(encoder.encode(secret))  # never indexed, a long (2-byte) length
+    encoder.header_table_size = 256
+    assert _changes_table(encoder.encode(headers))  # a table size update
