@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint check bench clean
+.PHONY: demo demo-tune test lint check bench clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -14,6 +14,11 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/perfkit run -m resnet50 --concurrency-range 1:4
+
+# The resnet50 sweep on the embedded server (10 trials, up to 20 minutes on 2 cores): writes the
+# best config.pbtxt back into model_repository/resnet50/ and everything else into tune-results/.
+demo-tune: $(STAMP)
+	$(BIN)/perfkit tune sweeps/resnet50-cpu.toml --output tune-results/resnet50
 
 lint: $(STAMP)
 	$(BIN)/ruff check perfkit server tests benchmarks
