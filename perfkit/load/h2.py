@@ -11,49 +11,36 @@ or RST_STREAM). Error details are fetched once through tritonclient by the calle
 from __future__ import annotations
 
 import asyncio
-import struct
 from collections import deque
 from collections.abc import Sequence
 from time import perf_counter_ns
 from typing import Any, cast
 
+from perfkit.http2 import (
+    ACK,
+    DATA,
+    DEFAULT_WINDOW,
+    END_HEADERS,
+    END_STREAM,
+    FRAME,
+    GOAWAY,
+    HEADERS,
+    MAX_WINDOW,
+    PADDED,
+    PING,
+    PREFACE,
+    RST_STREAM,
+    SETTING,
+    SETTINGS,
+    U32,
+    WINDOW_UPDATE,
+    frame,
+    hpack_literal,
+    hpack_string,
+)
 from perfkit.load.transport import Recorder
 
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-DATA, HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = (
-    0,
-    1,
-    3,
-    4,
-    6,
-    7,
-    8,
-    9,
-)
-END_STREAM, ACK, END_HEADERS, PADDED, PRIORITY = 0x1, 0x1, 0x4, 0x8, 0x20
-MAX_WINDOW = (1 << 31) - 1
-_FRAME = struct.Struct(">HBBBI")  # length (24 bit: H + B), type, flags, stream id
-_U32 = struct.Struct(">I")
-_SETTING = struct.Struct(">HI")
 METHOD = "/inference.GRPCInferenceService/ModelInfer"
-
-
-def frame(ftype: int, flags: int, sid: int, payload: bytes = b"") -> bytes:
-    n = len(payload)
-    return _FRAME.pack(n >> 8, n & 0xFF, ftype, flags, sid) + payload
-
-
-def _hstr(s: bytes) -> bytes:
-    n = len(s)
-    if n < 127:
-        return bytes([n]) + s
-    out = bytearray([127])
-    n -= 127
-    while n >= 128:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out) + s
 
 
 def header_block(authority: str, path: str = METHOD) -> bytes:
@@ -61,11 +48,11 @@ def header_block(authority: str, path: str = METHOD) -> bytes:
     return (
         b"\x83"  # :method POST
         + b"\x86"  # :scheme http
-        + b"\x04" + _hstr(path.encode())  # :path (name index 4)
-        + b"\x01" + _hstr(authority.encode())  # :authority (name index 1)
-        + b"\x0f\x10" + _hstr(b"application/grpc")  # content-type (name index 31)
-        + b"\x00" + _hstr(b"te") + _hstr(b"trailers")
-        + b"\x00" + _hstr(b"user-agent") + _hstr(b"perfkit")
+        + b"\x04" + hpack_string(path.encode())  # :path (name index 4)
+        + b"\x01" + hpack_string(authority.encode())  # :authority (name index 1)
+        + b"\x0f\x10" + hpack_string(b"application/grpc")  # content-type (name index 31)
+        + hpack_literal(b"te", b"trailers")
+        + hpack_literal(b"user-agent", b"perfkit")
     )  # fmt: skip
 
 
@@ -79,15 +66,15 @@ class H2Conn(asyncio.Protocol):
         self.closed_loop = closed_loop
         self.block = header_block(authority)
         # gRPC length-prefixed messages, one per input set.
-        self.msgs = [b"\x00" + _U32.pack(len(r)) + r for r in reqs]
+        self.msgs = [b"\x00" + U32.pack(len(r)) + r for r in reqs]
         self.multi = len(self.msgs) > 1
         self.t: asyncio.Transport | None = None
         self.buf = b""
         self.next_sid = 1
         # sid -> [sent_ns, intended_ns, got_data]
         self.calls: dict[int, list[int]] = {}
-        self.send_window = 65535
-        self.peer_init_window = 65535
+        self.send_window = DEFAULT_WINDOW
+        self.peer_init_window = DEFAULT_WINDOW
         self.max_frame = 16384
         self.max_streams = 1 << 31
         # While a chunk is handled: writes collected for one transport.write.
@@ -104,11 +91,11 @@ class H2Conn(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.t = transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
-        settings = _SETTING.pack(0x2, 0) + _SETTING.pack(0x4, MAX_WINDOW)
+        settings = SETTING.pack(0x2, 0) + SETTING.pack(0x4, MAX_WINDOW)
         transport.write(
             PREFACE
             + frame(SETTINGS, 0, 0, settings)
-            + frame(WINDOW_UPDATE, 0, 0, _U32.pack(MAX_WINDOW - 65535))
+            + frame(WINDOW_UPDATE, 0, 0, U32.pack(MAX_WINDOW - DEFAULT_WINDOW))
         )
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -151,7 +138,7 @@ class H2Conn(asyncio.Protocol):
         n = len(msg)
         hb = self.block
         lb = len(hb)
-        head = _FRAME.pack(lb >> 8, lb & 0xFF, HEADERS, END_HEADERS, sid) + hb
+        head = FRAME.pack(lb >> 8, lb & 0xFF, HEADERS, END_HEADERS, sid) + hb
         if (
             n <= self.send_window
             and n <= self.peer_init_window
@@ -159,7 +146,7 @@ class H2Conn(asyncio.Protocol):
             and not self.pending
         ):
             self.send_window -= n
-            data = head + _FRAME.pack(n >> 8, n & 0xFF, DATA, END_STREAM, sid) + msg
+            data = head + FRAME.pack(n >> 8, n & 0xFF, DATA, END_STREAM, sid) + msg
             if self.out is not None:
                 self.out.append(data)
             else:
@@ -215,7 +202,7 @@ class H2Conn(asyncio.Protocol):
         buf = self.buf + data if self.buf else data
         pos = 0
         end = len(buf)
-        unpack = _FRAME.unpack_from
+        unpack = FRAME.unpack_from
         while end - pos >= 9:
             hi, lo, ftype, flags, sid = unpack(buf, pos)
             n = (hi << 8) | lo
@@ -234,7 +221,7 @@ class H2Conn(asyncio.Protocol):
                 if flags & END_STREAM:
                     self._end(sid, False)
             elif ftype == WINDOW_UPDATE:
-                inc = _U32.unpack_from(buf, p)[0] & MAX_WINDOW
+                inc = U32.unpack_from(buf, p)[0] & MAX_WINDOW
                 if sid == 0:
                     self.send_window += inc
                 elif sid in self.stream_windows:
@@ -250,18 +237,18 @@ class H2Conn(asyncio.Protocol):
             elif ftype == RST_STREAM:
                 self._end(sid, True, "stream reset by the server")
             elif ftype == GOAWAY:
-                last = _U32.unpack_from(buf, p)[0] & MAX_WINDOW
+                last = U32.unpack_from(buf, p)[0] & MAX_WINDOW
                 for s in [s for s in self.calls if s > last]:
                     self._end(s, True, "server sent GOAWAY")
                 self.lost = True
         self.buf = buf[pos:] if pos < end else b""
         if self.recv_unacked > (1 << 30):
-            self._w(frame(WINDOW_UPDATE, 0, 0, _U32.pack(self.recv_unacked)))
+            self._w(frame(WINDOW_UPDATE, 0, 0, U32.pack(self.recv_unacked)))
             self.recv_unacked = 0
 
     def _settings(self, payload: bytes) -> None:
         for i in range(0, len(payload) - 5, 6):
-            key, val = _SETTING.unpack_from(payload, i)
+            key, val = SETTING.unpack_from(payload, i)
             if key == 0x4:
                 delta = val - self.peer_init_window
                 self.peer_init_window = val

@@ -29,14 +29,35 @@ from typing import Any, cast
 from hpack import Decoder
 from hpack.exceptions import HPACKError
 
+from perfkit.http2 import (
+    ACK,
+    CONTINUATION,
+    DATA,
+    DEFAULT_WINDOW,
+    END_HEADERS,
+    END_STREAM,
+    FRAME,
+    GOAWAY,
+    HEADERS,
+    MAX_WINDOW,
+    PADDED,
+    PING,
+    PREFACE,
+    PRIORITY,
+    RST_STREAM,
+    SETTING,
+    SETTINGS,
+    SETTINGS_INITIAL_WINDOW_SIZE,
+    SETTINGS_MAX_FRAME_SIZE,
+    U32,
+    WINDOW_UPDATE,
+    frame,
+    hpack_literal,
+    hpack_string,
+)
+
 logger = logging.getLogger(__name__)
 
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-DATA, HEADERS, PRIORITY_FRAME, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY = range(8)
-WINDOW_UPDATE, CONTINUATION = 8, 9
-END_STREAM = ACK = 0x1
-END_HEADERS, PADDED, PRIORITY = 0x4, 0x8, 0x20
-MAX_WINDOW = (1 << 31) - 1
 # Our receive side: streams and the connection start at the largest window; a window is topped up
 # once half of it is used, so a long stream never stalls and a unary call never needs an update.
 _RECV_REFILL = 1 << 30
@@ -44,10 +65,6 @@ _OUR_MAX_FRAME = (1 << 24) - 1
 _CLOSE_GRACE_S = 2.0
 # Distinct header blocks remembered per connection (a client sends a few, again and again).
 _MAX_CACHED_BLOCKS = 64
-_SETTINGS_INITIAL_WINDOW_SIZE, _SETTINGS_MAX_FRAME_SIZE = 0x4, 0x5
-_FRAME = struct.Struct(">HBBBI")  # length (24 bit: H + B), type, flags, stream id
-_U32 = struct.Struct(">I")
-_SETTING = struct.Struct(">HI")
 _MSG = struct.Struct(">BI")  # gRPC message prefix: compressed flag, length
 _NO_ERROR, _PROTOCOL_ERROR, _FLOW_CONTROL_ERROR, _FRAME_SIZE_ERROR = 0x0, 0x1, 0x3, 0x6
 _COMPRESSION_ERROR = 0x9
@@ -81,32 +98,10 @@ class Method:
 ErrorStatus = Callable[[Exception], GrpcError | None]
 
 
-def frame(ftype: int, flags: int, sid: int, payload: bytes = b"") -> bytes:
-    n = len(payload)
-    return _FRAME.pack(n >> 8, n & 0xFF, ftype, flags, sid) + payload
-
-
-def _hstr(s: bytes) -> bytes:
-    """An HPACK string literal (no Huffman coding): 7-bit-prefix length, then the bytes."""
-    n = len(s)
-    if n < 127:
-        return bytes([n]) + s
-    out = bytearray([127])
-    n -= 127
-    while n >= 128:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out) + s
-
-
-def _literal(name: bytes, value: bytes) -> bytes:
-    """A header field as a literal without indexing, new name."""
-    return b"\x00" + _hstr(name) + _hstr(value)
-
-
-_RESPONSE_HEADERS = b"\x88" + b"\x0f\x10" + _hstr(b"application/grpc")  # :status 200, content-type
-_TRAILERS_OK = _literal(b"grpc-status", b"0")
+_RESPONSE_HEADERS = (
+    b"\x88" + b"\x0f\x10" + hpack_string(b"application/grpc")
+)  # :status 200, content-type
+_TRAILERS_OK = hpack_literal(b"grpc-status", b"0")
 _MAX_MESSAGE_TEXT = 4096
 
 
@@ -122,9 +117,9 @@ def _percent_encode(text: str) -> bytes:
 
 
 def _status_block(code: int, message: str) -> bytes:
-    block = _literal(b"grpc-status", str(code).encode())
+    block = hpack_literal(b"grpc-status", str(code).encode())
     if message:
-        block += _literal(b"grpc-message", _percent_encode(message))
+        block += hpack_literal(b"grpc-message", _percent_encode(message))
     return block
 
 
@@ -210,8 +205,8 @@ class _Connection(asyncio.Protocol):
         self._blocked: dict[int, _Stream] = {}
         self._headers: tuple[int, int, bytearray] | None = None  # sid, flags, block (CONTINUATION)
         self._last_sid = 0
-        self._send_window = 65535
-        self._peer_initial_window = 65535
+        self._send_window = DEFAULT_WINDOW
+        self._peer_initial_window = DEFAULT_WINDOW
         self._peer_max_frame = 16384
         self._recv_unacked = 0
         self._goaway = False
@@ -221,12 +216,12 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         self._server.connection_made(self)
-        settings = _SETTING.pack(_SETTINGS_INITIAL_WINDOW_SIZE, MAX_WINDOW) + _SETTING.pack(
-            _SETTINGS_MAX_FRAME_SIZE, _OUR_MAX_FRAME
+        settings = SETTING.pack(SETTINGS_INITIAL_WINDOW_SIZE, MAX_WINDOW) + SETTING.pack(
+            SETTINGS_MAX_FRAME_SIZE, _OUR_MAX_FRAME
         )
         self._transport.write(
             frame(SETTINGS, 0, 0, settings)
-            + frame(WINDOW_UPDATE, 0, 0, _U32.pack(MAX_WINDOW - 65535))
+            + frame(WINDOW_UPDATE, 0, 0, U32.pack(MAX_WINDOW - DEFAULT_WINDOW))
         )
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -249,7 +244,7 @@ class _Connection(asyncio.Protocol):
             pos = len(PREFACE)
         end = len(buf)
         while end - pos >= 9 and self._transport is not None:
-            hi, lo, ftype, flags, sid = _FRAME.unpack_from(buf, pos)
+            hi, lo, ftype, flags, sid = FRAME.unpack_from(buf, pos)
             length = (hi << 8) | lo
             if length > _OUR_MAX_FRAME:
                 self._fail(_FRAME_SIZE_ERROR, "frame larger than SETTINGS_MAX_FRAME_SIZE")
@@ -273,7 +268,7 @@ class _Connection(asyncio.Protocol):
         """Tell the client no new calls are taken here; the ones in flight finish."""
         if self._transport is not None and not self._goaway:
             self._goaway = True
-            self._transport.write(frame(GOAWAY, 0, 0, _U32.pack(self._last_sid) + _U32.pack(0)))
+            self._transport.write(frame(GOAWAY, 0, 0, U32.pack(self._last_sid) + U32.pack(0)))
 
     # -- frames in -----------------------------------------------------------------------------
 
@@ -303,7 +298,7 @@ class _Connection(asyncio.Protocol):
             if not flags & ACK:
                 self._settings(payload)
         elif ftype == WINDOW_UPDATE:
-            self._window_update(sid, _U32.unpack(payload)[0] & 0x7FFFFFFF)
+            self._window_update(sid, U32.unpack(payload)[0] & 0x7FFFFFFF)
         elif ftype == PING:
             if not flags & ACK and self._transport is not None:
                 self._transport.write(frame(PING, ACK, 0, payload))
@@ -318,15 +313,15 @@ class _Connection(asyncio.Protocol):
 
     def _settings(self, payload: bytes) -> None:
         for off in range(0, len(payload) - len(payload) % 6, 6):
-            key, value = _SETTING.unpack_from(payload, off)
-            if key == _SETTINGS_INITIAL_WINDOW_SIZE:
+            key, value = SETTING.unpack_from(payload, off)
+            if key == SETTINGS_INITIAL_WINDOW_SIZE:
                 if value > MAX_WINDOW:
                     raise _ConnectionError(_FLOW_CONTROL_ERROR, "initial window too large")
                 delta = value - self._peer_initial_window
                 self._peer_initial_window = value
                 for stream in self._streams.values():
                     stream.window += delta
-            elif key == _SETTINGS_MAX_FRAME_SIZE:
+            elif key == SETTINGS_MAX_FRAME_SIZE:
                 self._peer_max_frame = value
         if self._transport is not None:
             self._transport.write(frame(SETTINGS, ACK, 0))
@@ -389,14 +384,14 @@ class _Connection(asyncio.Protocol):
             payload = payload[1 : n - payload[0]]
         self._recv_unacked += n
         if self._recv_unacked >= _RECV_REFILL:
-            self._write(frame(WINDOW_UPDATE, 0, 0, _U32.pack(self._recv_unacked)))
+            self._write(frame(WINDOW_UPDATE, 0, 0, U32.pack(self._recv_unacked)))
             self._recv_unacked = 0
         stream = self._streams.get(sid)
         if stream is None or stream.method is None or stream.closed:
             return
         stream.recv_unacked += n
         if stream.recv_unacked >= _RECV_REFILL and not flags & END_STREAM:
-            self._write(frame(WINDOW_UPDATE, 0, sid, _U32.pack(stream.recv_unacked)))
+            self._write(frame(WINDOW_UPDATE, 0, sid, U32.pack(stream.recv_unacked)))
             stream.recv_unacked = 0
         stream.buf += payload
         if len(stream.buf) >= 5:
@@ -572,7 +567,7 @@ class _Connection(asyncio.Protocol):
         self._streams.pop(stream.sid, None)
         self._blocked.pop(stream.sid, None)
         if not stream.ended:
-            self._write(frame(RST_STREAM, 0, stream.sid, _U32.pack(_NO_ERROR)))
+            self._write(frame(RST_STREAM, 0, stream.sid, U32.pack(_NO_ERROR)))
 
     # -- frames out ----------------------------------------------------------------------------
 
@@ -616,7 +611,7 @@ class _Connection(asyncio.Protocol):
         logger.debug("closing a gRPC connection: %s", why)
         if self._transport is not None:
             self._transport.write(
-                frame(GOAWAY, 0, 0, _U32.pack(self._last_sid) + _U32.pack(code) + why.encode())
+                frame(GOAWAY, 0, 0, U32.pack(self._last_sid) + U32.pack(code) + why.encode())
             )
             self._transport.close()
 
