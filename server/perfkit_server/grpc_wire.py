@@ -258,6 +258,9 @@ class _Connection(asyncio.Protocol):
             except _ConnectionError as exc:
                 self._fail(exc.code, str(exc))
                 return
+            except (struct.error, IndexError):  # a frame shorter than its type's fixed fields
+                self._fail(_FRAME_SIZE_ERROR, f"malformed frame of type {ftype}")
+                return
         del buf[:pos]
 
     def close(self) -> None:

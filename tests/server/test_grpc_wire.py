@@ -98,6 +98,20 @@ def test_a_connection_that_is_not_http2_is_closed_alone(server: ServerHandle) ->
     assert _ready(server)
 
 
+def test_a_malformed_frame_closes_that_connection_alone(server: ServerHandle) -> None:
+    from perfkit.http2 import PREFACE, SETTINGS, WINDOW_UPDATE, frame
+
+    host, port = server.grpc_url.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        # A WINDOW_UPDATE must carry 4 bytes; this one carries 3.
+        sock.sendall(PREFACE + frame(SETTINGS, 0, 0) + frame(WINDOW_UPDATE, 0, 0, b"\x00\x00\x01"))
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    assert b"malformed frame of type 8" in data  # in the GOAWAY's debug data
+    assert _ready(server)
+
+
 def test_many_calls_past_the_initial_flow_control_window(server: ServerHandle) -> None:
     # 200 answers of about 1 KB on one connection: well past HTTP/2's initial 64 KB window, so
     # the server must follow the client's WINDOW_UPDATEs (or stall).
