@@ -211,12 +211,7 @@ class SearchSpace:
                 best, best_d = [point], d
             elif d == best_d:
                 best.append(point)
-        if not best:
-            return None
-        chosen = pick(best)
-        if chosen.get("dynamic_batching") is False:
-            chosen = {k: v for k, v in chosen.items() if k not in _BATCHER_DIMS}
-        return chosen
+        return pick(best) if best else None
 
     def baseline_load(self, load: LoadSettings) -> Params:
         """The load levels the default config is measured at."""

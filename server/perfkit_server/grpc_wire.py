@@ -400,24 +400,25 @@ class _Connection(asyncio.Protocol):
         if len(stream.buf) >= 5:
             if stream.method.streaming:
                 self._take_messages(stream)
-            elif not self._prefix_ok(stream, 0):
+            elif self._message_length(stream) is None:
                 return
         if flags & END_STREAM:
             self._end(stream)
 
-    def _prefix_ok(self, stream: _Stream, offset: int) -> bool:
-        """The message starting at `offset` is within the size limit and not compressed; else
-        the call fails now, before its bytes are all in."""
-        compressed, length = _MSG.unpack_from(stream.buf, offset)
+    def _message_length(self, stream: _Stream) -> int | None:
+        """The length of the message at the start of `stream.buf` (its 5-byte prefix is in); None,
+        with the call failed now, before its bytes are all in, when it is over the size limit or
+        compressed."""
+        compressed, length = _MSG.unpack_from(stream.buf)
         limit = self._server.max_message_bytes
         if length > limit:
             why = f"Received message larger than max ({length} vs. {limit})"
             self._finish(stream, GrpcError(RESOURCE_EXHAUSTED, why))
-            return False
+            return None
         if compressed:
             self._finish(stream, GrpcError(UNIMPLEMENTED, "compressed messages are not supported"))
-            return False
-        return True
+            return None
+        return int(length)
 
     def _end(self, stream: _Stream) -> None:
         """The client half-closed the stream: run a unary call, or close a stream when done."""
@@ -447,9 +448,9 @@ class _Connection(asyncio.Protocol):
         buf = stream.buf
         method = cast(Method, stream.method)
         while len(buf) >= 5:
-            if not self._prefix_ok(stream, 0):
+            length = self._message_length(stream)
+            if length is None:
                 return
-            length = _MSG.unpack_from(buf)[1]
             if len(buf) < 5 + length:
                 break
             try:
