@@ -10,6 +10,7 @@ body that arrived in several chunks.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -53,6 +54,19 @@ def json_reply(obj: object, status: int = 200) -> Reply:
 def error_reply(status: int, message: str) -> Reply:
     """Triton's error body: {"error": message}."""
     return json_reply({"error": message}, status)
+
+
+@functools.lru_cache(maxsize=256)
+def _head(status: int, content_type: str, keep_alive: bool) -> bytes:
+    """A response head up to its blank line, with %d for the Content-Length."""
+    reason = _REASONS.get(status, "Unknown")
+    close = "" if keep_alive else "Connection: close\r\n"
+    text = f"HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n"
+    return (
+        text.encode("latin-1").replace(b"%", b"%%")
+        + b"Content-Length: %d\r\n"
+        + (close.encode() + b"\r\n")
+    )
 
 
 def path_param(segment: str) -> str:
@@ -188,15 +202,10 @@ class _Connection(asyncio.Protocol):
         transport = self._transport
         if transport is None or transport.is_closing():
             return
-        lines = [
-            f"HTTP/1.1 {reply.status} {_REASONS.get(reply.status, 'Unknown')}\r\n"
-            f"Content-Type: {reply.content_type}\r\nContent-Length: {len(reply.body)}\r\n"
-        ]
-        lines.extend(f"{name}: {value}\r\n" for name, value in reply.headers)
-        if not keep_alive:
-            lines.append("Connection: close\r\n")
-        lines.append("\r\n")
-        head = "".join(lines).encode("latin-1")
+        head = _head(reply.status, reply.content_type, keep_alive) % len(reply.body)
+        if reply.headers:
+            extra = "".join(f"{name}: {value}\r\n" for name, value in reply.headers)
+            head = head[:-2] + extra.encode("latin-1") + b"\r\n"
         if head_only or not reply.body:
             transport.write(head)
         else:

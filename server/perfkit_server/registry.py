@@ -66,6 +66,8 @@ class LoadedVersion:
     outputs: dict[str, TensorSpec]
     max_batch_size: int
     platform: str
+    # Signatures of requests already checked against this version: (batch size, outputs wanted).
+    checked: dict[object, tuple[int, list[str]]] = field(default_factory=dict)
 
 
 @dataclass(slots=True, eq=False)

@@ -71,6 +71,10 @@ class InferRequest:
     outputs: list[RequestedOutput] = field(default_factory=list)
     priority: int = 0
     timeout_us: int | None = None
+    # Set by a transport when every request it decodes from the same header shares this object
+    # (same input names, datatypes and shapes, same outputs): the dataplane checks such a request
+    # against its model once, not every time. None: check this request.
+    signature: object | None = None
 
 
 @dataclass(slots=True)
@@ -106,7 +110,7 @@ def check_shape(name: str, shape: Any) -> tuple[int, ...]:
     return dims
 
 
-def _element_count(shape: tuple[int, ...]) -> int:
+def element_count(shape: tuple[int, ...]) -> int:
     count = 1
     for d in shape:
         count *= d
@@ -153,7 +157,7 @@ def array_from_raw(
     dtype = NP_BY_V2.get(datatype)
     if dtype is None:
         raise InvalidInput(f"input '{name}': unsupported datatype '{datatype}'")
-    count = _element_count(shape)
+    count = element_count(shape)
     if datatype == "BYTES":
         return deserialize_bytes(name, raw, count).reshape(shape)
     expected = count * dtype.itemsize
@@ -180,7 +184,7 @@ def array_from_json(name: str, datatype: str, shape: tuple[int, ...], data: Any)
             raise InvalidInput(
                 f"input '{name}': data does not match datatype {datatype}: {exc}"
             ) from None
-    count = _element_count(shape)
+    count = element_count(shape)
     if flat.size != count:
         raise InvalidInput(
             f"input '{name}': got {flat.size} elements, expected {count} for shape {list(shape)}"
