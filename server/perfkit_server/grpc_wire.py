@@ -55,6 +55,7 @@ from perfkit.http2 import (
     hpack_literal,
     hpack_string,
 )
+from perfkit_server.writes import Output, WriteBatch
 
 logger = logging.getLogger(__name__)
 
@@ -197,6 +198,7 @@ class _Connection(asyncio.Protocol):
     def __init__(self, server: GrpcServer) -> None:
         self._server = server
         self._transport: asyncio.Transport | None = None
+        self._output: Output | None = None
         self._buf = bytearray()
         self._preface = False
         self._decoder = Decoder()
@@ -215,11 +217,12 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        output = self._output = Output(self._server.writes, self._transport)
         self._server.connection_made(self)
         settings = SETTING.pack(SETTINGS_INITIAL_WINDOW_SIZE, MAX_WINDOW) + SETTING.pack(
             SETTINGS_MAX_FRAME_SIZE, _OUR_MAX_FRAME
         )
-        self._transport.write(
+        output.write(
             frame(SETTINGS, 0, 0, settings)
             + frame(WINDOW_UPDATE, 0, 0, U32.pack(MAX_WINDOW - DEFAULT_WINDOW))
         )
@@ -227,6 +230,8 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._server.connection_lost(self)
         self._transport = None
+        if self._output is not None:
+            self._output.lost()
         self._streams.clear()
         self._blocked.clear()
 
@@ -264,14 +269,15 @@ class _Connection(asyncio.Protocol):
         del buf[:pos]
 
     def close(self) -> None:
-        if self._transport is not None:
-            self._transport.close()
+        """Close after writing what is queued."""
+        if self._transport is not None and self._output is not None:
+            self._output.close()
 
     def goaway(self) -> None:
         """Tell the client no new calls are taken here; the ones in flight finish."""
         if self._transport is not None and not self._goaway:
             self._goaway = True
-            self._transport.write(frame(GOAWAY, 0, 0, U32.pack(self._last_sid) + U32.pack(0)))
+            self._write(frame(GOAWAY, 0, 0, U32.pack(self._last_sid) + U32.pack(0)))
 
     # -- frames in -----------------------------------------------------------------------------
 
@@ -303,8 +309,8 @@ class _Connection(asyncio.Protocol):
         elif ftype == WINDOW_UPDATE:
             self._window_update(sid, U32.unpack(payload)[0] & 0x7FFFFFFF)
         elif ftype == PING:
-            if not flags & ACK and self._transport is not None:
-                self._transport.write(frame(PING, ACK, 0, payload))
+            if not flags & ACK:
+                self._write(frame(PING, ACK, 0, payload))
         elif ftype == RST_STREAM:
             stream = self._streams.pop(sid, None)
             if stream is not None:
@@ -326,8 +332,7 @@ class _Connection(asyncio.Protocol):
                     stream.window += delta
             elif key == SETTINGS_MAX_FRAME_SIZE:
                 self._peer_max_frame = value
-        if self._transport is not None:
-            self._transport.write(frame(SETTINGS, ACK, 0))
+        self._write(frame(SETTINGS, ACK, 0))
         if self._blocked:
             self._flush_blocked()
 
@@ -537,10 +542,10 @@ class _Connection(asyncio.Protocol):
             if stream.trailers is not None:
                 out += frame(HEADERS, END_HEADERS | END_STREAM, stream.sid, stream.trailers)
                 self._close_stream(stream)
-            self._transport.write(out)
+            self._write(out)
         else:
             if head:
-                self._transport.write(head)
+                self._write(head)
             stream.out.append(payload)
             self._flush(stream)
 
@@ -576,13 +581,13 @@ class _Connection(asyncio.Protocol):
     # -- frames out ----------------------------------------------------------------------------
 
     def _write(self, data: bytes) -> None:
-        if self._transport is not None:
-            self._transport.write(data)
+        """Queue `data` for the end of this loop iteration (see perfkit_server.writes)."""
+        if self._transport is not None and self._output is not None:
+            self._output.write(data)
 
     def _flush(self, stream: _Stream) -> None:
         """Send what flow control allows of `stream`'s held-back data, then its trailers."""
-        transport = self._transport
-        if transport is None:
+        if self._transport is None:
             return
         out = stream.out
         while out:
@@ -598,10 +603,10 @@ class _Connection(asyncio.Protocol):
                 out.popleft()
             self._send_window -= len(chunk)
             stream.window -= len(chunk)
-            transport.write(frame(DATA, 0, stream.sid, chunk))
+            self._write(frame(DATA, 0, stream.sid, chunk))
         self._blocked.pop(stream.sid, None)
         if stream.trailers is not None:
-            transport.write(frame(HEADERS, END_HEADERS | END_STREAM, stream.sid, stream.trailers))
+            self._write(frame(HEADERS, END_HEADERS | END_STREAM, stream.sid, stream.trailers))
             self._close_stream(stream)
 
     def _flush_blocked(self) -> None:
@@ -613,11 +618,8 @@ class _Connection(asyncio.Protocol):
     def _fail(self, code: int, why: str) -> None:
         """A connection error: GOAWAY with the code, then close."""
         logger.debug("closing a gRPC connection: %s", why)
-        if self._transport is not None:
-            self._transport.write(
-                frame(GOAWAY, 0, 0, U32.pack(self._last_sid) + U32.pack(code) + why.encode())
-            )
-            self._transport.close()
+        self._write(frame(GOAWAY, 0, 0, U32.pack(self._last_sid) + U32.pack(code) + why.encode()))
+        self.close()
 
 
 class _ConnectionError(Exception):
@@ -638,6 +640,7 @@ class GrpcServer:
         self.connections: set[_Connection] = set()
         self.tasks: set[asyncio.Future[Any]] = set()
         self.stopping = False
+        self.writes = WriteBatch()
         self._server: asyncio.Server | None = None
         self._all_closed = asyncio.Event()
 

@@ -21,6 +21,8 @@ from urllib.parse import unquote
 
 import httptools
 
+from perfkit_server.writes import Output, WriteBatch
+
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
 
 
@@ -80,7 +82,6 @@ class _Connection(asyncio.Protocol):
     def __init__(self, server: HttpServer) -> None:
         self._server = server
         self._parser = httptools.HttpRequestParser(self)
-        self._transport: asyncio.Transport | None = None
         self._queue: deque[tuple[Request | Reply, bool]] = deque()
         self._busy = False
         self._url = b""
@@ -88,53 +89,60 @@ class _Connection(asyncio.Protocol):
         self._size = 0
         self._too_large = False
         self._header_length: str | None = None
-        self._expect_continue = False
+        self._output: Output | None = None
+        self._broken = False  # the parser failed: the rest of the stream is not HTTP
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        # uvloop's transport is not an asyncio.Transport subclass
+        self._output = Output(self._server.writes, cast(asyncio.Transport, transport))
         self._server.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._server.connections.discard(self)
-        self._transport = None
+        if self._output is not None:
+            self._output.lost()
+            self._output = None
 
     def data_received(self, data: bytes) -> None:
+        if self._broken:
+            return
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._send(error_reply(400, "protocol upgrades are not supported"), False)
+            self._broken = True
+            self._enqueue(error_reply(400, "protocol upgrades are not supported"), False)
         except httptools.HttpParserError as exc:
-            self._send(error_reply(400, f"malformed HTTP request: {exc}"), False)
+            # Answered after the requests before it (pipelining), then the connection closes.
+            self._broken = True
+            self._enqueue(error_reply(400, f"malformed HTTP request: {exc}"), False)
 
     def close(self) -> None:
-        if self._transport is not None:
-            self._transport.close()
+        """Close after writing the replies already made."""
+        if self._output is not None:
+            self._output.close()
 
     # -- httptools callbacks -------------------------------------------------------------------
-
-    def on_message_begin(self) -> None:
-        self._url = b""
-        self._chunks = []
-        self._size = 0
-        self._too_large = False
-        self._header_length = None
-        self._expect_continue = False
+    # httptools calls only the callbacks a protocol defines: there is no on_message_begin or
+    # on_headers_complete here (the per-message state is reset when a message completes), which
+    # saves two Python calls per request.
 
     def on_url(self, url: bytes) -> None:
         self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        lower = name.lower()
-        if lower == b"inference-header-content-length":
+        size = len(name)
+        if size == 31 and name.lower() == b"inference-header-content-length":
             self._header_length = value.decode("latin-1")
-        elif lower == b"expect" and value.lower() == b"100-continue":
-            self._expect_continue = True
-
-    def on_headers_complete(self) -> None:
-        if self._expect_continue and self._transport is not None:
-            self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        elif (
+            size == 6
+            and name.lower() == b"expect"
+            and value.lower() == b"100-continue"
+            and self._output is not None
+        ):
+            # A server may send 100 Continue before it has read the remaining headers.
+            self._output.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
         self._size += len(body)
@@ -146,25 +154,32 @@ class _Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         keep_alive = bool(self._parser.should_keep_alive())
-        if self._too_large:
+        chunks, url, header_length = self._chunks, self._url, self._header_length
+        size, too_large = self._size, self._too_large
+        self._url = b""
+        self._chunks = []
+        self._size = 0
+        self._too_large = False
+        self._header_length = None
+        if too_large:
             limit = self._server.max_body
             reply = error_reply(
                 413,
-                f"Maximum request body size {limit} exceeded, actual body size {self._size}. "
+                f"Maximum request body size {limit} exceeded, actual body size {size}. "
                 "Raise --http-max-input-size to accept larger bodies.",
             )
             self._enqueue(reply, keep_alive)
             return
-        url = self._url.decode("latin-1")
-        query = url.find("?")
-        body = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
-        request = Request(
-            self._parser.get_method().decode("latin-1"),
-            url if query < 0 else url[:query],
-            body,
-            self._header_length,
-        )
-        self._enqueue(request, keep_alive)
+        path = url.decode("latin-1")
+        query = path.find("?")
+        if query >= 0:
+            path = path[:query]
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        request = Request(self._parser.get_method().decode("latin-1"), path, body, header_length)
+        if self._busy:
+            self._queue.append((request, keep_alive))
+        else:
+            self._handle(request, keep_alive)
 
     # -- dispatch and write --------------------------------------------------------------------
 
@@ -199,19 +214,18 @@ class _Connection(asyncio.Protocol):
             self._handle(*self._queue.popleft())
 
     def _send(self, reply: Reply, keep_alive: bool, head_only: bool = False) -> None:
-        transport = self._transport
-        if transport is None or transport.is_closing():
+        output = self._output
+        if output is None or output.close_after:  # gone, or closing after an earlier reply
             return
         head = _head(reply.status, reply.content_type, keep_alive) % len(reply.body)
         if reply.headers:
             extra = "".join(f"{name}: {value}\r\n" for name, value in reply.headers)
             head = head[:-2] + extra.encode("latin-1") + b"\r\n"
-        if head_only or not reply.body:
-            transport.write(head)
-        else:
-            transport.writelines((head, reply.body))
+        output.write(head)
+        if reply.body and not head_only:
+            output.write(reply.body)
         if not keep_alive:
-            transport.close()
+            output.close_after = True
 
 
 class HttpServer:
@@ -222,6 +236,7 @@ class HttpServer:
         self.max_body = max_body
         self.connections: set[_Connection] = set()
         self.tasks: set[asyncio.Future[Reply]] = set()
+        self.writes = WriteBatch()
         self._server: asyncio.Server | None = None
 
     async def start(self, host: str, port: int) -> int:

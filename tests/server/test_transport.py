@@ -94,6 +94,24 @@ def test_malformed_request_line_gets_400(server: ServerHandle) -> None:
     assert "malformed HTTP request" in json.loads(body)["error"]
 
 
+def test_replies_queued_before_a_malformed_request_are_written_before_closing(
+    server: ServerHandle,
+) -> None:
+    """Replies go out at the end of the loop iteration (perfkit_server.writes): the ones made
+    before a parse error still reach the client, in order, then the 400, then the close."""
+    payload = b"".join(_post("/v2/models/identity/infer", _infer_body(i)) for i in range(3))
+    payload += b"NOT HTTP AT ALL\r\n\r\n"
+    host, port = server.http_url.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(payload)
+        received = b""
+        while chunk := sock.recv(65536):  # until the server closes the connection
+            received += chunk
+    assert received.count(b"HTTP/1.1 200 OK") == 3
+    assert received.index(b"HTTP/1.1 400") > received.rindex(b"HTTP/1.1 200 OK")
+    assert b"Connection: close" in received
+
+
 def test_grpc_and_http_share_the_instance_and_stats(server: ServerHandle) -> None:
     """Concurrent gRPC and HTTP requests (both on the direct path): right outputs, and statistics
     that count every request once (no batching: one execution per request)."""
