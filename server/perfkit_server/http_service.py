@@ -163,6 +163,7 @@ def decode_infer_request(
 ) -> tuple[InferRequest, bool]:
     """Decode a v2 infer body (JSON, or JSON + binary tensors). Returns (request, binary_default)."""
     view = memoryview(body)
+    signature: _Header | None = None  # only a cached header: one object for many requests
     if header_length is None:
         header = _parse_header(view)
         binary = view[:0]
@@ -184,9 +185,9 @@ def decode_infer_request(
             if header.cacheable and json_len <= _MAX_CACHED_HEADER:
                 if len(_HEADERS) >= _MAX_HEADERS:
                     _HEADERS.clear()
-                _HEADERS[key] = header
+                _HEADERS[key] = signature = header
         else:
-            header = cached
+            header = signature = cached
         binary = view[json_len:]
     inputs: list[InferInput] = []
     offset = 0
@@ -220,7 +221,7 @@ def decode_infer_request(
         header.outputs,
         header.priority,
         header.timeout_us,
-        header if header.cacheable else None,
+        signature,
     )
     return request, header.binary_default
 

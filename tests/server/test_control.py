@@ -143,3 +143,22 @@ def test_poll_mode_picks_up_changes(perfkit_server, tmp_path):
     _wait_for(lambda: client.is_model_ready("add_sub"))
     shutil.rmtree(tmp_path / "p")
     _wait_for(lambda: not client.is_model_ready("p"))
+
+
+def test_a_repeated_request_header_is_checked_again_after_a_reload(perfkit_server, tmp_path):
+    """perfkit_server parses a binary request's JSON header once and checks it against a model
+    version once (the header is cached by its bytes): new data under the same header gets its own
+    outputs, and a reloaded version checks the header again."""
+    models.slow_identity(tmp_path, "m", max_batch_size=4, delay_us=0)
+    server = perfkit_server(tmp_path, "--model-control-mode=explicit", "--load-model=m")
+    client = httpclient.InferenceServerClient(server.http_url)
+    for value in (1.0, 2.0, 3.0):  # one header, three bodies
+        a = np.full((4, 16), value, dtype=np.float32)
+        out = client.infer("m", [fp32_input(httpclient, "INPUT0", a)]).as_numpy("OUTPUT0")
+        np.testing.assert_array_equal(out, a)
+    override = with_max_batch_size(load_config(tmp_path / "m" / "config.pbtxt"), 2)
+    client.load_model("m", config=json.dumps(config_to_json(override)))
+    with pytest.raises(InferenceServerException, match="batch-size must be <= 2") as info:
+        _batch(client, "m", 4)
+    assert info.value.status() == "400"
+    np.testing.assert_array_equal(_batch(client, "m", 2).as_numpy("OUTPUT0"), np.ones((2, 16)))

@@ -40,14 +40,16 @@ from tests.tune.conftest import (
     write_sweep,
 )
 
-# The base config batches: at concurrency 1 it serves one request per 4 ms execution, at
-# concurrency 8 up to 8 per execution. The load alone multiplies its throughput.
+# The base config batches up to 4: at concurrency 1 it serves one request per 4 ms execution, at
+# concurrency 8 four per execution. The load alone multiplies its throughput, and at concurrency
+# 8 a second instance doubles it again (one instance leaves four requests waiting).
 BATCHING = "dynamic_batching { }\n"
 
 
 def _sweep(repo: Path, tmp_path: Path, space: str, trials: int) -> Path:
     config = repo / "ident" / "config.pbtxt"
-    config.write_text(config.read_text() + BATCHING)
+    text = config.read_text().replace("max_batch_size: 16", "max_batch_size: 4")
+    config.write_text(text + BATCHING)
     sweep = write_sweep(tmp_path / "s.toml", repo, trials=trials, sampler="grid", space=space)
     text = sweep.read_text().replace("concurrency = [4, 8]", "concurrency = [1, 8]")
     sweep.write_text(
