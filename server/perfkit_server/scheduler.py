@@ -313,13 +313,13 @@ class Scheduler:
         t0 = time.perf_counter_ns()
         try:
             outputs = self._infer(inst, inputs)
+            t1 = time.perf_counter_ns()
         except Exception as exc:  # the backend boundary, as in _execute
             raise InferenceFailed(
                 f"model '{self._stats.name}' failed to execute the batch: {exc}"
             ) from None
         finally:
             self._pool.release(inst)
-        t1 = time.perf_counter_ns()
         # Nothing to gather or scatter for one request: all of its compute time is infer time.
         # Its queue time is taking the instance (as Triton, which always counts some queue time).
         self._stats.record_execution(batch_size, 0, t1 - t0, 0)
