@@ -232,6 +232,7 @@ class _Connection(asyncio.Protocol):
         self._transport = None
         if self._output is not None:
             self._output.lost()
+            self._output = None
         self._streams.clear()
         self._blocked.clear()
 
@@ -270,7 +271,7 @@ class _Connection(asyncio.Protocol):
 
     def close(self) -> None:
         """Close after writing what is queued."""
-        if self._transport is not None and self._output is not None:
+        if self._output is not None:
             self._output.close()
 
     def goaway(self) -> None:
@@ -582,7 +583,7 @@ class _Connection(asyncio.Protocol):
 
     def _write(self, data: bytes) -> None:
         """Queue `data` for the end of this loop iteration (see perfkit_server.writes)."""
-        if self._transport is not None and self._output is not None:
+        if self._output is not None:
             self._output.write(data)
 
     def _flush(self, stream: _Stream) -> None:

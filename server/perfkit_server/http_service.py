@@ -27,7 +27,6 @@ from perfkit_server.errors import (
 )
 from perfkit_server.http_wire import Reply, Request, error_reply, json_reply, path_param
 from perfkit_server.types import (
-    NP_BY_V2,
     InferInput,
     InferRequest,
     InferResponse,
@@ -37,7 +36,7 @@ from perfkit_server.types import (
     array_to_raw,
     check_shape,
     deserialize_bytes,
-    element_count,
+    raw_layout,
 )
 
 logger = logging.getLogger(__name__)
@@ -72,9 +71,10 @@ class _Header:
     """An infer request's JSON header, parsed and checked: what every body starting with it shares.
 
     `inputs` holds (name, datatype, shape, binary_data_size or None, numpy dtype or None for
-    BYTES, element count, JSON data or None) per input. Headers without JSON tensor data are
-    cached and double as the request's `signature`: a load generator sends the same header with
-    every request, so the JSON is parsed once, and the dataplane checks the request once.
+    BYTES, element count, JSON data or None) per input; dtype and count come from `raw_layout`.
+    Headers without JSON tensor data are cached and double as the request's `signature`: a load
+    generator sends the same header with every request, so the JSON is parsed once, and the
+    dataplane checks the request once.
     """
 
     inputs: tuple[tuple[str, str, tuple[int, ...], int | None, Any, int, Any], ...]
@@ -109,7 +109,6 @@ def _parse_header(raw: bytes | memoryview) -> _Header:
         name = str(item["name"])
         datatype = str(item.get("datatype", ""))
         shape = check_shape(name, item.get("shape"))
-        count = element_count(shape)
         iparams = item.get("parameters") or {}
         size = iparams.get("binary_data_size") if isinstance(iparams, dict) else None
         if size is not None:
@@ -117,20 +116,12 @@ def _parse_header(raw: bytes | memoryview) -> _Header:
                 raise InvalidInput(
                     f"input '{name}': binary_data_size must be a non-negative integer, got {size!r}"
                 )
-            known = NP_BY_V2.get(datatype)
-            if known is None:
-                raise InvalidInput(f"input '{name}': unsupported datatype '{datatype}'")
-            dtype: Any = None if datatype == "BYTES" else known
-            if dtype is not None and size != count * dtype.itemsize:
-                raise InvalidInput(
-                    f"input '{name}': unexpected byte size {size}, expected "
-                    f"{count * dtype.itemsize} for datatype {datatype} and shape {list(shape)}"
-                )
+            dtype, count = raw_layout(name, datatype, shape, size)
             inputs.append((name, datatype, shape, size, dtype, count, None))
         else:
             if "data" not in item:
                 raise InvalidInput(f"input '{name}' has neither 'data' nor binary_data_size")
-            inputs.append((name, datatype, shape, None, None, count, item["data"]))
+            inputs.append((name, datatype, shape, None, None, 0, item["data"]))
             cacheable = False
     outputs: list[RequestedOutput] = []
     for item in obj.get("outputs") or []:

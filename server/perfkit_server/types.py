@@ -110,7 +110,7 @@ def check_shape(name: str, shape: Any) -> tuple[int, ...]:
     return dims
 
 
-def element_count(shape: tuple[int, ...]) -> int:
+def _element_count(shape: tuple[int, ...]) -> int:
     count = 1
     for d in shape:
         count *= d
@@ -150,22 +150,35 @@ def serialize_bytes(array: Array) -> bytes:
     return b"".join(parts)
 
 
+def raw_layout(
+    name: str, datatype: str, shape: tuple[int, ...], size: int
+) -> tuple[np.dtype[Any] | None, int]:
+    """Check a raw tensor's datatype, and its byte size against datatype x shape.
+
+    Returns (numpy dtype, or None for BYTES, whose size only its data tells; element count).
+    """
+    dtype = NP_BY_V2.get(datatype)
+    if dtype is None:
+        raise InvalidInput(f"input '{name}': unsupported datatype '{datatype}'")
+    count = _element_count(shape)
+    if datatype == "BYTES":
+        return None, count
+    expected = count * dtype.itemsize
+    if size != expected:
+        raise InvalidInput(
+            f"input '{name}': unexpected byte size {size}, expected {expected} for "
+            f"datatype {datatype} and shape {list(shape)}"
+        )
+    return dtype, count
+
+
 def array_from_raw(
     name: str, datatype: str, shape: tuple[int, ...], raw: bytes | memoryview
 ) -> Array:
     """Decode a raw (binary) tensor; refuse a byte size that does not match datatype x shape."""
-    dtype = NP_BY_V2.get(datatype)
+    dtype, count = raw_layout(name, datatype, shape, len(raw))
     if dtype is None:
-        raise InvalidInput(f"input '{name}': unsupported datatype '{datatype}'")
-    count = element_count(shape)
-    if datatype == "BYTES":
         return deserialize_bytes(name, raw, count).reshape(shape)
-    expected = count * dtype.itemsize
-    if len(raw) != expected:
-        raise InvalidInput(
-            f"input '{name}': unexpected byte size {len(raw)}, expected {expected} for "
-            f"datatype {datatype} and shape {list(shape)}"
-        )
     return np.frombuffer(raw, dtype=dtype).reshape(shape)
 
 
@@ -184,7 +197,7 @@ def array_from_json(name: str, datatype: str, shape: tuple[int, ...], data: Any)
             raise InvalidInput(
                 f"input '{name}': data does not match datatype {datatype}: {exc}"
             ) from None
-    count = element_count(shape)
+    count = _element_count(shape)
     if flat.size != count:
         raise InvalidInput(
             f"input '{name}': got {flat.size} elements, expected {count} for shape {list(shape)}"
