@@ -69,16 +69,36 @@ def cached_model_path(name: str, cache_dir: Path | None = None) -> Path:
     return cache_root(cache_dir) / "zoo" / f"{name}-v{BUILDER_VERSION}" / "model.onnx"
 
 
-def _write_atomic(path: Path, data: bytes, *, mode: int = 0o644) -> None:
+# os.link errors that mean "no hard link here" (another file system, or none allowed).
+_NO_HARD_LINKS = (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP)
+
+
+def _write_atomic(path: Path, data: bytes, *, mode: int = 0o644, replace: bool = True) -> None:
+    """Write `data` to a temp file beside `path`, then rename it into place.
+
+    With `replace=False` a file already at `path` is kept: the temp file is hard-linked to `path`,
+    which fails when another writer got there first. A cache file, once there, is then never
+    replaced under a reader that is hard-linking it (a rename over a file that is being linked can
+    make the link fail with ENOENT on an overlay file system).
+    """
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
+        if replace:
+            os.replace(tmp, path)
+            return
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass  # an identical file, built by another process or thread
+        except OSError as exc:
+            if exc.errno not in _NO_HARD_LINKS:
+                raise
+            os.replace(tmp, path)
+    finally:
         Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _ensure_cached(model: ZooModel, cache_dir: Path | None) -> Path:
@@ -90,7 +110,7 @@ def _ensure_cached(model: ZooModel, cache_dir: Path | None) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         # Two processes may build at once: each writes its own temp file and renames it into place;
         # both results are identical, and a rename never exposes a partial file.
-        _write_atomic(path, model.graph().SerializeToString(), mode=0o444)
+        _write_atomic(path, model.graph().SerializeToString(), mode=0o444, replace=False)
     except OSError as exc:
         raise ConfigError(
             f"cannot write the model cache at {path.parent}: {exc}. Set PERFKIT_CACHE to a writable "
@@ -105,7 +125,7 @@ def _link_or_copy(source: Path, target: Path) -> None:
     try:
         os.link(source, tmp)
     except OSError as exc:
-        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+        if exc.errno not in _NO_HARD_LINKS:
             raise
         shutil.copyfile(source, tmp)
     os.replace(tmp, target)
