@@ -2,8 +2,9 @@
 pre-encoded request bytes and record perf_counter_ns timestamps into a `Recorder`.
 
 Per request the Python work is a write (HTTP: queued, and written with the other requests of the
-loop iteration), a minimal response parse (status + length) and a few list appends. Closed loop re-sends from the completion callback itself (no task, no future); open loop
-takes a free slot from a list. Nothing here decodes tensors.
+loop iteration), a minimal response parse (status + length) and a few list appends. Closed loop
+re-sends from the completion callback itself (no task, no future); open loop takes a free slot
+from a list. Nothing here decodes tensors.
 """
 
 from __future__ import annotations

@@ -176,10 +176,7 @@ class _Connection(asyncio.Protocol):
             path = path[:query]
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         request = Request(self._parser.get_method().decode("latin-1"), path, body, header_length)
-        if self._busy:
-            self._queue.append((request, keep_alive))
-        else:
-            self._handle(request, keep_alive)
+        self._enqueue(request, keep_alive)
 
     # -- dispatch and write --------------------------------------------------------------------
 
