@@ -1,14 +1,35 @@
 """Client-side load generation: schedules, drivers, statistics and sweeps.
 
-Public API (what `perfkit run` and the tuner call):
+Public API (what `perfkit run` and the tuner call), importable from `perfkit.load`:
 
+- `measure_level(target, inputs, measure, mode, level, *, on_window=None, should_stop=None)
+  -> Measurement`: one load level (the tuner's trial).
+- `run_sweep(spec, ...) -> RunResult`: every level of a `SweepSpec` (`perfkit run`).
+- `Session`: one server and model with inputs prepared and requests encoded.
 - `perfkit.load.spec`: frozen specs `TargetSpec`, `InputSpec`, `MeasureSpec`, `ConcurrencyLoad`,
   `RequestRateLoad`, `MetricsSpec`, `SweepSpec`, and `parse_range` / `expand_range`.
-- `perfkit.load.sweep.measure_level(target, inputs, measure, mode, level, *, on_window=None,
-  should_stop=None) -> Measurement` and `run_sweep(spec, ...) -> RunResult`.
 
 Modules: `client` (tritonclient control plane, request encoding), `transport` (HTTP/1.1 hot
 path, grpcio fallback), `h2` (lean gRPC over HTTP/2), `driver` (one level, windows), `stats`
 (exact percentiles, stability, merging), `schedule` (open-loop send times), `inputs`,
 `metrics_scrape`, `workers` (--workers processes), `eventloop` (uvloop when installed).
+
+The engine is imported on first use of these names, so `perfkit.load.spec` stays cheap to import.
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from perfkit.load.sweep import Session, measure_level, run_sweep
+
+__all__ = ["Session", "measure_level", "run_sweep"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from perfkit.load import sweep
+
+        return getattr(sweep, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -13,7 +13,7 @@ from typing import Literal
 
 from perfkit.errors import ConfigError
 
-Protocol = Literal["http", "grpc"]
+WireProtocol = Literal["http", "grpc"]
 MeasurementMode = Literal["time_windows", "count_windows"]
 Distribution = Literal["constant", "poisson"]
 SharedMemory = Literal["none", "system"]
@@ -36,7 +36,7 @@ class TargetSpec:
     """
 
     url: str
-    protocol: Protocol = "http"
+    protocol: WireProtocol = "http"
     model: str
     model_version: str = ""
     connect_timeout_s: float = 10.0

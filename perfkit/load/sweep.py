@@ -14,8 +14,6 @@ import json
 import logging
 import math
 import os
-import platform
-import socket
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
@@ -41,9 +39,9 @@ from perfkit.load.spec import (
 )
 from perfkit.load.stats import RawWindow, is_stable, merge, summarize, window_stat
 from perfkit.load.transport import GrpcPool, HttpPool, Recorder
+from perfkit.machine import machine_info
 from perfkit.results import (
     LoadMode,
-    MachineInfo,
     Measurement,
     RunResult,
     ServerBreakdown,
@@ -506,16 +504,6 @@ def _latency_for_threshold(m: Measurement, percentile: float | None) -> float:
 
 def config_hash(config: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def machine_info() -> MachineInfo:
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return MachineInfo(hostname=socket.gethostname(), cpu=cpu, cpu_count=os.cpu_count() or 1)
 
 
 def settings_of(spec: SweepSpec) -> dict[str, Any]:
