@@ -13,7 +13,8 @@ import click
 
 from perfkit import __version__
 from perfkit.cli import _console
-from perfkit.errors import EXIT_OTHER, PerfkitError
+from perfkit.errors import EXIT_OTHER, ConfigError, PerfkitError
+from perfkit.model_repo import ModelRepoError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -58,6 +59,10 @@ def main() -> None:
     except PerfkitError as exc:
         _console.err.print(f"[bold red]Error:[/] {exc}", highlight=False)
         sys.exit(exc.exit_code)
+    except ModelRepoError as exc:
+        # The pure config.pbtxt/repository modules raise their own error; to a user it is a ConfigError.
+        _console.err.print(f"[bold red]Error:[/] {exc}", highlight=False)
+        sys.exit(ConfigError.exit_code)
     except KeyboardInterrupt:
         _console.err.print("Interrupted.")
         sys.exit(130)

@@ -17,16 +17,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from perfkit.datatypes import NP_BY_V2
 from perfkit.errors import ConfigError, ModelError
 from perfkit.load.spec import InputSpec
 
 Array = npt.NDArray[Any]
 
-TRITON_TO_NP: dict[str, Any] = {
-    "BOOL": np.bool_, "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64,
-    "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
-    "FP16": np.float16, "FP32": np.float32, "FP64": np.float64, "BYTES": np.object_,
-}  # fmt: skip
+# KServe v2 datatype -> numpy dtype, from the one table (BF16 absent: numpy has none).
+TRITON_TO_NP: dict[str, Any] = NP_BY_V2
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

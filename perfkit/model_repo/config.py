@@ -1,5 +1,7 @@
 """config.pbtxt <-> `ModelConfig` (tritonclient's model_config_pb2 + protobuf text_format), its JSON form, and
-typed editors. Pure: no I/O beyond reading/writing the file it is given; no server or client imports."""
+typed editors. Pure: no I/O beyond reading/writing the file it is given; imports nothing of perfkit but
+perfkit.datatypes, and raises its own `InvalidModelConfig` (perfkit maps it to ConfigError, perfkit_server
+to its own errors)."""
 
 from __future__ import annotations
 
@@ -12,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 from google.protobuf import descriptor, json_format, text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from perfkit.errors import ConfigError
+from perfkit.datatypes import UnknownDatatype, by_config, by_v2
+from perfkit.model_repo import InvalidModelConfig
 
 if TYPE_CHECKING:
     # tritonclient ships no type information: to mypy a ModelConfig is Any.
@@ -20,44 +23,24 @@ if TYPE_CHECKING:
 else:
     ModelConfig = mc.ModelConfig
 
-# config.pbtxt data_type enum name <-> KServe v2 datatype string.
-_V2_BY_CONFIG = {
-    "TYPE_BOOL": "BOOL",
-    "TYPE_UINT8": "UINT8",
-    "TYPE_UINT16": "UINT16",
-    "TYPE_UINT32": "UINT32",
-    "TYPE_UINT64": "UINT64",
-    "TYPE_INT8": "INT8",
-    "TYPE_INT16": "INT16",
-    "TYPE_INT32": "INT32",
-    "TYPE_INT64": "INT64",
-    "TYPE_FP16": "FP16",
-    "TYPE_FP32": "FP32",
-    "TYPE_FP64": "FP64",
-    "TYPE_STRING": "BYTES",
-    "TYPE_BF16": "BF16",
-}
-_CONFIG_BY_V2 = {v2: name for name, v2 in _V2_BY_CONFIG.items()}
+
 INSTANCE_KINDS = ("KIND_AUTO", "KIND_CPU", "KIND_GPU", "KIND_MODEL")
 
 
 def v2_datatype(data_type: int) -> str:
     """KServe v2 datatype ("FP32") of a config `DataType` enum value."""
-    name = mc.DataType.Name(data_type)
     try:
-        return _V2_BY_CONFIG[name]
-    except KeyError:
-        raise ConfigError(f"data type {name} has no KServe v2 equivalent") from None
+        return by_config(mc.DataType.Name(data_type)).v2
+    except UnknownDatatype as exc:
+        raise InvalidModelConfig(str(exc)) from None
 
 
 def config_datatype(v2: str) -> int:
     """Config `DataType` enum value of a KServe v2 datatype string ("FP32" -> TYPE_FP32)."""
     try:
-        return int(mc.DataType.Value(_CONFIG_BY_V2[v2.upper()]))
-    except KeyError:
-        raise ConfigError(
-            f"unknown datatype {v2!r}; expected one of {', '.join(sorted(_CONFIG_BY_V2))}"
-        ) from None
+        return int(mc.DataType.Value(by_v2(v2).config))
+    except UnknownDatatype as exc:
+        raise InvalidModelConfig(str(exc)) from None
 
 
 def parse_config(text: str, source: str = "<config>") -> ModelConfig:
@@ -66,7 +49,7 @@ def parse_config(text: str, source: str = "<config>") -> ModelConfig:
     try:
         text_format.Parse(text, config)
     except text_format.ParseError as exc:
-        raise ConfigError(
+        raise InvalidModelConfig(
             f"{source}: invalid config.pbtxt: {exc}. Fix the field named above; the format is Triton's "
             "model configuration (protobuf text format)."
         ) from exc
@@ -78,11 +61,11 @@ def load_config(path: Path) -> ModelConfig:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(
+        raise InvalidModelConfig(
             f'Path "{path}" does not exist. Make sure the model repository and model name are correct.'
         ) from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read config.pbtxt: {exc}") from exc
+        raise InvalidModelConfig(f"{path}: cannot read config.pbtxt: {exc}") from exc
     return parse_config(text, str(path))
 
 
@@ -156,7 +139,7 @@ def config_from_json(obj: dict[str, Any] | str, source: str = "<json config>") -
         else:
             json_format.ParseDict(obj, config)
     except json_format.ParseError as exc:
-        raise ConfigError(f"{source}: invalid model configuration JSON: {exc}") from exc
+        raise InvalidModelConfig(f"{source}: invalid model configuration JSON: {exc}") from exc
     return config
 
 
@@ -175,7 +158,7 @@ def _copy(config: ModelConfig) -> ModelConfig:
 def with_max_batch_size(config: ModelConfig, max_batch_size: int) -> ModelConfig:
     """A copy with `max_batch_size` set."""
     if max_batch_size < 0:
-        raise ConfigError(f"max_batch_size must be >= 0, got {max_batch_size}")
+        raise InvalidModelConfig(f"max_batch_size must be >= 0, got {max_batch_size}")
     new = _copy(config)
     new.max_batch_size = max_batch_size
     return new
@@ -186,9 +169,9 @@ def with_instances(
 ) -> ModelConfig:
     """A copy whose instance_group is one group of `count` instances of `kind`."""
     if count < 1:
-        raise ConfigError(f"instance_group count must be >= 1, got {count}")
+        raise InvalidModelConfig(f"instance_group count must be >= 1, got {count}")
     if kind not in INSTANCE_KINDS:
-        raise ConfigError(
+        raise InvalidModelConfig(
             f"instance_group kind must be one of {', '.join(INSTANCE_KINDS)}, got {kind!r}"
         )
     new = _copy(config)
@@ -207,7 +190,9 @@ def with_dynamic_batching(
 ) -> ModelConfig:
     """A copy with dynamic batching on, these preferred sizes and queue delay; other batcher fields kept."""
     if max_queue_delay_us < 0:
-        raise ConfigError(f"max_queue_delay_microseconds must be >= 0, got {max_queue_delay_us}")
+        raise InvalidModelConfig(
+            f"max_queue_delay_microseconds must be >= 0, got {max_queue_delay_us}"
+        )
     new = _copy(config)
     batching = new.dynamic_batching
     del batching.preferred_batch_size[:]
@@ -239,10 +224,10 @@ def instance_summary(config: ModelConfig) -> str:
 
 
 def validate_config(config: ModelConfig, source: str = "<config>") -> None:
-    """Check what Triton checks before loading; raise ConfigError naming `source` and the field."""
+    """Check what Triton checks before loading; raise InvalidModelConfig naming `source` and the field."""
 
-    def fail(field: str, why: str) -> ConfigError:
-        return ConfigError(f"{source}: {field}: {why}")
+    def fail(field: str, why: str) -> InvalidModelConfig:
+        return InvalidModelConfig(f"{source}: {field}: {why}")
 
     if config.max_batch_size < 0:
         raise fail("max_batch_size", f"must be >= 0, got {config.max_batch_size}")

@@ -1,4 +1,5 @@
-"""Model repository layout: `<repo>/<model>/config.pbtxt` and `<repo>/<model>/<version>/`. Atomic config writes."""
+"""Model repository layout: `<repo>/<model>/config.pbtxt` and `<repo>/<model>/<version>/`. Atomic config writes.
+Pure: imports nothing of perfkit but perfkit.model_repo; raises its own `InvalidRepository`."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from perfkit.errors import ConfigError
+from perfkit.model_repo import InvalidRepository
 from perfkit.model_repo.config import ModelConfig, format_config
 
 CONFIG_FILE = "config.pbtxt"
@@ -22,7 +23,7 @@ def check_model_name(name: str) -> str:
         or "\x00" in name
         or name.startswith(".")
     ):
-        raise ConfigError(
+        raise InvalidRepository(
             f"invalid model name {name!r}: a model name is a single directory name inside the model "
             "repository (no '/', '\\', leading '.', or '..')"
         )
@@ -43,7 +44,7 @@ def version_dirs(model_dir: Path) -> dict[int, Path]:
 def scan_repository(root: Path) -> dict[str, Path]:
     """Model directories of a repository, by model name: directories with a config.pbtxt or a version dir."""
     if not root.is_dir():
-        raise ConfigError(
+        raise InvalidRepository(
             f'model repository "{root}" does not exist or is not a directory. Pass the directory that '
             "holds one sub-directory per model."
         )

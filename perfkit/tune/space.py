@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from perfkit.errors import ConfigError
+from perfkit.model_repo import InvalidModelConfig
 from perfkit.model_repo.config import (
     ModelConfig,
     config_hash,
@@ -255,6 +257,13 @@ def build_variant(base: ModelConfig, params: Mapping[str, Any]) -> ModelConfig:
     that is well-formed but that Triton would refuse (preferred size > max_batch_size) is returned
     as is: validating it is the caller's job, so the trial can fail with the reason.
     """
+    try:
+        return _apply(base, params)
+    except InvalidModelConfig as exc:  # the pure editors' own error, perfkit's ConfigError here
+        raise ConfigError(str(exc)) from exc
+
+
+def _apply(base: ModelConfig, params: Mapping[str, Any]) -> ModelConfig:
     config = base
     if "instance_count" in params or "instance_kind" in params:
         count, kind = _first_group(base)

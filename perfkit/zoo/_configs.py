@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import onnx
 from tritonclient.grpc import model_config_pb2 as mc
 
+from perfkit.datatypes import by_v2
 from perfkit.zoo import _graphs
 
 # Bump when a graph, its weights or its config change: the cache is keyed by name and this version.
@@ -95,7 +96,7 @@ def model_config(spec: ZooModel, name: str | None = None) -> mc.ModelConfig:
     ]:
         entry = target.add()
         entry.name = tensor.name
-        entry.data_type = mc.DataType.Value(f"TYPE_{tensor.datatype}")
+        entry.data_type = mc.DataType.Value(by_v2(tensor.datatype).config)
         entry.dims.extend(tensor.dims)
     group = config.instance_group.add()
     group.kind = mc.ModelInstanceGroup.Kind.KIND_CPU

@@ -2,6 +2,7 @@
 
 ServerError
 ├── InvalidInput        HTTP 400 / INVALID_ARGUMENT: bad request, shape, datatype, config override
+│   └── InvalidConfig   a model's config.pbtxt, config override or directory layout (fails its load)
 ├── ModelNotFound       HTTP 404 / NOT_FOUND: unknown model or version
 ├── Unavailable         HTTP 503 / UNAVAILABLE: model not ready, queue full, timeout, shutting down
 └── InferenceFailed     HTTP 500 / INTERNAL: the backend raised while executing
@@ -16,6 +17,13 @@ class ServerError(Exception):
 
 class InvalidInput(ServerError):
     """The request (or a load/config request) is malformed or does not match the model."""
+
+
+class InvalidConfig(InvalidInput):
+    """A model's config (file or override) or version layout is wrong; the message names where.
+
+    Also what perfkit.model_repo's own errors (ModelRepoError) become in this server.
+    """
 
 
 class ModelNotFound(ServerError):

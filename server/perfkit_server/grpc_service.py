@@ -19,6 +19,7 @@ import numpy as np
 from google.protobuf import json_format
 from tritonclient.grpc import service_pb2 as pb
 
+from perfkit.datatypes import DATATYPES, NP_BY_V2
 from perfkit_server.dataplane import DataPlane
 from perfkit_server.errors import (
     InternalError,
@@ -37,7 +38,6 @@ from perfkit_server.grpc_wire import (
     Method,
 )
 from perfkit_server.types import (
-    NP_BY_V2,
     InferInput,
     InferRequest,
     InferResponse,
@@ -55,20 +55,8 @@ _CODES = {
     Unavailable: UNAVAILABLE,
     InternalError: INTERNAL,
 }
-_CONTENTS_FIELD = {
-    "BOOL": "bool_contents",
-    "INT8": "int_contents",
-    "INT16": "int_contents",
-    "INT32": "int_contents",
-    "INT64": "int64_contents",
-    "UINT8": "uint_contents",
-    "UINT16": "uint_contents",
-    "UINT32": "uint_contents",
-    "UINT64": "uint64_contents",
-    "FP32": "fp32_contents",
-    "FP64": "fp64_contents",
-    "BYTES": "bytes_contents",
-}
+# KServe v2 datatype -> the InferTensorContents field of its typed values (none: raw only).
+_CONTENTS_FIELD = {d.v2: d.grpc_contents for d in DATATYPES if d.grpc_contents is not None}
 
 
 def _code(exc: ServerError) -> int:

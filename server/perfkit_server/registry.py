@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from perfkit.errors import ConfigError
+from perfkit.datatypes import NP_BY_V2
+from perfkit.model_repo import ModelRepoError
 from perfkit.model_repo.config import (
     config_from_json,
     load_config,
@@ -31,12 +32,17 @@ from perfkit_server.backends import (
     create_backend,
     known_backend,
 )
-from perfkit_server.errors import InternalError, InvalidInput, ModelNotFound, Unavailable
+from perfkit_server.errors import (
+    InternalError,
+    InvalidConfig,
+    InvalidInput,
+    ModelNotFound,
+    Unavailable,
+)
 from perfkit_server.modelconfig import normalize
 from perfkit_server.scheduler import BatcherSpec, Scheduler
 from perfkit_server.settings import ServerSettings
 from perfkit_server.stats import ModelStats
-from perfkit_server.types import NP_BY_V2
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +50,10 @@ CONFIG_FILE = "config.pbtxt"
 
 
 @dataclass(frozen=True, slots=True)
-class TensorSpec:
-    """An input or output as the config declares it (dims without the batch dimension)."""
+class TensorSignature:
+    """An input or output as the config declares it (dims without the batch dimension).
+
+    What a request is checked against (not perfkit.zoo's TensorSpec, which builds a config)."""
 
     name: str
     datatype: str
@@ -62,8 +70,8 @@ class LoadedVersion:
     config: Any
     scheduler: Scheduler
     stats: ModelStats
-    inputs: dict[str, TensorSpec]
-    outputs: dict[str, TensorSpec]
+    inputs: dict[str, TensorSignature]
+    outputs: dict[str, TensorSignature]
     max_batch_size: int
     platform: str
     # Signatures of requests already checked against this version: (batch size, outputs wanted).
@@ -123,7 +131,7 @@ def _select_versions(config: Any, model_dir: Path, source: str) -> dict[int, Pat
         n = max(1, policy.latest.num_versions) if which == "latest" else 1
         chosen = dict(sorted(available.items())[-n:])
     if not chosen:
-        raise ConfigError(
+        raise InvalidConfig(
             f"{source}: version_policy: no version directory of model '{config.name}' matches the "
             f"policy (found versions {sorted(available) or 'none'}); add a numbered directory such "
             "as 1/ holding the model file"
@@ -131,14 +139,14 @@ def _select_versions(config: Any, model_dir: Path, source: str) -> dict[int, Pat
     return chosen
 
 
-def _tensor_specs(tensors: Any, source: str, kind: str) -> dict[str, TensorSpec]:
-    specs: dict[str, TensorSpec] = {}
+def _signatures(tensors: Any, source: str, kind: str) -> dict[str, TensorSignature]:
+    specs: dict[str, TensorSignature] = {}
     for t in tensors:
         try:
             datatype = v2_datatype(t.data_type)
-        except ConfigError as exc:
-            raise ConfigError(f"{source}: {kind} '{t.name}': {exc}") from None
-        specs[t.name] = TensorSpec(
+        except ModelRepoError as exc:
+            raise InvalidConfig(f"{source}: {kind} '{t.name}': {exc}") from None
+        specs[t.name] = TensorSignature(
             t.name, datatype, tuple(int(d) for d in t.dims), bool(getattr(t, "optional", False))
         )
     return specs
@@ -213,7 +221,7 @@ class Registry:
         """Triton's repository index: one entry per model version (or per model if none)."""
         try:
             names = set(scan_repository(self._root))
-        except ConfigError:
+        except ModelRepoError:
             names = set()
         names |= set(self._models)
         out: list[dict[str, str]] = []
@@ -266,7 +274,7 @@ class Registry:
         """
         try:
             check_model_name(name)
-        except ConfigError as exc:
+        except ModelRepoError as exc:
             raise InvalidInput(str(exc)) from None
         model_dir = self._root / name
         if not model_dir.is_dir():
@@ -307,7 +315,7 @@ class Registry:
         """Unload every version of a model; queued requests are served first."""
         try:
             check_model_name(name)
-        except ConfigError as exc:
+        except ModelRepoError as exc:
             raise InvalidInput(str(exc)) from None
         entry = self._models.get(name)
         if entry is None:
@@ -332,7 +340,7 @@ class Registry:
         """Load new and changed models, unload removed ones (poll mode)."""
         try:
             present = scan_repository(self._root)
-        except ConfigError as exc:
+        except ModelRepoError as exc:
             logger.error("model repository poll failed: %s", exc)
             return
         for name in sorted(set(self._models) - set(present)):
@@ -374,7 +382,7 @@ class Registry:
             config = mc.ModelConfig()
             missing_file = True
         if config.name and config.name != name:
-            raise ConfigError(
+            raise InvalidConfig(
                 f"{source}: name: '{config.name}' does not match the model directory '{name}'"
             )
         config.name = name
@@ -383,10 +391,10 @@ class Registry:
             # Like Triton, fill the backend in from the model's files: here its config.pbtxt.
             try:
                 backend = backend_name(load_config(config_path), model_dir)
-            except ConfigError:
+            except ModelRepoError:
                 backend = ""
         if not known_backend(backend):
-            raise ConfigError(
+            raise InvalidConfig(
                 f"{source}: backend: unsupported backend {backend or '(none)'!r}; this server "
                 'runs backend "onnxruntime" (platform onnxruntime_onnx) and "perfkit_identity"'
             )
@@ -402,12 +410,14 @@ class Registry:
             latest = _select_versions(config, model_dir, source)
             complete(config, latest[max(latest)])
         if missing_file and not autocomplete:
-            raise ConfigError(
+            raise InvalidConfig(
                 f"{source}: missing, and config auto-completion is disabled; write a config.pbtxt"
             )
         validate_config(config, source)
         if not config.input or not config.output:
-            raise ConfigError(f"{source}: input/output: the model must declare inputs and outputs")
+            raise InvalidConfig(
+                f"{source}: input/output: the model must declare inputs and outputs"
+            )
         normalize(config, backend)
         return config
 
@@ -416,8 +426,8 @@ class Registry:
     ) -> dict[int, LoadedVersion]:
         source = f"model '{name}'"
         chosen = _select_versions(config, model_dir, str(model_dir / CONFIG_FILE))
-        inputs = _tensor_specs(config.input, source, "input")
-        outputs = _tensor_specs(config.output, source, "output")
+        inputs = _signatures(config.input, source, "input")
+        outputs = _signatures(config.output, source, "output")
         kinds = _instance_kinds(config)
         spec = BatcherSpec.from_config(config)
         # Triton reports the platform of a backend: "onnxruntime" models as onnxruntime_onnx.

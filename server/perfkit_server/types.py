@@ -1,4 +1,5 @@
-"""V2 request/response values and the one table mapping KServe v2 datatypes to numpy dtypes."""
+"""V2 request/response values, and decoding/encoding of their tensors through perfkit.datatypes' table
+(KServe v2 datatype <-> numpy dtype; BYTES tensors are numpy object arrays of `bytes`)."""
 
 from __future__ import annotations
 
@@ -9,27 +10,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from perfkit.datatypes import NP_BY_V2, V2_BY_NP
 from perfkit_server.errors import InvalidInput
 
 Array = npt.NDArray[Any]
-
-# KServe v2 datatype -> numpy dtype. BYTES tensors are numpy object arrays of `bytes`.
-NP_BY_V2: dict[str, np.dtype[Any]] = {
-    "BOOL": np.dtype(np.bool_),
-    "UINT8": np.dtype(np.uint8),
-    "UINT16": np.dtype(np.uint16),
-    "UINT32": np.dtype(np.uint32),
-    "UINT64": np.dtype(np.uint64),
-    "INT8": np.dtype(np.int8),
-    "INT16": np.dtype(np.int16),
-    "INT32": np.dtype(np.int32),
-    "INT64": np.dtype(np.int64),
-    "FP16": np.dtype(np.float16),
-    "FP32": np.dtype(np.float32),
-    "FP64": np.dtype(np.float64),
-    "BYTES": np.dtype(np.object_),
-}
-V2_BY_NP: dict[np.dtype[Any], str] = {dt: v2 for v2, dt in NP_BY_V2.items()}
 
 
 def v2_of_array(array: Array) -> str:

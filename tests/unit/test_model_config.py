@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from perfkit.errors import ConfigError
+from perfkit.model_repo import InvalidModelConfig, InvalidRepository
 from perfkit.model_repo import config as mcfg
 from perfkit.model_repo import repository
 
@@ -42,12 +42,12 @@ def test_parse_error_names_the_file(tmp_path: Path):
     path = tmp_path / "m" / "config.pbtxt"
     path.parent.mkdir()
     path.write_text('name: "m"\nmax_batch_size: "eight"\n')
-    with pytest.raises(ConfigError, match=r"m/config\.pbtxt.*max_batch_size"):
+    with pytest.raises(InvalidModelConfig, match=r"m/config\.pbtxt.*max_batch_size"):
         mcfg.load_config(path)
 
 
 def test_missing_file_says_what_to_check(tmp_path: Path):
-    with pytest.raises(ConfigError, match="does not exist"):
+    with pytest.raises(InvalidModelConfig, match="does not exist"):
         mcfg.load_config(tmp_path / "nope" / "config.pbtxt")
 
 
@@ -86,20 +86,20 @@ def test_empty_dynamic_batching_means_on():
     ],
 )
 def test_validation_names_the_field(edit, field):
-    with pytest.raises(ConfigError, match=rf"m\.pbtxt: .*{field}"):
+    with pytest.raises(InvalidModelConfig, match=rf"m\.pbtxt: .*{field}"):
         mcfg.validate_config(edit(mcfg.parse_config(ADD_SUB)), "m.pbtxt")
 
 
 def test_datatype_table():
     assert mcfg.v2_datatype(mcfg.config_datatype("fp32")) == "FP32"
     assert mcfg.v2_datatype(mcfg.config_datatype("BYTES")) == "BYTES"
-    with pytest.raises(ConfigError, match="unknown datatype"):
+    with pytest.raises(InvalidModelConfig, match="unknown datatype"):
         mcfg.config_datatype("FLOAT")
 
 
 @pytest.mark.parametrize("name", ["", "..", "../etc", "a/b", ".hidden", "a\\b"])
 def test_model_names_that_escape_the_repository_are_refused(name):
-    with pytest.raises(ConfigError, match="invalid model name"):
+    with pytest.raises(InvalidRepository, match="invalid model name"):
         repository.check_model_name(name)
 
 
@@ -113,5 +113,5 @@ def test_scan_and_atomic_write(tmp_path: Path):
     assert list(repository.version_dirs(tmp_path / "a")) == [1, 3]
     assert mcfg.load_config(tmp_path / "b" / "config.pbtxt").name == "add_sub"
     assert [p.name for p in (tmp_path / "b").iterdir()] == ["config.pbtxt"]
-    with pytest.raises(ConfigError, match="does not exist"):
+    with pytest.raises(InvalidRepository, match="does not exist"):
         repository.scan_repository(tmp_path / "missing")

@@ -15,6 +15,7 @@ from typing import Any
 
 import onnxruntime as ort
 
+from perfkit.datatypes import BY_V2
 from perfkit_server.backends.base import Array, InstanceSpec, int_parameter, string_parameter
 
 BACKEND_NAME = "onnxruntime"
@@ -23,21 +24,23 @@ DEFAULT_FILENAME = "model.onnx"
 # Triton's autocomplete default for models whose first dimension is variable.
 DEFAULT_MAX_BATCH_SIZE = 4
 
-_ORT_TO_CONFIG = {
-    "tensor(bool)": "TYPE_BOOL",
-    "tensor(uint8)": "TYPE_UINT8",
-    "tensor(uint16)": "TYPE_UINT16",
-    "tensor(uint32)": "TYPE_UINT32",
-    "tensor(uint64)": "TYPE_UINT64",
-    "tensor(int8)": "TYPE_INT8",
-    "tensor(int16)": "TYPE_INT16",
-    "tensor(int32)": "TYPE_INT32",
-    "tensor(int64)": "TYPE_INT64",
-    "tensor(float16)": "TYPE_FP16",
-    "tensor(float)": "TYPE_FP32",
-    "tensor(double)": "TYPE_FP64",
-    "tensor(string)": "TYPE_STRING",
+# ONNX Runtime's type names, keyed through the one datatype table (perfkit.datatypes).
+_ORT_TO_V2 = {
+    "tensor(bool)": "BOOL",
+    "tensor(uint8)": "UINT8",
+    "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64",
+    "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16",
+    "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64",
+    "tensor(float16)": "FP16",
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
+    "tensor(string)": "BYTES",
 }
+_ORT_TO_CONFIG = {ort_type: BY_V2[v2].config for ort_type, v2 in _ORT_TO_V2.items()}
 
 
 def model_path(version_dir: Path, config: Any) -> Path:
