@@ -24,6 +24,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check perfkit server tests benchmarks
 	$(BIN)/ruff format --check perfkit server tests benchmarks
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -m "not gpu and not docker" -q
