@@ -17,15 +17,15 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
 import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Protocol, Self, runtime_checkable
 
+from perfkit.control import ControlClient, ServerProtocol, check_protocol, wait_for
 from perfkit.errors import ConfigError, ServerUnavailable
-from perfkit.launch._probe import ProbeError, ServerProtocol, check_protocol, port_open, probe_ready
+from perfkit.launch._probe import port_open
 
 logger = logging.getLogger(__name__)
 
@@ -295,11 +295,11 @@ class ProcessServer:
         _live.add(self)
 
     def _wait_ready(self) -> None:
-        assert self._proc is not None
-        deadline = time.monotonic() + self.startup_timeout_s
-        last = "no attempt made"
-        while True:
-            code = self._proc.poll()
+        proc = self._proc
+        assert proc is not None
+
+        def not_ready() -> str | None:
+            code = proc.poll()
             if code is not None:
                 raise ServerUnavailable(
                     f"{self._describe()} exited with code {code} during start-up, before it was "
@@ -307,20 +307,19 @@ class ProcessServer:
                     f"{self._log_path}:\n"
                     f"{log_excerpt(self._log_path)}"
                 )
-            try:
-                probe_ready(self.http_url, "http", timeout_s=1.0)
-                if port_open(self._host, self.grpc_port):
-                    return
-                last = f"gRPC port {self.grpc_url} not accepting connections"
-            except ProbeError as exc:
-                last = str(exc)
-            if time.monotonic() >= deadline:
-                raise ServerUnavailable(
-                    f"{self._describe()} not ready at {self.http_url} after "
-                    f"{self.startup_timeout_s:g} s ({last}); stopped it. From its log "
-                    f"{self._log_path}:\n{log_excerpt(self._log_path)}"
-                )
-            time.sleep(0.05)
+            reason = control.not_ready()
+            if reason is None and not port_open(self._host, self.grpc_port):
+                reason = f"gRPC port {self.grpc_url} not accepting connections"
+            return reason
+
+        with ControlClient(self.http_url, "http") as control:
+            last = wait_for(not_ready, self.startup_timeout_s)
+        if last is not None:
+            raise ServerUnavailable(
+                f"{self._describe()} not ready at {self.http_url} after "
+                f"{self.startup_timeout_s:g} s ({last}); stopped it. From its log "
+                f"{self._log_path}:\n{log_excerpt(self._log_path)}"
+            )
 
     def stop(self) -> None:
         """SIGTERM, wait up to `stop_timeout_s`, then SIGKILL the process group. Idempotent."""

@@ -9,15 +9,14 @@ and the model repository is mounted at the same path inside it.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from perfkit.control import ControlClient, ServerProtocol, check_protocol, wait_for
 from perfkit.errors import ConfigError, MissingDependency, ServerUnavailable
 from perfkit.launch._base import LOOPBACK, check_model_control, free_ports, log_excerpt
-from perfkit.launch._probe import ProbeError, ServerProtocol, check_protocol, probe_ready
 
 logger = logging.getLogger(__name__)
 
@@ -200,26 +199,22 @@ class DockerTriton:
         return self
 
     def _wait_ready(self) -> None:
-        deadline = time.monotonic() + self.startup_timeout_s
-        last = "no attempt made"
-        while True:
+        def not_ready() -> str | None:
             if not self.alive():
                 status = getattr(self._container, "status", "unknown")
                 raise ServerUnavailable(
                     f"container {self.image} stopped ({status}) during start-up, before "
                     f"{self.http_url} was ready. Its log:\n{self._logs_excerpt()}"
                 )
-            try:
-                probe_ready(self.http_url, "http", timeout_s=1.0)
-                return
-            except ProbeError as exc:
-                last = str(exc)
-            if time.monotonic() >= deadline:
-                raise ServerUnavailable(
-                    f"container {self.image} not ready at {self.http_url} after "
-                    f"{self.startup_timeout_s:g} s ({last}). Its log:\n{self._logs_excerpt()}"
-                )
-            time.sleep(0.2)
+            return control.not_ready()
+
+        with ControlClient(self.http_url, "http") as control:
+            last = wait_for(not_ready, self.startup_timeout_s, interval_s=0.2)
+        if last is not None:
+            raise ServerUnavailable(
+                f"container {self.image} not ready at {self.http_url} after "
+                f"{self.startup_timeout_s:g} s ({last}). Its log:\n{self._logs_excerpt()}"
+            )
 
     def _save_logs(self) -> None:
         if self._container is None or self._log_path is None:

@@ -6,15 +6,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from perfkit.control import ControlClient, ServerProtocol, address, check_protocol
 from perfkit.errors import ConfigError
-from perfkit.launch._probe import (
-    ProbeError,
-    ServerProtocol,
-    check_protocol,
-    grpc_target,
-    probe_ready,
-    wait_ready,
-)
+from perfkit.launch._probe import wait_ready
 
 # Triton's default metrics port; perf_analyzer's --metrics-url default is localhost:8002/metrics.
 DEFAULT_METRICS_PORT = 8002
@@ -50,7 +44,7 @@ class RemoteServer:
     ) -> None:
         self.protocol: ServerProtocol = check_protocol(protocol)
         self._urls: dict[ServerProtocol, str | None] = {"http": http_url, "grpc": grpc_url}
-        self._urls[self.protocol] = url if self.protocol == "http" else grpc_target(url)
+        self._urls[self.protocol] = url if self.protocol == "http" else address(url)
         self._metrics_url = metrics_url or f"{_host(url)}:{DEFAULT_METRICS_PORT}/metrics"
         self.startup_timeout_s = startup_timeout_s
 
@@ -82,11 +76,8 @@ class RemoteServer:
 
     def alive(self) -> bool:
         """One readiness probe (1 s timeout) over the main protocol."""
-        try:
-            probe_ready(self.url(self.protocol), self.protocol, timeout_s=1.0)
-        except ProbeError:
-            return False
-        return True
+        with ControlClient(self.url(self.protocol), self.protocol) as control:
+            return control.is_ready()
 
     def start(self) -> Self:
         wait_ready(self.url(self.protocol), self.protocol, self.startup_timeout_s)

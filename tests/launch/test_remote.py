@@ -31,7 +31,7 @@ def test_wait_ready_gives_up_on_a_dead_port(protocol: str) -> None:
     url = f"127.0.0.1:{port}"
     start = time.monotonic()
     with pytest.raises(
-        ServerUnavailable, match=rf"no server ready at 127\.0\.0\.1:{port} \({protocol}\)"
+        ServerUnavailable, match=rf"No server ready at 127\.0\.0\.1:{port} \({protocol}\)"
     ):
         wait_ready(url, protocol, timeout_s=0.3)
     assert time.monotonic() - start < 5  # bounded, not a hang
