@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from perfkit.control import ControlClient
 from perfkit.errors import (
     ConfigError,
     MeasurementUnstable,
@@ -71,88 +72,6 @@ def parse_shapes(shapes: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
     return out
 
 
-def _server_message(exc: BaseException) -> str:
-    msg = getattr(exc, "message", None)
-    text = msg() if callable(msg) else str(exc)
-    return " ".join(str(text).split())
-
-
-def _unavailable(exc: BaseException) -> bool:
-    """True when an error means "no server there" rather than "the server refused"."""
-    if isinstance(exc, OSError):
-        return True
-    status = getattr(exc, "status", None)
-    text = str(status() if callable(status) else status or "")
-    return "UNAVAILABLE" in text or "Connection refused" in str(exc)
-
-
-class ModelControl:
-    """Repository-API calls on one model (tritonclient gRPC or HTTP client)."""
-
-    def __init__(self, url: str, protocol: str, model: str, timeout_s: float = 120.0) -> None:
-        self.model = model
-        self.protocol = protocol
-        if protocol == "grpc":
-            import tritonclient.grpc as grpcclient
-
-            self._client: Any = grpcclient.InferenceServerClient(url)
-        else:
-            import tritonclient.http as httpclient
-
-            self._client = httpclient.InferenceServerClient(
-                url, connection_timeout=timeout_s, network_timeout=timeout_s
-            )
-
-    def load(self, config: ModelConfig | None) -> None:
-        """Load (or reload) the model, with `config` as an override when given. Raises ServerError."""
-        from tritonclient.utils import InferenceServerException
-
-        body = None if config is None else json.dumps(config_to_json(config))
-        try:
-            if body is None:
-                self._client.load_model(self.model)
-            else:
-                self._client.load_model(self.model, config=body)
-        except (InferenceServerException, OSError) as exc:
-            message = _server_message(exc)
-            if _unavailable(exc):
-                raise ServerUnavailable(
-                    f"the server stopped answering while loading {self.model!r}: {message}"
-                ) from exc
-            raise ServerError(f"loading {self.model!r} failed: {message}") from exc
-
-    def reload_from_disk(self) -> None:
-        """Unload then load, so the server serves the config.pbtxt on disk (an override is sticky)."""
-        from tritonclient.utils import InferenceServerException
-
-        try:
-            self._client.unload_model(self.model)
-        except (InferenceServerException, OSError) as exc:
-            logger.debug("unload of %s failed: %s", self.model, exc)
-        deadline = time.monotonic() + 30.0
-        while time.monotonic() < deadline:
-            try:
-                if not self._client.is_model_ready(self.model):
-                    break
-            except (InferenceServerException, OSError):
-                break
-            time.sleep(0.05)
-        self.load(None)
-
-    def server_config(self) -> dict[str, Any]:
-        """The config the server reports for the model (Triton JSON form)."""
-        if self.protocol == "grpc":
-            reply = self._client.get_model_config(self.model, as_json=True)
-            return dict(reply.get("config", reply))
-        return dict(self._client.get_model_config(self.model))
-
-    def close(self) -> None:
-        try:
-            self._client.close()
-        except (OSError, RuntimeError, ValueError) as exc:  # closing must never mask the outcome
-            logger.debug("closing the client failed: %s", exc)
-
-
 class LiveEvaluator:
     """Loads each variant on a running server and measures it with the run engine."""
 
@@ -170,7 +89,8 @@ class LiveEvaluator:
         self.model = model
         self.load_settings = load
         self.measure_settings = measure
-        self.control = ModelControl(url, protocol, model)
+        # Model loads can take long: a sync call may wait up to 120 s.
+        self.control = ControlClient(url, protocol, model=model, network_timeout_s=120.0)
         self._shapes = parse_shapes(load.shapes)
         self._measure = MeasureSpec(
             mode="time_windows",
@@ -190,7 +110,7 @@ class LiveEvaluator:
 
         t0 = time.perf_counter_ns()
         try:
-            self.control.load(config)
+            self.control.load_model(json.dumps(config_to_json(config)))
         except ServerError as exc:
             return Outcome(
                 measurement=None, error=str(exc), load_s=(time.perf_counter_ns() - t0) / 1e9
