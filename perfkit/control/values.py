@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from perfkit.datatypes import V2_BY_NP_NAME
 from perfkit.results import ServerInfo
 
 ServerProtocol = Literal["http", "grpc"]
@@ -73,13 +74,6 @@ def server_info(
     )
 
 
-# TODO(datatypes): use perfkit/datatypes.py (the one datatype table) once it exists.
-_NP_TO_TRITON = {
-    "bool": "BOOL", "int8": "INT8", "int16": "INT16", "int32": "INT32", "int64": "INT64",
-    "uint8": "UINT8", "uint16": "UINT16", "uint32": "UINT32", "uint64": "UINT64",
-    "float16": "FP16", "float32": "FP32", "float64": "FP64", "object": "BYTES",
-}  # fmt: skip
-
-
 def np_to_triton(dtype: np.dtype[Any]) -> str:
-    return _NP_TO_TRITON.get(str(dtype), "BYTES")
+    """The KServe v2 datatype of a numpy dtype (perfkit.datatypes); "BYTES" for anything else."""
+    return V2_BY_NP_NAME.get(str(dtype), "BYTES")
