@@ -1,81 +1,121 @@
-"""Prometheus text metrics with Triton's names and `model`/`version` labels, rendered from the
-same ModelStats objects the statistics extension reports, so the two always agree."""
+"""Prometheus text metrics with Triton's names and `model`/`version` labels: a prometheus_client
+Collector over the same ModelStats objects the statistics extension reports, so the two always
+agree, written by prometheus_client's text exposition (label escaping, value format)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 from aiohttp import web
+from prometheus_client.exposition import generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 from perfkit_server.registry import Registry
+from perfkit_server.stats import ModelStats
 
-# (metric, type, help)
-_COUNTERS = [
-    ("nv_inference_request_success", "Number of successful inference requests, all batch sizes"),
-    ("nv_inference_request_failure", "Number of failed inference requests, all batch sizes"),
-    ("nv_inference_count", "Number of inferences performed (does not include cached requests)"),
+# (metric, help, value of a version's statistics); the failure counter is per reason, below.
+_COUNTERS: list[tuple[str, str, Callable[[ModelStats], int] | None]] = [
+    (
+        "nv_inference_request_success",
+        "Number of successful inference requests, all batch sizes",
+        lambda s: s.success.count,
+    ),
+    ("nv_inference_request_failure", "Number of failed inference requests, all batch sizes", None),
+    (
+        "nv_inference_count",
+        "Number of inferences performed (does not include cached requests)",
+        lambda s: s.inference_count,
+    ),
     (
         "nv_inference_exec_count",
         "Number of model executions performed (does not include cached requests)",
+        lambda s: s.execution_count,
     ),
-    ("nv_inference_request_duration_us", "Cumulative inference request duration in microseconds"),
-    ("nv_inference_queue_duration_us", "Cumulative inference queuing duration in microseconds"),
-    ("nv_inference_compute_input_duration_us", "Cumulative compute input duration in microseconds"),
+    (
+        "nv_inference_request_duration_us",
+        "Cumulative inference request duration in microseconds",
+        lambda s: (s.success.ns + s.fail.ns) // 1000,
+    ),
+    (
+        "nv_inference_queue_duration_us",
+        "Cumulative inference queuing duration in microseconds",
+        lambda s: s.queue.ns // 1000,
+    ),
+    (
+        "nv_inference_compute_input_duration_us",
+        "Cumulative compute input duration in microseconds",
+        lambda s: s.compute_input.ns // 1000,
+    ),
     (
         "nv_inference_compute_infer_duration_us",
         "Cumulative compute inference duration in microseconds",
+        lambda s: s.compute_infer.ns // 1000,
     ),
     (
         "nv_inference_compute_output_duration_us",
         "Cumulative inference compute output duration in microseconds",
+        lambda s: s.compute_output.ns // 1000,
     ),
 ]
 FAILURE_REASONS = ("REJECTED", "CANCELED", "BACKEND", "OTHER")
+PENDING = "nv_inference_pending_request_count"
+
+# prometheus_client's Prometheus text format names a counter family `<name>_total` in its # HELP
+# and # TYPE lines (OpenMetrics' rule); Triton's counters have no suffix, and their samples here
+# keep Triton's names, so those two lines are given Triton's family names back.
+_HEADER_NAMES = [
+    (f"# {kind} {name}_total ".encode(), f"# {kind} {name} ".encode())
+    for name, _, _ in _COUNTERS
+    for kind in ("HELP", "TYPE")
+]
 
 
-def render(registry: Registry) -> str:
-    """The /metrics page."""
-    versions = registry.loaded_versions()
-    lines: list[str] = []
-    for metric, help_text in _COUNTERS:
-        lines.append(f"# HELP {metric} {help_text}")
-        lines.append(f"# TYPE {metric} counter")
-        for lv in versions:
-            s = lv.stats
-            labels = f'model="{lv.name}",version="{lv.version}"'
-            if metric == "nv_inference_request_failure":
-                for reason in FAILURE_REASONS:
-                    n = s.fail_reasons.get(reason, 0)
-                    lines.append(
-                        f'{metric}{{model="{lv.name}",reason="{reason}",version="{lv.version}"}} {n}'
+class StatsCollector(Collector):
+    """Triton's inference metrics of every loaded model version, read when scraped."""
+
+    def __init__(self, registry: Registry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        versions = self._registry.loaded_versions()
+        for name, help_text, value in _COUNTERS:
+            family = Metric(name, help_text, "counter")
+            for lv in versions:
+                s = lv.stats
+                if value is None:  # the failure counter, per reason
+                    for reason in FAILURE_REASONS:
+                        family.add_sample(
+                            name,
+                            {"model": lv.name, "reason": reason, "version": str(lv.version)},
+                            s.fail_reasons.get(reason, 0),
+                        )
+                else:
+                    family.add_sample(
+                        name, {"model": lv.name, "version": str(lv.version)}, value(s)
                     )
-                continue
-            value = {
-                "nv_inference_request_success": s.success.count,
-                "nv_inference_count": s.inference_count,
-                "nv_inference_exec_count": s.execution_count,
-                "nv_inference_request_duration_us": (s.success.ns + s.fail.ns) // 1000,
-                "nv_inference_queue_duration_us": s.queue.ns // 1000,
-                "nv_inference_compute_input_duration_us": s.compute_input.ns // 1000,
-                "nv_inference_compute_infer_duration_us": s.compute_infer.ns // 1000,
-                "nv_inference_compute_output_duration_us": s.compute_output.ns // 1000,
-            }[metric]
-            lines.append(f"{metric}{{{labels}}} {value}")
-    lines.append(
-        "# HELP nv_inference_pending_request_count Instantaneous number of pending requests"
-    )
-    lines.append("# TYPE nv_inference_pending_request_count gauge")
-    lines.extend(
-        f'nv_inference_pending_request_count{{model="{lv.name}",version="{lv.version}"}} '
-        f"{lv.scheduler.pending}"
-        for lv in versions
-    )
-    return "\n".join(lines) + "\n"
+            yield family
+        gauge = Metric(PENDING, "Instantaneous number of pending requests", "gauge")
+        for lv in versions:
+            gauge.add_sample(
+                PENDING, {"model": lv.name, "version": str(lv.version)}, lv.scheduler.pending
+            )
+        yield gauge
+
+
+def render(registry: Registry) -> bytes:
+    """The /metrics page (Prometheus text format 0.0.4, UTF-8)."""
+    page = generate_latest(StatsCollector(registry))
+    for prometheus_name, triton_name in _HEADER_NAMES:
+        page = page.replace(prometheus_name, triton_name, 1)
+    return page
 
 
 def metrics_app(registry: Registry) -> web.Application:
     """An aiohttp app serving GET /metrics."""
 
     async def handle(request: web.Request) -> web.Response:
-        return web.Response(text=render(registry), content_type="text/plain", charset="utf-8")
+        return web.Response(body=render(registry), content_type="text/plain", charset="utf-8")
 
     app = web.Application()
     app.router.add_get("/metrics", handle)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import urllib.request
 
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
 from tests.server import models
@@ -72,3 +74,35 @@ async def test_metrics_agree_with_statistics(perfkit_server, tmp_path):
     g = {s["name"]: s for s in grpc_stats["model_stats"]}
     assert int(g["m"]["inference_count"]) == 24
     assert int(g["m"]["execution_count"]) == by_name["m"]["execution_count"]
+
+
+def test_metrics_page_is_prometheus_text_with_tritons_families(perfkit_server, tmp_path):
+    # A model directory name may hold a quote: the page escapes it, and a Prometheus parser reads
+    # the name back.
+    name = 'we"ird'
+    (tmp_path / name / "1").mkdir(parents=True)
+    (tmp_path / name / "config.pbtxt").write_text(
+        'backend: "perfkit_identity"\nmax_batch_size: 8\n'
+        'input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 16 ] } ]\n'
+        'output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 16 ] } ]\n'
+    )
+    server = perfkit_server(tmp_path)
+    grpc = grpcclient.InferenceServerClient(server.grpc_url)
+    for _ in range(3):
+        grpc.infer(name, [fp32_input(grpcclient, "INPUT0", np.zeros((1, 16), np.float32))])
+    with urllib.request.urlopen(f"http://{server.metrics_url}/metrics", timeout=5) as resp:
+        assert resp.headers["Content-Type"] == "text/plain; charset=utf-8"
+        text = resp.read().decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    # Triton's family names: counters carry no `_total`, in the # TYPE line as in the samples.
+    assert "# TYPE nv_inference_request_success counter\n" in text
+    assert "# TYPE nv_inference_pending_request_count gauge\n" in text
+    assert families["nv_inference_request_success"].type == "counter"
+    assert families["nv_inference_pending_request_count"].type == "gauge"
+    success = families["nv_inference_request_success"].samples
+    # (this parser renames a counter's samples `<family>_total`, OpenMetrics' form, so the page's
+    # own sample line is checked as text)
+    assert [(s.labels, s.value) for s in success] == [({"model": name, "version": "1"}, 3.0)]
+    assert 'nv_inference_request_success{model="we\\"ird",version="1"} 3.0\n' in text
+    reasons = {s.labels["reason"] for s in families["nv_inference_request_failure"].samples}
+    assert reasons == {"REJECTED", "CANCELED", "BACKEND", "OTHER"}

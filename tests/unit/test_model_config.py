@@ -6,9 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from perfkit.model_repo import InvalidModelConfig, InvalidRepository
+from perfkit.model_repo import InvalidModelConfig, InvalidRepository, repository
 from perfkit.model_repo import config as mcfg
-from perfkit.model_repo import repository
 
 ADD_SUB = """
 name: "add_sub"
