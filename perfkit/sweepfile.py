@@ -1,4 +1,4 @@
-"""Sweep files (sweeps/*.toml) -> frozen `SweepSpec`. Errors name `file:key` and the reason.
+"""Tune sweep files (sweeps/*.toml) -> frozen `TuneSweep`. Errors name `file:key` and the reason.
 
 A sweep file says what to tune and how:
 
@@ -15,7 +15,8 @@ A sweep file says what to tune and how:
     [search]       sampler ("tpe" | "nsga2" | "grid" | "random"), seed, prune, prune_ratio,
                    startup_trials, min_gain_pct
 
-Imports the stdlib and perfkit.errors only; the tuner maps these values onto the run engine's specs.
+Imports the stdlib, perfkit.errors and perfkit.load.spec (pure) only; the tuner maps these values onto
+the run engine's specs. (`perfkit.load.spec.SweepSpec` is the other sweep: the levels of `perfkit run`.)
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from perfkit.errors import ConfigError
+from perfkit.load.spec import parse_shapes
 
 Direction = Literal["maximize", "minimize"]
 SamplerName = Literal["tpe", "nsga2", "grid", "random"]
@@ -106,7 +108,10 @@ class SearchSettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class SweepSpec:
+class TuneSweep:
+    """A whole `perfkit tune`: the model, its server, the search space, the client load, the
+    objectives and constraints, the budget and where results go (`load_sweep` reads one)."""
+
     source: str
     model: str
     repository: Path
@@ -127,7 +132,7 @@ class SweepSpec:
     storage: str | None = None
     study_name: str | None = None
 
-    def with_overrides(self, **changes: Any) -> SweepSpec:
+    def with_overrides(self, **changes: Any) -> TuneSweep:
         """A copy with CLI overrides applied (None values are ignored)."""
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
@@ -315,10 +320,13 @@ def _parse_load(r: _Reader) -> LoadSettings:
     shapes_raw = r.raw("shape")
     shapes: tuple[str, ...] = ()
     if shapes_raw is not None:
-        if not isinstance(shapes_raw, list) or not all(
-            isinstance(s, str) and ":" in s for s in shapes_raw
-        ):
-            raise r.fail("shape", f'must be a list of "NAME:d1,d2" strings, got {shapes_raw!r}')
+        why = f'must be a list of "NAME:d1,d2" strings, got {shapes_raw!r}'
+        if not isinstance(shapes_raw, list) or not all(isinstance(s, str) for s in shapes_raw):
+            raise r.fail("shape", why)
+        try:
+            parse_shapes(shapes_raw)
+        except ConfigError:
+            raise r.fail("shape", why) from None
         shapes = tuple(shapes_raw)
     baseline_raw = r.raw("baseline") or {}
     if not isinstance(baseline_raw, dict):
@@ -382,7 +390,7 @@ def _parse_constraints(r: _Reader) -> ConstraintSpec:
     return spec
 
 
-def parse_sweep(text: str, source: str = "<sweep>", base_dir: Path | None = None) -> SweepSpec:
+def parse_sweep(text: str, source: str = "<sweep>", base_dir: Path | None = None) -> TuneSweep:
     """Parse sweep-file text. Relative paths resolve against `base_dir` (default: the working directory)."""
     try:
         doc = tomllib.loads(text)
@@ -445,7 +453,7 @@ def parse_sweep(text: str, source: str = "<sweep>", base_dir: Path | None = None
         raise ConfigError(
             f'{source}:load.concurrency: cannot be searched when mode = "request_rate"'
         )
-    return SweepSpec(
+    return TuneSweep(
         source=source,
         model=model_name,
         repository=(base / repo).resolve(),
@@ -467,7 +475,7 @@ def parse_sweep(text: str, source: str = "<sweep>", base_dir: Path | None = None
     )
 
 
-def load_sweep(path: Path, base_dir: Path | None = None) -> SweepSpec:
+def load_sweep(path: Path, base_dir: Path | None = None) -> TuneSweep:
     """Read and validate a sweep file; ConfigError names `path:key` and the reason."""
     try:
         text = path.read_text(encoding="utf-8")

@@ -1,4 +1,4 @@
-"""`perfkit run`: perf_analyzer's flags -> specs -> `perfkit.load.sweep.run_sweep` -> summary and files.
+"""`perfkit run`: perf_analyzer's flags -> a `SweepSpec` -> `perfkit.load.run` -> summary and files.
 
 With no -u the embedded perfkit_server is started on free loopback ports for the zoo model named
 by -m (or the --model-repository given) and stopped at the end. Exit codes as perf_analyzer:
@@ -10,9 +10,8 @@ from __future__ import annotations
 import contextlib
 import signal
 import sys
-import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,140 +27,111 @@ from perfkit.results import Measurement, RunResult, WindowStat
 _STATUS_EXIT = {"ok": 0, "unstable": EXIT_UNSTABLE, "error": EXIT_OTHER, "interrupted": 130}
 
 
-def _parse_shapes(values: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
-    out: dict[str, tuple[int, ...]] = {}
-    for v in values:
-        name, sep, dims = v.rpartition(":")
-        try:
-            shape = tuple(int(d) for d in dims.split(",")) if dims.strip() else ()
-        except ValueError:
-            shape = None
-        if not sep or not name or shape is None:
-            raise ConfigError(
-                f"--shape {v!r} is not NAME:d1,d2,... (e.g. --shape INPUT0:3,224,224)."
-            )
-        out[name] = shape
-    return out
-
-
-def build_spec(
-    *,
-    url: str,
-    protocol: str,
-    model: str,
-    model_version: str,
-    batch_size: int,
-    concurrency_range: str | None,
-    request_rate_range: str | None,
-    request_distribution: str,
-    request_intervals: str | None,
-    measurement_mode: str,
-    measurement_interval: int,
-    measurement_request_count: int,
-    stability_percentage: float,
-    max_trials: int,
-    percentile: float | None,
-    request_count: int,
-    warmup_request_count: int,
-    latency_threshold: float,
-    binary_search: bool,
-    input_data: str,
-    shape: tuple[str, ...],
-    string_length: int,
-    string_data: str | None,
-    shared_memory: str,
-    collect_metrics: bool,
-    metrics_url: str,
-    metrics_interval: int,
-    workers: int,
-    connect_timeout: float = 10.0,
-    max_in_flight: int = 2048,
-) -> S.SweepSpec:
-    """Flags (perf_analyzer names) -> a validated SweepSpec; ConfigError names the flag."""
-    if concurrency_range and (request_rate_range or request_intervals):
-        raise ConfigError(
-            "--concurrency-range cannot be combined with --request-rate-range/--request-intervals."
-        )
-    load: S.LoadSpec
-    if request_rate_range or request_intervals:
-        rates: tuple[float, ...] = ()
-        if request_rate_range:
-            a, b, st = S.parse_range(request_rate_range, kind="float", flag="--request-rate-range")
-            if b == 0:
-                raise ConfigError("--request-rate-range: end 0 is only for --concurrency-range.")
-            rates = S.expand_range(a, b, st)
-        load = S.RequestRateLoad(
-            rates=rates or (1.0,),
-            distribution=request_distribution,  # type: ignore[arg-type]
-            intervals_file=request_intervals,
-            max_in_flight=max_in_flight,
-        )
-        bs_step = (
-            S.parse_range(request_rate_range, kind="float", flag="--request-rate-range")[2]
-            if request_rate_range
-            else 1.0
-        )
-    else:
-        a, b, st = S.parse_range(concurrency_range or "1", kind="int", flag="--concurrency-range")
-        limit = 0.0
-        if b == 0:
-            if latency_threshold <= 0:
-                raise ConfigError("--concurrency-range with end 0 needs --latency-threshold (-l).")
-            limit = 1024.0
-        load = S.ConcurrencyLoad(
-            levels=tuple(int(x) for x in S.expand_range(a, b, st, limit=limit))
-        )
-        bs_step = st
+# -- flags -> specs: `o` is the click options dict (perf_analyzer's flag names) ----------------
+def spec_from_options(o: Mapping[str, Any]) -> S.SweepSpec:
+    """Flags -> a validated SweepSpec; ConfigError names the flag. Without -u, the target is the
+    protocol's default URL (the embedded server's replaces it)."""
+    load, bs_step = _load(o)
     return S.SweepSpec(
-        target=S.TargetSpec(
-            url=url,
-            protocol="grpc" if protocol == "grpc" else "http",
-            model=model,
-            model_version=model_version,
-            connect_timeout_s=connect_timeout,
-        ),
-        inputs=S.InputSpec(
-            source=input_data,
-            batch_size=batch_size,
-            shapes=_parse_shapes(shape),
-            string_length=string_length,
-            string_data=string_data,
-            shared_memory=shared_memory,  # type: ignore[arg-type]
-        ),
-        measure=S.MeasureSpec(
-            mode=measurement_mode,  # type: ignore[arg-type]
-            interval_ms=measurement_interval,
-            request_count_per_window=measurement_request_count,
-            stability_pct=stability_percentage,
-            max_trials=max_trials,
-            percentile=percentile,
-            fixed_request_count=request_count,
-            warmup_request_count=warmup_request_count,
-        ),
+        target=_target(o),
+        inputs=_inputs(o),
+        measure=_measure(o),
         load=load,
-        latency_threshold_ms=latency_threshold,
-        binary_search=binary_search,
+        latency_threshold_ms=o["latency_threshold"],
+        binary_search=o["binary_search"],
         binary_search_step=bs_step,
-        workers=workers,
-        metrics=S.MetricsSpec(url=metrics_url, interval_ms=metrics_interval)
-        if collect_metrics
+        workers=o["workers"],
+        metrics=S.MetricsSpec(
+            url=o["metrics_url"] or "localhost:8002/metrics", interval_ms=o["metrics_interval"]
+        )
+        if o["collect_metrics"]
         else None,
     )
 
 
-class LiveView:
-    """The live rich table (stderr): one row per level, updated after each window."""
+def _target(o: Mapping[str, Any]) -> S.TargetSpec:
+    protocol = str(o["protocol"]).lower()
+    default_url = S.DEFAULT_GRPC_URL if protocol == "grpc" else S.DEFAULT_HTTP_URL
+    return S.TargetSpec(
+        url=o["url"] or default_url,
+        protocol="grpc" if protocol == "grpc" else "http",
+        model=o["model"],
+        model_version=o["model_version"],
+        connect_timeout_s=o["connect_timeout"],
+    )
 
-    def __init__(self, mode: str, enabled: bool) -> None:
-        self.mode = mode
+
+def _inputs(o: Mapping[str, Any]) -> S.InputSpec:
+    return S.InputSpec(
+        source=o["input_data"],
+        batch_size=o["batch_size"],
+        shapes=S.parse_shapes(o["shape"]),
+        string_length=o["string_length"],
+        string_data=o["string_data"],
+        shared_memory=o["shared_memory"],
+    )
+
+
+def _measure(o: Mapping[str, Any]) -> S.MeasureSpec:
+    return S.MeasureSpec(
+        mode=o["measurement_mode"],
+        interval_ms=o["measurement_interval"],
+        request_count_per_window=o["measurement_request_count"],
+        stability_pct=o["stability_percentage"],
+        max_trials=o["max_trials"],
+        percentile=o["percentile"],
+        fixed_request_count=o["request_count"],
+        warmup_request_count=o["warmup_request_count"],
+    )
+
+
+def _load(o: Mapping[str, Any]) -> tuple[S.LoadSpec, float]:
+    """The load levels, and the binary search's precision (the range's step)."""
+    concurrency, rates, intervals = (
+        o["concurrency_range"], o["request_rate_range"], o["request_intervals"],
+    )  # fmt: skip
+    if concurrency and (rates or intervals):
+        raise ConfigError(
+            "--concurrency-range cannot be combined with --request-rate-range/--request-intervals."
+        )
+    if rates or intervals:
+        levels: tuple[float, ...] = ()
+        step = 1.0
+        if rates:
+            a, b, step = S.parse_range(rates, kind="float", flag="--request-rate-range")
+            if b == 0:
+                raise ConfigError("--request-rate-range: end 0 is only for --concurrency-range.")
+            levels = S.expand_range(a, b, step)
+        rate_load = S.RequestRateLoad(
+            rates=levels or (1.0,),
+            distribution=o["request_distribution"],
+            intervals_file=intervals,
+            max_in_flight=o["max_in_flight"],
+        )
+        return rate_load, step
+    a, b, step = S.parse_range(concurrency or "1", kind="int", flag="--concurrency-range")
+    limit = 0.0
+    if b == 0:
+        if o["latency_threshold"] <= 0:
+            raise ConfigError("--concurrency-range with end 0 needs --latency-threshold (-l).")
+        limit = 1024.0
+    levels = S.expand_range(a, b, step, limit=limit)
+    return S.ConcurrencyLoad(levels=tuple(int(x) for x in levels)), step
+
+
+class LiveView:
+    """The live rich table (stderr): one row per level, updated after each window. The table
+    appears with the first window (after any server start) and stays when the sweep ends."""
+
+    def __init__(self, load: S.LoadSpec, enabled: bool) -> None:
+        self.mode = "concurrency" if isinstance(load, S.ConcurrencyLoad) else "request_rate"
         self.rows: list[list[str]] = []
         self.current: list[str] | None = None
-        self.live = (
-            Live(self._table(), console=_console.err, refresh_per_second=4, transient=False)
-            if enabled
-            else None
-        )
-        self.level = 0.0
+        self.enabled = enabled
+        self.live: Live | None = None
+        # The level being measured: the next of the spec's levels (windows do not carry it).
+        self._levels = iter(load.levels if isinstance(load, S.ConcurrencyLoad) else load.rates)
+        self.level = float(next(self._levels, 0))
 
     def _table(self) -> Table:
         t = Table(title="perfkit run", title_justify="left", expand=False)
@@ -179,6 +149,17 @@ class LiveView:
             t.add_row(*self.current, style="yellow")
         return t
 
+    def _show(self) -> None:
+        if not self.enabled:
+            return
+        if self.live is None:
+            self.live = Live(
+                self._table(), console=_console.err, refresh_per_second=4, transient=False
+            )
+            self.live.__enter__()
+        else:
+            self.live.update(self._table())
+
     def on_window(self, w: WindowStat) -> None:
         self.current = [
             f"{self.level:g}",
@@ -187,8 +168,7 @@ class LiveView:
             f"{w.latency_avg_us:,.0f}",
             "...",
         ]
-        if self.live:
-            self.live.update(self._table())
+        self._show()
 
     def on_level(self, m: Measurement) -> None:
         self.rows.append(
@@ -196,44 +176,15 @@ class LiveView:
              "yes" if m.stable else "[red]no[/]"]
         )  # fmt: skip
         self.current = None
-        if self.live:
-            self.live.update(self._table())
+        self.level = float(next(self._levels, m.level))
+        self._show()
 
     def __enter__(self) -> LiveView:
-        if self.live:
-            self.live.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.live:
+        if self.live is not None:
             self.live.__exit__(None, None, None)
-
-
-@contextlib.contextmanager
-def _server(
-    url: str | None, protocol: str, model: str, model_repository: str | None
-) -> Iterator[tuple[str, str | None, bool]]:
-    """Yields (url, metrics_url, embedded): the given -u, or an embedded perfkit_server."""
-    if url:
-        yield url, None, False
-        return
-    from perfkit.launch import EmbeddedServer
-
-    with contextlib.ExitStack() as stack:
-        if model_repository:
-            repo = Path(model_repository)
-            if not (repo / model).is_dir():
-                raise ConfigError(f"--model-repository {repo} has no model directory {model!r}.")
-        else:
-            from perfkit import zoo
-
-            repo = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="perfkit-run-")))
-            zoo.build(model, repo)
-        _console.err.print(
-            f"Starting the embedded perfkit_server for model {model} ...", highlight=False
-        )
-        server = stack.enter_context(EmbeddedServer(repo, load_models=[model]))
-        yield server.url(protocol), server.metrics_url, True  # type: ignore[arg-type]
 
 
 def _install_sigterm() -> None:
@@ -243,33 +194,24 @@ def _install_sigterm() -> None:
             signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
-def _write_outputs(
-    result: RunResult,
-    *,
-    latency_report_file: str | None,
-    verbose_csv: bool,
-    percentile: float | None,
-    collect_metrics: bool,
-    profile_export_file: str | None,
-    experiments: list[Any],
-    output_dir: str | None,
-) -> list[Path]:
+def _write_outputs(result: RunResult, o: Mapping[str, Any], experiments: list[Any]) -> list[Path]:
+    """The files the flags ask for: -f CSV, --profile-export-file, --output-dir's three."""
     from perfkit.report import pa_csv, pa_export
 
     written: list[Path] = []
     if not result.measurements:
         return written
     csv_opts: dict[str, Any] = {
-        "verbose": verbose_csv, "percentile": percentile, "collect_metrics": collect_metrics,
+        "verbose": o["verbose_csv"], "percentile": o["percentile"], "collect_metrics": o["collect_metrics"],
     }  # fmt: skip
-    if latency_report_file:
-        written.append(pa_csv.write(latency_report_file, result.measurements, **csv_opts))
-    if profile_export_file:
+    if o["latency_report_file"]:
+        written.append(pa_csv.write(o["latency_report_file"], result.measurements, **csv_opts))
+    if o["profile_export_file"]:
         written.append(
-            pa_export.write(profile_export_file, experiments, endpoint=result.server.url)
+            pa_export.write(o["profile_export_file"], experiments, endpoint=result.server.url)
         )
-    if output_dir:
-        out = Path(output_dir)
+    if o["output_dir"]:
+        out = Path(o["output_dir"])
         out.mkdir(parents=True, exist_ok=True)
         written.append(pa_csv.write(out / "perf_analyzer.csv", result.measurements, **csv_opts))
         written.append(
@@ -435,75 +377,34 @@ def _with_opts(f: Any) -> Any:
 def run(**o: Any) -> None:
     """Measure a model like perf_analyzer (same flags, CSV and summary), honestly in open loop."""
     _install_sigterm()
-    protocol = str(o["protocol"]).lower()
-    # Validate every flag before starting a server.
-    spec = build_spec(
-        url=o["url"] or ("localhost:8000" if protocol == "http" else "localhost:8001"),
-        protocol=protocol, model=o["model"], model_version=o["model_version"], batch_size=o["batch_size"],
-        concurrency_range=o["concurrency_range"], request_rate_range=o["request_rate_range"],
-        request_distribution=o["request_distribution"], request_intervals=o["request_intervals"],
-        measurement_mode=o["measurement_mode"], measurement_interval=o["measurement_interval"],
-        measurement_request_count=o["measurement_request_count"],
-        stability_percentage=o["stability_percentage"], max_trials=o["max_trials"],
-        percentile=o["percentile"], request_count=o["request_count"],
-        warmup_request_count=o["warmup_request_count"], latency_threshold=o["latency_threshold"],
-        binary_search=o["binary_search"], input_data=o["input_data"], shape=o["shape"],
-        string_length=o["string_length"], string_data=o["string_data"], shared_memory=o["shared_memory"],
-        collect_metrics=o["collect_metrics"], metrics_url=o["metrics_url"] or "localhost:8002/metrics",
-        metrics_interval=o["metrics_interval"], workers=o["workers"],
-        connect_timeout=o["connect_timeout"], max_in_flight=o["max_in_flight"],
-    )  # fmt: skip
-    if isinstance(spec.load, S.RequestRateLoad) and spec.load.intervals_file:
-        from perfkit.load import schedule
-
-        schedule.read_intervals(spec.load.intervals_file)
-    from dataclasses import replace
-
-    from perfkit.load.sweep import run_sweep
+    # Every flag is validated (here and in `perfkit.load.run`) before a server starts.
+    spec = spec_from_options(o)
+    from perfkit.load import run as run_levels
     from perfkit.report import pa_export, pa_stdout
 
     experiments: list[pa_export.Experiment] = []
+    keep_raw = bool(o["profile_export_file"] or o["output_dir"])
 
     def on_raw(m: Measurement, raw: Any, bounds: list[int]) -> None:
-        if o["profile_export_file"] or o["output_dir"]:
+        if keep_raw:
             experiments.append(
                 pa_export.Experiment(
-                    measurement=m,
-                    sent_ns=raw.sent_ns,
-                    done_ns=raw.done_ns,
-                    window_boundaries_ns=bounds,
+                    measurement=m, sent_ns=raw.sent_ns, done_ns=raw.done_ns, window_boundaries_ns=bounds
                 )
-            )
+            )  # fmt: skip
 
     live_on = o["live"] if o["live"] is not None else _console.err.is_terminal
-    mode = "concurrency" if isinstance(spec.load, S.ConcurrencyLoad) else "request_rate"
-    with _server(o["url"], protocol, o["model"], o["model_repository"]) as (
-        url,
-        metrics_url,
-        embedded,
-    ):
-        spec = replace(spec, target=replace(spec.target, url=url))
-        if spec.metrics is not None and metrics_url and not o["metrics_url"]:
-            spec = replace(spec, metrics=replace(spec.metrics, url=metrics_url))
-        view = LiveView(mode, bool(live_on))
-        levels = iter(
-            spec.load.levels if isinstance(spec.load, S.ConcurrencyLoad) else spec.load.rates
+    with LiveView(spec.load, bool(live_on)) as view:
+        result = run_levels(
+            spec,
+            embedded=not o["url"],
+            model_repository=o["model_repository"],
+            on_window=view.on_window,
+            on_level=view.on_level,
+            on_raw=on_raw,
+            on_message=lambda text: _console.err.print(text, highlight=False),
         )
-
-        def on_level(m: Measurement) -> None:
-            view.on_level(m)
-            view.level = float(next(levels, m.level))
-
-        view.level = float(next(levels, 0))
-        with view:
-            result = run_sweep(
-                spec, on_window=view.on_window, on_level=on_level, on_raw=on_raw, embedded=embedded
-            )
-    written = _write_outputs(
-        result, latency_report_file=o["latency_report_file"], verbose_csv=o["verbose_csv"],
-        percentile=o["percentile"], collect_metrics=o["collect_metrics"],
-        profile_export_file=o["profile_export_file"], experiments=experiments, output_dir=o["output_dir"],
-    )  # fmt: skip
+    written = _write_outputs(result, o, experiments)
     _console.out.print(
         pa_stdout.summary(result, percentile=o["percentile"], verbose=o["verbose"] > 0),
         markup=False, highlight=False, soft_wrap=True,

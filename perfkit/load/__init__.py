@@ -2,6 +2,8 @@
 
 Public API (what `perfkit run` and the tuner call), importable from `perfkit.load`:
 
+- `run(spec, *, embedded=False, ...) -> RunResult`: `perfkit run` without the printing
+  (`perfkit.load.api`; starts the embedded server when asked).
 - `measure_level(target, inputs, measure, mode, level, *, on_window=None, should_stop=None)
   -> Measurement`: one load level (the tuner's trial).
 - `run_sweep(spec, ...) -> RunResult`: every level of a `SweepSpec` (`perfkit run`).
@@ -22,12 +24,17 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from perfkit.load.api import run
     from perfkit.load.sweep import Session, measure_level, run_sweep
 
-__all__ = ["Session", "measure_level", "run_sweep"]
+__all__ = ["Session", "measure_level", "run", "run_sweep"]
 
 
 def __getattr__(name: str) -> Any:
+    if name == "run":
+        from perfkit.load.api import run
+
+        return run
     if name in __all__:
         from perfkit.load import sweep
 

@@ -7,7 +7,7 @@ I/O. Each spec validates itself in `__post_init__` and raises `ConfigError` nami
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -285,3 +285,21 @@ def expand_range(start: float, end: float, step: float, *, limit: float = 0) -> 
         out.append(round(v, 9))
         k += 1
     return tuple(out)
+
+
+def parse_shapes(values: Iterable[str], *, flag: str = "--shape") -> dict[str, tuple[int, ...]]:
+    """perf_analyzer's `--shape NAME:d1,d2,...` values -> {input name: dims} (`InputSpec.shapes`).
+
+    `flag` names the option (or sweep-file key) in the `ConfigError` a malformed value raises.
+    """
+    out: dict[str, tuple[int, ...]] = {}
+    for v in values:
+        name, sep, dims = v.rpartition(":")
+        try:
+            shape = tuple(int(d) for d in dims.split(",")) if dims.strip() else ()
+        except ValueError:
+            shape = None
+        if not sep or not name or shape is None:
+            raise ConfigError(f"{flag} {v!r} is not NAME:d1,d2,... (e.g. {flag} INPUT0:3,224,224).")
+        out[name] = shape
+    return out

@@ -1,11 +1,38 @@
 """perfkit tune: Optuna search over config.pbtxt variants measured on a live server.
 
-sweepfile.load_sweep(path) -> SweepSpec           # perfkit.sweepfile: TOML -> frozen spec
-space.SearchSpace.from_specs(space, load)         # dimensions <-> Optuna <-> ModelConfig variants
-objective.Objective(targets, constraints)         # scores and constraint violations
-storage.open_storage(url) / open_study(...)       # SQLite or PostgreSQL, resume rules
-evaluate.LiveEvaluator(url=..., ...)              # load with a config override, measure one level
-tuner.Tuner(...).run()                            # the ask/tell loop
-output.build_result / write_outputs / write_back  # TuneResult, MA layout, write-back
-perfkit.cli.tune.run_tune(spec)                   # all of the above, as `perfkit tune` runs it
+The API is `perfkit.tune.run(sweep, ...) -> TuneResult` (what `perfkit tune` calls):
+
+    from perfkit.tune import load_sweep, run
+    result = run(load_sweep(Path("sweeps/resnet50-cpu.toml")), dry_run=True)
+    print(result.best_config_pbtxt, result.gain_pct)
+
+Modules, for callers that assemble a tune themselves (the benchmarks do):
+
+    perfkit.sweepfile.load_sweep(path) -> TuneSweep   # TOML -> frozen spec (errors name file:key)
+    space.SearchSpace.from_specs(space, load)         # dimensions <-> Optuna <-> ModelConfig variants
+    objective.Objective(targets, constraints)         # scores and constraint violations
+    storage.open_storage(url) / open_study(...)       # SQLite or PostgreSQL, resume rules
+    evaluate.LiveEvaluator(url=..., ...)              # load with a config override, measure one level
+    samplers.make_sampler(settings, space)            # the study's sampler, tagged per worker
+    tuner.Tuner(...).run()                            # the ask/tell loop
+    records                                           # trial attrs, study queries, TrialRecord
+    output.build_result / write_outputs / write_back  # TuneResult, MA layout, write-back
+    api.run                                           # all of the above, with the server's restarts
 """
+
+from __future__ import annotations
+
+from perfkit.results import TrialRecord, TuneResult
+from perfkit.sweepfile import TuneSweep, load_sweep, parse_sweep
+from perfkit.tune.api import MAX_SERVER_RESTARTS, TuneOutcome, run
+
+__all__ = [
+    "MAX_SERVER_RESTARTS",
+    "TrialRecord",
+    "TuneOutcome",
+    "TuneResult",
+    "TuneSweep",
+    "load_sweep",
+    "parse_sweep",
+    "run",
+]

@@ -2,7 +2,7 @@
 
 `LiveEvaluator` is the tuner's only I/O seam to a server. It loads each variant through the repository
 API (`load_model(name, config=<JSON>)`, Triton's config override: no restart, the model keeps its
-name) and measures with `perfkit.load.sweep.measure_level`. Any other `Evaluator` (e.g. the benchmark's
+name) and measures with `perfkit.load.measure_level`. Any other `Evaluator` (e.g. the benchmark's
 replay of a measured table) can drive the same tuner loop.
 """
 
@@ -17,13 +17,12 @@ from typing import Any, Protocol
 
 from perfkit.control import ControlClient
 from perfkit.errors import (
-    ConfigError,
     MeasurementUnstable,
     PerfkitError,
     ServerError,
     ServerUnavailable,
 )
-from perfkit.load.spec import InputSpec, MeasureSpec, TargetSpec
+from perfkit.load.spec import InputSpec, MeasureSpec, TargetSpec, parse_shapes
 from perfkit.model_repo.config import ModelConfig, config_to_json
 from perfkit.results import Measurement, WindowStat
 from perfkit.sweepfile import LoadSettings, MeasureSettings
@@ -60,18 +59,6 @@ class Evaluator(Protocol):
     ) -> Outcome: ...
 
 
-def parse_shapes(shapes: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
-    """perf_analyzer --shape values "NAME:d1,d2" -> {name: dims}."""
-    out: dict[str, tuple[int, ...]] = {}
-    for text in shapes:
-        name, _, dims = text.rpartition(":")
-        try:
-            out[name] = tuple(int(d) for d in dims.split(",") if d)
-        except ValueError:
-            raise ConfigError(f"load.shape: {text!r} is not NAME:d1,d2 with integer dims") from None
-    return out
-
-
 class LiveEvaluator:
     """Loads each variant on a running server and measures it with the run engine."""
 
@@ -91,7 +78,7 @@ class LiveEvaluator:
         self.measure_settings = measure
         # Model loads can take long: a sync call may wait up to 120 s.
         self.control = ControlClient(url, protocol, model=model, network_timeout_s=120.0)
-        self._shapes = parse_shapes(load.shapes)
+        self._shapes = parse_shapes(load.shapes, flag="load.shape")
         self._measure = MeasureSpec(
             mode="time_windows",
             interval_ms=measure.window_ms,
@@ -106,7 +93,7 @@ class LiveEvaluator:
     def evaluate(
         self, config: ModelConfig, params: Mapping[str, Any], watch: WindowWatch
     ) -> Outcome:
-        from perfkit.load.sweep import measure_level
+        from perfkit.load import measure_level
 
         t0 = time.perf_counter_ns()
         try:

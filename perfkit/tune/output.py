@@ -17,9 +17,6 @@ from __future__ import annotations
 import contextlib
 import difflib
 import logging
-import os
-import platform
-import socket
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -31,26 +28,19 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from perfkit import __version__
+from perfkit.machine import machine_info
 from perfkit.model_repo.config import format_config, instance_summary, parse_config
 from perfkit.model_repo.repository import write_text_atomic
 from perfkit.report import ma_csv
-from perfkit.results import MachineInfo, ServerInfo, TrialRecord, TuneResult
+from perfkit.results import ServerInfo, TrialRecord, TuneResult
 from perfkit.tune.objective import Objective
+from perfkit.tune.records import A_DUP, A_KEY, is_default, record_of
 from perfkit.tune.space import describe_load, load_params
-from perfkit.tune.tuner import A_DUP, A_KEY, is_default, record_of
 
 logger = logging.getLogger(__name__)
 
 VARIANTS_DIR = "output_model_repository"
 RESULTS_DIR = "results"
-
-
-def machine_info() -> MachineInfo:
-    return MachineInfo(
-        hostname=socket.gethostname(),
-        cpu=platform.processor() or platform.machine(),
-        cpu_count=os.cpu_count() or 1,
-    )
 
 
 def _pareto(records: Sequence[TrialRecord], objective: Objective) -> list[TrialRecord]:

@@ -1,4 +1,4 @@
-"""The ask/tell loop: default config first, then sampled variants, each measured at most once per study.
+"""The ask/tell loop (`Tuner`): default config first, then sampled variants, each measured at most once per study.
 
 Every trial carries its record in Optuna user attrs (params, variant key and name, config.pbtxt,
 metrics, constraint violations, the `Measurement` as JSON, timings, failure reason), so a resumed or
@@ -10,8 +10,8 @@ shared study rebuilds every `TrialRecord` from storage alone. Rules:
   Two workers that draw the same variant at once: the higher trial number waits for the lower one.
 - A variant that the server refuses to load, or whose requests fail, is a FAIL trial with its
   reason (the server validates variants: it is the authority on what it accepts). When the server
-  stops answering during a trial, that trial fails and `ServerUnavailable` propagates: the CLI
-  restarts an embedded server and goes on.
+  stops answering during a trial, that trial fails and `ServerUnavailable` propagates:
+  `perfkit.tune.run` restarts an embedded server and goes on.
 - Single objective: each window is reported to the trial; a trial clearly worse than the best after
   its first windows is pruned (never a measurement of the default config). Constraints go to the
   sampler through `Trial.set_constraint`.
@@ -22,30 +22,24 @@ shared study rebuilds every `TrialRecord` from storage alone. Rules:
 
 from __future__ import annotations
 
-import json
 import logging
 import random
-import signal
-import threading
 import time
-import warnings
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy.exc import SQLAlchemyError
 
 from perfkit.errors import ConfigError, ServerUnavailable
 from perfkit.model_repo.config import ModelConfig, format_config
 from perfkit.model_repo.repository import write_text_atomic
-from perfkit.results import Measurement, TrialRecord, WindowStat
-from perfkit.sweepfile import SamplerName
+from perfkit.results import TrialRecord, WindowStat
+from perfkit.tune import records as rec
 from perfkit.tune import storage as st
 from perfkit.tune.evaluate import Evaluator, Outcome, PruneTrial
 from perfkit.tune.objective import Objective, metrics_of
+from perfkit.tune.samplers import LoopSettings, TaggingSampler, ask, make_sampler
 from perfkit.tune.space import (
     Params,
     SearchSpace,
@@ -55,23 +49,10 @@ from perfkit.tune.space import (
     variant_key,
 )
 
-logger = logging.getLogger(__name__)
+# LoopSettings and make_sampler are re-exported: a Tuner is built from this module alone.
+__all__ = ["LoopSettings", "Tuner", "make_sampler"]
 
-A_KEY = "variant_key"
-A_NAME = "variant_name"
-A_PARAMS = "params"
-A_DEFAULT = "is_default"
-A_MEASURED = "measured"
-A_DUP = "duplicate_of"
-A_VIOL = "constraint_violations"
-A_METRICS = "metrics"
-A_MEAS = "measurement"
-A_CONFIG = "config_pbtxt"
-A_DURATION = "duration_s"
-A_OVERHEAD = "overhead_s"
-A_WINDOW = "window_s"
-# On a measurement of the default config at the best's load: the number of that best trial.
-A_FAIR = "default_at_load_of"
+logger = logging.getLogger(__name__)
 
 # Consecutive already-measured draws before the search space counts as exhausted.
 MAX_CONSECUTIVE_DUPLICATES = 60
@@ -80,131 +61,6 @@ MAX_CONSECUTIVE_DUPLICATES = 60
 NEIGHBOUR_SAMPLERS = ("tpe", "nsga2")
 NEIGHBOUR_AFTER = 3
 WAIT_FOR_PEER_S = 900.0
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class LoopSettings:
-    model: str
-    study_name: str
-    trials: int
-    timeout_s: float | None = None
-    sampler: SamplerName = "tpe"
-    seed: int | None = None
-    prune: bool = True
-    prune_ratio: float = 0.5
-    startup_trials: int = 2
-    # Prune only after this many windows.
-    prune_after_windows: int = 2
-
-
-def _json_safe(params: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in params.items()}
-
-
-def encode_measurement(m: Measurement) -> Any:
-    from perfkit.report.schema import encode_value
-
-    return encode_value(m)
-
-
-def decode_measurement(value: Any) -> Measurement | None:
-    if not isinstance(value, dict):
-        return None
-    from perfkit.report.schema import decode_value
-
-    try:
-        return decode_value(Measurement, value, "measurement")
-    except ConfigError as exc:
-        logger.warning("stored measurement unreadable: %s", exc)
-        return None
-
-
-def _ask(study: optuna.Study) -> optuna.Trial:
-    """`study.ask()`, with a Ctrl-C during it held back until the trial exists and is tagged: the
-    interrupted trial is then failed (by the caller's handler) instead of being left RUNNING."""
-    held: list[int] = []
-    main = threading.current_thread() is threading.main_thread()
-    previous = signal.getsignal(signal.SIGINT) if main else None
-    if main:
-        signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
-    try:
-        with warnings.catch_warnings():
-            # Heartbeats are recorded by the loop itself (after every window), not by optimize.
-            warnings.filterwarnings("ignore", message="Heartbeat of storage", category=UserWarning)
-            trial = study.ask()
-    finally:
-        if main:
-            signal.signal(signal.SIGINT, previous or signal.default_int_handler)
-    if held:
-        # The trial is tagged with this worker: `Tuner._abandon_mine` fails it.
-        raise KeyboardInterrupt
-    return trial
-
-
-class AskTellGridSampler(optuna.samplers.GridSampler):
-    """GridSampler for ask/tell: its after_trial calls `study.stop()`, which only works inside
-    `study.optimize`; the loop checks `is_exhausted` itself instead."""
-
-    def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
-        return None
-
-
-class TaggingSampler(optuna.samplers.BaseSampler):
-    """Delegates to `inner`, and first tags every new trial with this worker ("host:pid").
-
-    `before_trial` runs right after the trial row is created, before any (slow) relative sampling:
-    a worker killed at any later point leaves a RUNNING trial that names its dead process, so a
-    rerun can fail it and measure that variant again (see `storage.recover_orphans`).
-    """
-
-    def __init__(self, inner: optuna.samplers.BaseSampler) -> None:
-        self.inner = inner
-
-    def infer_relative_search_space(self, study: Any, trial: Any) -> Any:
-        return self.inner.infer_relative_search_space(study, trial)
-
-    def sample_relative(self, study: Any, trial: Any, search_space: Any) -> Any:
-        return self.inner.sample_relative(study, trial, search_space)
-
-    def sample_independent(self, study: Any, trial: Any, name: str, distribution: Any) -> Any:
-        return self.inner.sample_independent(study, trial, name, distribution)
-
-    def before_trial(self, study: Any, trial: Any) -> None:
-        study._storage.set_trial_user_attr(trial._trial_id, st.WORKER_ATTR, st.worker_id())
-        self.inner.before_trial(study, trial)
-
-    def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
-        self.inner.after_trial(study, trial, state, values)
-
-    def reseed_rng(self) -> None:
-        self.inner.reseed_rng()
-
-
-def make_sampler(settings: LoopSettings, space: SearchSpace) -> optuna.samplers.BaseSampler:
-    """The study's sampler, wrapped in a `TaggingSampler`."""
-    return TaggingSampler(_inner_sampler(settings, space))
-
-
-def _inner_sampler(settings: LoopSettings, space: SearchSpace) -> optuna.samplers.BaseSampler:
-    """The study's sampler. Constraints reach TPE/NSGA-II through `Trial.set_constraint`
-    (Optuna 5's replacement of `constraints_func`): every told trial carries them."""
-    if settings.sampler == "grid":
-        return AskTellGridSampler(space.grid() or {"_": [0]}, seed=settings.seed)
-    if settings.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=settings.seed)
-    if settings.sampler == "nsga2":
-        population = max(4, min(20, settings.trials // 3))
-        return optuna.samplers.NSGAIISampler(population_size=population, seed=settings.seed)
-    with warnings.catch_warnings():
-        # multivariate/group are "experimental" since Optuna 2.2; they handle our conditional space.
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.samplers.TPESampler(
-            seed=settings.seed,
-            n_startup_trials=settings.startup_trials,
-            multivariate=True,
-            group=True,
-            constant_liar=True,
-        )
 
 
 class Tuner:
@@ -251,50 +107,16 @@ class Tuner:
         return f"{self.settings.model}_config_{suffix}"
 
     def budget_used(self) -> int:
-        """Distinct variants finished in the study (any worker), default included; the default's
-        measurement at the best's load (after the search) is on top of the budget."""
-        return sum(
-            1
-            for t in self._trials()
-            if t.state.is_finished()
-            and t.user_attrs.get(A_MEASURED)
-            and A_DUP not in t.user_attrs
-            and A_FAIR not in t.user_attrs
-        )
-
-    def _default_done_or_running(self) -> bool:
-        for t in self._trials():
-            if not t.user_attrs.get(A_DEFAULT) or A_FAIR in t.user_attrs:
-                continue
-            if t.state == TrialState.RUNNING or t.user_attrs.get(A_MEASURED):
-                return True
-        return False
+        """Distinct variants finished in the study (any worker): see `records.budget_used`."""
+        return rec.budget_used(self._trials())
 
     def best_trial(self) -> FrozenTrial | None:
         """The complete, feasible, measured trial with the best primary objective (any worker)."""
-        best: FrozenTrial | None = None
-        best_value = 0.0
-        for t in self._trials():
-            if t.state != TrialState.COMPLETE or A_DUP in t.user_attrs or t.values is None:
-                continue
-            if any(float(v) > 0 for v in t.constraints.values()):
-                continue
-            value = float(t.values[0])
-            if best is None or self.objective.better(value, best_value):
-                best, best_value = t, value
-        return best
+        return rec.best_trial(self._trials(), self.objective)
 
     def best_value(self) -> float | None:
         best = self.best_trial()
         return None if best is None or best.values is None else float(best.values[0])
-
-    def _finished_with_key(self, key: str) -> FrozenTrial | None:
-        for t in self._trials():
-            if t.user_attrs.get(A_KEY) != key or A_DUP in t.user_attrs:
-                continue
-            if t.state.is_finished() and t.user_attrs.get(A_MEASURED):
-                return t
-        return None
 
     def _find_same(self, key: str, number: int, trial: optuna.Trial) -> FrozenTrial | None:
         """A finished trial that measured `key`; waits while a lower-numbered peer measures it."""
@@ -302,9 +124,13 @@ class Tuner:
         while True:
             waiting = False
             for t in self._trials():
-                if t.number == number or t.user_attrs.get(A_KEY) != key or A_DUP in t.user_attrs:
+                if (
+                    t.number == number
+                    or t.user_attrs.get(rec.A_KEY) != key
+                    or rec.A_DUP in t.user_attrs
+                ):
                     continue
-                if t.state.is_finished() and t.user_attrs.get(A_MEASURED):
+                if t.state.is_finished() and t.user_attrs.get(rec.A_MEASURED):
                     return t
                 if t.state == TrialState.RUNNING and t.number < number:
                     waiting = True
@@ -320,31 +146,13 @@ class Tuner:
         try:
             self._run()
         except KeyboardInterrupt:
-            self._abandon_mine()
+            rec.fail_mine_running(self.study)
             raise
-
-    def _abandon_mine(self) -> None:
-        """Ctrl-C backstop: fail the RUNNING trials tagged with this worker (e.g. one interrupted
-        between its creation and the loop taking charge of it), so none is left running."""
-        me = st.worker_id()
-        storage = self.study._storage
-        try:
-            for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-                if t.user_attrs.get(st.WORKER_ATTR) != me:
-                    continue
-                storage.set_trial_user_attr(
-                    t._trial_id, st.REASON_ATTR, "interrupted (Ctrl-C); measured again on resume"
-                )
-                storage.set_trial_user_attr(t._trial_id, A_MEASURED, False)
-                storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-        except (SQLAlchemyError, RuntimeError, ValueError) as exc:
-            # Left RUNNING under this (soon dead) process: the next run's recovery fails them.
-            logger.warning("could not mark interrupted trials as failed: %s", exc)
 
     def _run(self) -> None:
         started = time.monotonic()
         st.recover_orphans(self.study)
-        if not self._default_done_or_running():
+        if not rec.default_done_or_running(self._trials()):
             self._measure_default()
         duplicates = 0
         grid = self.settings.sampler == "grid"
@@ -382,14 +190,14 @@ class Tuner:
             storage=self.study._storage,
             sampler=TaggingSampler(optuna.samplers.RandomSampler()),
         )
-        trial = _ask(default_study)
+        trial = ask(default_study)
         try:
             if for_best is not None:
-                trial.set_user_attr(A_FAIR, for_best)
+                trial.set_user_attr(rec.A_FAIR, for_best)
             params = dict(self.baseline_load if load is None else load)
             self._run_variant(default_study, trial, params, is_default=True)
         except KeyboardInterrupt:
-            self._abandon(default_study, trial)
+            rec.fail_interrupted(default_study, trial)
             raise
 
     def ensure_default_at_best(self) -> str | None:
@@ -404,12 +212,12 @@ class Tuner:
         best = self.best_trial()
         if best is None:
             return None
-        load = load_params(best.user_attrs.get(A_PARAMS) or {})
+        load = load_params(best.user_attrs.get(rec.A_PARAMS) or {})
         key = variant_key(self.base, load)
         where = describe_load(load) or "the same load"
-        if best.user_attrs.get(A_KEY) == key:
+        if best.user_attrs.get(rec.A_KEY) == key:
             return f"the best trial is the default config itself (at {where})"
-        stored = self._finished_with_key(key)
+        stored = rec.finished_with_key(self._trials(), key)
         if stored is not None and stored.state == TrialState.FAIL:
             reason = stored.user_attrs.get(st.REASON_ATTR, "no reason recorded")
             return f"the default config failed at the best's load ({where}): {reason}"
@@ -418,7 +226,7 @@ class Tuner:
         try:
             self._measure_default(load, for_best=best.number)
         except KeyboardInterrupt:
-            self._abandon_mine()
+            rec.fail_mine_running(self.study)
             raise
         return (
             f"measured the default config at the best's load ({where}): one extra measurement "
@@ -428,12 +236,12 @@ class Tuner:
     def _one_trial(self) -> bool:
         """Ask, then measure or copy. Returns True when a variant was measured (or failed) here."""
         t0 = time.perf_counter_ns()
-        trial = _ask(self.study)
+        trial = ask(self.study)
         try:
             params = self.space.suggest(trial, conditional=self.settings.sampler != "grid")
             measured = self._run_variant(self.study, trial, params, is_default=False, t0=t0)
         except KeyboardInterrupt:
-            self._abandon(self.study, trial)
+            rec.fail_interrupted(self.study, trial)
             raise
         self._last_params = params
         return measured
@@ -443,47 +251,13 @@ class Tuner:
         last one (`Study.enqueue_trial`; the next ask takes it). On a small discrete space a
         model-based sampler that has settled on a region keeps drawing its best points; without
         this the loop would end at MAX_CONSECUTIVE_DUPLICATES with points still unmeasured."""
-        taken: set[tuple[tuple[str, Any], ...]] = set()
-        for t in self._trials():
-            if t.user_attrs.get(A_DEFAULT):
-                continue
-            if t.state == TrialState.WAITING:
-                fixed = t.system_attrs.get("fixed_params") or {}
-                point = {
-                    d.name: d.decode(fixed[d.param_name])
-                    for d in self.space.dims
-                    if d.param_name in fixed
-                }
-            elif (
-                t.state == TrialState.RUNNING
-                or t.user_attrs.get(A_MEASURED)
-                or A_DUP in t.user_attrs
-            ):
-                point = t.user_attrs.get(A_PARAMS) or {}
-            else:
-                continue  # failed and not measured (interrupted): it may be measured again
-            taken.add(self.space.point_key(point))
+        taken = rec.taken_points(self._trials(), self.space)
         rng = self._rng
         nearest = self.space.nearest_unmeasured(
             params, taken, lambda ties: ties[rng.randrange(len(ties))]
         )
         if nearest is not None:
             self.study.enqueue_trial(self.space.optuna_params(nearest), skip_if_exists=True)
-
-    def _abandon(self, study: optuna.Study, trial: optuna.Trial) -> None:
-        """Ctrl-C: fail the trial if it is still running, so a rerun measures it again."""
-        storage = study._storage
-        try:
-            if storage.get_trial(trial._trial_id).state != TrialState.RUNNING:
-                return
-            storage.set_trial_user_attr(
-                trial._trial_id, st.REASON_ATTR, "interrupted (Ctrl-C); measured again on resume"
-            )
-            storage.set_trial_user_attr(trial._trial_id, A_MEASURED, False)
-            study.tell(trial, state=TrialState.FAIL)
-        except (SQLAlchemyError, RuntimeError, ValueError) as exc:
-            # Left RUNNING under this (soon dead) process: the next run's recovery fails it.
-            logger.warning("could not mark trial %d as interrupted: %s", trial.number, exc)
 
     def _run_variant(
         self,
@@ -497,21 +271,21 @@ class Tuner:
         t0 = t0 or time.perf_counter_ns()
         name = self.variant_name(trial.number, is_default)
         trial.set_user_attr(st.WORKER_ATTR, st.worker_id())
-        trial.set_user_attr(A_PARAMS, _json_safe(params))
-        trial.set_user_attr(A_DEFAULT, is_default)
+        trial.set_user_attr(rec.A_PARAMS, rec.json_safe(params))
+        trial.set_user_attr(rec.A_DEFAULT, is_default)
         try:
             config = self.base if is_default else build_variant(self.base, params)
         except ConfigError as exc:
             return self._fail(study, trial, f"invalid variant: {exc}", t0, measured=True)
         key = variant_key(config, params)
-        trial.set_user_attr(A_KEY, key)
+        trial.set_user_attr(rec.A_KEY, key)
         same = self._find_same(key, trial.number, trial)
         if same is not None:
-            self._copy(study, trial, same)
+            rec.tell_copy(study, trial, same, single=self.single)
             return False
-        trial.set_user_attr(A_NAME, name)
+        trial.set_user_attr(rec.A_NAME, name)
         text = format_config(config)
-        trial.set_user_attr(A_CONFIG, text)
+        trial.set_user_attr(rec.A_CONFIG, text)
         if self.variants_dir is not None:
             write_text_atomic(self.variants_dir / name / "config.pbtxt", text)
         logger.info("trial %d: %s", trial.number, name)
@@ -552,9 +326,9 @@ class Tuner:
     def _set_timing(self, trial: optuna.Trial, t0: int, window_s: float) -> None:
         duration = (time.perf_counter_ns() - t0) / 1e9
         overhead = max(duration - window_s, 0.0)
-        trial.set_user_attr(A_DURATION, duration)
-        trial.set_user_attr(A_OVERHEAD, overhead)
-        trial.set_user_attr(A_WINDOW, window_s)
+        trial.set_user_attr(rec.A_DURATION, duration)
+        trial.set_user_attr(rec.A_OVERHEAD, overhead)
+        trial.set_user_attr(rec.A_WINDOW, window_s)
 
     def _fail(
         self,
@@ -568,10 +342,11 @@ class Tuner:
     ) -> bool:
         logger.info("trial %d failed: %s", trial.number, reason)
         trial.set_user_attr(st.REASON_ATTR, reason)
-        trial.set_user_attr(A_MEASURED, measured)
-        if A_NAME not in trial.user_attrs:
+        trial.set_user_attr(rec.A_MEASURED, measured)
+        if rec.A_NAME not in trial.user_attrs:
             trial.set_user_attr(
-                A_NAME, self.variant_name(trial.number, bool(trial.user_attrs.get(A_DEFAULT)))
+                rec.A_NAME,
+                self.variant_name(trial.number, bool(trial.user_attrs.get(rec.A_DEFAULT))),
             )
         self._set_timing(trial, t0, window_s)
         study.tell(trial, state=TrialState.FAIL)
@@ -583,7 +358,7 @@ class Tuner:
         self.overheads_s.append(max((time.perf_counter_ns() - t0) / 1e9 - window_s, 0.0))
         self.measured_here += 1
         if self.on_trial is not None:
-            record = record_of(
+            record = rec.record_of(
                 study._storage.get_trial(
                     study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
                 ),
@@ -594,17 +369,17 @@ class Tuner:
 
     def _set_constraints(self, trial: optuna.Trial, violations: dict[str, float]) -> None:
         """Record constraint violations on the trial: samplers read them (<= 0 is feasible)."""
-        trial.set_user_attr(A_VIOL, violations)
+        trial.set_user_attr(rec.A_VIOL, violations)
         for key in self.objective.bounds():
             trial.set_constraint(key, float(violations.get(key, 0.0)))
 
     def _finish(self, study: optuna.Study, trial: optuna.Trial, outcome: Outcome, t0: int) -> None:
-        trial.set_user_attr(A_MEASURED, True)
+        trial.set_user_attr(rec.A_MEASURED, True)
         for key, value in outcome.extra.items():
             trial.set_user_attr(key, value)
         if outcome.pruned:
-            partial = _window_metrics(outcome.windows)
-            trial.set_user_attr(A_METRICS, partial)
+            partial = rec.window_metrics(outcome.windows)
+            trial.set_user_attr(rec.A_METRICS, partial)
             trial.set_user_attr(
                 st.REASON_ATTR, "pruned: clearly worse than the best after its first windows"
             )
@@ -617,8 +392,8 @@ class Tuner:
         if m is not None:
             metrics = metrics_of(m)
             metrics["load_s"] = outcome.load_s
-            trial.set_user_attr(A_METRICS, metrics)
-            trial.set_user_attr(A_MEAS, encode_measurement(m))
+            trial.set_user_attr(rec.A_METRICS, metrics)
+            trial.set_user_attr(rec.A_MEAS, rec.encode_measurement(m))
         if outcome.error is not None or m is None:
             self._fail(
                 study,
@@ -634,79 +409,3 @@ class Tuner:
         self._set_timing(trial, t0, outcome.window_s)
         study.tell(trial, values=self.objective.values(metrics))
         self._done(study, trial.number, t0, outcome.window_s)
-
-    def _copy(self, study: optuna.Study, trial: optuna.Trial, same: FrozenTrial) -> None:
-        """Tell `trial` the stored result of `same` (no measurement)."""
-        trial.set_user_attr(A_DUP, same.number)
-        trial.set_user_attr(A_NAME, same.user_attrs.get(A_NAME, ""))
-        for key in (A_METRICS, A_VIOL, st.REASON_ATTR):
-            if key in same.user_attrs:
-                trial.set_user_attr(key, same.user_attrs[key])
-        if same.state in (TrialState.COMPLETE, TrialState.PRUNED):
-            for key, value in same.constraints.items():
-                trial.set_constraint(key, float(value))
-        if same.state == TrialState.COMPLETE and same.values is not None:
-            study.tell(trial, values=list(same.values))
-        elif same.state == TrialState.PRUNED and self.single:
-            last = same.last_step
-            if last is not None:
-                trial.report(same.intermediate_values[last], last)
-            study.tell(trial, state=TrialState.PRUNED)
-        else:
-            study.tell(trial, state=TrialState.FAIL)
-
-
-def _window_metrics(windows: tuple[WindowStat, ...]) -> dict[str, float]:
-    if not windows:
-        return {}
-    n = len(windows)
-    return {
-        "throughput_infer_per_s": sum(w.throughput_infer_per_s for w in windows) / n,
-        "avg_latency_us": sum(w.latency_avg_us for w in windows) / n,
-        "windows": float(n),
-    }
-
-
-_STATES = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}
-
-
-def record_of(t: FrozenTrial, objective: Objective) -> TrialRecord | None:
-    """The TrialRecord of a finished, measured trial (None for copies and unfinished ones)."""
-    state = _STATES.get(t.state)
-    attrs = t.user_attrs
-    if state is None or A_DUP in attrs or not attrs.get(A_MEASURED):
-        return None
-    violations = {str(k): float(v) for k, v in (attrs.get(A_VIOL) or {}).items()}
-    objectives: dict[str, float] = {}
-    if t.state == TrialState.COMPLETE and t.values is not None:
-        objectives = {
-            name: float(v) for (name, _), v in zip(objective.targets, t.values, strict=False)
-        }
-    params = dict(attrs.get(A_PARAMS) or {})
-    return TrialRecord(
-        number=t.number,
-        variant_name=str(attrs.get(A_NAME, f"trial_{t.number}")),
-        params=params,
-        config_pbtxt=str(attrs.get(A_CONFIG, "")),
-        state=state,  # type: ignore[arg-type]
-        feasible=state == "complete" and all(v <= 0 for v in violations.values()),
-        reason=attrs.get(st.REASON_ATTR),
-        objectives=objectives,
-        constraints=violations,
-        measurement=decode_measurement(attrs.get(A_MEAS)),
-        duration_s=float(attrs.get(A_DURATION, 0.0)),
-        overhead_s=float(attrs.get(A_OVERHEAD, 0.0)),
-    )
-
-
-def is_default(t: FrozenTrial) -> bool:
-    return bool(t.user_attrs.get(A_DEFAULT))
-
-
-def trial_metrics(t: FrozenTrial) -> dict[str, float]:
-    raw = t.user_attrs.get(A_METRICS) or {}
-    return {str(k): float(v) for k, v in raw.items()}
-
-
-def dumps_params(params: Mapping[str, Any]) -> str:
-    return json.dumps(_json_safe(params), sort_keys=True)

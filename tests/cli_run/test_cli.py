@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -176,43 +177,83 @@ def test_unknown_zoo_model_embedded():
     no_traceback(p)
 
 
-def _wait_for_load(http_url: str, timeout: float = 60.0) -> None:
-    """Until the server has seen requests (the subprocess started and is measuring)."""
-    import urllib.request
+def _read_until(fd: int, needle: bytes, timeout: float = 120.0) -> bytes:
+    """The child's terminal output up to `needle` (select on the pty: waits for the event, no
+    sleep); raises when the terminal closes or `timeout` passes first."""
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while needle not in seen:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(
+                f"no {needle!r} from perfkit run within {timeout:g} s: {seen[-2000:]!r}"
+            )
+        ready, _, _ = select.select([fd], [], [], left)
+        if not ready:
+            continue
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # EIO: the child closed its terminal
+            chunk = b""
+        if not chunk:
+            raise AssertionError(f"perfkit run ended before {needle!r}: {seen[-2000:]!r}")
+        seen += chunk
+    return seen
 
+
+def _read_to_end(fd: int, timeout: float = 120.0) -> bytes:
+    """The rest of the child's terminal output, until it closes the terminal (it exited)."""
+    seen = b""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], deadline - time.monotonic())
+        if not ready:
+            continue
         try:
-            with urllib.request.urlopen(f"http://{http_url}/v2/models/fast/stats", timeout=5) as r:
-                if json.loads(r.read())["model_stats"][0]["inference_count"] > 0:
-                    return
-        except OSError:  # a busy server may drop a connection: ask again
-            pass
-        time.sleep(0.1)
-    raise TimeoutError("perfkit run sent no request")
+            chunk = os.read(fd, 65536)
+        except OSError:  # EIO: every writer closed the terminal
+            return seen
+        if not chunk:
+            return seen
+        seen += chunk
+    raise TimeoutError(f"perfkit run did not end within {timeout:g} s")
 
 
 def _sweep_then(tmp_path: Path, action: str) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """Sweep 40 levels with the live view on a terminal (a pty as stderr); once it shows a level
+    measured ("yes" in its stable column), kill the server or press Ctrl-C."""
     repo = (
         build_repo(tmp_path / "repo", tmp_path / "cache")
         if (tmp_path / "repo").mkdir() is None
         else tmp_path
     )
     out = tmp_path / "kept.csv"
-    with start_server(repo) as server:
+    master, slave = os.openpty()
+    env = dict(os.environ, COLUMNS="200")
+    with start_server(repo) as server, (tmp_path / "stdout.txt").open("w+") as stdout:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "perfkit", "run", "--no-live", "-m", "fast", "-u", server.http_url,
+            [sys.executable, "-m", "perfkit", "run", "--live", "-m", "fast", "-u", server.http_url,
              "--concurrency-range", "1:40", *QUICK, "-f", str(out)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            stdout=stdout, stderr=slave, env=env,
         )  # fmt: skip
-        _wait_for_load(server.http_url)
-        time.sleep(2.0)  # a level takes about 1 s: at least one is measured by now
-        if action == "kill-server":
-            server.process.kill()
-        else:
-            proc.send_signal(signal.SIGINT)
-        stdout, stderr = proc.communicate(timeout=120)
-    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr), out
+        os.close(slave)
+        try:
+            seen = _read_until(master, b"yes")  # the live table's first measured level
+            if action == "kill-server":
+                server.process.kill()
+            else:
+                proc.send_signal(signal.SIGINT)
+            seen += _read_to_end(master)
+            proc.wait(timeout=120)
+        finally:
+            os.close(master)
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+        stdout.seek(0)
+        printed = stdout.read()
+    stderr = seen.decode(errors="replace")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, printed, stderr), out
 
 
 def test_server_dying_mid_sweep_keeps_levels(tmp_path):

@@ -10,7 +10,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from perfkit.tune.tuner import A_DUP, A_FAIR, A_KEY, A_MEASURED
+from perfkit.tune.records import A_DUP, A_FAIR, A_KEY, A_MEASURED
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -21,7 +21,7 @@ from perfkit.results import ServerInfo, TuneResult
 from perfkit.sweepfile import ConstraintSpec
 from perfkit.tune import output
 from perfkit.tune.objective import Objective
-from perfkit.tune.tuner import (
+from perfkit.tune.records import (
     A_CONFIG,
     A_DEFAULT,
     A_DUP,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import select
 import signal
 import subprocess
 import time
@@ -12,7 +14,6 @@ import optuna
 import psutil
 import pytest
 from optuna.trial import TrialState
-from sqlalchemy.exc import SQLAlchemyError
 
 from tests.tune.conftest import (
     ROOT,
@@ -33,25 +34,34 @@ def _snapshot(study: optuna.Study) -> dict[int, tuple[str, tuple[float, ...] | N
     }
 
 
-def _wait_for_measured(
-    storage: str, n: int, proc: subprocess.Popen[bytes], timeout: float = 120
-) -> optuna.Study:
+def _wait_for_trials(proc: subprocess.Popen[bytes], n: int, timeout: float = 120) -> bytes:
+    """The child's output until it has reported `n` finished trials ("trial   N ..." lines):
+    select on its pipe, so the wait ends with the event."""
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    seen = b""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "perfkit tune ended before it could be interrupted"
-        if not Path(storage.removeprefix("sqlite:///")).exists():
-            time.sleep(0.2)
+    while len(re.findall(rb"^trial +\d+ ", seen, re.MULTILINE)) < n:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"fewer than {n} trials finished within {timeout} s: {seen!r}")
+        ready, _, _ = select.select([fd], [], [], left)
+        if not ready:
             continue
-        try:
-            study = optuna.load_study(study_name="t", storage=storage)
-        except (KeyError, SQLAlchemyError):
-            time.sleep(0.2)
-            continue
-        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        if len(measured_trials(study)) >= n and running:
-            return study
-        time.sleep(0.1)
-    raise AssertionError(f"fewer than {n} trials finished within {timeout} s")
+        chunk = os.read(fd, 65536)
+        assert chunk, f"perfkit tune ended before it could be interrupted: {seen!r}"
+        seen += chunk
+    return seen
+
+
+def _wait_for_running(storage: str, timeout: float = 60) -> None:
+    """Until the study has a RUNNING trial (the next one, asked right after the last report):
+    a bounded poll of the study, the one place that state shows."""
+    study = optuna.load_study(study_name="t", storage=storage)
+    deadline = time.monotonic() + timeout
+    while not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        assert time.monotonic() < deadline, f"no trial running within {timeout} s"
+        time.sleep(0.02)  # polling interval of a condition, not an ordering
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["sigint", "sigkill"])
@@ -65,11 +75,13 @@ def test_resume_after_interrupt(ident_repo: Path, tmp_path: Path, sig: signal.Si
     )
     children: list[psutil.Process] = []
     try:
-        _wait_for_measured(storage, 2, proc)
+        seen = _wait_for_trials(proc, 2)
+        _wait_for_running(storage)
         # The embedded server is our child: a SIGKILL leaves it behind, so remember it.
         children = psutil.Process(proc.pid).children(recursive=True)
         os.kill(proc.pid, sig)
-        output, _ = proc.communicate(timeout=60)
+        rest, _ = proc.communicate(timeout=60)
+        output = seen + rest
     finally:
         if proc.poll() is None:
             proc.kill()

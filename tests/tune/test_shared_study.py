@@ -10,8 +10,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from perfkit.tune.records import A_DEFAULT
 from perfkit.tune.storage import open_storage
-from perfkit.tune.tuner import A_DEFAULT
 from tests.tune.conftest import (
     ROOT,
     assert_no_variant_measured_twice,

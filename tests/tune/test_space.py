@@ -8,8 +8,8 @@ from google.protobuf import text_format
 
 from perfkit.model_repo.config import config_hash, parse_config
 from perfkit.sweepfile import LoadSettings, SpaceSpec
+from perfkit.tune.samplers import AskTellGridSampler
 from perfkit.tune.space import SearchSpace, build_variant, variant_key
-from perfkit.tune.tuner import AskTellGridSampler
 
 BASE = """
 name: "mymodel"

@@ -13,7 +13,7 @@ import pytest
 from optuna.trial import TrialState
 
 from perfkit.tune import storage as st
-from perfkit.tune.tuner import TaggingSampler, _ask
+from perfkit.tune.samplers import TaggingSampler, ask
 
 
 def test_a_trial_orphaned_at_birth_is_failed_once_its_grace_has_passed(tmp_path: Path) -> None:
@@ -56,7 +56,7 @@ def test_ctrl_c_during_ask_surfaces_after_the_trial_is_tagged(tmp_path: Path) ->
     )
     handler = signal.getsignal(signal.SIGINT)
     with pytest.raises(KeyboardInterrupt):
-        _ask(study)
+        ask(study)
     assert signal.getsignal(signal.SIGINT) is handler
     # The interrupted trial names this worker, so the loop's Ctrl-C handler can fail it.
     (trial,) = study.get_trials(deepcopy=False)

@@ -12,7 +12,7 @@ import tritonclient.grpc as grpcclient
 
 from perfkit.model_repo.config import config_from_json, load_config, parse_config
 from perfkit.report.ma_csv import HEADER
-from perfkit.tune.tuner import A_FAIR
+from perfkit.tune.records import A_FAIR
 from tests.tune.conftest import assert_no_variant_measured_twice, run_perfkit, write_sweep
 
 

@@ -1,0 +1,328 @@
+"""`perfkit.tune.run`: a whole tune, as `perfkit tune` runs it, callable from Python.
+
+Owns the orchestration around the ask/tell loop (`perfkit.tune.tuner`): the model on disk (built
+from the zoo when asked), the study (created or resumed), the server (started, and restarted when
+it crashes mid-study), the result files, the write-back of the winner and the server's reload of
+the config on disk. Prints nothing: progress goes to the callbacks. Must not import `perfkit.cli`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from perfkit.errors import ConfigError, PerfkitError, ServerUnavailable
+from perfkit.results import ServerInfo, TrialRecord, TuneResult
+from perfkit.sweepfile import TuneSweep
+from perfkit.tune import output
+from perfkit.tune.objective import Objective
+
+logger = logging.getLogger(__name__)
+
+# Restarts of a crashed embedded server within one tune.
+MAX_SERVER_RESTARTS = 3
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TuneOutcome:
+    """What `run` hands its `on_done` callback: the result and what was done with it.
+
+    Attributes:
+        result: the study's `TuneResult` (the value `run` returns).
+        objective: the objectives and constraints the trials were scored with.
+        write_back: the best config's diff against the file on disk and where it went (nothing
+            is written on a dry run, or when the tune stopped early).
+        paths: the result files written (Model Analyzer's CSV, trials.csv, results.json).
+        reload_note: whether the server now serves the config on disk ("" when not reloaded).
+    """
+
+    result: TuneResult
+    objective: Objective
+    write_back: output.WriteBack
+    paths: tuple[Path, ...]
+    reload_note: str
+
+
+def run(
+    sweep: TuneSweep,
+    *,
+    dry_run: bool = False,
+    on_trial: Callable[[TrialRecord], None] | None = None,
+    on_message: Callable[[str], None] | None = None,
+    on_done: Callable[[TuneOutcome], None] | None = None,
+) -> TuneResult:
+    """Search config.pbtxt variants of `sweep.model` on a live server and write the best one back.
+
+    Measures the default config first, then up to `sweep.trials` variants (fewer on a grid that
+    runs out, or at `sweep.timeout_s`), each variant at most once per study; then the default
+    again at the best's client load, so the gain compares configs at the same load. The study is
+    stored (SQLite in the output directory unless `sweep.storage` says otherwise), so a rerun of
+    the same sweep resumes it, and workers that share a storage and study name share the work.
+    With no `sweep.url` the embedded perfkit_server is started in explicit model-control mode
+    (and restarted up to `MAX_SERVER_RESTARTS` times when it stops answering). At the end the
+    result files go to `sweep.output` (default `tune-results/<model>`), the best config replaces
+    `<repository>/<model>/config.pbtxt` (the original kept as `config.pbtxt.orig`) when it beats
+    the default by `sweep.search.min_gain_pct`, and the server is left serving the file on disk.
+
+    Args:
+        sweep: what to tune and how, e.g. `perfkit.sweepfile.load_sweep(path)`.
+        dry_run: compute the best config's diff but leave the model's config.pbtxt as it is.
+        on_trial: called with each trial this process measured (or failed), as it finishes.
+        on_message: called with progress notes (the study resumed, a server restarted, ...);
+            they are logged at INFO when not given.
+        on_done: called once with the result and what was written, before `run` returns, and
+            also before it re-raises an interrupt or a server failure, so that a caller can
+            show what the study holds so far.
+
+    Returns:
+        The study's `TuneResult`: every measured trial, the default and best trials, the gain,
+        the Pareto front for several objectives, and `written_to` (None when nothing was written).
+
+    Raises:
+        ConfigError: the model's config.pbtxt is missing (and no zoo model is named to build it),
+            or the sweep does not fit the model.
+        ServerUnavailable: no server answered at `sweep.url`, or the embedded server stopped
+            answering more than `MAX_SERVER_RESTARTS` times (the result files are written first).
+        KeyboardInterrupt: on Ctrl-C, after the result files are written; the interrupted trial
+            is failed, and a rerun resumes the study.
+    """
+    import optuna
+
+    note = on_message or (lambda text: logger.info("%s", text))
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            # Heartbeats and grouped TPE are stable enough for us; their notices only add noise.
+            warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+            return _run(sweep, dry_run=dry_run, on_trial=on_trial, note=note, on_done=on_done)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+
+
+def study_name_for(sweep: TuneSweep, base_hash: str) -> str:
+    """Study name: the model plus a hash of what makes results comparable: the model's config on
+    disk (after a write-back, a rerun tunes from the new baseline), space, load and objective."""
+    key = json.dumps(
+        {
+            "base": base_hash,
+            "space": dataclasses.asdict(sweep.space),
+            "load": dataclasses.asdict(sweep.load),
+            "measure": dataclasses.asdict(sweep.measure),
+            "objectives": sweep.objectives,
+            "constraints": dataclasses.asdict(sweep.constraints),
+        },
+        sort_keys=True,
+        default=str,
+    )
+    return f"{sweep.model}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
+
+
+def _run(
+    sweep: TuneSweep,
+    *,
+    dry_run: bool,
+    on_trial: Callable[[TrialRecord], None] | None,
+    note: Callable[[str], None],
+    on_done: Callable[[TuneOutcome], None] | None,
+) -> TuneResult:
+    from perfkit.model_repo.config import config_hash, load_config
+    from perfkit.tune import storage as st
+    from perfkit.tune.evaluate import LiveEvaluator
+    from perfkit.tune.space import SearchSpace
+    from perfkit.tune.tuner import LoopSettings, Tuner, make_sampler
+
+    model_dir = _ensure_model(sweep, note)
+    base = load_config(model_dir / "config.pbtxt")
+    default_text = (model_dir / "config.pbtxt").read_text(encoding="utf-8")
+    out_dir = (sweep.output or Path("tune-results") / sweep.model).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    space = SearchSpace.from_specs(sweep.space, sweep.load)
+    objective = Objective(sweep.objectives, sweep.constraints)
+    trials = sweep.trials
+    if sweep.search.sampler == "grid":
+        trials = min(trials, space.size() + 1)
+    settings = LoopSettings(
+        model=sweep.model,
+        study_name=sweep.study_name or study_name_for(sweep, config_hash(base)),
+        trials=trials,
+        timeout_s=sweep.timeout_s,
+        sampler=sweep.search.sampler,
+        seed=sweep.search.seed,
+        prune=sweep.search.prune,
+        prune_ratio=sweep.search.prune_ratio,
+        startup_trials=sweep.search.startup_trials,
+    )
+    storage_url = sweep.storage or st.default_storage_url(out_dir)
+    rdb = st.open_storage(storage_url)
+    study, created = st.open_study(
+        rdb, settings.study_name, objective.directions(), make_sampler(settings, space)
+    )
+    done_before = sum(1 for t in study.get_trials(deepcopy=False) if t.state.is_finished())
+    note(
+        f"tuning {sweep.model}: {space.size()} points in the space, budget {trials} trials, "
+        f"sampler {sweep.search.sampler}, study {settings.study_name!r} in {storage_url}"
+        + (f" (resuming: {done_before} trials already finished)" if done_before else "")
+    )
+    started_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    interrupted = False
+    failure: ServerUnavailable | None = None
+    messages: list[str] = []
+    restarts = 0
+    while True:
+        with _server(sweep) as (url, info):
+            evaluator = LiveEvaluator(
+                url=url,
+                protocol=sweep.protocol,
+                model=sweep.model,
+                load=sweep.load,
+                measure=sweep.measure,
+            )
+            tuner = Tuner(
+                settings=settings,
+                space=space,
+                objective=objective,
+                base_config=base,
+                baseline_load=space.baseline_load(sweep.load),
+                study=study,
+                created=created,
+                evaluator=evaluator,
+                variants_dir=out_dir / output.VARIANTS_DIR,
+                on_trial=on_trial,
+            )
+            try:
+                tuner.run()
+                # The gain must compare configs, not loads: the default at the best's load.
+                fair = tuner.ensure_default_at_best()
+                if fair:
+                    tuner.messages.append(fair)
+            except KeyboardInterrupt:
+                interrupted = True
+                messages.append("interrupted (Ctrl-C): rerun the same command to resume")
+            except ServerUnavailable as exc:
+                evaluator.close()
+                if sweep.url is None and restarts < MAX_SERVER_RESTARTS:
+                    restarts += 1
+                    restarted = (
+                        "the embedded server stopped answering; restarted it "
+                        f"({restarts}/{MAX_SERVER_RESTARTS})"
+                    )
+                    note(f"{restarted}: {exc}")
+                    messages.extend([*tuner.messages, restarted])
+                    continue
+                failure = exc
+                messages.append(f"stopped: {exc}. Rerun the same command to resume")
+            messages.extend(tuner.messages)
+            result = output.build_result(
+                study,
+                objective,
+                model=sweep.model,
+                sampler=sweep.search.sampler,
+                default_config_pbtxt=default_text,
+                server=info,
+                started_at=started_at,
+                min_gain_pct=sweep.search.min_gain_pct,
+                messages=messages,
+                settings=_settings(sweep, trials),
+            )
+            stopped = interrupted or failure is not None
+            wb = output.WriteBack("", None, None, "stopped early: nothing written")
+            if not stopped:
+                wb = output.write_back(result, model_dir, dry_run=dry_run)
+            result = output.with_written(result, wb)
+            paths = output.write_outputs(result, out_dir)
+            reload_note = "" if stopped else _reload(url, sweep)
+            evaluator.close()
+        break
+    if on_done is not None:
+        on_done(
+            TuneOutcome(
+                result=result,
+                objective=objective,
+                write_back=wb,
+                paths=tuple(paths),
+                reload_note=reload_note,
+            )
+        )
+    if interrupted:
+        raise KeyboardInterrupt
+    if failure is not None:
+        raise failure
+    return result
+
+
+@contextlib.contextmanager
+def _server(sweep: TuneSweep) -> Iterator[tuple[str, ServerInfo]]:
+    """Yields (url, info): the sweep's server once ready, or a started embedded server."""
+    from perfkit.launch import EmbeddedServer, server_info, wait_ready
+
+    if sweep.url is not None:
+        wait_ready(sweep.url, sweep.protocol, sweep.startup_timeout_s)
+        yield sweep.url, server_info(sweep.url, sweep.protocol)
+        return
+    with EmbeddedServer(
+        sweep.repository,
+        model_control_mode="explicit",
+        load_models=[sweep.model],
+        startup_timeout_s=sweep.startup_timeout_s,
+    ) as server:
+        url = server.grpc_url if sweep.protocol == "grpc" else server.http_url
+        try:
+            info = server_info(url, sweep.protocol, embedded=True)
+        except (PerfkitError, OSError):  # metadata is nice to have; the server is ready
+            info = ServerInfo(
+                url=url, protocol=sweep.protocol, kind="perfkit_server", version="", embedded=True
+            )
+        yield url, info
+
+
+def _ensure_model(sweep: TuneSweep, note: Callable[[str], None]) -> Path:
+    model_dir = sweep.repository / sweep.model
+    if not (model_dir / "config.pbtxt").exists():
+        if sweep.zoo is None:
+            raise ConfigError(
+                f"{sweep.source}:model.repository: {model_dir}/config.pbtxt does not exist. Point "
+                "model.repository at the repository holding the model, or set model.zoo to build it."
+            )
+        from perfkit import zoo
+
+        note(f"building zoo model {sweep.zoo!r} into {sweep.repository}")
+        zoo.build(sweep.zoo, sweep.repository)
+    return model_dir
+
+
+def _settings(sweep: TuneSweep, trials: int) -> dict[str, Any]:
+    """The sweep's load and measure settings for results.json (JSON types only)."""
+    doc = {
+        "load": dataclasses.asdict(sweep.load),
+        "measure": dataclasses.asdict(sweep.measure),
+        "trials": trials,
+        "timeout_s": sweep.timeout_s,
+        "min_gain_pct": sweep.search.min_gain_pct,
+        "default_at_best_load": "one extra measurement on top of the trials budget",
+    }
+    loaded: dict[str, Any] = json.loads(json.dumps(doc, default=str))
+    return loaded
+
+
+def _reload(url: str, sweep: TuneSweep) -> str:
+    """Leave the server serving the file on disk (the written best, or the original)."""
+    from perfkit.control import ControlClient
+
+    control = ControlClient(url, sweep.protocol, model=sweep.model, network_timeout_s=120.0)
+    try:
+        control.reload_from_disk()
+        return "the server reloaded the config on disk"
+    except PerfkitError as exc:  # the results are written: report it, never lose them
+        return f"the server could not reload the config on disk: {exc}"
+    finally:
+        control.close()
