@@ -214,3 +214,7 @@ class TuneResult:
     gain_pct: float | None = None
     # The sweep's load and measure settings, how the default was compared, deduplicated draws.
     settings: dict[str, Any] = field(default_factory=dict)
+
+    def trial(self, number: int | None) -> TrialRecord | None:
+        """The trial with this number (None for None or a number not among `trials`)."""
+        return next((t for t in self.trials if t.number == number), None)

@@ -12,20 +12,11 @@ from rich.table import Table
 from perfkit.cli._console import out
 from perfkit.errors import ConfigError, RegressionDetected
 from perfkit.report import schema
+from perfkit.report.labels import level_text, metric_axis
+from perfkit.report.summary import summary_sentence
 from perfkit.results import RunResult, TuneResult
 
 AnyResult = RunResult | TuneResult
-
-
-def _label(path: Path) -> str:
-    """A short name for a result: its output directory's name, or the file's stem."""
-    path = path.resolve()
-    if path.is_dir():
-        return path.name
-    if path.name == schema.RESULTS_JSON:
-        parent = path.parent
-        return parent.parent.name if parent.name == "results" else parent.name
-    return path.stem
 
 
 def _load_labelled(paths: Sequence[Path], labels: Sequence[str]) -> list[tuple[str, AnyResult]]:
@@ -34,15 +25,7 @@ def _load_labelled(paths: Sequence[Path], labels: Sequence[str]) -> list[tuple[s
             f"--label was given {len(labels)} time(s) for {len(paths)} result(s); give one "
             "--label per RESULT, in the same order, or none."
         )
-    out_list: list[tuple[str, AnyResult]] = []
-    seen: dict[str, int] = {}
-    for i, path in enumerate(paths):
-        label = labels[i] if labels else _label(path)
-        seen[label] = seen.get(label, 0) + 1
-        if seen[label] > 1:
-            label = f"{label} #{seen[label]}"
-        out_list.append((label, schema.load_result(path)))
-    return out_list
+    return schema.load_labelled(paths, labels)
 
 
 def _ms(us: float) -> str:
@@ -58,9 +41,8 @@ def _run_table(label: str, run: RunResult) -> Table:
         table.add_column(col, justify="left" if col == "Load" else "right", no_wrap=True)
     table.add_column("Stable")
     for m in run.measurements:
-        load = f"concurrency {m.level:g}" if m.mode == "concurrency" else f"{m.level:g} req/s"
         table.add_row(
-            load,
+            level_text(m.mode, m.level),
             str(m.batch_size),
             f"{m.throughput_infer_per_s:,.1f}",
             _ms(m.latency.p50_us),
@@ -72,14 +54,12 @@ def _run_table(label: str, run: RunResult) -> Table:
 
 
 def _tune_table(label: str, tune: TuneResult) -> Table:
-    from perfkit.report import plots
-
     table = Table(title=f"{label}: tune of {tune.model} ({tune.sampler})", title_justify="left")
     table.add_column("#", justify="right")
     table.add_column("Variant", no_wrap=True)
     table.add_column("State", no_wrap=True)
     for obj in tune.objectives:
-        table.add_column(plots.metric_axis(obj)[0], justify="right")
+        table.add_column(metric_axis(obj)[0], justify="right")
     # Best first, then the default, then the rest in trial order.
     order = sorted(
         tune.trials,
@@ -92,7 +72,7 @@ def _tune_table(label: str, tune: TuneResult) -> Table:
         cells = [str(t.number), t.variant_name + mark, state]
         for obj in tune.objectives:
             value = t.objectives.get(obj)
-            cells.append("" if value is None else f"{value * plots.metric_axis(obj)[1]:,.3f}")
+            cells.append("" if value is None else f"{value * metric_axis(obj)[1]:,.3f}")
         table.add_row(*cells)
     return table
 
@@ -130,7 +110,7 @@ def report(
             out.print(_run_table(label, r))
         else:
             out.print(_tune_table(label, r))
-            out.print(html.summary_sentence(r), style="bold")
+            out.print(summary_sentence(r), style="bold")
     page = html.build_report(labelled, title=title)
     try:
         output.parent.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from perfkit.errors import ConfigError
+from perfkit.report.labels import level_text
 from perfkit.results import Measurement, RunResult, TuneResult
 
 LevelKey = tuple[str, float, int]  # (mode, level, batch size)
@@ -314,7 +315,7 @@ def change_text(check: GateCheck) -> str:
 
 def load_name(key: LevelKey) -> str:
     mode, level, _ = key
-    return f"concurrency {level:g}" if mode == "concurrency" else f"{level:g} req/s"
+    return level_text(mode, level)
 
 
 def table_rows(comparison: Comparison) -> list[list[str]]:

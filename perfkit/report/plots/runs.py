@@ -1,0 +1,287 @@
+"""Figures of runs: throughput and latency against load, throughput against latency, the
+server-side breakdown, stability windows, open-loop corrected latency. Each takes `(label, run)`
+pairs and overlays them; returns None when it has nothing to show.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
+
+from perfkit.report.plots.figure import color_at, finish, new_figure
+from perfkit.results import Measurement, RunResult
+
+Labelled = Sequence[tuple[str, RunResult]]
+
+_PCTS = ("p50", "p90", "p95", "p99")
+_PCT_STYLES = {"p50": "-", "p90": "--", "p95": "-.", "p99": ":"}
+_MODE_AXIS = {
+    "concurrency": "Concurrency (requests in flight)",
+    "request_rate": "Request rate (requests/s)",
+}
+# Server-side breakdown components: (label, getter in µs), stacked bottom to top.
+_BREAKDOWN: tuple[tuple[str, Callable[[Measurement], float]], ...] = (
+    ("Queue", lambda m: m.server.queue_us if m.server else 0.0),
+    ("Compute input", lambda m: m.server.compute_input_us if m.server else 0.0),
+    ("Compute infer", lambda m: m.server.compute_infer_us if m.server else 0.0),
+    ("Compute output", lambda m: m.server.compute_output_us if m.server else 0.0),
+    ("Server overhead", lambda m: m.server.overhead_us if m.server else 0.0),
+    (
+        "Network + server send/recv",
+        lambda m: m.server.network_server_send_recv_us if m.server else 0.0,
+    ),
+    ("Client send/recv", lambda m: m.client_send_us + m.client_recv_us),
+)
+_BREAKDOWN_COLORS = ("#d62728", "#9edae5", "#1f77b4", "#aec7e8", "#c7c7c7", "#ff9896", "#98df8a")
+
+
+@dataclass(frozen=True, slots=True)
+class _Series:
+    label: str
+    mode: str
+    batch: int
+    color: str
+    points: tuple[Measurement, ...]  # sorted by level
+
+
+def _series(runs: Labelled) -> list[_Series]:
+    """One series per (result, mode, batch size), points sorted by load level for lines."""
+    out: list[_Series] = []
+    for i, (label, run) in enumerate(runs):
+        keys = sorted({(m.mode, m.batch_size) for m in run.measurements})
+        several_batches = len({b for _, b in keys}) > 1
+        for mode, batch in keys:
+            pts = sorted(
+                (m for m in run.measurements if (m.mode, m.batch_size) == (mode, batch)),
+                key=lambda m: m.level,
+            )
+            name = f"{label} (batch {batch})" if several_batches else label
+            out.append(_Series(name, mode, batch, color_at(i), tuple(pts)))
+    return out
+
+
+def _mode_axes(fig: Figure, series: Sequence[_Series]) -> dict[str, Axes]:
+    modes = [m for m in _MODE_AXIS if any(s.mode == m for s in series)]
+    axes = fig.subplots(1, len(modes), squeeze=False)[0]
+    return dict(zip(modes, axes, strict=True))
+
+
+def throughput_vs_load(runs: Labelled) -> Figure | None:
+    series = _series(runs)
+    if not series:
+        return None
+    fig = new_figure()
+    axes = _mode_axes(fig, series)
+    for s in series:
+        ax = axes[s.mode]
+        ax.plot(
+            [m.level for m in s.points],
+            [m.throughput_infer_per_s for m in s.points],
+            marker="o",
+            color=s.color,
+            label=s.label,
+        )
+        unstable = [m for m in s.points if not m.stable]
+        if unstable:
+            ax.plot(
+                [m.level for m in unstable],
+                [m.throughput_infer_per_s for m in unstable],
+                "x",
+                color="black",
+                markersize=9,
+                label=f"{s.label}: unstable",
+            )
+    for mode, ax in axes.items():
+        ax.set_ylim(bottom=0)
+        finish(ax, "Throughput vs load", _MODE_AXIS[mode], "Throughput (infer/s)")
+    return fig
+
+
+def latency_vs_load(runs: Labelled) -> Figure | None:
+    series = _series(runs)
+    if not series:
+        return None
+    fig = new_figure()
+    axes = _mode_axes(fig, series)
+    single = len(series) == 1
+    for s in series:
+        ax = axes[s.mode]
+        for j, pct in enumerate(_PCTS):
+            ax.plot(
+                [m.level for m in s.points],
+                [getattr(m.latency, f"{pct}_us") / 1000.0 for m in s.points],
+                marker=".",
+                linestyle=_PCT_STYLES[pct],
+                color=color_at(j) if single else s.color,
+                label=pct if single else f"{s.label} {pct}",
+            )
+    for mode, ax in axes.items():
+        ax.set_ylim(bottom=0)
+        finish(ax, "Latency percentiles vs load", _MODE_AXIS[mode], "Latency (ms)")
+    return fig
+
+
+def throughput_vs_latency(runs: Labelled, percentile: str = "p99") -> Figure | None:
+    series = _series(runs)
+    if not series:
+        return None
+    fig = new_figure()
+    ax = fig.subplots()
+    for s in series:
+        xs = [getattr(m.latency, f"{percentile}_us") / 1000.0 for m in s.points]
+        ys = [m.throughput_infer_per_s for m in s.points]
+        mode_tag = "" if len({x.mode for x in series}) == 1 else f" [{s.mode}]"
+        ax.plot(xs, ys, marker="o", color=s.color, label=s.label + mode_tag)
+        for m, x, y in zip(s.points, xs, ys, strict=True):
+            ax.annotate(
+                f"{m.level:g}",
+                (x, y),
+                textcoords="offset points",
+                xytext=(4, 4),
+                fontsize="x-small",
+                color=s.color,
+            )
+    ax.set_xlim(left=0)
+    ax.set_ylim(bottom=0)
+    finish(
+        ax,
+        f"Throughput vs {percentile} latency (points labelled by load level)",
+        f"{percentile} latency (ms)",
+        "Throughput (infer/s)",
+    )
+    return fig
+
+
+def server_breakdown(runs: Labelled) -> Figure | None:
+    """Stacked bars per load level of where a request's time goes; one panel per result, side by
+    side on a shared time axis."""
+    series = [s for s in _series(runs) if any(m.server for m in s.points)]
+    if not series:
+        return None
+    width = max(7.0, 0.5 * sum(len(s.points) for s in series) + 2.5 * len(series))
+    fig = new_figure(min(width, 16.0), 4.5)
+    panels = fig.subplots(1, len(series), squeeze=False, sharey=True)[0]
+    for ax, s in zip(panels, series, strict=True):
+        xs = list(range(len(s.points)))
+        bottom = [0.0] * len(s.points)
+        for (name, get), color in zip(_BREAKDOWN, _BREAKDOWN_COLORS, strict=True):
+            vals = [get(m) / 1000.0 for m in s.points]
+            ax.bar(xs, vals, 0.7, bottom=bottom, color=color, label=name)
+            bottom = [b + v for b, v in zip(bottom, vals, strict=True)]
+        tag = "c" if s.mode == "concurrency" else "r"
+        ax.set_xticks(xs, [f"{tag}={m.level:g}" for m in s.points])
+        finish(
+            ax,
+            s.label,
+            "Load level" if len(series) > 1 else "Load level (c = concurrency, r = request rate)",
+            "Time per request (ms)" if ax is panels[0] else "",
+            legend=False,
+        )
+    handles, labels = panels[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=4, fontsize="x-small")
+    fig.suptitle("Where a request's time goes (server statistics, average per request)")
+    return fig
+
+
+def stability_windows(label: str, run: RunResult) -> Figure | None:
+    """The measurement windows of each level: throughput and stability latency per window;
+    filled markers are the windows merged into the reported numbers."""
+    levels = [m for m in run.measurements if m.windows]
+    if not levels:
+        return None
+    ncols = min(4, len(levels))
+    nrows = math.ceil(len(levels) / ncols)
+    fig = new_figure(3.2 * ncols + 0.8, 2.6 * nrows + 0.6)
+    grid = fig.subplots(nrows, ncols, squeeze=False)
+    for ax in grid.flat[len(levels) :]:
+        ax.set_visible(False)
+    for ax, m in zip(grid.flat, levels, strict=False):
+        xs = [w.index for w in m.windows]
+        twin = ax.twinx()
+        ax.plot(xs, [w.throughput_infer_per_s for w in m.windows], color=color_at(0), lw=1)
+        twin.plot(xs, [w.latency_stability_us / 1000.0 for w in m.windows], color=color_at(1), lw=1)
+        for w in m.windows:
+            face = "full" if w.merged else "none"
+            ax.plot([w.index], [w.throughput_infer_per_s], "o", color=color_at(0), fillstyle=face)
+            twin.plot(
+                [w.index], [w.latency_stability_us / 1000.0], "s", color=color_at(1), fillstyle=face
+            )
+        merged = [w.index for w in m.windows if w.merged]
+        if merged:
+            ax.axvspan(min(merged) - 0.4, max(merged) + 0.4, color="#2ca02c", alpha=0.08)
+        tag = "c" if m.mode == "concurrency" else "r"
+        ax.set_title(
+            f"{tag}={m.level:g}, batch {m.batch_size}" + ("" if m.stable else " (unstable)"),
+            fontsize="small",
+        )
+        ax.set_xlabel("Window", fontsize="small")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlim(min(xs) - 0.5, max(xs) + 0.5)
+        ax.set_ylabel("Throughput (infer/s)", fontsize="small", color=color_at(0))
+        twin.set_ylabel("Latency (ms)", fontsize="small", color=color_at(1))
+        # Headroom above the highest window so that the markers are not cut by the frame.
+        ax.set_ylim(0, 1.2 * max(w.throughput_infer_per_s for w in m.windows) or 1.0)
+        twin.set_ylim(0, 1.2 * max(w.latency_stability_us for w in m.windows) / 1000.0 or 1.0)
+        ax.tick_params(labelsize="x-small")
+        twin.tick_params(labelsize="x-small")
+    fig.suptitle(f"Stability windows: {label} (filled = merged, shaded = merged range)")
+    fig.legend(
+        [
+            Line2D([], [], color=color_at(0), marker="o"),
+            Line2D([], [], color=color_at(1), marker="s"),
+            Line2D([], [], color="grey", marker="o", fillstyle="none", ls=""),
+        ],
+        ["window throughput", "window latency", "not merged"],
+        loc="outside lower center",
+        ncols=3,
+        fontsize="small",
+    )
+    return fig
+
+
+def open_loop_latency(runs: Labelled) -> Figure | None:
+    """Open loop: service latency (done - sent) against corrected latency (done - intended)."""
+    series = [
+        s
+        for s in _series(runs)
+        if s.mode == "request_rate" and any(m.corrected_latency for m in s.points)
+    ]
+    if not series:
+        return None
+    fig = new_figure()
+    ax = fig.subplots()
+    for s in series:
+        pts = [m for m in s.points if m.corrected_latency]
+        xs = [m.level for m in pts]
+        for pct, style in (("p50", "-"), ("p99", "--")):
+            ax.plot(
+                xs,
+                [getattr(m.latency, f"{pct}_us") / 1000.0 for m in pts],
+                style,
+                marker="o",
+                color=s.color,
+                fillstyle="none",
+                label=f"{s.label} service {pct}",
+            )
+            ax.plot(
+                xs,
+                [getattr(m.corrected_latency, f"{pct}_us") / 1000.0 for m in pts],
+                style,
+                marker="o",
+                color=s.color,
+                label=f"{s.label} corrected {pct}",
+            )
+    ax.set_ylim(bottom=0)
+    finish(
+        ax,
+        "Open loop: corrected (from intended send) vs service latency",
+        _MODE_AXIS["request_rate"],
+        "Latency (ms)",
+    )
+    return fig

@@ -1,0 +1,161 @@
+"""perfkit's tidy CSVs: one row per load level (results.csv) or per trial (trials.csv), the units in
+the column names, lists as JSON in one cell. Pure rows, plus the one function that writes them.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from perfkit.results import LatencySummary, Measurement, RunResult, TuneResult
+
+JsonDict = dict[str, Any]
+
+_PCTS = ("p50", "p90", "p95", "p99")
+
+
+def _fmt_pct(p: float) -> str:
+    return f"p{p:g}"
+
+
+def _latency_cols(prefix: str, lat: LatencySummary | None, extras: Iterable[float]) -> JsonDict:
+    row: JsonDict = {}
+    names = ("avg", "std", "min", "max", *_PCTS)
+    for name in names:
+        row[f"{prefix}{name}_latency_us"] = getattr(lat, f"{name}_us") if lat else None
+    for p in extras:
+        value = lat.extra_percentiles_us.get(p) if lat else None
+        row[f"{prefix}{_fmt_pct(p)}_latency_us"] = value
+    return row
+
+
+def metric_column(name: str, gpu: str) -> str:
+    """CSV column of one scraped metric: the metric name, then `__<gpu uuid>` when per GPU."""
+    return f"{name}__{gpu}" if gpu else name
+
+
+def measurement_row(m: Measurement, extras: Iterable[float] = ()) -> JsonDict:
+    """One tidy row (column -> value) for a load level. Units are in the column names."""
+    extras = tuple(extras)
+    s = m.server
+    row: JsonDict = {
+        "mode": m.mode,
+        "concurrency": int(m.level) if m.mode == "concurrency" else None,
+        "request_rate_rps": m.level if m.mode == "request_rate" else None,
+        "batch_size": m.batch_size,
+        "stable": m.stable,
+        "request_count": m.request_count,
+        "error_count": m.error_count,
+        "duration_s": m.duration_ns / 1e9,
+        "throughput_infer_per_s": m.throughput_infer_per_s,
+        **_latency_cols("", m.latency, extras),
+        **_latency_cols("corrected_", m.corrected_latency, extras if m.corrected_latency else ()),
+        "send_rate_rps": m.send_rate_rps,
+        "late_send_count": m.late_send_count,
+        "send_lag_p99_us": m.send_lag_p99_us,
+        "client_send_us": m.client_send_us,
+        "client_recv_us": m.client_recv_us,
+        "server_inference_count": s.inference_count if s else None,
+        "server_execution_count": s.execution_count if s else None,
+        "server_success_count": s.success_count if s else None,
+        "server_failure_count": s.failure_count if s else None,
+        "server_request_us": s.avg_request_us if s else None,
+        "server_queue_us": s.queue_us if s else None,
+        "server_compute_input_us": s.compute_input_us if s else None,
+        "server_compute_infer_us": s.compute_infer_us if s else None,
+        "server_compute_output_us": s.compute_output_us if s else None,
+        "server_overhead_us": s.overhead_us if s else None,
+        "network_server_send_recv_us": s.network_server_send_recv_us if s else None,
+        "window_count": len(m.windows),
+        "merged_window_count": sum(1 for w in m.windows if w.merged),
+        "client_cpu_pct": m.client_cpu_pct,
+        "client_cpu_us_per_request": m.client_cpu_us_per_request,
+        "generator_saturated": m.generator_saturated,
+    }
+    for name in sorted(m.metrics):
+        for gpu in sorted(m.metrics[name]):
+            row[metric_column(name, gpu)] = m.metrics[name][gpu]
+    return row
+
+
+def _extra_percentiles(measurements: Iterable[Measurement]) -> list[float]:
+    ps: set[float] = set()
+    for m in measurements:
+        ps.update(m.latency.extra_percentiles_us)
+        if m.corrected_latency:
+            ps.update(m.corrected_latency.extra_percentiles_us)
+    return sorted(ps)
+
+
+def run_rows(result: RunResult) -> list[JsonDict]:
+    """Tidy rows of a run: one per load level, in load order, with the run's identity first."""
+    extras = _extra_percentiles(result.measurements)
+    ident = {
+        "model": result.model,
+        "model_version": result.model_version,
+        "config_hash": result.config_hash,
+        "server_kind": result.server.kind,
+        "started_at": result.started_at,
+    }
+    return [{**ident, **measurement_row(m, extras)} for m in result.measurements]
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, list | tuple | dict):
+        return json.dumps(value, sort_keys=True)
+    if isinstance(value, float) and not math.isfinite(value):
+        return ""
+    return value
+
+
+def trial_rows(result: TuneResult) -> list[JsonDict]:
+    """Tidy rows of a tune: one per trial, in trial order. Lists (e.g. preferred batch sizes)
+    are JSON in one cell."""
+    params = sorted({p for t in result.trials for p in t.params})
+    objectives = list(result.objectives) + sorted(
+        {o for t in result.trials for o in t.objectives} - set(result.objectives)
+    )
+    constraints = sorted({c for t in result.trials for c in t.constraints})
+    measured = [t.measurement for t in result.trials if t.measurement is not None]
+    extras = _extra_percentiles(measured)
+    rows = []
+    for t in result.trials:
+        row: JsonDict = {
+            "model": result.model,
+            "trial": t.number,
+            "variant_name": t.variant_name,
+            "state": t.state,
+            "feasible": t.feasible,
+            "is_default": t.number == result.default_trial,
+            "is_best": t.number == result.best_trial,
+            "is_pareto": t.number in result.pareto_trials,
+            "reason": t.reason or "",
+            "duration_s": t.duration_s,
+            "overhead_s": t.overhead_s,
+        }
+        row.update({f"param_{p}": _cell(t.params.get(p)) for p in params})
+        row.update({f"objective_{o}": t.objectives.get(o) for o in objectives})
+        row.update({f"constraint_{c}": t.constraints.get(c) for c in constraints})
+        if t.measurement is not None:
+            row.update(measurement_row(t.measurement, extras))
+        rows.append(row)
+    return rows
+
+
+def write_csv(path: Path, rows: list[JsonDict]) -> None:
+    columns: list[str] = []
+    seen: set[str] = set()
+    for row in rows:
+        for key in row:
+            if key not in seen:
+                seen.add(key)
+                columns.append(key)
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: "" if v is None else _cell(v) for k, v in row.items()})
