@@ -28,8 +28,8 @@ from pathlib import Path
 
 from perfkit import zoo
 from perfkit.errors import MeasurementUnstable
+from perfkit.load import measure_level
 from perfkit.load.spec import InputSpec, MeasureSpec, TargetSpec
-from perfkit.load.sweep import measure_level
 
 TARGET_US = {"grpc": 70.0, "http": 45.0}
 ROUND_TRIPS = 20_000

@@ -46,8 +46,8 @@ from perfkit import zoo
 from perfkit.errors import MeasurementUnstable
 from perfkit.launch import EmbeddedServer, LocalTriton
 from perfkit.launch.triton import pytriton_server_dir
+from perfkit.load import measure_level
 from perfkit.load.spec import InputSpec, MeasureSpec, TargetSpec
-from perfkit.load.sweep import measure_level
 
 TARGET_RATIO = 0.90
 TARGET_CPU_US = {"http": 120.0, "grpc": 170.0}

@@ -6,6 +6,7 @@ import importlib.util
 
 _PLUGINS = [
     "tests.fixtures.server",
+    "tests.fixtures.load_server",
     "tests.fixtures.zoo",
     "tests.fixtures.triton",
     "tests.fixtures.postgres",

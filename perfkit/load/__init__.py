@@ -11,10 +11,16 @@ Public API (what `perfkit run` and the tuner call), importable from `perfkit.loa
 - `perfkit.load.spec`: frozen specs `TargetSpec`, `InputSpec`, `MeasureSpec`, `ConcurrencyLoad`,
   `RequestRateLoad`, `MetricsSpec`, `SweepSpec`, and `parse_range` / `expand_range`.
 
-Modules: `client` (tritonclient control plane, request encoding), `transport` (HTTP/1.1 hot
-path, grpcio fallback), `h2` (lean gRPC over HTTP/2), `driver` (one level, windows), `stats`
-(exact percentiles, stability, merging), `schedule` (open-loop send times), `inputs`,
-`metrics_scrape`, `workers` (--workers processes), `eventloop` (uvloop when installed).
+Modules, from the top down:
+
+- `api` (`run`), `sweep` (the level walk, binary search; owns the --workers group),
+- `level` (plan a level, the one window/stability loop, the `Measurement` and its breakdown),
+- `workers` (--workers processes: a window source for `level`), `session` (`Session`),
+- `driver` (`LevelDriver`: keeps one level's load going and cuts it into raw windows),
+- `transports` (the seam: `base` protocols and timings, `http1`, `h2`, `grpcio`, `fake`),
+- `client` (request encoding, the control client), `inputs` (synthetic or given tensors),
+- `stats` (exact percentiles, stability, merging), `schedule` (open-loop send times),
+  `metrics_scrape` (Prometheus during windows), `eventloop` (uvloop when installed).
 
 The engine is imported on first use of these names, so `perfkit.load.spec` stays cheap to import.
 """
@@ -25,18 +31,23 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from perfkit.load.api import run
-    from perfkit.load.sweep import Session, measure_level, run_sweep
+    from perfkit.load.level import measure_level
+    from perfkit.load.session import Session
+    from perfkit.load.sweep import run_sweep
 
 __all__ = ["Session", "measure_level", "run", "run_sweep"]
 
+_HOMES = {
+    "Session": "perfkit.load.session",
+    "measure_level": "perfkit.load.level",
+    "run": "perfkit.load.api",
+    "run_sweep": "perfkit.load.sweep",
+}
+
 
 def __getattr__(name: str) -> Any:
-    if name == "run":
-        from perfkit.load.api import run
+    if name in _HOMES:
+        import importlib
 
-        return run
-    if name in __all__:
-        from perfkit.load import sweep
-
-        return getattr(sweep, name)
+        return getattr(importlib.import_module(_HOMES[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,5 +1,5 @@
 """The core loop of one load level: keeps the load running (closed or open loop) and cuts it into
-windows of raw timings (`RawWindow`). Knows nothing of stability; `perfkit.load.sweep` decides.
+windows of raw timings (`RawWindow`). Knows nothing of stability; `perfkit.load.level` decides.
 
 A window holds the requests answered within it, start exclusive, end inclusive (perf_analyzer's
 rule: "only counting requests that end within the time interval"), so consecutive windows are
@@ -16,13 +16,12 @@ import resource
 from collections.abc import Iterator
 from dataclasses import dataclass
 from time import perf_counter_ns
-from typing import Protocol
 
 import numpy as np
 
 from perfkit.errors import ServerError, ServerUnavailable
 from perfkit.load.stats import RawWindow
-from perfkit.load.transport import Recorder
+from perfkit.load.transports.base import SYSTEM_CLOCK, Clock, Pool
 
 logger = logging.getLogger(__name__)
 
@@ -47,18 +46,6 @@ async def sleep_until(t_ns: int) -> None:
         now = perf_counter_ns()
 
 
-class Pool(Protocol):
-    rec: Recorder
-    connecting: int
-
-    async def open(self, n: int) -> None: ...
-    def start_closed(self) -> None: ...
-    def slot_count(self) -> int: ...
-    def alive(self) -> bool: ...
-    async def fire_new(self, intended: int) -> None: ...
-    async def close(self) -> None: ...
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LevelPlan:
     closed_loop: bool
@@ -71,13 +58,20 @@ class LevelPlan:
 
 class LevelDriver:
     """Runs one level on the running asyncio loop. Use `open`, then `run_fixed` or
-    `start` + `window`... + `stop`, then `close`."""
+    `start` + `window_*`... + `stop`, then `close`.
 
-    def __init__(self, pool: Pool, plan: LevelPlan, *, url: str) -> None:
+    `clock` gives the time and the sleeps (perf_counter_ns and asyncio.sleep unless a test passes
+    `transports.fake.FakeClock`); the pool's transports take their own timestamps.
+    """
+
+    def __init__(self, pool: Pool, plan: LevelPlan, *, url: str, clock: Clock = SYSTEM_CLOCK):
         self.pool = pool
-        self.rec = pool.rec
+        self.timings = pool.timings
+        self.state = pool.state
         self.plan = plan
         self.url = url
+        self._now = clock.now
+        self._sleep = clock.sleep
         self.cursor = 0
         self.err_cursor = 0
         self.sched_task: asyncio.Task[None] | None = None
@@ -101,10 +95,10 @@ class LevelDriver:
     # -- load ---------------------------------------------------------------------------------
 
     def _start_load(self, limit: int) -> None:
-        r = self.rec
-        r.running = True
+        st = self.state
+        st.running = True
         if self.plan.closed_loop:
-            r.left = limit if limit > 0 else 1 << 62
+            st.left = limit if limit > 0 else 1 << 62
             self.pool.start_closed()
         else:
             self.send_limit = limit
@@ -113,86 +107,87 @@ class LevelDriver:
 
     async def _schedule(self) -> None:
         assert self.plan.schedule is not None
-        r, pool, free = self.rec, self.pool, self.rec.free
+        st, pool, free = self.state, self.pool, self.state.free
+        clock, sleep = self._now, self._sleep
         loop = asyncio.get_running_loop()
         it = self.plan.schedule
-        t0 = self.t0 = perf_counter_ns() + 1_000_000
+        t0 = self.t0 = clock() + 1_000_000
         cap = self.plan.max_in_flight
         burst = 0
         base = -1
-        while r.running and (self.send_limit == 0 or self.sched_sent < self.send_limit):
+        while st.running and (self.send_limit == 0 or self.sched_sent < self.send_limit):
             off = next(it)
             if base < 0:  # a schedule resumed after warm-up starts from its next offset
                 base = off
             when = t0 + off - base
-            now = perf_counter_ns()
+            now = clock()
             if when - now > _SPIN_NS:
-                await asyncio.sleep((when - now - _SPIN_NS) / 1e9)
-                now = perf_counter_ns()
-            while now < when and r.running:
-                await asyncio.sleep(0)
-                now = perf_counter_ns()
-            if not r.running:
+                await sleep((when - now - _SPIN_NS) / 1e9)
+                now = clock()
+            while now < when and st.running:
+                await sleep(0)
+                now = clock()
+            if not st.running:
                 break
             self.sched_sent += 1
-            if free and r.inflight < cap:
+            if free and st.inflight < cap:
                 free.pop().fire(when)
-            elif r.inflight + pool.connecting < cap:
+            elif st.inflight + pool.connecting < cap:
                 task = loop.create_task(pool.fire_new(when))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
             else:
-                r.waiting.append(when)
+                st.waiting.append(when)
                 self.dropped.append(when)
             burst += 1
             if burst >= 16:  # behind schedule: still let responses in
                 burst = 0
-                await asyncio.sleep(0)
+                await sleep(0)
 
     async def _drain(self) -> None:
-        r = self.rec
-        deadline = perf_counter_ns() + int(_DRAIN_TIMEOUT_S * 1e9)
+        st = self.state
+        deadline = self._now() + int(_DRAIN_TIMEOUT_S * 1e9)
         while True:
             if self.plan.closed_loop:
-                if r.idle >= self.pool.slot_count() or r.dead >= self.pool.slot_count():
+                if st.idle >= self.pool.slot_count() or st.dead >= self.pool.slot_count():
                     return
             elif (
-                r.inflight <= 0
+                st.inflight <= 0
                 and self.pool.connecting == 0
                 and (self.sched_task is None or self.sched_task.done())
             ):
                 return
-            if perf_counter_ns() > deadline:
+            if self._now() > deadline:
                 raise ServerError(
-                    f"{r.inflight} requests to {self.url} did not complete within {_DRAIN_TIMEOUT_S:g} s."
+                    f"{st.inflight} requests to {self.url} did not complete within {_DRAIN_TIMEOUT_S:g} s."
                 )
-            await asyncio.sleep(_POLL_S)
+            await self._sleep(_POLL_S)
 
     async def run_fixed(self, n: int, index: int = 0) -> RawWindow:
         """Send exactly n requests, wait for all answers, and return them as one window."""
         self.mark()
-        start = perf_counter_ns()
+        start = self._now()
         self._start_load(n)
         if self.sched_task is not None:
             await self.sched_task
         await self._drain()
-        self.rec.running = False
-        self._check_alive(0)
-        return self._cut(index, start, perf_counter_ns(), everything=True)
+        self.state.running = False
+        self._check_alive()
+        return self._cut(index, start, self._now(), everything=True)
 
     async def start(self) -> int:
         """Start continuous load; returns the start time of the first window."""
         self.mark()
         self._start_load(0)
-        return perf_counter_ns()
+        return self._now()
 
     def mark(self) -> None:
         """Forget everything recorded so far (warm-up): windows start from here."""
-        r = self.rec
-        self.cursor = len(r.done)
-        self.err_cursor = len(r.err_done)
+        tm = self.timings
+        self.cursor = len(tm.done)
+        self.err_cursor = len(tm.err_done)
         self._cpu = cpu_seconds()
-        self._send_ns, self._recv_ns = r.send_ns, r.recv_ns
+        self._send_ns, self._recv_ns = tm.send_ns, tm.recv_ns
         self.dropped.clear()
 
     def mark_cpu(self) -> None:
@@ -206,35 +201,35 @@ class LevelDriver:
     async def window_time(self, index: int, start: int, duration_ns: int) -> RawWindow:
         end = start + duration_ns
         while True:
-            now = perf_counter_ns()
+            now = self._now()
             if now >= end:
                 break
-            await asyncio.sleep(min((end - now) / 1e9, 0.05))
-            self._check_alive(start)
-        return self._cut(index, start, perf_counter_ns())
+            await self._sleep(min((end - now) / 1e9, 0.05))
+            self._check_alive()
+        return self._cut(index, start, self._now())
 
     async def window_count(self, index: int, start: int, count: int, min_ns: int) -> RawWindow:
-        r = self.rec
-        base = len(r.done)
+        done = self.timings.done
+        base = len(done)
         while True:
-            await asyncio.sleep(_POLL_S * 2)
-            self._check_alive(start)
-            if len(r.done) - base >= count and perf_counter_ns() - start >= min_ns:
+            await self._sleep(_POLL_S * 2)
+            self._check_alive()
+            if len(done) - base >= count and self._now() - start >= min_ns:
                 break
-        return self._cut(index, start, perf_counter_ns())
+        return self._cut(index, start, self._now())
 
-    def _check_alive(self, start: int) -> None:
-        r = self.rec
-        if r.dead and not self.pool.alive():
+    def _check_alive(self) -> None:
+        if self.state.dead and not self.pool.alive():
+            msgs = self.timings.err_msgs
             raise ServerUnavailable(
                 f"The server at {self.url} closed every connection during the measurement"
-                + (f" (last error: {r.err_msgs[-1]})" if r.err_msgs else "")
+                + (f" (last error: {msgs[-1]})" if msgs else "")
                 + "."
             )
 
     async def stop(self) -> None:
-        self.rec.running = False
-        self.rec.waiting.clear()
+        self.state.running = False
+        self.state.waiting.clear()
         if self.sched_task is not None:
             await self.sched_task
         try:
@@ -243,7 +238,7 @@ class LevelDriver:
             logger.warning("in-flight requests did not finish; closing connections")
 
     async def close(self) -> None:
-        self.rec.running = False
+        self.state.running = False
         if self.sched_task is not None and not self.sched_task.done():
             self.sched_task.cancel()
         await self.pool.close()
@@ -251,13 +246,13 @@ class LevelDriver:
     # -- windows ------------------------------------------------------------------------------
 
     def _cut(self, index: int, start: int, end: int, *, everything: bool = False) -> RawWindow:
-        r = self.rec
-        n = len(r.done)
+        tm = self.timings
+        n = len(tm.done)
         lo = max(0, self.cursor - 4096) if not everything else self.cursor
-        sent = np.array(r.sent[lo:n], dtype=np.int64)
-        done = np.array(r.done[lo:n], dtype=np.int64)
+        sent = np.array(tm.sent[lo:n], dtype=np.int64)
+        done = np.array(tm.done[lo:n], dtype=np.int64)
         intended = (
-            np.array(r.intended[lo:n], dtype=np.int64)
+            np.array(tm.intended[lo:n], dtype=np.int64)
             if not self.plan.closed_loop
             else np.empty(0, np.int64)
         )
@@ -267,8 +262,8 @@ class LevelDriver:
             if intended.size:
                 intended = intended[mask]
         self.cursor = n
-        ne = len(r.err_done)
-        errs = np.array(r.err_done[self.err_cursor : ne], dtype=np.int64)
+        ne = len(tm.err_done)
+        errs = np.array(tm.err_done[self.err_cursor : ne], dtype=np.int64)
         self.err_cursor = ne
         cpu = cpu_seconds()
         late = 0
@@ -283,13 +278,13 @@ class LevelDriver:
             done_ns=done,
             intended_ns=intended,
             error_count=int(errs.size) if everything else int(np.count_nonzero(errs <= end)),
-            send_time_ns=r.send_ns - self._send_ns,
-            recv_time_ns=r.recv_ns - self._recv_ns,
+            send_time_ns=tm.send_ns - self._send_ns,
+            recv_time_ns=tm.recv_ns - self._recv_ns,
             scheduled_count=int(done.size) + int(errs.size),
             late_count=late,
             dropped_count=dropped,
             cpu_s=cpu - self._cpu,
         )
         self._cpu = cpu
-        self._send_ns, self._recv_ns = r.send_ns, r.recv_ns
+        self._send_ns, self._recv_ns = tm.send_ns, tm.recv_ns
         return w

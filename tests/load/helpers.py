@@ -1,4 +1,4 @@
-"""Shared by tests/load and tests/cli_run: a test model repository and a module-scoped server."""
+"""The load tests' model repository (shared by tests/load and tests/cli_run through `load_server`)."""
 
 from __future__ import annotations
 

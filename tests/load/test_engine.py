@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 import tritonclient.http as th
 
@@ -14,6 +12,7 @@ from perfkit.errors import (
     ServerError,
     ServerUnavailable,
 )
+from perfkit.load import measure_level, run_sweep
 from perfkit.load.spec import (
     ConcurrencyLoad,
     InputSpec,
@@ -22,7 +21,6 @@ from perfkit.load.spec import (
     SweepSpec,
     TargetSpec,
 )
-from perfkit.load.sweep import measure_level, run_sweep
 
 # Loose stability: these tests are about windows and merging, not a busy CI machine's noise.
 FAST = MeasureSpec(interval_ms=300, stability_pct=1000, max_trials=8)
@@ -220,23 +218,21 @@ async def test_h2_error_responses_are_errors(load_server):
     # an error status; the lean client must count an error, never a success.
     import tritonclient.grpc as tg
 
-    from perfkit.load.h2 import H2Pool
-    from perfkit.load.transport import Recorder
+    from perfkit.load.driver import LevelDriver, LevelPlan
+    from perfkit.load.transports.h2 import H2Pool
 
     req = tg.service_pb2.ModelInferRequest(model_name="nope").SerializeToString()
     host, port = load_server.grpc_url.split(":")
-    rec = Recorder()
-    pool = H2Pool(host, int(port), rec, [req], closed_loop=True)
-    await pool.open(2)
-    rec.running, rec.left = True, 10
-    pool.start_closed()
-    for _ in range(500):
-        if rec.idle >= 2:
-            break
-        await asyncio.sleep(0.01)
-    await pool.close()
-    assert len(rec.done) == 0
-    assert len(rec.err_done) == 10
+    pool = H2Pool(host, int(port), [req], closed_loop=True)
+    drv = LevelDriver(pool, LevelPlan(closed_loop=True, concurrency=2), url=load_server.grpc_url)
+    await drv.open()
+    try:
+        w = await drv.run_fixed(10)
+    finally:
+        await drv.close()
+    assert w.count == 0
+    assert w.error_count == 10
+    assert "gRPC call failed" in pool.timings.err_msgs[0]
 
 
 @pytest.mark.parametrize("load", [ConcurrencyLoad(levels=(4,)), RequestRateLoad(rates=(300.0,))])

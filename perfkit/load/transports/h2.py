@@ -38,9 +38,10 @@ from perfkit.http2 import (
     hpack_literal,
     hpack_string,
 )
-from perfkit.load.transport import Recorder
+from perfkit.load.transports.base import LoopState, Timings, complete, start_closed
 
 METHOD = "/inference.GRPCInferenceService/ModelInfer"
+NO_MESSAGE = "gRPC call failed (no response message: an error status)"
 
 
 def header_block(authority: str, path: str = METHOD) -> bytes:
@@ -57,12 +58,21 @@ def header_block(authority: str, path: str = METHOD) -> bytes:
 
 
 class H2Conn(asyncio.Protocol):
-    """One HTTP/2 connection carrying many concurrent unary calls (one stream each)."""
+    """One HTTP/2 connection carrying many concurrent unary calls (one stream each).
+
+    It is the `Slot` of each of its streams: the pool puts it on the free list once per stream.
+    """
 
     def __init__(
-        self, rec: Recorder, reqs: Sequence[bytes], authority: str, closed_loop: bool
+        self,
+        timings: Timings,
+        state: LoopState,
+        reqs: Sequence[bytes],
+        authority: str,
+        closed_loop: bool,
     ) -> None:
-        self.rec = rec
+        self.timings = timings
+        self.state = state
         self.closed_loop = closed_loop
         self.block = header_block(authority)
         # gRPC length-prefixed messages, one per input set.
@@ -85,7 +95,6 @@ class H2Conn(asyncio.Protocol):
         self.recv_unacked = 0
         self.lost = False
         self.ready = asyncio.get_running_loop().create_future()
-        self.idle_slots = 0
 
     # -- connection -----------------------------------------------------------------------------
 
@@ -102,14 +111,14 @@ class H2Conn(asyncio.Protocol):
         self.lost = True
         if not self.ready.done():
             self.ready.set_exception(ConnectionError(f"HTTP/2 connection closed: {exc or 'EOF'}"))
-        r = self.rec
-        r.dead += 1
+        st = self.state
+        st.dead += 1
         now = perf_counter_ns()
         for _ in range(len(self.calls)):
-            r.error(now, f"connection closed by the server ({exc or 'EOF'})")
-            r.inflight -= 1
+            self.timings.error(now, f"connection closed by the server ({exc or 'EOF'})")
+            st.inflight -= 1
             if self.closed_loop:
-                r.idle += 1
+                st.idle += 1
         self.calls.clear()
 
     def close(self) -> None:
@@ -119,20 +128,24 @@ class H2Conn(asyncio.Protocol):
     # -- sending --------------------------------------------------------------------------------
 
     def fire(self, intended: int = 0) -> None:
-        r = self.rec
         if self.lost:
-            r.error(perf_counter_ns(), "connection to the server lost")
+            self.timings.error(perf_counter_ns(), "connection to the server lost")
             if self.closed_loop:
-                r.idle += 1
+                self.state.idle += 1
             return
+        self.state.inflight += 1
+        self.resend(0, intended)
+
+    def resend(self, now: int, intended: int = 0) -> None:
+        """Start the next call on a new stream (its send time is taken here, not `now`)."""
         if self.multi:
-            r.seq += 1
-            msg = self.msgs[r.seq % len(self.msgs)]
+            st = self.state
+            st.seq += 1
+            msg = self.msgs[st.seq % len(self.msgs)]
         else:
             msg = self.msgs[0]
         sid = self.next_sid
         self.next_sid = sid + 2
-        r.inflight += 1
         s = perf_counter_ns()
         self.calls[sid] = [s, intended, 0]
         n = len(msg)
@@ -156,7 +169,7 @@ class H2Conn(asyncio.Protocol):
             self.stream_windows[sid] = self.peer_init_window
             self.pending.append([sid, msg, 0])
             self._flush()
-        r.send_ns += perf_counter_ns() - s
+        self.timings.send_ns += perf_counter_ns() - s
 
     def _flush(self) -> None:
         while self.pending:
@@ -216,10 +229,13 @@ class H2Conn(asyncio.Protocol):
                 if call is not None and n > (buf[p] + 1 if flags & PADDED else 0):
                     call[2] = 1
                 if flags & END_STREAM:
-                    self._end(sid, False)
+                    self._end(sid, "")
             elif ftype == HEADERS:
-                if flags & END_STREAM:
-                    self._end(sid, False)
+                # Trailers end a call: a success when its stream carried a message.
+                if flags & END_STREAM and (call := self.calls.pop(sid, None)) is not None:
+                    complete(
+                        self, call[0], call[1], perf_counter_ns(), None if call[2] else NO_MESSAGE
+                    )
             elif ftype == WINDOW_UPDATE:
                 inc = U32.unpack_from(buf, p)[0] & MAX_WINDOW
                 if sid == 0:
@@ -235,11 +251,11 @@ class H2Conn(asyncio.Protocol):
                 if not flags & ACK:
                     self._w(frame(PING, ACK, 0, buf[p:pos]))
             elif ftype == RST_STREAM:
-                self._end(sid, True, "stream reset by the server")
+                self._end(sid, "stream reset by the server")
             elif ftype == GOAWAY:
                 last = U32.unpack_from(buf, p)[0] & MAX_WINDOW
                 for s in [s for s in self.calls if s > last]:
-                    self._end(s, True, "server sent GOAWAY")
+                    self._end(s, "server sent GOAWAY")
                 self.lost = True
         self.buf = buf[pos:] if pos < end else b""
         if self.recv_unacked > (1 << 30):
@@ -264,30 +280,19 @@ class H2Conn(asyncio.Protocol):
         if self.pending:
             self._flush()
 
-    def _end(self, sid: int, reset: bool, why: str = "") -> None:
+    def _end(self, sid: int, reset: str) -> None:
+        """A stream ended other than by trailers: by DATA with END_STREAM, or reset (`reset` says why)."""
         call = self.calls.pop(sid, None)
         if call is None:
             return
-        d = perf_counter_ns()
-        r = self.rec
-        if call[2] and not reset:
-            if not self.closed_loop:
-                r.intended.append(call[1])
-            r.sent.append(call[0])
-            r.done.append(d)
-        else:
-            r.error(d, f"gRPC call failed ({why or 'no response message: an error status'})")
-        r.inflight -= 1
-        if self.closed_loop:
-            if r.running and r.left > 0 and not self.lost:
-                r.left -= 1
-                self.fire()
-            else:
-                r.idle += 1
-        elif r.waiting and r.running and not self.lost:
-            self.fire(r.waiting.popleft())
-        else:
-            r.free.append(self)
+        error = (
+            None
+            if call[2] and not reset
+            else f"gRPC call failed ({reset})"
+            if reset
+            else NO_MESSAGE
+        )
+        complete(self, call[0], call[1], perf_counter_ns(), error)
 
 
 class H2Pool:
@@ -297,13 +302,13 @@ class H2Pool:
         self,
         host: str,
         port: int,
-        rec: Recorder,
         reqs: Sequence[bytes],
         closed_loop: bool,
         streams_per_conn: int = 32,
     ) -> None:
         self.host, self.port = host, port
-        self.rec = rec
+        self.timings = Timings()
+        self.state = LoopState()
         self.reqs = reqs
         self.closed_loop = closed_loop
         self.per_conn = streams_per_conn
@@ -315,9 +320,10 @@ class H2Pool:
         loop = asyncio.get_running_loop()
         authority = f"{self.host}:{self.port}"
         _, proto = await loop.create_connection(
-            lambda: H2Conn(self.rec, self.reqs, authority, self.closed_loop), self.host, self.port
+            lambda: H2Conn(self.timings, self.state, self.reqs, authority, self.closed_loop),
+            self.host,
+            self.port,
         )
-        assert isinstance(proto, H2Conn)
         async with asyncio.timeout(10.0):  # not wait_for: it can swallow a Ctrl-C on 3.11
             await proto.ready
         self.conns.append(proto)
@@ -331,23 +337,15 @@ class H2Pool:
         need = -(-n // self.per_conn) - len(self.conns)
         if need > 0:
             await asyncio.gather(*(self._connect() for _ in range(need)))
-        # Slot i lives on connection i % len(conns); a slot is a "free" entry naming its conn.
-        add = n - self.slots
-        for i in range(self.slots, self.slots + max(add, 0)):
-            if not self.closed_loop:
-                self.rec.free.append(self.conns[i % len(self.conns)])
+        # Slot i lives on connection i % len(conns); a free slot is an entry naming its conn.
+        if not self.closed_loop:
+            self.state.free.extend(
+                self.conns[i % len(self.conns)] for i in range(self.slots, max(n, self.slots))
+            )
         self.slots = max(self.slots, n)
 
     def start_closed(self) -> None:
-        r = self.rec
-        r.idle = 0
-        for i in range(self.slots):
-            c = self.conns[i % len(self.conns)]
-            if r.running and r.left > 0 and not c.lost:
-                r.left -= 1
-                c.fire()
-            else:
-                r.idle += 1
+        start_closed(self.state, (self.conns[i % len(self.conns)] for i in range(self.slots)))
 
     def slot_count(self) -> int:
         return self.slots
@@ -365,5 +363,5 @@ class H2Pool:
         for c in self.conns:
             c.close()
         self.conns.clear()
-        self.rec.free.clear()
+        self.state.free.clear()
         await asyncio.sleep(0)

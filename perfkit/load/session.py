@@ -1,0 +1,118 @@
+"""`Session`: the load generator's connection to one server and model: the control client, the
+inputs prepared and the requests encoded once, system shared memory, and a pool of connections
+per level (`new_pool`). Imports the transports and the control plane; nothing that measures.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any
+
+from perfkit.control import server_info
+from perfkit.errors import ServerError
+from perfkit.load.client import control_client, grpc_request_bytes, http_request_bytes
+from perfkit.load.inputs import PreparedInputs, prepare
+from perfkit.load.spec import InputSpec, TargetSpec
+from perfkit.load.stats import RawWindow
+from perfkit.load.transports.base import Pool
+from perfkit.load.transports.grpcio import GrpcPool
+from perfkit.load.transports.h2 import H2Pool
+from perfkit.load.transports.http1 import HttpPool
+from perfkit.results import ServerInfo
+
+
+class Session:
+    """One target and model with its inputs prepared and requests encoded. Context manager."""
+
+    def __init__(self, target: TargetSpec, inputs: InputSpec) -> None:
+        self.target = target
+        self.inputs_spec = inputs
+        self.ctl = control_client(target)
+        self._shm: list[tuple[str, Any]] = []
+        try:
+            self.ctl.wait_live()
+            self.server_md = self.ctl.server_metadata()
+            self.metadata = self.ctl.model_metadata()
+            self.config = self.ctl.model_config()
+            self.prepared: PreparedInputs = prepare(self.metadata, self.config, inputs)
+            shm = self._setup_shm() if inputs.shared_memory == "system" else {}
+            self.shm = shm
+            sets = self.prepared.sets[:1] if shm else self.prepared.sets
+            if target.protocol == "http":
+                outputs = self.prepared.outputs
+                self.reqs = [http_request_bytes(target, s, outputs, shm=shm) for s in sets]
+            else:
+                self.reqs = [grpc_request_bytes(target, s, shm=shm) for s in sets]
+        except BaseException:
+            self.close()
+            raise
+        self.stats_supported = self.ctl.statistics() is not None
+        versions = [str(v) for v in self.metadata.get("versions", [])]
+        self.model_version = target.model_version or (
+            max(versions, key=lambda v: int(v) if v.isdigit() else -1) if versions else ""
+        )
+
+    def _setup_shm(self) -> dict[str, tuple[str, int]]:
+        import tritonclient.utils.shared_memory as shmlib
+
+        out: dict[str, tuple[str, int]] = {}
+        tag = f"perfkit_{os.getpid()}_{id(self) & 0xFFFF:x}"
+        for name, arr in self.prepared.sets[0].items():
+            region = f"{tag}_{name}"
+            size = max(1, int(arr.nbytes))
+            handle = shmlib.create_shared_memory_region(region, f"/{region}", size)
+            self._shm.append((region, handle))
+            shmlib.set_shared_memory_region(handle, [arr])
+            self.ctl.register_system_shm(region, f"/{region}", size)
+            out[name] = (region, size)
+        return out
+
+    def close(self) -> None:
+        if self._shm:
+            import tritonclient.utils.shared_memory as shmlib
+
+            for region, handle in self._shm:
+                self.ctl.unregister_system_shm(region)
+                with contextlib.suppress(Exception):  # best-effort clean-up
+                    shmlib.destroy_shared_memory_region(handle)
+            self._shm.clear()
+        self.ctl.close()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def batch_size(self) -> int:
+        return self.inputs_spec.batch_size
+
+    def new_pool(self, closed_loop: bool) -> Pool:
+        """Connections for one level (opened by the driver), with their own timings record."""
+        host, port = self.target.host_port
+        if self.target.protocol == "http":
+            return HttpPool(host, port, self.reqs, closed_loop)
+        if self.target.grpc_client == "grpcio":
+            return GrpcPool(f"{host}:{port}", self.reqs, closed_loop)
+        return H2Pool(host, port, self.reqs, closed_loop)
+
+    async def statistics(self) -> dict[str, Any] | None:
+        """The model's server-side statistics now, or None when the server keeps none."""
+        if not self.stats_supported:
+            return None
+        return await self.ctl.statistics_async()
+
+    def check_answers(self, window: RawWindow) -> None:
+        """Raise ServerError, with the server's own message, when every request of `window` failed."""
+        if window.error_count and window.count == 0:
+            msg = self.ctl.infer_error(self.prepared.sets[0], self.shm)
+            raise ServerError(
+                f"Every request to model '{self.target.model}' at {self.ctl.url} failed: {msg}"
+            )
+
+    def server_info(self, embedded: bool = False) -> ServerInfo:
+        return server_info(
+            self.server_md, url=self.ctl.url, protocol=self.target.protocol, embedded=embedded
+        )
