@@ -11,6 +11,7 @@ from rich.table import Table
 
 from perfkit import tune as tuning
 from perfkit.cli._console import err, out
+from perfkit.report.summary import summary_sentence
 from perfkit.results import TrialRecord, TuneResult
 from perfkit.sweepfile import SAMPLERS, load_sweep
 from perfkit.tune import output
@@ -194,7 +195,7 @@ def tune(
 def _print_summary(done: tuning.TuneOutcome) -> None:
     result, wb = done.result, done.write_back
     out.print(results_table(result, done.objective))
-    out.print(output.summary_sentence(result, done.objective))
+    out.print(summary_sentence(result))
     if wb.diff:
         out.print(wb.diff, markup=False, highlight=False, end="")
     out.print(wb.reason + (f" (original kept as {wb.backup})" if wb.backup else ""))

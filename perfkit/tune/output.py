@@ -32,10 +32,10 @@ from perfkit.machine import machine_info
 from perfkit.model_repo.config import format_config, instance_summary, parse_config
 from perfkit.model_repo.repository import write_text_atomic
 from perfkit.report import ma_csv
+from perfkit.report.summary import load_text, same_load
 from perfkit.results import ServerInfo, TrialRecord, TuneResult
 from perfkit.tune.objective import Objective
 from perfkit.tune.records import A_DUP, A_KEY, is_default, record_of
-from perfkit.tune.space import describe_load, load_params
 
 logger = logging.getLogger(__name__)
 
@@ -293,19 +293,6 @@ def with_written(result: TuneResult, wb: WriteBack) -> TuneResult:
     return replace(result, written_to=None if wb.written_to is None else str(wb.written_to))
 
 
-def load_text(t: TrialRecord) -> str:
-    """The client load a trial was measured at, in words ("concurrency 16")."""
-    return describe_load(t.params) or "the sweep's load"
-
-
-def same_load(a: TrialRecord, b: TrialRecord) -> bool:
-    def key(t: TrialRecord) -> tuple[tuple[str, float], ...]:
-        load = load_params(t.params)
-        return tuple(sorted((k, float(v)) for k, v in load.items()))
-
-    return key(a) == key(b)
-
-
 def metric_text(name: str, value: float) -> str:
     """A metric value with its unit: "812.0 infer/s", "4.10 ms"."""
     if name.endswith("_us"):
@@ -336,60 +323,6 @@ def comparison_text(result: TuneResult, objective: Objective) -> str:
             f"{metric_text(primary, top.objectives[primary])} at {load_text(top)}"
         )
     return head
-
-
-def summary_sentence(result: TuneResult, objective: Objective) -> str:
-    """Model Analyzer's summary sentence, e.g. "In 12 measurements across 11 configurations,
-    mlp_config_7 is 41% better than the default configuration at maximizing throughput, under
-    the given constraints (both at concurrency 16)."; the gain compares the best with the default
-    measured at the same client load (see `build_result`)."""
-    measured = [t for t in result.trials if t.state != "failed" or t.measurement is not None]
-    n = len(result.trials)
-    configs = len({t.config_pbtxt or t.variant_name for t in measured})
-    head = f"In {n} measurements across {configs} configurations, "
-    primary, direction = objective.primary()
-    goal = {
-        "throughput_infer_per_s": "throughput",
-    }.get(primary, primary.replace("_us", "").replace("_", " "))
-    what = f"{direction.rstrip('e')}ing {goal}"
-    constraints = ", under the given constraints" if result.constraint_bounds else ""
-    best = trial(result, result.best_trial)
-    default = trial(result, result.default_trial)
-    if best is None:
-        return head + "no configuration met the given constraints."
-    at = f"at {load_text(best)}"
-    if default is None or not default.objectives or not default.feasible:
-        if default is None or default.state != "complete":
-            why = "failed"
-        else:
-            why = "missed the constraints"
-        where = f" at {load_text(default)}" if default is not None else ""
-        return (
-            head
-            + f"{best.variant_name} is the best at {what}{constraints} ({at}; the default "
-            + f"configuration {why}{where})."
-        )
-    if best.number == default.number:
-        return (
-            head
-            + f"{best.variant_name} provides no gain over the default configuration at "
-            + f"{what}{constraints} ({at})."
-        )
-    gain = result.gain_pct
-    if gain is None:
-        gain = objective.gain_pct(best.objectives[primary], default.objectives[primary])
-    if same_load(best, default):
-        return head + (
-            f"{best.variant_name} is {gain:.0f}% better than the default configuration at "
-            f"{what}{constraints} (both {at})."
-        )
-    # The default misses the constraints at the best's load (or was not measured there): its best
-    # measurement under the constraints, at another load, is the reference (Model Analyzer's rule).
-    return head + (
-        f"{best.variant_name} is {gain:.0f}% better than the default configuration at "
-        f"{what}{constraints} ({best.variant_name} {at}, the default at its best under the "
-        f"constraints, {load_text(default)})."
-    )
 
 
 def describe_config(pbtxt: str) -> str:

@@ -23,6 +23,7 @@ from perfkit.model_repo.config import (
     with_max_batch_size,
     without_dynamic_batching,
 )
+from perfkit.report.labels import describe_load as describe_load  # the tuner's points, in words
 from perfkit.sweepfile import LoadSettings, SpaceSpec
 
 Params = dict[str, Any]
@@ -311,16 +312,3 @@ def describe(params: Mapping[str, Any]) -> str:
         if key in params:
             parts.append(f"{short}={params[key]}")
     return " ".join(parts)
-
-
-def describe_load(params: Mapping[str, Any]) -> str:
-    """The client load of a point in words, e.g. "concurrency 16" or "request rate 200/s, batch 4"."""
-    load = load_params(params)
-    parts: list[str] = []
-    if "concurrency" in load:
-        parts.append(f"concurrency {int(load['concurrency'])}")
-    if "request_rate" in load:
-        parts.append(f"request rate {float(load['request_rate']):g}/s")
-    if int(load.get("batch_size", 1)) != 1:
-        parts.append(f"batch {int(load['batch_size'])}")
-    return ", ".join(parts)

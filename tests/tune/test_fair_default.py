@@ -17,6 +17,7 @@ import pytest
 from optuna.trial import TrialState
 
 from perfkit.report.schema import load_result, result_from_dict, result_to_dict
+from perfkit.report.summary import summary_sentence
 from perfkit.results import ServerInfo, TuneResult
 from perfkit.sweepfile import ConstraintSpec
 from perfkit.tune import output
@@ -221,7 +222,7 @@ def test_gain_is_against_the_default_at_the_best_load() -> None:
         fair,
     )
     assert result.gain_pct == pytest.approx(100.0 / 7.0)  # not 700 % (the baseline load's)
-    sentence = output.summary_sentence(result, THROUGHPUT)
+    sentence = summary_sentence(result)
     assert "m_config_1 is 14% better than the default configuration" in sentence
     assert "(both at concurrency 8)" in sentence
     assert base not in (result.best_trial, result.default_trial)
@@ -242,7 +243,7 @@ def test_min_gain_applies_to_the_same_load_comparison(tmp_path: Path) -> None:
     assert result.best_trial == result.default_trial == fair
     assert result.gain_pct == 0.0
     assert any("keeping the default" in m for m in result.messages)
-    assert "provides no gain" in output.summary_sentence(result, THROUGHPUT)
+    assert "provides no gain" in summary_sentence(result)
     wb = output.write_back(result, tmp_path, dry_run=True)
     assert wb.reason == "the default config is the best; nothing written"
 
@@ -257,7 +258,7 @@ def test_default_infeasible_at_the_best_load_falls_back_to_its_best_under_the_co
     assert result.best_trial == best
     assert result.default_trial == result.default_best_trial == base
     assert result.gain_pct == pytest.approx(700.0)
-    sentence = output.summary_sentence(result, THROUGHPUT)
+    sentence = summary_sentence(result)
     assert "the default at its best under the constraints, concurrency 1" in sentence
     assert result.settings["default_comparison"].endswith("misses them at the best's load")
 
@@ -269,7 +270,7 @@ def test_without_the_default_at_the_best_load_the_outputs_say_the_loads_differ()
     _add(study, config="V", concurrency=8, value=800.0)
     result = _result(study)
     assert result.default_trial == base
-    assert "concurrency 1" in output.summary_sentence(result, THROUGHPUT)
+    assert "concurrency 1" in summary_sentence(result)
     assert output.comparison_text(result, THROUGHPUT).startswith(
         "best at concurrency 8, default at concurrency 1"
     )
