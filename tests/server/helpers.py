@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import re
 import urllib.request
 from pathlib import Path
@@ -67,3 +68,70 @@ def metrics(url: str) -> dict[str, float]:
         if m:
             out[m.group(1)] = float(m.group(2))
     return out
+
+
+class Gate:
+    """The two named pipes of a gated perfkit_identity model: each execution says it started
+    (a readable byte on `started`) and waits until the test releases it.
+
+        gate = Gate(tmp_path)
+        models.slow_identity(repo, "m", delay_us=0, extra=gate.parameters())
+        ...
+        await gate.started()   # an execution is running now
+        gate.release()         # ... and may finish
+
+    Both pipes are opened read-write here, so the server's opens never block and a pipe never
+    reads as closed. `close()` (or the context manager) releases whatever still waits.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.started_path = directory / "started.fifo"
+        self.release_path = directory / "release.fifo"
+        os.mkfifo(self.started_path)
+        os.mkfifo(self.release_path)
+        self._started = os.open(self.started_path, os.O_RDWR | os.O_NONBLOCK)
+        self._release = os.open(self.release_path, os.O_RDWR)
+
+    def parameters(self) -> str:
+        """The config.pbtxt parameters that gate a perfkit_identity model."""
+        return "\n".join(
+            f'parameters {{ key: "{key}" value: {{ string_value: "{path}" }} }}'
+            for key, path in (
+                ("started_fifo", self.started_path),
+                ("release_fifo", self.release_path),
+            )
+        )
+
+    async def started(self, timeout_s: float = 30.0) -> None:
+        """Wait until an execution has started (one started byte is consumed per call)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                if os.read(self._started, 1):
+                    return
+            except BlockingIOError:
+                pass
+            readable = loop.create_future()
+            loop.add_reader(self._started, readable.set_result, None)
+            try:
+                await asyncio.wait_for(readable, timeout_s)
+            finally:
+                loop.remove_reader(self._started)
+
+    def release(self, executions: int = 1) -> None:
+        """Let `executions` executions (running or future) finish."""
+        os.write(self._release, b"r" * executions)
+
+    def close(self) -> None:
+        # Release what waits now; a later execution finds no pipe and fails instead of hanging.
+        self.release(64)
+        self.started_path.unlink()
+        self.release_path.unlink()
+        os.close(self._started)
+        os.close(self._release)
+
+    def __enter__(self) -> Gate:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

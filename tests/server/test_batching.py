@@ -4,12 +4,26 @@ instances execute two batches at the same time."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import numpy as np
+import pytest
 import tritonclient.grpc.aio as grpcaio
+from tritonclient.utils import InferenceServerException
 
 from tests.server import models
-from tests.server.helpers import concurrent_singles, fp32_input, overlapping, spans, stats
+from tests.server.helpers import Gate, concurrent_singles, fp32_input, overlapping, spans, stats
+
+
+async def _first_done(futures: list[asyncio.Future[Any]], count: int) -> list[asyncio.Future[Any]]:
+    """Wait (bounded) until `count` of `futures` are done; those, in completion order."""
+    done: list[asyncio.Future[Any]] = []
+    pending = set(futures)
+    async with asyncio.timeout(30):
+        while len(done) < count:
+            finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            done.extend(finished)
+    return done
 
 
 async def test_dynamic_batching_forms_preferred_batches(perfkit_server, tmp_path):
@@ -93,26 +107,42 @@ async def test_preserve_ordering_and_priority_levels(perfkit_server, tmp_path):
 async def test_queue_policy_rejects_when_full_and_on_timeout(perfkit_server, tmp_path):
     batching = """dynamic_batching {
   max_queue_delay_microseconds: 0
-  default_queue_policy { max_queue_size: 1 timeout_action: REJECT
-    default_timeout_microseconds: 50000 allow_timeout_override: true }
+  default_queue_policy { max_queue_size: 1 timeout_action: REJECT allow_timeout_override: true }
 }"""
-    models.slow_identity(tmp_path, "policy", max_batch_size=1, delay_us=600000, batching=batching)
-    server = perfkit_server(tmp_path)
-    client = grpcaio.InferenceServerClient(server.grpc_url)
-    try:
-        a = np.zeros((1, 16), dtype=np.float32)
-        first = asyncio.ensure_future(client.infer("policy", [fp32_input(grpcaio, "INPUT0", a)]))
-        await asyncio.sleep(0.2)  # the first request is executing (for 600 ms)
-        calls = [client.infer("policy", [fp32_input(grpcaio, "INPUT0", a)]) for _ in range(3)]
-        rest = await asyncio.gather(*calls, return_exceptions=True)
-        results = [await first, *rest]
-    finally:
-        await client.close()
+    with Gate(tmp_path) as gate:
+        models.slow_identity(
+            tmp_path / "repo", "policy", max_batch_size=1, delay_us=0, batching=batching,
+            extra=gate.parameters(),
+        )  # fmt: skip
+        server = perfkit_server(tmp_path / "repo")
+        client = grpcaio.InferenceServerClient(server.grpc_url)
+        try:
+            a = np.zeros((1, 16), dtype=np.float32)
+            first = asyncio.ensure_future(
+                client.infer("policy", [fp32_input(grpcaio, "INPUT0", a)])
+            )
+            await gate.started()  # the first request is executing, held by the gate
+            # Three more, each with a 1 us queue timeout: one waits in the queue (and has timed
+            # out by the time the instance is free), two find the queue full.
+            calls = [
+                asyncio.ensure_future(
+                    client.infer("policy", [fp32_input(grpcaio, "INPUT0", a)], timeout=1)
+                )
+                for _ in range(3)
+            ]
+            refused = await _first_done(calls, 2)
+            for call in refused:
+                with pytest.raises(InferenceServerException, match="Exceeds maximum queue size"):
+                    call.result()
+            gate.release()
+            rest = await asyncio.gather(*calls, return_exceptions=True)
+            results = [await first, *rest]
+        finally:
+            await client.close()
     errors = [str(r) for r in results if isinstance(r, Exception)]
     ok = [r for r in results if not isinstance(r, Exception)]
-    # one executes, one waits in the queue and times out, two find the queue full
     assert len(ok) == 1, results
-    assert any("Exceeds maximum queue size" in e for e in errors), errors
-    assert any("timeout" in e.lower() for e in errors), errors
+    assert sum("Exceeds maximum queue size" in e for e in errors) == 2, errors
+    assert sum("timeout" in e.lower() for e in errors) == 1, errors
     s = stats(server.http_url, "policy")
     assert s["inference_stats"]["fail"]["count"] == 3

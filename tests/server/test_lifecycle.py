@@ -14,27 +14,41 @@ import tritonclient.grpc.aio as grpcaio
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from tests.fixtures.server import start_server
+from tests.fixtures.server import ServerHandle, start_server
 from tests.server import models
-from tests.server.helpers import fp32_input, spans, stats
+from tests.server.helpers import Gate, fp32_input, spans, stats
 
 
 async def test_sigterm_drains_in_flight_requests_and_exits_0(tmp_path):
-    models.slow_identity(tmp_path, "slow", delay_us=500000)
-    server = start_server(tmp_path, log_path=tmp_path / "server.log")
-    try:
-        client = grpcaio.InferenceServerClient(server.grpc_url)
-        a = np.ones((1, 16), dtype=np.float32)
-        call = asyncio.ensure_future(client.infer("slow", [fp32_input(grpcaio, "INPUT0", a)]))
-        await asyncio.sleep(0.2)  # the request is executing
-        server.process.send_signal(signal.SIGTERM)
-        result = await call
-        np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), a)
-        await client.close()
-        assert await asyncio.to_thread(server.process.wait, 20) == 0
-    finally:
-        server.stop()
+    with Gate(tmp_path) as gate:
+        models.slow_identity(tmp_path / "repo", "slow", delay_us=0, extra=gate.parameters())
+        server = start_server(tmp_path / "repo", log_path=tmp_path / "server.log")
+        try:
+            client = grpcaio.InferenceServerClient(server.grpc_url)
+            a = np.ones((1, 16), dtype=np.float32)
+            call = asyncio.ensure_future(client.infer("slow", [fp32_input(grpcaio, "INPUT0", a)]))
+            await gate.started()  # the request is executing, held by the gate
+            server.process.send_signal(signal.SIGTERM)
+            await _logged(server, "Signal received, draining")
+            gate.release()  # only now may the request finish: the server is draining
+            result = await call
+            np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), a)
+            await client.close()
+            assert await asyncio.to_thread(server.process.wait, 20) == 0
+        finally:
+            server.stop()
     assert "Server stopped" in server.log()
+
+
+async def _logged(server: ServerHandle, text: str, timeout_s: float = 20.0) -> None:
+    """Wait (bounded) until the server's log holds `text`.
+
+    The log line is the only sign that the server has handled a signal, so this polls the file
+    for that condition (no event crosses the process boundary).
+    """
+    async with asyncio.timeout(timeout_s):
+        while text not in server.log():  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
 
 
 def test_perfkit_serve_runs_the_server(tmp_path):
