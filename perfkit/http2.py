@@ -1,5 +1,6 @@
 """HTTP/2 (RFC 9113) and HPACK (RFC 7541) wire constants and encoders, for perfkit's lean gRPC
-client (`perfkit.load.h2`) and perfkit_server's gRPC server. Pure: no I/O, stdlib only."""
+client (`perfkit.load.transports.h2`) and perfkit_server's gRPC server. Pure: no I/O, stdlib
+only."""
 
 from __future__ import annotations
 
