@@ -171,13 +171,13 @@ async def test_instance_pool_across_threads() -> None:
     pool.release(a)
     assert pool.take() is a
     acquiring = asyncio.ensure_future(pool.acquire())
-    await asyncio.sleep(0.01)
+    await asyncio.sleep(0)  # one pass of the loop: the task runs until it waits for an instance
     assert not acquiring.done()
     threading.Thread(target=pool.release, args=(b,)).start()  # a thread wakes the loop
     assert await asyncio.wait_for(acquiring, 5) == b
     pool.release(a)
     draining = asyncio.ensure_future(pool.drain())
-    await asyncio.sleep(0.01)
+    await asyncio.sleep(0)  # one pass: the task runs until it waits for b
     assert not draining.done()  # b is still out
     pool.release(b)
     await asyncio.wait_for(draining, 5)
