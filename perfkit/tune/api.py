@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from perfkit.errors import ConfigError, PerfkitError, ServerUnavailable
+from perfkit.model_repo import ModelRepoError
 from perfkit.results import ServerInfo, TrialRecord, TuneResult
 from perfkit.sweepfile import TuneSweep
 from perfkit.tune import output
@@ -142,7 +143,10 @@ def _run(
     from perfkit.tune.tuner import LoopSettings, Tuner, make_sampler
 
     model_dir = _ensure_model(sweep, note)
-    base = load_config(model_dir / "config.pbtxt")
+    try:
+        base = load_config(model_dir / "config.pbtxt")
+    except ModelRepoError as exc:  # the pure module's own error: a ConfigError to perfkit's users
+        raise ConfigError(str(exc)) from exc
     default_text = (model_dir / "config.pbtxt").read_text(encoding="utf-8")
     out_dir = (sweep.output or Path("tune-results") / sweep.model).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
