@@ -79,7 +79,6 @@ class LevelDriver:
         self.dropped: list[int] = []
         self.sched_sent = 0
         self.send_limit = 0
-        self.t0 = 0
         self._cpu = cpu_seconds()
         self._send_ns = 0
         self._recv_ns = 0
@@ -111,7 +110,7 @@ class LevelDriver:
         clock, sleep = self._now, self._sleep
         loop = asyncio.get_running_loop()
         it = self.plan.schedule
-        t0 = self.t0 = clock() + 1_000_000
+        t0 = clock() + 1_000_000
         cap = self.plan.max_in_flight
         burst = 0
         base = -1
