@@ -166,9 +166,6 @@ class _Reader:
     def fail(self, name: str, reason: str) -> ConfigError:
         return ConfigError(f"{self.source}:{self.key(name)}: {reason}")
 
-    def has(self, name: str) -> bool:
-        return name in self.table
-
     def raw(self, name: str) -> Any:
         self.used.add(name)
         return self.table.get(name)

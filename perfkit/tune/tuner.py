@@ -93,7 +93,6 @@ class Tuner:
         self.single = len(objective.targets) == 1
         # Seconds each trial of this worker spent outside its windows, ask to tell (benchmarks).
         self.overheads_s: list[float] = []
-        self.measured_here = 0
         self.messages: list[str] = []
         self._rng = random.Random(settings.seed)
         self._last_params: Params = {}
@@ -356,7 +355,6 @@ class Tuner:
     def _done(self, study: optuna.Study, number: int, t0: int, window_s: float) -> None:
         # Ask to after tell, minus the windows (the stored overhead_s stops before the tell).
         self.overheads_s.append(max((time.perf_counter_ns() - t0) / 1e9 - window_s, 0.0))
-        self.measured_here += 1
         if self.on_trial is not None:
             record = rec.record_of(
                 study._storage.get_trial(

@@ -222,11 +222,8 @@ def _read_to_end(fd: int, timeout: float = 120.0) -> bytes:
 def _sweep_then(tmp_path: Path, action: str) -> tuple[subprocess.CompletedProcess[str], Path]:
     """Sweep 40 levels with the live view on a terminal (a pty as stderr); once it shows a level
     measured ("yes" in its stable column), kill the server or press Ctrl-C."""
-    repo = (
-        build_repo(tmp_path / "repo", tmp_path / "cache")
-        if (tmp_path / "repo").mkdir() is None
-        else tmp_path
-    )
+    (tmp_path / "repo").mkdir()
+    repo = build_repo(tmp_path / "repo", tmp_path / "cache")
     out = tmp_path / "kept.csv"
     master, slave = os.openpty()
     env = dict(os.environ, COLUMNS="200")
