@@ -84,32 +84,27 @@ def run_sweep(
 ) -> RunResult:
     """Measure every level of `spec.load` in order (or by binary search) and return a `RunResult`.
 
-    An unstable level is kept (stable=False), the sweep stops and the status is "unstable";
+    An unstable level is kept (stable=False) and the sweep goes on; its status is then "unstable".
     Ctrl-C (KeyboardInterrupt) or a server that dies returns the levels already measured with
     status "interrupted" / "error" and the reason in `messages`. Errors before the first level
     (server not there, unknown model, bad inputs) raise.
     """
     started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     session = Session(spec.target, spec.inputs)
-    done: list[Measurement] = []
-    messages: list[str] = []
+    walk = _Walk(spec, session, on_window, on_level, should_stop, on_raw)
     status: str = "ok"
-    metrics = None
-    if spec.metrics is not None:
-        metrics = MetricsScraper(spec.metrics.url, spec.metrics.interval_ms)
     try:
         with (
             WorkerGroup(spec.target, spec.inputs, spec.workers)
             if spec.workers > 1
             else contextlib.nullcontext()
-        ) as group:
-            status = eventloop.run(
-                _sweep(spec, session, group, done, messages, on_window, on_level, should_stop,
-                       on_raw, metrics)
-            )  # fmt: skip
+        ) as walk.group:
+            status = eventloop.run(walk.run())
     except KeyboardInterrupt:
         status = "interrupted"
-        messages.append(f"Interrupted after {len(done)} level(s); the levels measured are kept.")
+        walk.messages.append(
+            f"Interrupted after {len(walk.done)} level(s); the levels measured are kept."
+        )
     finally:
         session.close()
     return RunResult(
@@ -119,103 +114,121 @@ def run_sweep(
         model_config=session.config,
         config_hash=config_hash(session.config),
         settings=settings_of(spec),
-        measurements=tuple(done),
+        measurements=tuple(walk.done),
         status=status,  # type: ignore[arg-type]
         started_at=started,
         perfkit_version=__version__,
         machine=machine_info(),
-        messages=tuple(messages),
+        messages=tuple(walk.messages),
     )
 
 
-async def _sweep(
-    spec: SweepSpec,
-    session: Session,
-    group: WorkerGroup | None,
-    done: list[Measurement],
-    messages: list[str],
-    on_window: OnWindow | None,
-    on_level: OnLevel | None,
-    should_stop: ShouldStop | None,
-    on_raw: OnRaw | None,
-    metrics: MetricsScraper | None,
-) -> str:
-    thr_us = spec.latency_threshold_ms * 1000.0
-    pct = spec.measure.percentile
+class _Walk:
+    """One sweep's walk over its levels: what was measured and said so far."""
 
-    unstable: list[float] = []
+    def __init__(
+        self,
+        spec: SweepSpec,
+        session: Session,
+        on_window: OnWindow | None,
+        on_level: OnLevel | None,
+        should_stop: ShouldStop | None,
+        on_raw: OnRaw | None,
+    ) -> None:
+        self.spec = spec
+        self.session = session
+        self.on_window, self.on_level, self.on_raw = on_window, on_level, on_raw
+        self.should_stop = should_stop
+        self.group: WorkerGroup | None = None
+        self.metrics = (
+            MetricsScraper(spec.metrics.url, spec.metrics.interval_ms) if spec.metrics else None
+        )
+        self.done: list[Measurement] = []
+        self.messages: list[str] = []
+        self.unstable = False
 
-    async def one(level: float) -> Measurement:
+    async def level(self, level: float) -> Measurement:
+        """Measure one level (an unstable one is kept, flagged stable=False) and record it."""
+        spec, metrics = self.spec, self.metrics
         if metrics is not None:
             metrics.start()
         try:
-            if group is not None:
-                m = await group.measure(
-                    spec, session, level, on_window=on_window, should_stop=should_stop,
-                    on_raw=on_raw,
+            if self.group is not None:
+                m = await self.group.measure(
+                    spec, self.session, level, on_window=self.on_window,
+                    should_stop=self.should_stop, on_raw=self.on_raw,
                 )  # fmt: skip
             else:
                 m = await measure_async(
-                    session, spec.measure, spec.load, level, on_window=on_window,
-                    should_stop=should_stop, on_raw=on_raw,
+                    self.session, spec.measure, spec.load, level, on_window=self.on_window,
+                    should_stop=self.should_stop, on_raw=self.on_raw,
                 )  # fmt: skip
         except UnstableLevel as exc:
-            # Kept, flagged stable=False; the sweep goes on and ends with status "unstable".
             m = exc.measurement
-            unstable.append(level)
-            messages.append(str(exc))
+            self.unstable = True
+            self.messages.append(str(exc))
         finally:
             collected = await metrics.stop() if metrics is not None else None
         if collected is not None:
             m = replace(m, metrics=collected)
-        done.append(m)
-        if on_level:
-            on_level(m)
+        self.done.append(m)
+        if self.on_level:
+            self.on_level(m)
         return m
 
-    def over(m: Measurement) -> bool:
-        return thr_us > 0 and _latency_for_threshold(m, pct) >= thr_us
+    def over(self, m: Measurement) -> bool:
+        """Is `m`'s latency at or over the sweep's threshold?"""
+        thr_us = self.spec.latency_threshold_ms * 1000.0
+        return thr_us > 0 and _latency_for_threshold(m, self.spec.measure.percentile) >= thr_us
 
-    try:
-        if spec.binary_search:
-            levels = _levels(spec)
-            lo, hi = levels[0], levels[-1]
-            is_int = isinstance(spec.load, ConcurrencyLoad)
-            step = max(spec.binary_search_step, 1.0 if is_int else 1e-6)
-            if over(await one(lo)):
-                messages.append(
-                    f"Measured latency went over the set limit of {spec.latency_threshold_ms:g} msec."
-                )
-                return "unstable" if unstable else "ok"
-            if hi == lo or not over(await one(hi)):
-                return "unstable" if unstable else "ok"
-            while hi - lo > step:
-                mid = (lo + hi) / 2
-                if is_int:
-                    mid = float(math.floor(mid))
-                    if mid <= lo:
+    async def run(self) -> str:
+        """Walk the levels; returns the status ("ok", "unstable", "interrupted" or "error")."""
+        try:
+            if self.spec.binary_search:
+                await self._binary_search()
+            else:
+                for level in _levels(self.spec):
+                    if self.over(await self.level(level)):
+                        self._over_threshold()
                         break
-                if over(await one(mid)):
-                    hi = mid
-                else:
-                    lo = mid
-            return "unstable" if unstable else "ok"
-        for level in _levels(spec):
-            m = await one(level)
-            if over(m):
-                messages.append(
-                    f"Measured latency went over the set limit of {spec.latency_threshold_ms:g} msec."
-                )
-                break
-            if should_stop is not None and should_stop():
-                messages.append("Stopped on request.")
-                return "interrupted"
-        return "unstable" if unstable else "ok"
-    except (ServerUnavailable, ServerError) as exc:
-        if not done:
-            raise
-        messages.append(f"{exc} The {len(done)} level(s) measured before are kept.")
-        return "error"
-    except asyncio.CancelledError:  # Ctrl-C: asyncio.Runner cancels this task
-        messages.append(f"Interrupted after {len(done)} level(s); the levels measured are kept.")
-        return "interrupted"
+                    if self.should_stop is not None and self.should_stop():
+                        self.messages.append("Stopped on request.")
+                        return "interrupted"
+            return "unstable" if self.unstable else "ok"
+        except (ServerUnavailable, ServerError) as exc:
+            if not self.done:
+                raise
+            self.messages.append(f"{exc} The {len(self.done)} level(s) measured before are kept.")
+            return "error"
+        except asyncio.CancelledError:  # Ctrl-C: asyncio.Runner cancels this task
+            self.messages.append(
+                f"Interrupted after {len(self.done)} level(s); the levels measured are kept."
+            )
+            return "interrupted"
+
+    def _over_threshold(self) -> None:
+        self.messages.append(
+            f"Measured latency went over the set limit of {self.spec.latency_threshold_ms:g} msec."
+        )
+
+    async def _binary_search(self) -> None:
+        spec = self.spec
+        levels = _levels(spec)
+        lo, hi = levels[0], levels[-1]
+        is_int = isinstance(spec.load, ConcurrencyLoad)
+        step = max(spec.binary_search_step, 1.0 if is_int else 1e-6)
+        if self.over(await self.level(lo)):
+            self._over_threshold()
+            return
+        if hi == lo or not self.over(await self.level(hi)):
+            return
+        while hi - lo > step:
+            mid = (lo + hi) / 2
+            if is_int:
+                mid = float(math.floor(mid))
+                if mid <= lo:
+                    break
+            if self.over(await self.level(mid)):
+                hi = mid
+            else:
+                lo = mid
