@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from perfkit.errors import ConfigError
-from perfkit.load import run_sweep
 from perfkit.load.spec import MetricsSpec, RequestRateLoad, SweepSpec
+from perfkit.load.sweep import run_sweep
 from perfkit.results import Measurement, RunResult, WindowStat
 
 logger = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """Wire encoding of the inference requests a level sends, once per level, with tritonclient's public API.
 
-The hot path in `perfkit.load.transport` / `perfkit.load.h2` only writes the bytes built here: an
+The hot path in `perfkit.load.transports` (HTTP/1.1, h2) only writes the bytes built here: an
 HTTP/1.1 request with Triton's binary tensor extension (`InferenceServerClient.generate_request_body`)
 or a serialized `ModelInferRequest` (built from tritonclient's generated `service_pb2`: tritonclient
 has no public call that encodes a gRPC request without sending it). Control-plane calls live in
