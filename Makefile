@@ -25,6 +25,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check perfkit server tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+	$(BIN)/vulture
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -m "not gpu and not docker" -q

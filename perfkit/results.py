@@ -1,6 +1,6 @@
 """Result values shared by `perfkit run`, `perfkit tune` and the reports. Pure dataclasses, stdlib only.
 
-Flow: the driver emits per-request timings into histograms -> one `Measurement` per load level ->
+Flow: the driver records per-request timings into raw windows -> one `Measurement` per load level ->
 `RunResult` for a sweep; a tune is a `TuneResult` of `TrialRecord`s, each holding the `Measurement`
 of its variant. Reports take these values (or their JSON form, see `perfkit.report.schema`).
 Units are in the field names: `_us` microseconds, `_ns` nanoseconds, `_s` seconds, `_rps` requests/s.

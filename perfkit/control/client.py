@@ -238,10 +238,6 @@ class ControlClient:
         """{"name", "version", "extensions"} as the server reports them."""
         return dict(self._call("get_server_metadata", what=f"server metadata from {self.url}"))
 
-    async def server_metadata_async(self) -> dict[str, Any]:
-        what = f"server metadata from {self.url}"
-        return dict(await self._acall("get_server_metadata", what=what))
-
     def repository_index(self) -> list[dict[str, Any]]:
         """The repository's models: [{"name", "version", "state", "reason"}, ...]."""
         idx = self._call("get_model_repository_index", what=f"repository index of {self.url}")
@@ -278,24 +274,10 @@ class ControlClient:
             ) from exc.__cause__
         return model_metadata(md)
 
-    async def model_metadata_async(self) -> dict[str, Any]:
-        what = self._model_what("metadata")
-        md = await self._acall(
-            "get_model_metadata", self.model, self.model_version, what=what, kind=ModelError
-        )
-        return model_metadata(md)
-
     def model_config(self) -> dict[str, Any]:
         """The config the server serves for the model (Triton's JSON form)."""
         what = self._model_what("model config")
         reply = self._call(
-            "get_model_config", self.model, self.model_version, what=what, kind=ModelError
-        )
-        return model_config(reply)
-
-    async def model_config_async(self) -> dict[str, Any]:
-        what = self._model_what("model config")
-        reply = await self._acall(
             "get_model_config", self.model, self.model_version, what=what, kind=ModelError
         )
         return model_config(reply)

@@ -20,7 +20,6 @@ import tempfile
 import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import IO, Protocol, Self, runtime_checkable
 
 from perfkit.control import ControlClient, ServerProtocol, check_protocol, wait_for
@@ -231,12 +230,7 @@ class ProcessServer:
         self.start()
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
     def start(self) -> Self:

@@ -7,7 +7,6 @@ percentiles on the merged stable windows; so does this module: a window holds it
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -163,12 +162,3 @@ def merge_parallel(windows: Sequence[RawWindow]) -> RawWindow:
     m = merge(windows)
     m.workers = sum(w.workers for w in windows)
     return m
-
-
-def merged_duration_ns(windows: Sequence[RawWindow]) -> int:
-    """Total measured time of consecutive windows (the sum of their durations)."""
-    return sum(w.duration_ns for w in windows)
-
-
-def finite_or_zero(x: float) -> float:
-    return x if math.isfinite(x) else 0.0

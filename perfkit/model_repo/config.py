@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from google.protobuf import descriptor, json_format, text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from perfkit.datatypes import UnknownDatatype, by_config, by_v2
+from perfkit.datatypes import UnknownDatatype, by_config
 from perfkit.model_repo import InvalidModelConfig
 
 if TYPE_CHECKING:
@@ -31,14 +31,6 @@ def v2_datatype(data_type: int) -> str:
     """KServe v2 datatype ("FP32") of a config `DataType` enum value."""
     try:
         return by_config(mc.DataType.Name(data_type)).v2
-    except UnknownDatatype as exc:
-        raise InvalidModelConfig(str(exc)) from None
-
-
-def config_datatype(v2: str) -> int:
-    """Config `DataType` enum value of a KServe v2 datatype string ("FP32" -> TYPE_FP32)."""
-    try:
-        return int(mc.DataType.Value(by_v2(v2).config))
     except UnknownDatatype as exc:
         raise InvalidModelConfig(str(exc)) from None
 

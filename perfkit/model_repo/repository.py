@@ -8,7 +8,6 @@ import tempfile
 from pathlib import Path
 
 from perfkit.model_repo import InvalidRepository
-from perfkit.model_repo.config import ModelConfig, format_config
 
 CONFIG_FILE = "config.pbtxt"
 
@@ -73,8 +72,3 @@ def write_text_atomic(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def write_config_atomic(path: Path, config: ModelConfig) -> None:
-    """Write a config.pbtxt atomically."""
-    write_text_atomic(path, format_config(config))

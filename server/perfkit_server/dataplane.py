@@ -39,7 +39,6 @@ class DataPlane:
         self._settings = settings
         self._registry = registry
         self._ready = False
-        self._metadata_cache: dict[tuple[str, str], dict[str, Any]] = {}
 
     @property
     def registry(self) -> Registry:

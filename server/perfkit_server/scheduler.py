@@ -43,7 +43,7 @@ Outputs = dict[str, Array]
 # such a batch itself. Only for backends that say they never block (`may_block` False).
 # The decision follows the share of recent executions under the bar (an EWMA of 0/1, inline above
 # one half): a median, not a mean. Each execution is timed on the calling thread's CPU clock, so
-# waiting for the GIL (many gRPC threads) or for a core (a loaded machine) does not count.
+# waiting for the GIL (executor threads) or for a core (a loaded machine) does not count.
 INLINE_BELOW_NS = 100_000
 # ... and that also finish within this wall time (a GIL wait of up to ~1 ms is tolerated).
 INLINE_WALL_BELOW_NS = 1_000_000
@@ -170,7 +170,7 @@ class Scheduler:
             await self._loop_task
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._pool.drain()  # direct calls still running in gRPC threads
+        await self._pool.drain()  # executions still running in the executor
         loop = asyncio.get_running_loop()
         for inst in self._instances:
             await loop.run_in_executor(self._executor, inst.close)

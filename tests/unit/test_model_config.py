@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from tritonclient.grpc import model_config_pb2 as mc
 
 from perfkit.model_repo import InvalidModelConfig, InvalidRepository, repository
 from perfkit.model_repo import config as mcfg
@@ -90,10 +91,9 @@ def test_validation_names_the_field(edit, field):
 
 
 def test_datatype_table():
-    assert mcfg.v2_datatype(mcfg.config_datatype("fp32")) == "FP32"
-    assert mcfg.v2_datatype(mcfg.config_datatype("BYTES")) == "BYTES"
-    with pytest.raises(InvalidModelConfig, match="unknown datatype"):
-        mcfg.config_datatype("FLOAT")
+    assert mcfg.v2_datatype(mcfg.parse_config(ADD_SUB).input[0].data_type) == "FP32"
+    with pytest.raises(InvalidModelConfig, match="TYPE_INVALID has no KServe v2 equivalent"):
+        mcfg.v2_datatype(mc.DataType.Value("TYPE_INVALID"))
 
 
 @pytest.mark.parametrize("name", ["", "..", "../etc", "a/b", ".hidden", "a\\b"])
@@ -107,7 +107,9 @@ def test_scan_and_atomic_write(tmp_path: Path):
     (tmp_path / "a" / "3").mkdir()
     (tmp_path / "b").mkdir()
     (tmp_path / "notes").mkdir()
-    repository.write_config_atomic(tmp_path / "b" / "config.pbtxt", mcfg.parse_config(ADD_SUB))
+    repository.write_text_atomic(
+        tmp_path / "b" / "config.pbtxt", mcfg.format_config(mcfg.parse_config(ADD_SUB))
+    )
     assert list(repository.scan_repository(tmp_path)) == ["a", "b"]
     assert list(repository.version_dirs(tmp_path / "a")) == [1, 3]
     assert mcfg.load_config(tmp_path / "b" / "config.pbtxt").name == "add_sub"

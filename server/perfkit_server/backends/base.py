@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
 import numpy.typing as npt
 
 Array = npt.NDArray[Any]
@@ -67,8 +66,3 @@ def int_parameter(config: Any, key: str, default: int, source: str) -> int:
         raise ValueError(
             f"{source}: parameters['{key}'].string_value must be an integer, got {text!r}"
         ) from None
-
-
-def zeros_like_config(dtype: np.dtype[Any], shape: tuple[int, ...]) -> Array:
-    """A zero tensor (used by warmup)."""
-    return np.zeros(shape, dtype=dtype)

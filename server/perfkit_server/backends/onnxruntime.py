@@ -19,7 +19,6 @@ from perfkit.datatypes import BY_V2
 from perfkit_server.backends.base import Array, InstanceSpec, int_parameter, string_parameter
 
 BACKEND_NAME = "onnxruntime"
-PLATFORM = "onnxruntime_onnx"
 DEFAULT_FILENAME = "model.onnx"
 # Triton's autocomplete default for models whose first dimension is variable.
 DEFAULT_MAX_BATCH_SIZE = 4
