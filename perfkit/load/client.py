@@ -9,7 +9,6 @@ has no public call that encodes a gRPC request without sending it). Control-plan
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -31,28 +30,6 @@ def control_client(target: TargetSpec) -> ControlClient:
         model_version=target.model_version,
         connect_timeout_s=target.connect_timeout_s,
     )
-
-
-async def http_get(host: str, port: int, path: str, timeout_s: float = 5.0) -> tuple[int, bytes]:
-    """A minimal HTTP/1.0 GET on the running loop: (status, body).
-
-    Kept for the Prometheus scrape (`perfkit.load.metrics_scrape`): /metrics is not part of
-    tritonclient's API, and the scrape runs on the generator's loop every few hundred ms, where a
-    read to EOF is all it needs. `asyncio.timeout`, not `wait_for`: on Python 3.11 wait_for can
-    swallow a cancellation (Ctrl-C) that lands as its inner call completes.
-    """
-    async with asyncio.timeout(timeout_s):
-        reader, writer = await asyncio.open_connection(host, port)
-    try:
-        writer.write(f"GET {path} HTTP/1.0\r\nHost: {host}:{port}\r\n\r\n".encode())
-        async with asyncio.timeout(timeout_s):
-            data = await reader.read(-1)
-    finally:
-        writer.close()
-    head, _, body = data.partition(b"\r\n\r\n")
-    if not head.startswith(b"HTTP/"):
-        raise OSError(f"not an HTTP answer from {host}:{port}{path}")
-    return int(head[9:12]), body
 
 
 def _model_path(target: TargetSpec) -> str:

@@ -73,10 +73,29 @@ def _split(url: str) -> tuple[str, int, str]:
     return host or "localhost", int(port), "/" + (path or "metrics")
 
 
+async def http_get(host: str, port: int, path: str, timeout_s: float = 5.0) -> tuple[int, bytes]:
+    """A minimal HTTP/1.0 GET on the running loop: (status, body).
+
+    /metrics is not part of tritonclient's API, and the scrape runs on the generator's loop every
+    few hundred ms, where a read to EOF is all it needs. `asyncio.timeout`, not `wait_for`: on Python 3.11 wait_for can
+    swallow a cancellation (Ctrl-C) that lands as its inner call completes.
+    """
+    async with asyncio.timeout(timeout_s):
+        reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(f"GET {path} HTTP/1.0\r\nHost: {host}:{port}\r\n\r\n".encode())
+        async with asyncio.timeout(timeout_s):
+            data = await reader.read(-1)
+    finally:
+        writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/"):
+        raise OSError(f"not an HTTP answer from {host}:{port}{path}")
+    return int(head[9:12]), body
+
+
 async def fetch(url: str, timeout_s: float = 2.0) -> str:
     """GET a metrics page (HTTP/1.0, read to EOF)."""
-    from perfkit.load.client import http_get
-
     host, port, path = _split(url)
     status, body = await http_get(host, port, path, timeout_s)
     if status != 200:
