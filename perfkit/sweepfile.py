@@ -29,6 +29,8 @@ from typing import Any, Literal
 
 from perfkit.errors import ConfigError
 from perfkit.load.spec import parse_shapes
+from perfkit.model_repo import InvalidRepository
+from perfkit.model_repo.repository import check_model_name
 
 Direction = Literal["maximize", "minimize"]
 SamplerName = Literal["tpe", "nsga2", "grid", "random"]
@@ -404,6 +406,11 @@ def parse_sweep(text: str, source: str = "<sweep>", base_dir: Path | None = None
     model_name = m.str_("name")
     if model_name is None:
         raise m.fail("name", "is required: the model to tune")
+    try:
+        # The load API's rule: a model name is one directory inside the repository, never a path.
+        check_model_name(model_name)
+    except InvalidRepository as exc:
+        raise m.fail("name", str(exc)) from None
     repo = m.str_("repository", "model_repository") or "model_repository"
     zoo = m.str_("zoo")
     m.check_unknown({"name", "repository", "zoo"})

@@ -84,6 +84,19 @@ def test_missing_model_name_and_bad_toml(tmp_path: Path) -> None:
         load_sweep(tmp_path / "missing.toml")
 
 
+@pytest.mark.parametrize("name", ["../../etc", "a/b", "..", ".hidden", "a\\b", ""])
+def test_model_name_is_checked_like_the_load_api(tmp_path: Path, name: str) -> None:
+    """Issue #10 finding 10: a sweep's model name is one directory inside the repository, never a
+    path (the rule of perfkit.model_repo.repository.check_model_name, which the load API uses)."""
+    sweep = tmp_path / "s.toml"
+    sweep.write_text(f"[model]\nname = '{name}'\n")  # a TOML literal string: no escapes
+    with pytest.raises(ConfigError) as info:
+        load_sweep(sweep, base_dir=tmp_path)
+    message = str(info.value)
+    assert message.startswith(f"{sweep}:model.name:"), message
+    assert "model name" in message or "non-empty" in message
+
+
 def test_cli_refuses_a_bad_sweep_with_file_key_and_reason(tmp_path: Path) -> None:
     from tests.tune.conftest import run_perfkit
 
