@@ -3,7 +3,9 @@
 A process server runs in its own session (process group), logs stdout+stderr to a file, is ready
 when /v2/health/ready answers 200 and the gRPC port accepts connections, and stops with SIGTERM,
 then SIGKILL of its whole group after a grace period. Servers still running at interpreter exit
-are stopped by an atexit hook, so a crashed caller does not leave them behind.
+are stopped by an atexit hook. A caller that dies without running it (SIGKILL, a crash) leaves
+nothing behind either: each server runs under a small watchdog (`_watchdog.py`) that holds the read
+end of a pipe whose write end only this process holds, and stops the server when it reads EOF.
 """
 
 from __future__ import annotations
@@ -13,9 +15,12 @@ import contextlib
 import logging
 import os
 import re
+import select
+import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import weakref
 from collections.abc import Mapping, Sequence
@@ -135,6 +140,9 @@ def log_excerpt(path: Path | None, lines: int = 15, errors: int = 10, width: int
     return "\n".join(parts)
 
 
+# Run by path with -I -S: stdlib only, so it starts in milliseconds and imports nothing of perfkit.
+_WATCHDOG = Path(__file__).with_name("_watchdog.py")
+
 _ADDRESS_IN_USE = ("address already in use", "errno 98", "address in use", "failed to bind")
 
 _live: weakref.WeakSet[ProcessServer] = weakref.WeakSet()
@@ -144,6 +152,22 @@ _live: weakref.WeakSet[ProcessServer] = weakref.WeakSet()
 def _stop_all() -> None:
     for server in list(_live):
         server.stop()
+
+
+def _read_pid(fd: int, timeout_s: float) -> int | None:
+    """The pid the watchdog writes once it started the server; None when it could not (it then
+    exits 127 with the reason in the log, which the readiness wait reports)."""
+    data = b""
+    try:
+        while not data.endswith(b"\n"):
+            ready, _, _ = select.select([fd], [], [], timeout_s)
+            chunk = os.read(fd, 64) if ready else b""
+            if not chunk:
+                return None
+            data += chunk
+    finally:
+        os.close(fd)
+    return int(data)
 
 
 class ProcessServer:
@@ -175,6 +199,9 @@ class ProcessServer:
         self._log_file: IO[bytes] | None = None
         self._extra_env = dict(env or {})
         self._proc: subprocess.Popen[bytes] | None = None
+        # The write end of the watchdog's lifeline pipe, and the server's own pid.
+        self._lifeline: int | None = None
+        self._server_pid: int | None = None
 
     # -- subclass hooks ---------------------------------------------------------------------------
     def _command(self) -> list[str]:
@@ -217,7 +244,8 @@ class ProcessServer:
 
     @property
     def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
+        """The server process's pid (its watchdog's child), while it runs."""
+        return self._server_pid if self._proc is not None else None
 
     def url(self, protocol: ServerProtocol) -> str:
         return self.http_url if check_protocol(protocol) == "http" else self.grpc_url
@@ -271,22 +299,38 @@ class ProcessServer:
         self._log_file = self._log_path.open("wb")
         command = self._command()
         logger.debug("starting %s: %s", self._describe(), " ".join(command))
+        if shutil.which(command[0]) is None:
+            self._close_log()
+            raise ServerUnavailable(
+                f"cannot start {self._describe()}: {command[0]} is not an executable file"
+            )
+        # Both pipes are created non-inheritable: no other child of perfkit holds the lifeline's
+        # write end, so the watchdog reads EOF exactly when this process is gone.
+        lifeline_r, self._lifeline = os.pipe()
+        pid_r, pid_w = os.pipe()
+        fds = (str(lifeline_r), str(pid_w), f"{self.stop_timeout_s:g}")
         try:
             self._proc = subprocess.Popen(
-                command,
+                [sys.executable, "-I", "-S", str(_WATCHDOG), *fds, "--", *command],
                 stdin=subprocess.DEVNULL,
                 stdout=self._log_file,
                 stderr=subprocess.STDOUT,
                 env=self._environment(),
+                pass_fds=(lifeline_r, pid_w),
                 # Own process group: a terminal's Ctrl-C reaches perfkit, which stops the server itself.
                 start_new_session=True,
             )
         except OSError as exc:
+            self._close_lifeline()
             self._close_log()
             raise ServerUnavailable(
                 f"cannot start {self._describe()} ({command[0]}): {exc}"
             ) from exc
+        finally:
+            os.close(lifeline_r)
+            os.close(pid_w)
         _live.add(self)
+        self._server_pid = _read_pid(pid_r, self.startup_timeout_s)
 
     def _wait_ready(self) -> None:
         proc = self._proc
@@ -342,8 +386,15 @@ class ProcessServer:
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
             self._proc = None
+            self._server_pid = None
             _live.discard(self)
+        self._close_lifeline()
         self._close_log()
+
+    def _close_lifeline(self) -> None:
+        if self._lifeline is not None:
+            os.close(self._lifeline)
+            self._lifeline = None
 
     def _close_log(self) -> None:
         if self._log_file is not None:

@@ -15,6 +15,7 @@ import psutil
 import pytest
 from optuna.trial import TrialState
 
+from tests.launch.test_dies_with_perfkit import assert_gone
 from tests.tune.conftest import (
     ROOT,
     assert_no_variant_measured_twice,
@@ -74,11 +75,19 @@ def test_resume_after_interrupt(ident_repo: Path, tmp_path: Path, sig: signal.Si
         perfkit_cmd(*args), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
     children: list[psutil.Process] = []
+    ports: list[int] = []
     try:
         seen = _wait_for_trials(proc, 2)
         _wait_for_running(storage)
-        # The embedded server is our child: a SIGKILL leaves it behind, so remember it.
+        # The embedded server (under its watchdog) answers: trials were measured on it.
         children = psutil.Process(proc.pid).children(recursive=True)
+        ports = [
+            c.laddr.port
+            for child in children
+            for c in child.net_connections(kind="tcp")
+            if c.status == psutil.CONN_LISTEN
+        ]
+        assert ports, [child.cmdline() for child in children]
         os.kill(proc.pid, sig)
         rest, _ = proc.communicate(timeout=60)
         output = seen + rest
@@ -86,13 +95,13 @@ def test_resume_after_interrupt(ident_repo: Path, tmp_path: Path, sig: signal.Si
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
-        for child in children:
-            if child.is_running():
-                child.kill()
     if sig == signal.SIGINT:
         assert proc.returncode == 130, output.decode(errors="replace")
     else:
         assert proc.returncode == -signal.SIGKILL
+    # Issue #10 finding 10: the embedded server dies with perfkit, SIGKILL included.
+    for child in children:
+        assert_gone(child.pid, ports)
 
     study = optuna.load_study(study_name="t", storage=storage)
     before = _snapshot(study)
