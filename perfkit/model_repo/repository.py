@@ -10,6 +10,8 @@ from pathlib import Path
 from perfkit.model_repo import InvalidRepository
 
 CONFIG_FILE = "config.pbtxt"
+# A model name is a directory name: at most a file name's length (NAME_MAX), in UTF-8 bytes.
+MAX_MODEL_NAME_BYTES = 255
 
 
 def check_model_name(name: str) -> str:
@@ -25,6 +27,11 @@ def check_model_name(name: str) -> str:
         raise InvalidRepository(
             f"invalid model name {name!r}: a model name is a single directory name inside the model "
             "repository (no '/', '\\', leading '.', or '..')"
+        )
+    if len(name.encode("utf-8", "surrogatepass")) > MAX_MODEL_NAME_BYTES:
+        raise InvalidRepository(
+            f"invalid model name {name[:32]!r}... ({len(name)} characters): a model name is a "
+            f"directory name of at most {MAX_MODEL_NAME_BYTES} bytes"
         )
     return name
 

@@ -59,6 +59,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=256 * 1024 * 1024,
         help="largest request body (HTTP) / message (gRPC) in bytes",
     )
+    p.add_argument(
+        "--max-instances-per-model",
+        type=int,
+        default=64,
+        help="most instances a model load may ask for (instance_group counts summed)",
+    )
+    p.add_argument(
+        "--max-threads-per-instance",
+        type=int,
+        default=4 * (os.cpu_count() or 1),
+        help="largest backend thread count per instance (intra_op/inter_op_thread_count); "
+        "default 4 x the CPU count",
+    )
     return p
 
 
@@ -82,6 +95,8 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         log_verbose=args.log_verbose,
         drain_secs=args.exit_timeout_secs,
         max_request_bytes=args.http_max_input_size,
+        max_instances_per_model=args.max_instances_per_model,
+        max_threads_per_instance=args.max_threads_per_instance,
     )
 
 

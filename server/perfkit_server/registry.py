@@ -14,9 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from perfkit.datatypes import NP_BY_V2
 from perfkit.model_repo import ModelRepoError
 from perfkit.model_repo.config import (
     config_from_json,
@@ -39,10 +36,12 @@ from perfkit_server.errors import (
     ModelNotFound,
     Unavailable,
 )
+from perfkit_server.load_limits import LoadLimits, check_load
 from perfkit_server.modelconfig import normalize
 from perfkit_server.scheduler import BatcherSpec, Scheduler
 from perfkit_server.settings import ServerSettings
 from perfkit_server.stats import ModelStats
+from perfkit_server.warmup import Warmup, run_warmup, warmup_requests
 
 logger = logging.getLogger(__name__)
 
@@ -152,32 +151,13 @@ def _signatures(tensors: Any, source: str, kind: str) -> dict[str, TensorSignatu
     return specs
 
 
-def _warmup_inputs(config: Any, warmup: Any, version_dir: Path) -> dict[str, np.ndarray[Any, Any]]:
-    inputs: dict[str, np.ndarray[Any, Any]] = {}
-    rng = np.random.default_rng(0)
-    for name, spec in warmup.inputs.items():
-        dtype = NP_BY_V2[v2_datatype(spec.data_type)]
-        shape = tuple(int(d) for d in spec.dims)
-        if config.max_batch_size > 0:
-            shape = (max(1, warmup.batch_size), *shape)
-        which = spec.WhichOneof("input_data_type")
-        if which == "random_data" and dtype.kind in "fiu":
-            array = rng.random(shape).astype(dtype)
-        elif which == "input_data_file":
-            raw = (version_dir.parent / "warmup" / spec.input_data_file).read_bytes()
-            array = np.frombuffer(raw, dtype=dtype).reshape(shape)
-        else:
-            array = np.zeros(shape, dtype=dtype)
-        inputs[name] = array
-    return inputs
-
-
 class Registry:
     """All models of one repository and their served versions."""
 
     def __init__(self, settings: ServerSettings) -> None:
         self._settings = settings
         self._root = settings.model_repository
+        self._limits = LoadLimits.from_settings(settings)
         self._models: dict[str, ModelEntry] = {}
         self._poll_task: asyncio.Task[None] | None = None
         self._poll_seen: dict[str, tuple[Any, ...]] = {}
@@ -398,6 +378,11 @@ class Registry:
                 f"{source}: backend: unsupported backend {backend or '(none)'!r}; this server "
                 'runs backend "onnxruntime" (platform onnxruntime_onnx) and "perfkit_identity"'
             )
+        try:
+            # Before anything is read: model file names, backend parameters, caps, warmup names.
+            check_load(config, backend, self._limits, source)
+        except ValueError as exc:
+            raise InvalidConfig(str(exc)) from None
         if not config.backend and not config.platform:
             config.backend = backend
         settings = self._settings
@@ -435,6 +420,7 @@ class Registry:
             config.platform
             or ("onnxruntime_onnx" if config.backend == "onnxruntime" else config.backend)
         )
+        warmups = await asyncio.to_thread(warmup_requests, config, model_dir, source)
         result: dict[int, LoadedVersion] = {}
         try:
             for version, version_dir in chosen.items():
@@ -443,7 +429,7 @@ class Registry:
                     for i, (kind, device) in enumerate(kinds)
                 ]
                 loaded = await asyncio.gather(
-                    *(asyncio.to_thread(self._load_instance, s) for s in specs),
+                    *(asyncio.to_thread(self._load_instance, s, warmups) for s in specs),
                     return_exceptions=True,
                 )
                 good = [x for x in loaded if not isinstance(x, BaseException)]
@@ -473,10 +459,11 @@ class Registry:
         return result
 
     @staticmethod
-    def _load_instance(spec: InstanceSpec) -> Backend:
+    def _load_instance(spec: InstanceSpec, warmups: list[Warmup]) -> Backend:
         backend = create_backend(spec)
-        for warmup in spec.config.model_warmup:
-            inputs = _warmup_inputs(spec.config, warmup, spec.version_dir)
-            for _ in range(max(1, warmup.count)):
-                backend.infer(inputs)
+        try:
+            run_warmup(backend, warmups)
+        except BaseException:
+            backend.close()
+            raise
         return backend

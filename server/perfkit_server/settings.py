@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -33,6 +34,10 @@ class ServerSettings:
     max_request_bytes: int = 256 * 1024 * 1024
     # Seconds to wait for in-flight requests on SIGINT/SIGTERM.
     drain_secs: float = 30.0
+    # Caps on what a model load (config.pbtxt or the load API's override) may ask for: instances
+    # summed over its instance groups, and each backend thread knob (e.g. intra_op_thread_count).
+    max_instances_per_model: int = 64
+    max_threads_per_instance: int = field(default_factory=lambda: 4 * (os.cpu_count() or 1))
 
     def __post_init__(self) -> None:
         for name in ("http_port", "grpc_port", "metrics_port"):
@@ -43,5 +48,9 @@ class ServerSettings:
             raise ValueError(
                 f"--model-control-mode must be none, explicit or poll, got {self.model_control_mode!r}"
             )
+        for cap in ("max_instances_per_model", "max_threads_per_instance"):
+            value = getattr(self, cap)
+            if value < 1:
+                raise ValueError(f"--{cap.replace('_', '-')} must be >= 1, got {value}")
         if self.repository_poll_secs <= 0:
             raise ValueError(f"--repository-poll-secs must be > 0, got {self.repository_poll_secs}")

@@ -45,8 +45,20 @@ def stats(url: str, model: str) -> dict[str, Any]:
     return result
 
 
+# perfkit_identity's test hooks (no config can name a file): the server's environment names a
+# directory; the backend logs spans to <dir>/<model>.spans and is gated by <dir>/<model>.started
+# and <dir>/<model>.release when those are named pipes. Set it before starting the server:
+#     monkeypatch.setenv(HOOK_ENV, str(tmp_path))
+HOOK_ENV = "PERFKIT_SERVER_TEST_HOOK_DIR"
+
+
+def span_log(directory: Path, model: str) -> Path:
+    """Where perfkit_identity logs the spans of `model` under the hook directory."""
+    return directory / f"{model}.spans"
+
+
 def spans(path: Path) -> list[tuple[int, int, int]]:
-    """(start_ns, end_ns, instance) per execution, from perfkit_identity's span_log."""
+    """(start_ns, end_ns, instance) per execution, from a perfkit_identity span log."""
     if not path.exists():
         return []
     rows = [line.split() for line in path.read_text().splitlines() if line.strip()]
@@ -74,8 +86,9 @@ class Gate:
     """The two named pipes of a gated perfkit_identity model: each execution says it started
     (a readable byte on `started`) and waits until the test releases it.
 
-        gate = Gate(tmp_path)
-        models.slow_identity(repo, "m", delay_us=0, extra=gate.parameters())
+        monkeypatch.setenv(HOOK_ENV, str(tmp_path))   # the server's hook directory
+        gate = Gate(tmp_path, "m")                     # before the model loads
+        models.slow_identity(repo, "m", delay_us=0)
         ...
         await gate.started()   # an execution is running now
         gate.release()         # ... and may finish
@@ -84,23 +97,13 @@ class Gate:
     reads as closed. `close()` (or the context manager) releases whatever still waits.
     """
 
-    def __init__(self, directory: Path) -> None:
-        self.started_path = directory / "started.fifo"
-        self.release_path = directory / "release.fifo"
+    def __init__(self, directory: Path, model: str) -> None:
+        self.started_path = directory / f"{model}.started"
+        self.release_path = directory / f"{model}.release"
         os.mkfifo(self.started_path)
         os.mkfifo(self.release_path)
         self._started = os.open(self.started_path, os.O_RDWR | os.O_NONBLOCK)
         self._release = os.open(self.release_path, os.O_RDWR)
-
-    def parameters(self) -> str:
-        """The config.pbtxt parameters that gate a perfkit_identity model."""
-        return "\n".join(
-            f'parameters {{ key: "{key}" value: {{ string_value: "{path}" }} }}'
-            for key, path in (
-                ("started_fifo", self.started_path),
-                ("release_fifo", self.release_path),
-            )
-        )
 
     async def started(self, timeout_s: float = 30.0) -> None:
         """Wait until an execution has started (one started byte is consumed per call)."""

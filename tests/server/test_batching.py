@@ -12,7 +12,16 @@ import tritonclient.grpc.aio as grpcaio
 from tritonclient.utils import InferenceServerException
 
 from tests.server import models
-from tests.server.helpers import Gate, concurrent_singles, fp32_input, overlapping, spans, stats
+from tests.server.helpers import (
+    HOOK_ENV,
+    Gate,
+    concurrent_singles,
+    fp32_input,
+    overlapping,
+    span_log,
+    spans,
+    stats,
+)
 
 
 async def _first_done(futures: list[asyncio.Future[Any]], count: int) -> list[asyncio.Future[Any]]:
@@ -75,12 +84,12 @@ async def test_requests_carrying_a_batch_are_combined_up_to_max(perfkit_server, 
     assert s["execution_count"] < 4
 
 
-async def test_two_instances_execute_in_parallel(perfkit_server, tmp_path):
-    log2, log1 = tmp_path / "spans2.log", tmp_path / "spans1.log"
-    span = 'parameters {{ key: "span_log" value: {{ string_value: "{}" }} }}'
+async def test_two_instances_execute_in_parallel(perfkit_server, tmp_path, monkeypatch):
+    monkeypatch.setenv(HOOK_ENV, str(tmp_path))
+    log2, log1 = span_log(tmp_path, "two"), span_log(tmp_path, "one")
     repo = tmp_path / "repo"
-    models.slow_identity(repo, "two", delay_us=200000, instances=2, extra=span.format(log2))
-    models.slow_identity(repo, "one", delay_us=100000, instances=1, extra=span.format(log1))
+    models.slow_identity(repo, "two", delay_us=200000, instances=2)
+    models.slow_identity(repo, "one", delay_us=100000, instances=1)
     server = perfkit_server(repo)
     await asyncio.gather(
         concurrent_singles(server.grpc_url, "two", 2), concurrent_singles(server.grpc_url, "one", 2)
@@ -104,16 +113,16 @@ async def test_preserve_ordering_and_priority_levels(perfkit_server, tmp_path):
     assert stats(server.http_url, "ordered")["inference_count"] == 10
 
 
-async def test_queue_policy_rejects_when_full_and_on_timeout(perfkit_server, tmp_path):
+async def test_queue_policy_rejects_when_full_and_on_timeout(perfkit_server, tmp_path, monkeypatch):
     batching = """dynamic_batching {
   max_queue_delay_microseconds: 0
   default_queue_policy { max_queue_size: 1 timeout_action: REJECT allow_timeout_override: true }
 }"""
-    with Gate(tmp_path) as gate:
+    monkeypatch.setenv(HOOK_ENV, str(tmp_path))
+    with Gate(tmp_path, "policy") as gate:
         models.slow_identity(
-            tmp_path / "repo", "policy", max_batch_size=1, delay_us=0, batching=batching,
-            extra=gate.parameters(),
-        )  # fmt: skip
+            tmp_path / "repo", "policy", max_batch_size=1, delay_us=0, batching=batching
+        )
         server = perfkit_server(tmp_path / "repo")
         client = grpcaio.InferenceServerClient(server.grpc_url)
         try:

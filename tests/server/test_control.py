@@ -22,7 +22,15 @@ from perfkit.model_repo.config import (
     with_max_batch_size,
 )
 from tests.server import models
-from tests.server.helpers import concurrent_singles, fp32_input, overlapping, spans, stats
+from tests.server.helpers import (
+    HOOK_ENV,
+    concurrent_singles,
+    fp32_input,
+    overlapping,
+    span_log,
+    spans,
+    stats,
+)
 
 
 def _batch(client: Any, model: str, n: int) -> Any:
@@ -30,11 +38,13 @@ def _batch(client: Any, model: str, n: int) -> Any:
     return client.infer(model, [fp32_input(httpclient, "INPUT0", a)])
 
 
-async def test_load_with_override_changes_config_and_behaviour(perfkit_server, tmp_path):
-    span_log = tmp_path / "spans.log"
-    extra = f'parameters {{ key: "span_log" value: {{ string_value: "{span_log}" }} }}'
+async def test_load_with_override_changes_config_and_behaviour(
+    perfkit_server, tmp_path, monkeypatch
+):
+    monkeypatch.setenv(HOOK_ENV, str(tmp_path))
+    log = span_log(tmp_path, "m")
     repo = tmp_path / "repo"
-    models.slow_identity(repo, "m", max_batch_size=4, delay_us=100000, extra=extra)
+    models.slow_identity(repo, "m", max_batch_size=4, delay_us=100000)
     server = perfkit_server(repo, "--model-control-mode=explicit", "--load-model=m")
     client = httpclient.InferenceServerClient(server.http_url)
     pid = server.process.pid
@@ -43,7 +53,7 @@ async def test_load_with_override_changes_config_and_behaviour(perfkit_server, t
     with pytest.raises(InferenceServerException, match="batch-size must be <= 4"):
         _batch(client, "m", 8)
     await concurrent_singles(server.grpc_url, "m", 2)
-    assert not overlapping(spans(span_log))
+    assert not overlapping(spans(log))
 
     base = load_config(repo / "m" / "config.pbtxt")
     override = with_dynamic_batching(
@@ -59,12 +69,12 @@ async def test_load_with_override_changes_config_and_behaviour(perfkit_server, t
     assert config["dynamic_batching"]["preferred_batch_size"] == [4]
     # behaviour: batch 8 accepted, singles batched, two instances run at once
     np.testing.assert_array_equal(_batch(client, "m", 8).as_numpy("OUTPUT0"), np.ones((8, 16)))
-    span_log.unlink()
+    log.unlink()
     await concurrent_singles(server.grpc_url, "m", 8)
     s = stats(server.http_url, "m")
     assert s["execution_count"] < s["inference_count"]
     assert any(b["batch_size"] == 4 for b in s["batch_stats"])
-    assert overlapping(spans(span_log))
+    assert overlapping(spans(log))
     assert server.process.pid == pid
     assert server.process.poll() is None
 

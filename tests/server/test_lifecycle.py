@@ -16,12 +16,13 @@ from tritonclient.utils import InferenceServerException
 
 from tests.fixtures.server import ServerHandle, start_server
 from tests.server import models
-from tests.server.helpers import Gate, fp32_input, spans, stats
+from tests.server.helpers import HOOK_ENV, Gate, fp32_input, span_log, spans, stats
 
 
-async def test_sigterm_drains_in_flight_requests_and_exits_0(tmp_path):
-    with Gate(tmp_path) as gate:
-        models.slow_identity(tmp_path / "repo", "slow", delay_us=0, extra=gate.parameters())
+async def test_sigterm_drains_in_flight_requests_and_exits_0(tmp_path, monkeypatch):
+    monkeypatch.setenv(HOOK_ENV, str(tmp_path))
+    with Gate(tmp_path, "slow") as gate:
+        models.slow_identity(tmp_path / "repo", "slow", delay_us=0)
         server = start_server(tmp_path / "repo", log_path=tmp_path / "server.log")
         try:
             client = grpcaio.InferenceServerClient(server.grpc_url)
@@ -63,13 +64,13 @@ def test_perfkit_serve_runs_the_server(tmp_path):
         assert server.process.wait(20) == 0
 
 
-def test_warmup_runs_before_ready_and_is_not_counted(perfkit_server, tmp_path):
-    log = tmp_path / "spans.log"
-    extra = f"""parameters {{ key: "span_log" value: {{ string_value: "{log}" }} }}
-model_warmup [ {{
+def test_warmup_runs_before_ready_and_is_not_counted(perfkit_server, tmp_path, monkeypatch):
+    monkeypatch.setenv(HOOK_ENV, str(tmp_path))
+    log = span_log(tmp_path, "warm")
+    extra = """model_warmup [ {
   name: "zeros" batch_size: 4 count: 3
-  inputs {{ key: "INPUT0" value: {{ data_type: TYPE_FP32 dims: [ 16 ] zero_data: true }} }}
-}} ]"""
+  inputs { key: "INPUT0" value: { data_type: TYPE_FP32 dims: [ 16 ] zero_data: true } }
+} ]"""
     models.slow_identity(tmp_path / "repo", "warm", delay_us=1000, instances=2, extra=extra)
     server = perfkit_server(tmp_path / "repo")
     assert len(spans(log)) == 6  # 3 per instance, done before the server reported ready

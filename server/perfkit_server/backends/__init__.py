@@ -25,6 +25,20 @@ def backend_name(config: Any, model_dir: Path | None = None) -> str:
     return ""
 
 
+# Each backend's per-instance thread knobs (integer config parameters), capped on load.
+THREAD_PARAMETERS: dict[str, tuple[str, ...]] = {
+    "onnxruntime": ("intra_op_thread_count", "inter_op_thread_count"),
+}
+
+
+def check_parameters(config: Any, name: str, source: str) -> None:
+    """Refuse the backend parameters no load may set (ValueError naming the key)."""
+    if name == "perfkit_identity":
+        from perfkit_server.backends.identity import check_parameters as check_identity
+
+        check_identity(config, source)
+
+
 def known_backend(name: str) -> bool:
     """Whether this server can load models of backend `name`."""
     return name in ("onnxruntime", "perfkit_identity")
@@ -46,4 +60,12 @@ def create_backend(spec: InstanceSpec) -> Backend:
     )
 
 
-__all__ = ["Backend", "InstanceSpec", "backend_name", "create_backend", "known_backend"]
+__all__ = [
+    "THREAD_PARAMETERS",
+    "Backend",
+    "InstanceSpec",
+    "backend_name",
+    "check_parameters",
+    "create_backend",
+    "known_backend",
+]

@@ -66,3 +66,14 @@ def int_parameter(config: Any, key: str, default: int, source: str) -> int:
         raise ValueError(
             f"{source}: parameters['{key}'].string_value must be an integer, got {text!r}"
         ) from None
+
+
+def check_file_name(name: str, field: str, source: str) -> str:
+    """Return `name` if it is a plain file name (no directory part, not '..'); the error says the
+    rule and never whether some file exists, since nothing is looked up."""
+    if not name or name in {".", ".."} or "/" in name or "\\" in name or "\x00" in name:
+        raise ValueError(
+            f"{source}: {field}: {name!r} must be a file name inside the version directory "
+            "(no '/', '\\' or '..')"
+        )
+    return name

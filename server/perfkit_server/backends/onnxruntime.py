@@ -16,7 +16,13 @@ from typing import Any
 import onnxruntime as ort
 
 from perfkit.datatypes import BY_V2
-from perfkit_server.backends.base import Array, InstanceSpec, int_parameter, string_parameter
+from perfkit_server.backends.base import (
+    Array,
+    InstanceSpec,
+    check_file_name,
+    int_parameter,
+    string_parameter,
+)
 
 BACKEND_NAME = "onnxruntime"
 DEFAULT_FILENAME = "model.onnx"
@@ -43,8 +49,16 @@ _ORT_TO_CONFIG = {ort_type: BY_V2[v2].config for ort_type, v2 in _ORT_TO_V2.item
 
 
 def model_path(version_dir: Path, config: Any) -> Path:
-    """The model file of a version directory (`default_model_filename` or model.onnx)."""
-    return version_dir / (config.default_model_filename or DEFAULT_FILENAME)
+    """The model file of a version directory (`default_model_filename` or model.onnx).
+
+    The name is checked again here (the registry checks it on load), so that no caller can reach
+    a file outside the version directory."""
+    name = check_file_name(
+        config.default_model_filename or DEFAULT_FILENAME,
+        "default_model_filename",
+        f"model '{config.name}' config",
+    )
+    return version_dir / name
 
 
 def _providers(spec: InstanceSpec) -> list[Any]:
