@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from perfkit import __version__
+from perfkit import __version__, interrupts
 from perfkit.cli import _console
 from perfkit.errors import EXIT_OTHER, ConfigError, PerfkitError
 from perfkit.model_repo import ModelRepoError
@@ -45,6 +45,7 @@ _register()
 
 def main() -> None:
     """Console-script entry point: runs the click group and maps errors to exit codes."""
+    interrupts.install()
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Exit as exc:

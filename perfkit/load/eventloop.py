@@ -10,14 +10,22 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
+
+from perfkit import interrupts
 
 T = TypeVar("T")
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
-    """`asyncio.run(coro)` on the chosen loop (the same Ctrl-C handling: the task is cancelled)."""
+    """`asyncio.run(coro)` on the chosen loop (the same Ctrl-C handling: the task is cancelled).
+
+    asyncio installs its Ctrl-C handler only over the default one, so `perfkit.interrupts`'
+    handler steps aside while the loop runs.
+    """
     factory = None
     if os.environ.get("PERFKIT_LOOP", "uvloop") == "uvloop":
         try:
@@ -26,5 +34,12 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
             pass
         else:
             factory = uvloop.new_event_loop
-    with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(coro)
+    swap = threading.current_thread() is threading.main_thread() and interrupts.installed()
+    if swap:
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with asyncio.Runner(loop_factory=factory) as runner:
+            return runner.run(coro)
+    finally:
+        if swap:
+            signal.signal(signal.SIGINT, previous)

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from perfkit import interrupts
 from perfkit.errors import MeasurementUnstable
 from perfkit.load import eventloop
 from perfkit.load import schedule as sched
@@ -440,6 +441,8 @@ def measure_level(
             its `measurement` attribute holds the last windows merged, with stable=False.
         ModelError / ConfigError: the model or inputs do not fit. ServerUnavailable / ServerError.
     """
+    # A Ctrl-C that a finalizer swallowed since the last level ends the tune here.
+    interrupts.check()
     with Session(target, inputs) as session:
         return eventloop.run(
             measure_async(
