@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-tune test lint bench clean
+.PHONY: demo demo-tune test lint bench fuzz clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ lint: $(STAMP)
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -m "not gpu and not docker" -q
+
+# The HTTP/2 fuzz tests with a larger budget (2,000 hypothesis examples instead of 50).
+fuzz: $(STAMP)
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q tests/server/test_h2_fuzz.py
 
 # Every benchmark runs; the exit status is 1 when any of them missed a target.
 bench: $(STAMP)

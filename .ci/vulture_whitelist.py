@@ -11,6 +11,8 @@ _ = Whitelist()
 # Called by name by asyncio (Protocol), httptools (parser callbacks) and prometheus_client
 # (Collector.collect).
 _.data_received
+_.pause_writing  # asyncio.Protocol flow control (write back-pressure)
+_.resume_writing
 _.on_url
 _.on_header
 _.on_body

@@ -59,6 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=256 * 1024 * 1024,
         help="largest request body (HTTP) / message (gRPC) in bytes",
     )
+    # HTTP/2 bounds for the gRPC port, in the --grpc-http2-* family of tritonserver's flags.
+    p.add_argument("--grpc-http2-max-concurrent-streams", type=int, default=1024)
+    p.add_argument("--grpc-http2-max-header-list-size", type=int, default=16 * 1024)
+    p.add_argument("--grpc-http2-max-reset-burst", type=int, default=1000)
+    p.add_argument("--grpc-http2-max-resets-per-second", type=float, default=33.0)
     p.add_argument(
         "--max-instances-per-model",
         type=int,
@@ -95,6 +100,10 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         log_verbose=args.log_verbose,
         drain_secs=args.exit_timeout_secs,
         max_request_bytes=args.http_max_input_size,
+        grpc_max_concurrent_streams=args.grpc_http2_max_concurrent_streams,
+        grpc_max_header_list_size=args.grpc_http2_max_header_list_size,
+        grpc_max_reset_burst=args.grpc_http2_max_reset_burst,
+        grpc_max_resets_per_second=args.grpc_http2_max_resets_per_second,
         max_instances_per_model=args.max_instances_per_model,
         max_threads_per_instance=args.max_threads_per_instance,
     )

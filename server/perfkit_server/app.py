@@ -18,6 +18,7 @@ from aiohttp import web
 from perfkit_server.dataplane import DataPlane
 from perfkit_server.grpc_service import GrpcService
 from perfkit_server.grpc_wire import GrpcServer
+from perfkit_server.h2_limits import H2Limits
 from perfkit_server.http_service import HttpService
 from perfkit_server.http_wire import HttpServer
 from perfkit_server.metrics import metrics_app
@@ -56,7 +57,7 @@ async def serve(settings: ServerSettings) -> int:
     http_server: HttpServer | None = None
     try:
         if settings.allow_grpc:
-            grpc_server = GrpcService(dataplane).server(settings.max_request_bytes)
+            grpc_server = GrpcService(dataplane).server(_h2_limits(settings))
             try:
                 port = await grpc_server.start(settings.grpc_address, settings.grpc_port)
             except OSError as exc:
@@ -91,3 +92,13 @@ async def serve(settings: ServerSettings) -> int:
         await registry.close()
         logger.info("Server stopped")
     return 0
+
+
+def _h2_limits(settings: ServerSettings) -> H2Limits:
+    return H2Limits(
+        max_message_bytes=settings.max_request_bytes,
+        max_header_list_bytes=settings.grpc_max_header_list_size,
+        max_concurrent_streams=settings.grpc_max_concurrent_streams,
+        reset_burst=settings.grpc_max_reset_burst,
+        reset_rate_per_s=settings.grpc_max_resets_per_second,
+    )

@@ -6,6 +6,7 @@ subclasses to status codes; everything else happens here.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -138,6 +139,9 @@ class DataPlane:
         except ServerError as exc:
             reason = "REJECTED" if isinstance(exc, Unavailable) else "BACKEND"
             lv.stats.record_failure(time.perf_counter_ns() - start, reason)
+            raise
+        except asyncio.CancelledError:  # the client reset or dropped the call (Triton: CANCELED)
+            lv.stats.record_failure(time.perf_counter_ns() - start, "CANCELED")
             raise
         return _respond(lv, request, wanted, outputs, times, start)
 

@@ -37,6 +37,7 @@ from perfkit_server.grpc_wire import (
     GrpcServer,
     Method,
 )
+from perfkit_server.h2_limits import H2Limits
 from perfkit_server.types import (
     InferInput,
     InferRequest,
@@ -161,7 +162,7 @@ class GrpcService:
     def __init__(self, dataplane: DataPlane) -> None:
         self._dp = dataplane
 
-    def server(self, max_message_bytes: int) -> GrpcServer:
+    def server(self, limits: H2Limits) -> GrpcServer:
         """A GrpcServer with every RPC registered (not started, no port yet)."""
         unary: dict[str, tuple[Any, Unary]] = {
             "ServerLive": (pb.ServerLiveRequest, self._live),
@@ -182,7 +183,7 @@ class GrpcService:
         methods[f"/{SERVICE}/ModelStreamInfer"] = Method(
             pb.ModelInferRequest.FromString, self._stream_infer, streaming=True
         )
-        return GrpcServer(methods, error_status, max_message_bytes)
+        return GrpcServer(methods, error_status, limits)
 
     # -- inference -----------------------------------------------------------------------------
 

@@ -12,6 +12,13 @@ its request message is complete: the handler answers at once (no task) or with a
 Unary and bidirectional-streaming methods; messages are length-prefixed, uncompressed. Errors go
 back as trailers (grpc-status, grpc-message), as every gRPC server does. On `stop` each
 connection gets a GOAWAY, in-flight calls are drained, then connections close.
+
+What a peer can make a connection hold is bounded as frames arrive (`h2_limits.H2Limits`): a
+unary message past its declared length or the size limit ends the call (RESOURCE_EXHAUSTED), a
+header block past the header-list limit ends the connection (GOAWAY ENHANCE_YOUR_CALM), streams
+past the advertised SETTINGS_MAX_CONCURRENT_STREAMS are refused, a reset stream's queued call is
+cancelled and resets past a rate end the connection, and a connection whose replies are not being
+read is not read either (pause_writing). Frames RFC 9113 calls errors are answered as such.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from hpack import Decoder
-from hpack.exceptions import HPACKError
+from hpack.exceptions import HPACKError, OversizedHeaderListError
 
 from perfkit.http2 import (
     ACK,
@@ -44,16 +51,34 @@ from perfkit.http2 import (
     PING,
     PREFACE,
     PRIORITY,
+    PRIORITY_FRAME,
+    PUSH_PROMISE,
     RST_STREAM,
     SETTING,
     SETTINGS,
     SETTINGS_INITIAL_WINDOW_SIZE,
+    SETTINGS_MAX_CONCURRENT_STREAMS,
     SETTINGS_MAX_FRAME_SIZE,
+    SETTINGS_MAX_HEADER_LIST_SIZE,
     U32,
     WINDOW_UPDATE,
     frame,
     hpack_literal,
     hpack_string,
+)
+from perfkit_server.h2_limits import (
+    COMPRESSION_ERROR,
+    ENHANCE_YOUR_CALM,
+    FLOW_CONTROL_ERROR,
+    FRAME_SIZE_ERROR,
+    NO_ERROR,
+    PROTOCOL_ERROR,
+    REFUSED_STREAM,
+    STREAM_CLOSED,
+    H2Error,
+    H2Limits,
+    ResetBudget,
+    parse_settings,
 )
 from perfkit_server.writes import Output, WriteBatch
 
@@ -67,8 +92,8 @@ _CLOSE_GRACE_S = 2.0
 # Distinct header blocks remembered per connection (a client sends a few, again and again).
 _MAX_CACHED_BLOCKS = 64
 _MSG = struct.Struct(">BI")  # gRPC message prefix: compressed flag, length
-_NO_ERROR, _PROTOCOL_ERROR, _FLOW_CONTROL_ERROR, _FRAME_SIZE_ERROR = 0x0, 0x1, 0x3, 0x6
-_COMPRESSION_ERROR = 0x9
+# `_Stream.need` before a unary message's prefix is in: up to 4 bytes are taken unchecked.
+_NO_PREFIX = 4
 
 # gRPC status codes.
 OK, CANCELLED, UNKNOWN, INVALID_ARGUMENT, NOT_FOUND = 0, 1, 2, 3, 5
@@ -168,11 +193,13 @@ class _Stream:
         "closed",
         "ended",
         "method",
+        "need",
         "out",
         "pending",
         "recv_unacked",
         "sid",
         "started",
+        "task",
         "trailers",
         "window",
     )
@@ -181,6 +208,8 @@ class _Stream:
         self.sid = sid
         self.method = method
         self.buf = bytearray()
+        self.need = _NO_PREFIX  # unary: the message's whole length (prefix included) once known
+        self.task: asyncio.Future[Any] | None = None  # the call being awaited, if any
         self.window = window  # what the peer lets us send on this stream
         self.recv_unacked = 0
         self.ended = False  # the client half-closed (END_STREAM received)
@@ -197,11 +226,16 @@ class _Connection(asyncio.Protocol):
 
     def __init__(self, server: GrpcServer) -> None:
         self._server = server
+        limits = self._limits = server.limits
+        self._max_message = limits.max_message_bytes
+        self._max_block = limits.max_header_list_bytes
+        self._max_streams = limits.max_concurrent_streams
+        self._resets: ResetBudget | None = None
         self._transport: asyncio.Transport | None = None
         self._output: Output | None = None
         self._buf = bytearray()
         self._preface = False
-        self._decoder = Decoder()
+        self._decoder = Decoder(max_header_list_size=limits.max_header_list_bytes)
         self._paths: dict[bytes, bytes] = {}
         self._streams: dict[int, _Stream] = {}
         self._blocked: dict[int, _Stream] = {}
@@ -219,8 +253,12 @@ class _Connection(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         output = self._output = Output(self._server.writes, self._transport)
         self._server.connection_made(self)
-        settings = SETTING.pack(SETTINGS_INITIAL_WINDOW_SIZE, MAX_WINDOW) + SETTING.pack(
-            SETTINGS_MAX_FRAME_SIZE, _OUR_MAX_FRAME
+        self._resets = ResetBudget(self._limits, asyncio.get_running_loop().time())
+        settings = (
+            SETTING.pack(SETTINGS_MAX_CONCURRENT_STREAMS, self._max_streams)
+            + SETTING.pack(SETTINGS_INITIAL_WINDOW_SIZE, MAX_WINDOW)
+            + SETTING.pack(SETTINGS_MAX_FRAME_SIZE, _OUR_MAX_FRAME)
+            + SETTING.pack(SETTINGS_MAX_HEADER_LIST_SIZE, self._max_block)
         )
         output.write(
             frame(SETTINGS, 0, 0, settings)
@@ -233,8 +271,22 @@ class _Connection(asyncio.Protocol):
         if self._output is not None:
             self._output.lost()
             self._output = None
+        for stream in self._streams.values():  # nobody is left to answer: queued calls never run
+            if stream.task is not None:
+                stream.task.cancel()
         self._streams.clear()
         self._blocked.clear()
+        self._buf = bytearray()
+        self._headers = None
+
+    def pause_writing(self) -> None:
+        # The peer is not reading our replies: stop reading what would make more of them.
+        if self._transport is not None:
+            self._transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
         buf = self._buf
@@ -244,7 +296,7 @@ class _Connection(asyncio.Protocol):
             if len(buf) < len(PREFACE):
                 return
             if bytes(buf[: len(PREFACE)]) != PREFACE:
-                self._fail(_PROTOCOL_ERROR, "not an HTTP/2 connection preface")
+                self._fail(PROTOCOL_ERROR, "not an HTTP/2 connection preface")
                 return
             self._preface = True
             pos = len(PREFACE)
@@ -253,7 +305,7 @@ class _Connection(asyncio.Protocol):
             hi, lo, ftype, flags, sid = FRAME.unpack_from(buf, pos)
             length = (hi << 8) | lo
             if length > _OUR_MAX_FRAME:
-                self._fail(_FRAME_SIZE_ERROR, "frame larger than SETTINGS_MAX_FRAME_SIZE")
+                self._fail(FRAME_SIZE_ERROR, "frame larger than SETTINGS_MAX_FRAME_SIZE")
                 return
             if end - pos - 9 < length:
                 break
@@ -261,11 +313,11 @@ class _Connection(asyncio.Protocol):
             pos += 9 + length
             try:
                 self._frame(ftype, flags, sid & 0x7FFFFFFF, payload)
-            except _ConnectionError as exc:
+            except H2Error as exc:
                 self._fail(exc.code, str(exc))
                 return
             except (struct.error, IndexError):  # a frame shorter than its type's fixed fields
-                self._fail(_FRAME_SIZE_ERROR, f"malformed frame of type {ftype}")
+                self._fail(FRAME_SIZE_ERROR, f"malformed frame of type {ftype}")
                 return
         del buf[:pos]
 
@@ -284,53 +336,68 @@ class _Connection(asyncio.Protocol):
 
     def _frame(self, ftype: int, flags: int, sid: int, payload: bytes) -> None:
         if self._headers is not None and ftype != CONTINUATION:
-            raise _ConnectionError(_PROTOCOL_ERROR, "expected a CONTINUATION frame")
+            raise H2Error(PROTOCOL_ERROR, "expected a CONTINUATION frame")
         if ftype == DATA:
             self._data(flags, sid, payload)
         elif ftype == HEADERS:
             if flags & PADDED:
-                payload = payload[1 : len(payload) - payload[0]]
+                payload = _unpad(payload)
             if flags & PRIORITY:
                 payload = payload[5:]
+            if len(payload) > self._max_block:
+                raise H2Error(ENHANCE_YOUR_CALM, "header block larger than the header list limit")
             if flags & END_HEADERS:
                 self._header_block(sid, flags, payload)
             else:
                 self._headers = (sid, flags, bytearray(payload))
         elif ftype == CONTINUATION:
-            if self._headers is None or self._headers[0] != sid:
-                raise _ConnectionError(_PROTOCOL_ERROR, "unexpected CONTINUATION frame")
-            self._headers[2].extend(payload)
+            headers = self._headers
+            if headers is None or headers[0] != sid:
+                raise H2Error(PROTOCOL_ERROR, "unexpected CONTINUATION frame")
+            block = headers[2]
+            block += payload
+            if len(block) > self._max_block:  # bounded as it arrives (CVE-2024-27316)
+                raise H2Error(ENHANCE_YOUR_CALM, "header block larger than the header list limit")
             if flags & END_HEADERS:
-                hsid, hflags, block = self._headers
                 self._headers = None
-                self._header_block(hsid, hflags, bytes(block))
+                self._header_block(sid, headers[1], bytes(block))
         elif ftype == SETTINGS:
+            pairs = parse_settings(bool(flags & ACK), sid, payload)
             if not flags & ACK:
-                self._settings(payload)
+                self._settings(pairs)
         elif ftype == WINDOW_UPDATE:
             self._window_update(sid, U32.unpack(payload)[0] & 0x7FFFFFFF)
         elif ftype == PING:
+            if sid:
+                raise H2Error(PROTOCOL_ERROR, "PING on a stream")
+            if len(payload) != 8:
+                raise H2Error(FRAME_SIZE_ERROR, "PING payload is not 8 bytes")
             if not flags & ACK:
                 self._write(frame(PING, ACK, 0, payload))
         elif ftype == RST_STREAM:
-            stream = self._streams.pop(sid, None)
-            if stream is not None:
-                stream.closed = True
-                self._blocked.pop(sid, None)
+            self._peer_reset(sid, payload)
         elif ftype == GOAWAY:
+            if sid:
+                raise H2Error(PROTOCOL_ERROR, "GOAWAY on a stream")
             self._goaway = True
-        # PRIORITY, PUSH_PROMISE (never sent by a client) and unknown types are ignored.
+        elif ftype == PUSH_PROMISE:
+            raise H2Error(PROTOCOL_ERROR, "PUSH_PROMISE from a client")
+        elif ftype == PRIORITY_FRAME:
+            if sid == 0:
+                raise H2Error(PROTOCOL_ERROR, "PRIORITY on stream 0")
+            if len(payload) != 5:  # a stream error the RFC lets us treat as a connection error
+                raise H2Error(FRAME_SIZE_ERROR, "PRIORITY payload is not 5 bytes")
+        # Unknown frame types are ignored (RFC 9113 section 5.5).
 
-    def _settings(self, payload: bytes) -> None:
-        for off in range(0, len(payload) - len(payload) % 6, 6):
-            key, value = SETTING.unpack_from(payload, off)
+    def _settings(self, pairs: list[tuple[int, int]]) -> None:
+        for key, value in pairs:
             if key == SETTINGS_INITIAL_WINDOW_SIZE:
-                if value > MAX_WINDOW:
-                    raise _ConnectionError(_FLOW_CONTROL_ERROR, "initial window too large")
                 delta = value - self._peer_initial_window
                 self._peer_initial_window = value
                 for stream in self._streams.values():
                     stream.window += delta
+                    if stream.window > MAX_WINDOW:
+                        raise H2Error(FLOW_CONTROL_ERROR, "a stream window past 2^31-1")
             elif key == SETTINGS_MAX_FRAME_SIZE:
                 self._peer_max_frame = value
         self._write(frame(SETTINGS, ACK, 0))
@@ -339,15 +406,58 @@ class _Connection(asyncio.Protocol):
 
     def _window_update(self, sid: int, increment: int) -> None:
         if sid == 0:
+            if increment == 0:
+                raise H2Error(PROTOCOL_ERROR, "WINDOW_UPDATE with increment 0")
             self._send_window += increment
+            if self._send_window > MAX_WINDOW:
+                raise H2Error(FLOW_CONTROL_ERROR, "connection window past 2^31-1")
             if self._blocked:
                 self._flush_blocked()
             return
         stream = self._streams.get(sid)
+        if stream is None:
+            if sid > self._last_sid:
+                raise H2Error(PROTOCOL_ERROR, "WINDOW_UPDATE on an idle stream")
+            return  # a stream that is over
+        if increment == 0:
+            self._stream_error(sid, PROTOCOL_ERROR)
+            return
+        stream.window += increment
+        if stream.window > MAX_WINDOW:
+            self._stream_error(sid, FLOW_CONTROL_ERROR)
+        elif sid in self._blocked:
+            self._flush(stream)
+
+    def _peer_reset(self, sid: int, payload: bytes) -> None:
+        """RST_STREAM from the client: its queued call is cancelled before it runs; resets past
+        the budget (the rapid-reset pattern, CVE-2023-44487) end the connection."""
+        if len(payload) != 4:
+            raise H2Error(FRAME_SIZE_ERROR, "RST_STREAM payload is not 4 bytes")
+        if sid == 0 or sid > self._last_sid:
+            raise H2Error(PROTOCOL_ERROR, "RST_STREAM on an idle stream")
+        stream = self._streams.pop(sid, None)
         if stream is not None:
-            stream.window += increment
-            if sid in self._blocked:
-                self._flush(stream)
+            self._drop(stream)
+        assert self._resets is not None
+        if not self._resets.take(asyncio.get_running_loop().time()):
+            raise H2Error(ENHANCE_YOUR_CALM, "too many stream resets")
+
+    def _drop(self, stream: _Stream) -> None:
+        """Forget a stream that is over without an answer: its call, if queued, never runs."""
+        stream.closed = True
+        stream.buf = bytearray()
+        stream.pending.clear()
+        stream.out.clear()
+        self._blocked.pop(stream.sid, None)
+        if stream.task is not None:
+            stream.task.cancel()
+
+    def _stream_error(self, sid: int, code: int) -> None:
+        """A stream error (RFC 9113 section 5.4.2): RST_STREAM with `code`; the stream is over."""
+        stream = self._streams.pop(sid, None)
+        if stream is not None:
+            self._drop(stream)
+        self._write(frame(RST_STREAM, 0, sid, U32.pack(code)))
 
     def _path(self, block: bytes) -> bytes:
         """The :path of a request header block (decoded in order: HPACK state is per connection)."""
@@ -356,8 +466,10 @@ class _Connection(asyncio.Protocol):
             return path
         try:
             fields = self._decoder.decode(block, raw=True)
+        except OversizedHeaderListError:
+            raise H2Error(ENHANCE_YOUR_CALM, "header list larger than the limit") from None
         except HPACKError as exc:
-            raise _ConnectionError(_COMPRESSION_ERROR, f"bad header block: {exc}") from None
+            raise H2Error(COMPRESSION_ERROR, f"bad header block: {exc}") from None
         path = next((bytes(v) for k, v in fields if k == b":path"), b"")
         # A block that leaves the dynamic table as it was means the same headers every time it
         # comes again, until some block changes the table: then every cached meaning is stale.
@@ -368,15 +480,25 @@ class _Connection(asyncio.Protocol):
         return path
 
     def _header_block(self, sid: int, flags: int, block: bytes) -> None:
-        path = self._path(block)
         stream = self._streams.get(sid)
         if stream is not None:  # trailers from the client
-            if flags & END_STREAM:
+            self._path(block)  # decoded all the same: HPACK state is per connection
+            if stream.ended:
+                self._stream_error(sid, STREAM_CLOSED)
+            elif not flags & END_STREAM:
+                self._stream_error(sid, PROTOCOL_ERROR)  # trailers must end the stream
+            else:
                 self._end(stream)
             return
-        if sid <= self._last_sid or not sid & 1:
-            return  # a frame for a stream that is over (we reset it or answered it)
+        if not sid & 1:  # stream 0 included
+            raise H2Error(PROTOCOL_ERROR, f"HEADERS on an even stream id {sid}")
+        if sid <= self._last_sid:
+            raise H2Error(PROTOCOL_ERROR, f"HEADERS on stream {sid}, not above {self._last_sid}")
+        path = self._path(block)
         self._last_sid = sid
+        if len(self._streams) >= self._max_streams:
+            self._write(frame(RST_STREAM, 0, sid, U32.pack(REFUSED_STREAM)))
+            return
         method = self._server.methods.get(path.decode("latin-1"))
         stream = _Stream(sid, method, self._peer_initial_window)
         self._streams[sid] = stream
@@ -390,33 +512,61 @@ class _Connection(asyncio.Protocol):
     def _data(self, flags: int, sid: int, payload: bytes) -> None:
         n = len(payload)
         if flags & PADDED:
-            payload = payload[1 : n - payload[0]]
+            payload = _unpad(payload)
         self._recv_unacked += n
         if self._recv_unacked >= _RECV_REFILL:
             self._write(frame(WINDOW_UPDATE, 0, 0, U32.pack(self._recv_unacked)))
             self._recv_unacked = 0
         stream = self._streams.get(sid)
-        if stream is None or stream.method is None or stream.closed:
+        if stream is None or stream.closed or stream.ended:
+            self._data_elsewhere(sid, stream)
             return
         stream.recv_unacked += n
         if stream.recv_unacked >= _RECV_REFILL and not flags & END_STREAM:
             self._write(frame(WINDOW_UPDATE, 0, sid, U32.pack(stream.recv_unacked)))
             stream.recv_unacked = 0
-        stream.buf += payload
-        if len(stream.buf) >= 5:
-            if stream.method.streaming:
+        buf = stream.buf
+        buf += payload
+        method = cast(Method, stream.method)  # a stream without one is closed at once
+        if method.streaming:
+            if len(buf) >= 5:
                 self._take_messages(stream)
-            elif self._message_length(stream) is None:
-                return
+        elif len(buf) > stream.need and not self._within_message(stream):
+            return
         if flags & END_STREAM:
             self._end(stream)
+
+    def _data_elsewhere(self, sid: int, stream: _Stream | None) -> None:
+        """DATA that no call takes: on a stream the client ended (STREAM_CLOSED), on a stream
+        that is over (ignored: it may have crossed our RST_STREAM), or on an idle one."""
+        if stream is not None:
+            if stream.ended and not stream.closed:
+                self._stream_error(sid, STREAM_CLOSED)
+        elif sid == 0 or sid > self._last_sid:
+            raise H2Error(PROTOCOL_ERROR, f"DATA on idle stream {sid}")
+
+    def _within_message(self, stream: _Stream) -> bool:
+        """A unary call's bytes passed what was known of its message: read the prefix once it
+        is in; past the declared length or the size limit the call fails now (its buffer
+        dropped) instead of growing with what the client keeps sending."""
+        if stream.need == _NO_PREFIX:
+            length = self._message_length(stream)
+            if length is None:
+                return False
+            stream.need = 5 + length
+            if len(stream.buf) <= stream.need:
+                return True
+        declared = stream.need - 5
+        why = f"Received message larger than declared ({len(stream.buf) - 5} vs. {declared})"
+        self._finish(stream, GrpcError(RESOURCE_EXHAUSTED, why))
+        return False
 
     def _message_length(self, stream: _Stream) -> int | None:
         """The length of the message at the start of `stream.buf` (its 5-byte prefix is in); None,
         with the call failed now, before its bytes are all in, when it is over the size limit or
         compressed."""
         compressed, length = _MSG.unpack_from(stream.buf)
-        limit = self._server.max_message_bytes
+        limit = self._max_message
         if length > limit:
             why = f"Received message larger than max ({length} vs. {limit})"
             self._finish(stream, GrpcError(RESOURCE_EXHAUSTED, why))
@@ -491,13 +641,14 @@ class _Connection(asyncio.Protocol):
             self._answer(stream, result)
             return
         stream.busy = True
-        task = asyncio.ensure_future(result)
+        task = stream.task = asyncio.ensure_future(result)
         self._server.tasks.add(task)
         task.add_done_callback(lambda t: self._done(t, stream))
 
     def _done(self, task: asyncio.Future[Any], stream: _Stream) -> None:
         self._server.tasks.discard(task)
         stream.busy = False
+        stream.task = None
         if task.cancelled():
             self._finish(stream, GrpcError(CANCELLED, "the call was cancelled"))
             return
@@ -556,6 +707,7 @@ class _Connection(asyncio.Protocol):
             return
         stream.closed = True
         stream.pending.clear()
+        stream.buf = bytearray()
         if error is None:
             stream.trailers = _TRAILERS_OK
             if not stream.started:
@@ -577,7 +729,7 @@ class _Connection(asyncio.Protocol):
         self._streams.pop(stream.sid, None)
         self._blocked.pop(stream.sid, None)
         if not stream.ended:
-            self._write(frame(RST_STREAM, 0, stream.sid, U32.pack(_NO_ERROR)))
+            self._write(frame(RST_STREAM, 0, stream.sid, U32.pack(NO_ERROR)))
 
     # -- frames out ----------------------------------------------------------------------------
 
@@ -623,21 +775,22 @@ class _Connection(asyncio.Protocol):
         self.close()
 
 
-class _ConnectionError(Exception):
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
+def _unpad(payload: bytes) -> bytes:
+    """A PADDED frame's payload without its pad length byte and padding."""
+    if payload[0] >= len(payload):
+        raise H2Error(PROTOCOL_ERROR, "padding as long as the frame")
+    return payload[1 : len(payload) - payload[0]]
 
 
 class GrpcServer:
     """Serves `methods` (by path, '/package.Service/Method') on host:port."""
 
     def __init__(
-        self, methods: dict[str, Method], error_status: ErrorStatus, max_message_bytes: int
+        self, methods: dict[str, Method], error_status: ErrorStatus, limits: H2Limits
     ) -> None:
         self.methods = methods
         self.error_status = error_status
-        self.max_message_bytes = max_message_bytes
+        self.limits = limits
         self.connections: set[_Connection] = set()
         self.tasks: set[asyncio.Future[Any]] = set()
         self.stopping = False

@@ -48,6 +48,7 @@ INLINE_BELOW_NS = 100_000
 # ... and that also finish within this wall time (a GIL wait of up to ~1 ms is tolerated).
 INLINE_WALL_BELOW_NS = 1_000_000
 _EWMA_WEIGHT = 0.1
+_CANCELLED = asyncio.CancelledError()
 
 
 @dataclass(slots=True, eq=False)
@@ -191,7 +192,7 @@ class Scheduler:
                 continue
             inst = await self._pool.acquire()
             batch = await self._next_batch(loop)
-            if batch is None:
+            if not batch:  # None, or every request taken was cancelled
                 self._pool.release(inst)
                 continue
             task = loop.create_task(self._execute(inst, batch))
@@ -202,12 +203,18 @@ class Scheduler:
         taken: list[_Pending] = []
         for queues in zip(self._queues, self._delayed, strict=True):
             for q in queues:
-                while q and len(taken) < count:
-                    taken.append(q.popleft())
-            if len(taken) >= count:
+                while q and count:
+                    p = q.popleft()
+                    count -= 1
+                    self._pending -= 1
+                    if p.deadline_ns:
+                        self._with_deadline -= 1
+                    if p.future.cancelled():  # its caller went away first (an RST_STREAM)
+                        self._finish(p, _CANCELLED)  # keeps preserve_ordering's queue moving
+                    else:
+                        taken.append(p)
+            if not count:
                 break
-        self._pending -= len(taken)
-        self._with_deadline -= sum(1 for p in taken if p.deadline_ns)
         return taken
 
     def _candidates(self) -> tuple[int, bool]:

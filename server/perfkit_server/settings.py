@@ -34,6 +34,12 @@ class ServerSettings:
     max_request_bytes: int = 256 * 1024 * 1024
     # Seconds to wait for in-flight requests on SIGINT/SIGTERM.
     drain_secs: float = 30.0
+    # HTTP/2 (gRPC) per-connection bounds (perfkit_server.h2_limits.H2Limits): streams open at
+    # once, a request header block's size, and the peer's stream resets (burst, then per second).
+    grpc_max_concurrent_streams: int = 1024
+    grpc_max_header_list_size: int = 16 * 1024
+    grpc_max_reset_burst: int = 1000
+    grpc_max_resets_per_second: float = 33.0
     # Caps on what a model load (config.pbtxt or the load API's override) may ask for: instances
     # summed over its instance groups, and each backend thread knob (e.g. intra_op_thread_count).
     max_instances_per_model: int = 64

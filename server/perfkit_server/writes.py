@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import asyncio
 
+# Writes queued on one connection before they go to the transport within the iteration.
+MAX_QUEUED = 1024
+
 
 class Output:
     """One connection's queued writes; `close_after` closes it once they are written."""
@@ -28,6 +31,10 @@ class Output:
         """Queue `data` for the end of this loop iteration."""
         if not self._chunks:
             self._batch.add(self)
+        elif len(self._chunks) >= MAX_QUEUED:
+            # uvloop reads a socket up to 32 times before the loop runs callbacks: hand a long
+            # queue to the transport now, so its pause_writing (back-pressure) can stop reading.
+            self.flush()
         self._chunks.append(data)
 
     def flush(self) -> None:
