@@ -23,12 +23,12 @@ from perfkit.tune.space import SearchSpace
 
 logger = logging.getLogger(__name__)
 
-A_KEY = "variant_key"
-A_NAME = "variant_name"
+A_KEY = st.KEY_ATTR
+A_NAME = st.NAME_ATTR
 A_PARAMS = "params"
 A_DEFAULT = "is_default"
-A_MEASURED = "measured"
-A_DUP = "duplicate_of"
+A_MEASURED = st.MEASURED_ATTR
+A_DUP = st.DUP_ATTR
 A_VIOL = "constraint_violations"
 A_METRICS = "metrics"
 A_MEAS = "measurement"
@@ -101,6 +101,34 @@ def best_trial(trials: Iterable[FrozenTrial], objective: Objective) -> FrozenTri
         if best is None or objective.better(value, best_value):
             best, best_value = t, value
     return best
+
+
+def retries_due(trials: Iterable[FrozenTrial]) -> list[dict[str, Any]]:
+    """The params of each variant whose measurement was cut short (its worker killed, or Ctrl-C)
+    and that no trial has measured or is measuring since: the next run measures each once more
+    (the kill rule in `perfkit.tune.storage`). The default config is left out: the loop measures
+    it again anyway (`default_done_or_running`)."""
+    trials = list(trials)
+    settled = {
+        t.user_attrs.get(A_KEY)
+        for t in trials
+        if t.state == TrialState.RUNNING or (t.state.is_finished() and t.user_attrs.get(A_MEASURED))
+    }
+    due: dict[Any, dict[str, Any]] = {}
+    for t in trials:
+        attrs = t.user_attrs
+        key = attrs.get(A_KEY)
+        if (
+            t.state == TrialState.FAIL
+            and A_NAME in attrs
+            and not attrs.get(A_MEASURED)
+            and not attrs.get(A_DEFAULT)
+            and A_DUP not in attrs
+            and key not in settled
+            and A_PARAMS in attrs
+        ):
+            due.setdefault(key, dict(attrs[A_PARAMS]))
+    return list(due.values())
 
 
 def finished_with_key(trials: Iterable[FrozenTrial], key: str) -> FrozenTrial | None:

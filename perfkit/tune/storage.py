@@ -1,11 +1,16 @@
 """Where a study lives: SQLite in the output directory by default, or a shared RDB URL (PostgreSQL).
 
 Resume rules. A worker tags each trial with `worker` = "host:pid" as it is created. On start (and
-between trials), a RUNNING trial left by a
-dead process on this host (SIGKILL, crash) is marked FAIL with its reason, so it is neither lost nor
-repeated as "running" forever; the next worker re-measures that variant. Trials of other hosts are
-failed through Optuna's heartbeat (`fail_stale_trials`) once their heartbeat is older than the grace
-period: each worker records a heartbeat after every measurement window.
+between trials), a RUNNING trial left by a dead process on this host (SIGKILL, crash, the OOM
+killer) is marked FAIL and `killed`, with its reason, so it is neither lost nor repeated as
+"running" forever. Trials of other hosts are failed the same way once their heartbeat is older than
+the grace period (Optuna's stale trials): each worker records a heartbeat after every window.
+
+A killed variant is retried once, every time: the first trial of a variant killed mid-measurement
+is measured again by the next run (`Tuner` re-runs it first); when that retry is killed too, the
+second killed trial is the variant's result: a failure that counts as measured ("killed twice"),
+so no run measures it again. A variant that kills its tuner (say, by exhausting memory) thus costs
+two runs at most, never an endless resume loop.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from typing import Any
 
 import optuna
 from optuna.storages import RDBStorage
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.exc import SQLAlchemyError
 
 from perfkit.errors import ConfigError, MissingDependency
@@ -36,6 +41,14 @@ GRACE_PERIOD_S = 60
 ANONYMOUS_GRACE_S = 10.0
 WORKER_ATTR = "worker"
 REASON_ATTR = "reason"
+# Trial attrs the kill rule reads (perfkit.tune.records names them for the loop): the variant, set
+# before its measurement; its name, set when the measurement starts; whether the trial is the
+# variant's result; whether its worker died mid-trial; the trial a copy took its result from.
+KEY_ATTR = "variant_key"
+NAME_ATTR = "variant_name"
+MEASURED_ATTR = "measured"
+KILLED_ATTR = "killed"
+DUP_ATTR = "duplicate_of"
 
 
 def worker_id() -> str:
@@ -152,26 +165,54 @@ def recover_orphans(study: optuna.Study) -> list[int]:
                 continue
             if int(w_pid) == os.getpid():
                 continue
-        try:
-            storage.set_trial_user_attr(
-                trial._trial_id, REASON_ATTR, f"interrupted: worker {worker} exited mid-trial"
-            )
-            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        if _fail_killed(study, trial, f"worker {worker} exited mid-trial"):
             failed.append(trial.number)
-        except (RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
-            continue
-    running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    if not isinstance(storage, RDBStorage) or storage.heartbeat_interval is None:
+        return _logged(failed)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(study)
-        still = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-        failed.extend(sorted(running - still))
-    except (SQLAlchemyError, RuntimeError) as exc:  # heartbeat bookkeeping must never stop a tune
+        # Optuna's `fail_stale_trials`, with the kill rule's attrs set before the FAIL.
+        stale = set(storage._get_stale_trial_ids(study._study_id))
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            worker = trial.user_attrs.get(WORKER_ATTR, "?")
+            why = f"worker {worker} sent no heartbeat for {GRACE_PERIOD_S} s"
+            if trial._trial_id in stale and _fail_killed(study, trial, why):
+                failed.append(trial.number)
+    except (SQLAlchemyError, RuntimeError, AttributeError) as exc:
+        # Heartbeat bookkeeping must never stop a tune.
         logger.warning("could not check for stale trials: %s", exc)
+    return _logged(failed)
+
+
+def _logged(failed: list[int]) -> list[int]:
     if failed:
         logger.info("marked interrupted trials %s as failed", failed)
     return failed
+
+
+def _fail_killed(study: optuna.Study, trial: FrozenTrial, why: str) -> bool:
+    """FAIL a RUNNING trial whose worker died, under the kill rule (module docstring). Returns
+    False when another worker finished it first."""
+    storage = study._storage
+    key = trial.user_attrs.get(KEY_ATTR)
+    # A copy (told another trial's result) names its variant too, but measures nothing.
+    measuring = NAME_ATTR in trial.user_attrs and DUP_ATTR not in trial.user_attrs
+    killed_before = measuring and any(
+        t.user_attrs.get(KILLED_ATTR) and t.user_attrs.get(KEY_ATTR) == key
+        for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+    )
+    if killed_before:
+        reason = f"killed twice mid-measurement (this time: {why}); not measured again"
+    elif measuring:
+        reason = f"interrupted: {why}; measured again by the next run"
+    else:
+        reason = f"interrupted before its measurement: {why}"
+    try:
+        storage.set_trial_user_attr(trial._trial_id, KILLED_ATTR, measuring)
+        storage.set_trial_user_attr(trial._trial_id, MEASURED_ATTR, killed_before)
+        storage.set_trial_user_attr(trial._trial_id, REASON_ATTR, reason)
+        return bool(storage.set_trial_state_values(trial._trial_id, TrialState.FAIL))
+    except (RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
+        return False
 
 
 def settle_orphans(study: optuna.Study) -> list[int]:

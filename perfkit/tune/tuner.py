@@ -8,6 +8,9 @@ shared study rebuilds every `TrialRecord` from storage alone. Rules:
 - A variant (config content hash + client load) already finished in the study is never measured
   again: the trial is told the stored result (`duplicate_of`) and does not count against the budget.
   Two workers that draw the same variant at once: the higher trial number waits for the lower one.
+- A variant whose measurement was cut short (its worker killed, or Ctrl-C) is measured again
+  first thing by the next run, once; a variant killed twice is a failure that counts as measured
+  and is not retried (the kill rule: `perfkit.tune.storage`).
 - A variant that the server refuses to load, or whose requests fail, is a FAIL trial with its
   reason (the server validates variants: it is the authority on what it accepts). When the server
   stops answering during a trial, that trial fails and `ServerUnavailable` propagates:
@@ -25,6 +28,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -44,6 +48,7 @@ from perfkit.tune.space import (
     Params,
     SearchSpace,
     build_variant,
+    describe,
     describe_load,
     load_params,
     variant_key,
@@ -153,6 +158,10 @@ class Tuner:
         st.recover_orphans(self.study)
         if not rec.default_done_or_running(self._trials()):
             self._measure_default()
+        for params in rec.retries_due(self._trials()):
+            if self.budget_used() >= self.settings.trials:
+                break
+            self._retry(params)
         duplicates = 0
         grid = self.settings.sampler == "grid"
         sampler = getattr(self.study.sampler, "inner", self.study.sampler)
@@ -197,6 +206,31 @@ class Tuner:
             self._run_variant(default_study, trial, params, is_default=True)
         except KeyboardInterrupt:
             rec.fail_interrupted(default_study, trial)
+            raise
+
+    def _retry(self, params: Params) -> None:
+        """Measure once more a variant whose last measurement was cut short (`rec.retries_due`):
+        a trial of its own study handle, whose sampler answers with the variant's values."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            fixed = optuna.samplers.PartialFixedSampler(
+                self.space.optuna_params(params), optuna.samplers.RandomSampler()
+            )
+        retry_study = optuna.load_study(
+            study_name=self.study.study_name,
+            storage=self.study._storage,
+            sampler=TaggingSampler(fixed),
+        )
+        self.messages.append(
+            f"measured again a variant whose measurement was cut short: {describe(params)}"
+        )
+        t0 = time.perf_counter_ns()
+        trial = ask(retry_study)
+        try:
+            point = self.space.suggest(trial, conditional=self.settings.sampler != "grid")
+            self._run_variant(retry_study, trial, point, is_default=False, t0=t0)
+        except KeyboardInterrupt:
+            rec.fail_interrupted(retry_study, trial)
             raise
 
     def ensure_default_at_best(self) -> str | None:
