@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-tune test lint bench fuzz clean
+.PHONY: demo demo-tune test lint bench soak fuzz clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -36,8 +36,12 @@ fuzz: $(STAMP)
 
 # Every benchmark runs; the exit status is 1 when any of them missed a target.
 bench: $(STAMP)
-	rc=0; for b in server_efficiency loadgen_overhead tuner_efficiency; do \
+	rc=0; for b in server_efficiency loadgen_overhead tuner_efficiency overload; do \
 	  $(BIN)/python benchmarks/$$b.py || rc=1; done; exit $$rc
+
+# The server soak, on its own (5 minutes; MINUTES=30 make soak for longer): RSS slope < 1 MB/min.
+soak: $(STAMP)
+	$(BIN)/python benchmarks/soak.py --minutes $(or $(MINUTES),5)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache
