@@ -21,20 +21,29 @@ import select
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from types import FrameType
 
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent(parent: int) -> None:
-    """In the child, before exec: SIGKILL when this watchdog dies; exit if it already has."""
+def _pdeathsig() -> Callable[[], None] | None:
+    """Linux: the child's pre-exec hook, SIGKILL when this watchdog dies (exit if it already has).
+    libc is loaded here, in the parent: the hook itself only calls prctl and getppid."""
+    if not sys.platform.startswith("linux"):
+        return None
     import ctypes
 
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    # The watchdog may have died between fork and prctl: then we are already reparented.
-    if os.getppid() != parent:
-        os._exit(1)
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent = os.getpid()
+
+    def hook() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        # The watchdog may have died between fork and prctl: then we are already reparented.
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return hook
 
 
 def _stop(child: subprocess.Popen[bytes], grace_s: float) -> None:
@@ -60,10 +69,9 @@ def main(argv: list[str]) -> None:
     if len(argv) < 5 or argv[3] != "--":
         sys.exit("usage: _watchdog.py LIFELINE_FD PID_FD GRACE_S -- COMMAND...")
     lifeline, pid_fd, grace_s, command = int(argv[0]), int(argv[1]), float(argv[2]), argv[4:]
-    me = os.getpid()
-    preexec = (lambda: _die_with_parent(me)) if sys.platform.startswith("linux") else None
     try:
-        child = subprocess.Popen(command, preexec_fn=preexec)  # one thread here: preexec is safe
+        # One thread here: a pre-exec hook is safe.
+        child = subprocess.Popen(command, preexec_fn=_pdeathsig())
     except OSError as exc:
         sys.stderr.write(f"perfkit watchdog: cannot start {command[0]}: {exc}\n")
         sys.exit(127)
