@@ -16,6 +16,7 @@ _.resume_writing
 _.on_url
 _.on_header
 _.on_body
+_.on_chunk_header
 _.on_message_complete
 _.collect
 

@@ -59,6 +59,38 @@ def build_parser() -> argparse.ArgumentParser:
         default=256 * 1024 * 1024,
         help="largest request body (HTTP) / message (gRPC) in bytes",
     )
+    # HTTP/1.1 bounds tritonserver has no flags for (its libevhtp sets its own).
+    p.add_argument(
+        "--http-max-header-size",
+        type=int,
+        default=16 * 1024,
+        help="largest HTTP request head (request line and header fields) in bytes; 431 beyond",
+    )
+    p.add_argument(
+        "--http-max-header-count",
+        type=int,
+        default=100,
+        help="most header fields in an HTTP request; 431 beyond",
+    )
+    p.add_argument(
+        "--http-max-connections",
+        type=int,
+        default=0,
+        help="most open HTTP connections (a new one beyond gets 503 and is closed); "
+        "0 = the open-file limit less 256",
+    )
+    p.add_argument(
+        "--http-header-timeout-secs",
+        type=float,
+        default=30.0,
+        help="seconds a connection may take to send a request head; then 408 and closed",
+    )
+    p.add_argument(
+        "--http-keepalive-timeout-secs",
+        type=float,
+        default=75.0,
+        help="seconds an HTTP connection may idle (or leave its replies unread) before it is closed",
+    )
     # HTTP/2 bounds for the gRPC port, in the --grpc-http2-* family of tritonserver's flags.
     p.add_argument("--grpc-http2-max-concurrent-streams", type=int, default=1024)
     p.add_argument("--grpc-http2-max-header-list-size", type=int, default=16 * 1024)
@@ -100,6 +132,11 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         log_verbose=args.log_verbose,
         drain_secs=args.exit_timeout_secs,
         max_request_bytes=args.http_max_input_size,
+        http_max_header_bytes=args.http_max_header_size,
+        http_max_header_count=args.http_max_header_count,
+        http_max_connections=args.http_max_connections,
+        http_header_timeout_secs=args.http_header_timeout_secs,
+        http_keepalive_timeout_secs=args.http_keepalive_timeout_secs,
         grpc_max_concurrent_streams=args.grpc_http2_max_concurrent_streams,
         grpc_max_header_list_size=args.grpc_http2_max_header_list_size,
         grpc_max_reset_burst=args.grpc_http2_max_reset_burst,

@@ -19,6 +19,7 @@ from perfkit_server.dataplane import DataPlane
 from perfkit_server.grpc_service import GrpcService
 from perfkit_server.grpc_wire import GrpcServer
 from perfkit_server.h2_limits import H2Limits
+from perfkit_server.http_limits import HttpLimits
 from perfkit_server.http_service import HttpService
 from perfkit_server.http_wire import HttpServer
 from perfkit_server.metrics import metrics_app
@@ -65,7 +66,7 @@ async def serve(settings: ServerSettings) -> int:
                 raise OSError(f"cannot bind the gRPC port {address}: {exc}") from exc
             logger.info("Started GRPCInferenceService at %s:%d", settings.grpc_address, port)
         if settings.allow_http:
-            http_server = HttpServer(HttpService(dataplane).dispatch, settings.max_request_bytes)
+            http_server = HttpServer(HttpService(dataplane).dispatch, _http_limits(settings))
             port = await http_server.start(settings.http_address, settings.http_port)
             logger.info("Started HTTPService at %s:%d", settings.http_address, port)
         if settings.allow_metrics:
@@ -101,4 +102,15 @@ def _h2_limits(settings: ServerSettings) -> H2Limits:
         max_concurrent_streams=settings.grpc_max_concurrent_streams,
         reset_burst=settings.grpc_max_reset_burst,
         reset_rate_per_s=settings.grpc_max_resets_per_second,
+    )
+
+
+def _http_limits(settings: ServerSettings) -> HttpLimits:
+    return HttpLimits(
+        max_body=settings.max_request_bytes,
+        max_header_bytes=settings.http_max_header_bytes,
+        max_header_count=settings.http_max_header_count,
+        max_connections=settings.http_max_connections,
+        header_timeout_secs=settings.http_header_timeout_secs,
+        keepalive_timeout_secs=settings.http_keepalive_timeout_secs,
     )

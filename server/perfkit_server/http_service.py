@@ -64,6 +64,17 @@ def _parse_json(raw: bytes | memoryview, what: str) -> Any:
         return json.loads(bytes(raw)) if raw else {}
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidInput(f"failed to parse the {what} JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidInput(f"failed to parse the {what} JSON: nested too deeply") from None
+
+
+def _shape(name: str, shape: Any) -> tuple[int, ...]:
+    """A JSON shape: a list of integers (Triton refuses 1.5 and 16.0 alike, and so do we)."""
+    if not isinstance(shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) for d in shape
+    ):
+        raise InvalidInput(f"input '{name}': shape must be a list of integers, got {shape!r}")
+    return check_shape(name, shape)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -108,7 +119,7 @@ def _parse_header(raw: bytes | memoryview) -> _Header:
             raise InvalidInput("each input must be an object with name, shape, datatype and data")
         name = str(item["name"])
         datatype = str(item.get("datatype", ""))
-        shape = check_shape(name, item.get("shape"))
+        shape = _shape(name, item.get("shape"))
         iparams = item.get("parameters") or {}
         size = iparams.get("binary_data_size") if isinstance(iparams, dict) else None
         if size is not None:
@@ -245,6 +256,9 @@ def encode_infer_response(
             entries.append(f'{head}"parameters":{{"binary_data_size":{len(raw)}}}}}')
             chunks.append(raw)
         else:
+            # inf and NaN as Triton writes them (rapidjson's kWriteNanAndInfFlag): Infinity,
+            # -Infinity, NaN. Not strict JSON, but what Triton's clients parse; a client that
+            # needs strict JSON asks for the output as binary_data.
             entries.append(f'{head}"data":{json.dumps(array_to_json(out.data))}}}')
     ident = f',"id":{json.dumps(response.id)}' if response.id else ""
     head_bytes = (
@@ -376,9 +390,12 @@ class HttpService:
         return _OK
 
     def infer(self, request: Request, params: dict[str, str]) -> Reply | Awaitable[Reply]:
-        infer_request, binary_default = decode_infer_request(
-            request.body, request.header_length, params["model"], params.get("version", "")
-        )
+        try:
+            infer_request, binary_default = decode_infer_request(
+                request.body, request.header_length, params["model"], params.get("version", "")
+            )
+        except RecursionError:  # tensor data nested deeper than the decoder can follow
+            raise InvalidInput("the inference request's tensor data is nested too deeply") from None
         response = self._dp.infer_direct(infer_request)
         if response is None:
             return self._infer_queued(infer_request, binary_default)

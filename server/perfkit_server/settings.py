@@ -34,6 +34,14 @@ class ServerSettings:
     max_request_bytes: int = 256 * 1024 * 1024
     # Seconds to wait for in-flight requests on SIGINT/SIGTERM.
     drain_secs: float = 30.0
+    # HTTP/1.1 per-peer bounds (perfkit_server.http_limits.HttpLimits): request head size and field
+    # count, open connections (0: the open-file limit less 256), and the header-read and idle
+    # keep-alive timeouts.
+    http_max_header_bytes: int = 16 * 1024
+    http_max_header_count: int = 100
+    http_max_connections: int = 0
+    http_header_timeout_secs: float = 30.0
+    http_keepalive_timeout_secs: float = 75.0
     # HTTP/2 (gRPC) per-connection bounds (perfkit_server.h2_limits.H2Limits): streams open at
     # once, a request header block's size, and the peer's stream resets (burst, then per second).
     grpc_max_concurrent_streams: int = 1024
@@ -58,5 +66,17 @@ class ServerSettings:
             value = getattr(self, cap)
             if value < 1:
                 raise ValueError(f"--{cap.replace('_', '-')} must be >= 1, got {value}")
+        for flag, value in (
+            ("--http-max-header-size", self.http_max_header_bytes),
+            ("--http-max-header-count", self.http_max_header_count),
+            ("--http-header-timeout-secs", self.http_header_timeout_secs),
+            ("--http-keepalive-timeout-secs", self.http_keepalive_timeout_secs),
+        ):
+            if not value > 0:
+                raise ValueError(f"{flag} must be > 0, got {value}")
+        if self.http_max_connections < 0:
+            raise ValueError(
+                f"--http-max-connections must be >= 0, got {self.http_max_connections}"
+            )
         if self.repository_poll_secs <= 0:
             raise ValueError(f"--repository-poll-secs must be > 0, got {self.repository_poll_secs}")

@@ -172,8 +172,10 @@ def array_from_json(name: str, datatype: str, shape: tuple[int, ...], data: Any)
     if dtype is None:
         raise InvalidInput(f"input '{name}': unsupported datatype '{datatype}'")
     if datatype == "BYTES":
-        flat = np.array(_flatten(data), dtype=np.object_)
-        flat[:] = [x.encode() if isinstance(x, str) else bytes(x) for x in flat]
+        items = _flatten(data)
+        if not all(isinstance(x, str) for x in items):  # bytes(10**9) would allocate 1 GB
+            raise InvalidInput(f"input '{name}': BYTES data must be JSON strings")
+        flat = np.array([x.encode() for x in items], dtype=np.object_)
     else:
         try:
             flat = np.asarray(data, dtype=dtype).reshape(-1)
