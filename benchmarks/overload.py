@@ -10,9 +10,10 @@ A slow identity model (perfkit_identity, `execute_delay_us` per execution, dynam
   3. for each: goodput (successful infer/s) / capacity, the requests the server rejected cleanly
      (its nv_inference_request_failure{reason="REJECTED"} counter) vs every other error the client
      saw, and the server's peak RSS (VmHWM, Linux; else the largest psutil sample).
-Every figure of a line comes from the same run. Each overload run is a fixed number of requests
-(`--seconds` of the offered rate), so the client's error count and the server's counters cover the
-same requests.
+Every figure of a line comes from the same run. Each overload run is three time windows filling
+`--seconds` from the first send (a fixed request count would, without a queue limit, wait minutes
+for the sends the client's in-flight cap held back); the server's counters are read before the
+first send and after the last answer, so they cover the client's requests.
 
 The default delay (50 ms per batch of 8: capacity ~160/s, ~1,600/s offered) keeps the offered
 rate within what 2 cores can send and reject while they also run the server: with 20 ms (~3,700/s
@@ -148,13 +149,22 @@ def overload(
 ) -> Overload:
     url = server.url(protocol)  # type: ignore[arg-type]
     target = TargetSpec(url=url, protocol=protocol, model=model)  # type: ignore[arg-type]
-    requests = int(rate * seconds)
-    measure = MeasureSpec(fixed_request_count=requests, warmup_request_count=0)
+    # Three time windows, not a fixed request count: without a queue limit the sends past the
+    # in-flight cap wait in the generator, and a fixed count would then drain for minutes.
+    measure = MeasureSpec(
+        interval_ms=int(seconds * 1000 / 3),
+        stability_pct=1000.0,
+        max_trials=3,
+        warmup_request_count=0,
+    )
     load = RequestRateLoad(rates=(rate,), max_in_flight=in_flight)
     before = failures(server.metrics_url, model)
     assert server.pid is not None
     with RssWatch(server.pid) as rss:
-        m: Measurement = measure_level(target, InputSpec(), measure, load, rate)
+        try:
+            m: Measurement = measure_level(target, InputSpec(), measure, load, rate)
+        except MeasurementUnstable as exc:
+            m = exc.measurement  # type: ignore[attr-defined]
     after = failures(server.metrics_url, model)
     delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
     rejected = delta.get("REJECTED", 0)
