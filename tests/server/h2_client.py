@@ -46,6 +46,18 @@ class Frame:
         return int(U32.unpack_from(self.payload)[0])
 
 
+def request_headers(method: str) -> list[tuple[str, str]]:
+    """The header list of a gRPC request to `SERVICE/method`."""
+    return [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", f"{SERVICE}/{method}"),
+        (":authority", "localhost"),
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+    ]
+
+
 def message(body: bytes) -> bytes:
     """A gRPC length-prefixed message (uncompressed)."""
     return struct.pack(">BI", 0, len(body)) + body
@@ -98,16 +110,7 @@ class RawH2:
 
     def headers(self, sid: int, method: str, *, end_stream: bool = False) -> bytes:
         """A request HEADERS frame for `SERVICE/method` (encoded now: HPACK state is ours)."""
-        block = self.encoder.encode(
-            [
-                (":method", "POST"),
-                (":scheme", "http"),
-                (":path", f"{SERVICE}/{method}"),
-                (":authority", "localhost"),
-                ("content-type", "application/grpc"),
-                ("te", "trailers"),
-            ]
-        )
+        block = self.encoder.encode(request_headers(method))
         return frame(HEADERS, END_HEADERS | (END_STREAM if end_stream else 0), sid, block)
 
     def call(self, sid: int, method: str, body: bytes) -> bytes:

@@ -31,7 +31,13 @@ from hypothesis import strategies as st
 from perfkit.http2 import ACK, GOAWAY, PING, frame
 from tests.fixtures.server import ServerHandle, start_server
 from tests.server import models
-from tests.server.h2_client import SERVICE, RawH2, infer_request, message, rss_bytes
+from tests.server.h2_client import (
+    RawH2,
+    infer_request,
+    message,
+    request_headers,
+    rss_bytes,
+)
 
 _EXAMPLES = (
     settings.get_profile("fuzz").max_examples
@@ -91,17 +97,6 @@ RAW = st.tuples(
 )
 
 
-def _headers(method: str) -> list[tuple[str, str]]:
-    return [
-        (":method", "POST"),
-        (":scheme", "http"),
-        (":path", f"{SERVICE}/{method}"),
-        (":authority", "localhost"),
-        ("content-type", "application/grpc"),
-        ("te", "trailers"),
-    ]
-
-
 def _valid(conn: h2.connection.H2Connection, op: tuple[Any, ...], sid: int | None) -> int | None:
     """Apply one client action through h2 on the last stream opened, when its state allows it
     (h2 refuses the rest, but closes the stream on its side when it does)."""
@@ -112,7 +107,7 @@ def _valid(conn: h2.connection.H2Connection, op: tuple[Any, ...], sid: int | Non
         if kind == "call":
             (method, body), end = op[1], op[2]
             sid = conn.get_next_available_stream_id()
-            conn.send_headers(sid, _headers(method))
+            conn.send_headers(sid, request_headers(method))
             conn.send_data(sid, message(body), end_stream=end)
         elif kind == "data" and sending:
             conn.send_data(sid, bytes(op[1]), end_stream=op[2])
