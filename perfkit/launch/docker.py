@@ -1,9 +1,16 @@
 """`DockerTriton`: tritonserver in a container (nvcr.io/nvidia/tritonserver) through the docker SDK.
 
 The docker SDK is imported lazily (only DockerTriton needs it); any object with the SDK's
-`containers.run(...)` shape can be passed as `client` (the tests pass a fake: the docker engine is an
-external boundary). The container uses the host network, so the server listens on free host ports,
-and the model repository is mounted at the same path inside it.
+`containers.create(...)` shape can be passed as `client` (the tests pass a fake: the docker engine is
+an external boundary). The container uses the host network, so the server listens on free host
+ports, and the model repository is mounted at the same path inside it.
+
+The container dies with perfkit, SIGKILL included. tritonserver runs under a small shell
+(`LIFELINE_SH`) that reads the container's stdin; the container is created with an open stdin
+that closes when its one attached client goes (docker's StdinOnce), and perfkit attaches to it
+before starting it and holds that socket. However perfkit ends, the kernel closes the socket, the
+engine closes the container's stdin, and the shell stops tritonserver (SIGTERM, SIGKILL after the
+stop timeout). The shell also forwards `docker stop`'s SIGTERM and exits with tritonserver's code.
 """
 
 from __future__ import annotations
@@ -21,6 +28,28 @@ logger = logging.getLogger(__name__)
 
 # Triton 2.51.0, the version of the nvidia-pytriton wheel's tritonserver used on CPU.
 DEFAULT_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"
+
+
+# sh -c LIFELINE_SH perfkit-lifeline GRACE_S COMMAND...: run COMMAND until stdin reaches EOF.
+# (An asynchronous list's stdin is /dev/null in sh: the lifeline reads a saved copy, fd 3.)
+LIFELINE_SH = r"""
+grace=$1; shift
+trap 'kill -TERM "$pid" 2>/dev/null' TERM INT
+exec 3<&0
+"$@" </dev/null 3<&- &
+pid=$!
+{ cat <&3 >/dev/null; kill -TERM "$pid" 2>/dev/null; sleep "$grace"; kill -KILL "$pid" 2>/dev/null; } >/dev/null 2>&1 &
+exec 3<&-
+while :; do
+  wait "$pid"; code=$?
+  kill -0 "$pid" 2>/dev/null || exit "$code"
+done
+"""
+
+
+def lifeline_command(command: Sequence[str], grace_s: float) -> list[str]:
+    """`command` run under LIFELINE_SH: it stops when the shell's stdin reaches EOF."""
+    return ["/bin/sh", "-c", LIFELINE_SH, "perfkit-lifeline", f"{grace_s:g}", *command]
 
 
 def docker_client() -> Any:
@@ -115,6 +144,7 @@ class DockerTriton:
         self._log_path = log_path
         self._client = client
         self._container: Any = None
+        self._lifeline: Any = None  # the socket attached to the container's stdin
 
     @property
     def http_url(self) -> str:
@@ -171,8 +201,9 @@ class DockerTriton:
         free = iter(free_ports(3))
         self._ports = tuple(p or next(free) for p in self._fixed_ports)  # type: ignore[assignment]
         kwargs: dict[str, Any] = {
-            "command": self.command(),
-            "detach": True,
+            "command": lifeline_command(self.command(), self.stop_timeout_s),
+            "stdin_open": True,  # with detach=False, the SDK sets StdinOnce: see the module doc
+            "detach": False,
             "network_mode": "host",
             "volumes": {str(self.repo): {"bind": str(self.repo), "mode": "rw"}},
             "shm_size": self.shm_size,
@@ -184,8 +215,11 @@ class DockerTriton:
             kwargs["name"] = self.name
         logger.debug("docker run %s %s", self.image, " ".join(kwargs["command"]))
         try:
-            self._container = client.containers.run(self.image, **kwargs)
+            self._container = client.containers.create(self.image, **kwargs)
+            self._lifeline = self._container.attach_socket(params={"stdin": 1, "stream": 1})
+            self._container.start()
         except engine_errors() as exc:  # image missing, GPU runtime absent, name clash
+            self.stop()
             raise ServerUnavailable(
                 f"cannot start container {self.image}: {exc}. Check that the image exists "
                 f"(docker pull {self.image}) and, with gpus=, that the NVIDIA container runtime is set up."
@@ -247,10 +281,19 @@ class DockerTriton:
             logger.warning("stopping container %s failed: %s", self.image, exc)
         self._save_logs()
         self._container = None
+        self._close_lifeline()
         try:
             container.remove(force=True)
         except engine_errors() as exc:
             logger.warning("removing container %s failed: %s", self.image, exc)
+
+    def _close_lifeline(self) -> None:
+        lifeline, self._lifeline = self._lifeline, None
+        if lifeline is not None:
+            try:
+                lifeline.close()
+            except OSError as exc:
+                logger.debug("closing the container's stdin failed: %s", exc)
 
     def __enter__(self) -> Self:
         return self.start()

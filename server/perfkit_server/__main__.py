@@ -109,6 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="largest backend thread count per instance (intra_op/inter_op_thread_count); "
         "default 4 x the CPU count",
     )
+    p.add_argument(
+        "--max-warmup-count",
+        type=int,
+        default=1000,
+        help="largest model_warmup count (runs of one warmup request on each instance)",
+    )
     return p
 
 
@@ -143,6 +149,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         grpc_max_resets_per_second=args.grpc_http2_max_resets_per_second,
         max_instances_per_model=args.max_instances_per_model,
         max_threads_per_instance=args.max_threads_per_instance,
+        max_warmup_count=args.max_warmup_count,
     )
 
 

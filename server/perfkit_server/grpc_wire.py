@@ -94,6 +94,13 @@ _MAX_CACHED_BLOCKS = 64
 _MSG = struct.Struct(">BI")  # gRPC message prefix: compressed flag, length
 # `_Stream.need` before a unary message's prefix is in: up to 4 bytes are taken unchecked.
 _NO_PREFIX = 4
+# Streaming requests parsed and waiting their turn, per connection: past either bound the
+# connection is not read until calls finish (back-pressure, not an error; one message of any
+# allowed size is always taken).
+MAX_QUEUED_MESSAGES = 1024
+MAX_QUEUED_BYTES = 16 << 20
+# Why a connection is not being read (bits of `_Connection._paused`).
+_UNREAD_REPLIES, _QUEUE_FULL = 1, 2
 
 # gRPC status codes.
 OK, CANCELLED, UNKNOWN, INVALID_ARGUMENT, NOT_FOUND = 0, 1, 2, 3, 5
@@ -196,6 +203,7 @@ class _Stream:
         "need",
         "out",
         "pending",
+        "pending_bytes",
         "recv_unacked",
         "sid",
         "started",
@@ -216,7 +224,8 @@ class _Stream:
         self.closed = False  # our side is done (trailers queued or sent, or reset)
         self.started = False  # response headers sent
         self.busy = False  # a streaming call is being answered
-        self.pending: deque[Any] = deque()  # streaming: parsed requests waiting their turn
+        self.pending: deque[tuple[Any, int]] = deque()  # streaming: (request, size) in turn
+        self.pending_bytes = 0
         self.out: deque[bytes] = deque()  # DATA payload held back by flow control
         self.trailers: bytes | None = None  # sent once `out` is empty
 
@@ -246,6 +255,9 @@ class _Connection(asyncio.Protocol):
         self._peer_max_frame = 16384
         self._recv_unacked = 0
         self._goaway = False
+        self._paused = 0  # _UNREAD_REPLIES | _QUEUE_FULL while reading is paused
+        self._queued = 0  # streaming requests waiting, over all streams
+        self._queued_bytes = 0
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
 
@@ -281,12 +293,37 @@ class _Connection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         # The peer is not reading our replies: stop reading what would make more of them.
-        if self._transport is not None:
-            self._transport.pause_reading()
+        self._pause(_UNREAD_REPLIES)
 
     def resume_writing(self) -> None:
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.resume_reading()
+        self._resume(_UNREAD_REPLIES)
+
+    def _pause(self, why: int) -> None:
+        transport = self._transport
+        if not self._paused and transport is not None and not transport.is_closing():
+            transport.pause_reading()
+        self._paused |= why
+
+    def _resume(self, why: int) -> None:
+        if not self._paused & why:
+            return
+        self._paused &= ~why
+        transport = self._transport
+        if not self._paused and transport is not None and not transport.is_closing():
+            transport.resume_reading()
+
+    def _unqueue(self, stream: _Stream) -> None:
+        """Forget a stream's waiting requests (it is over) and read again if they held us."""
+        if stream.pending:
+            self._queued -= len(stream.pending)
+            self._queued_bytes -= stream.pending_bytes
+            stream.pending.clear()
+            stream.pending_bytes = 0
+            self._queue_drained()
+
+    def _queue_drained(self) -> None:
+        if self._queued < MAX_QUEUED_MESSAGES and self._queued_bytes < MAX_QUEUED_BYTES:
+            self._resume(_QUEUE_FULL)
 
     def data_received(self, data: bytes) -> None:
         buf = self._buf
@@ -446,7 +483,7 @@ class _Connection(asyncio.Protocol):
         """Forget a stream that is over without an answer: its call, if queued, never runs."""
         stream.closed = True
         stream.buf = bytearray()
-        stream.pending.clear()
+        self._unqueue(stream)
         stream.out.clear()
         self._blocked.pop(stream.sid, None)
         if stream.task is not None:
@@ -617,7 +654,12 @@ class _Connection(asyncio.Protocol):
                 )
                 return
             del buf[: 5 + length]
-            stream.pending.append(request)
+            stream.pending.append((request, length))
+            stream.pending_bytes += length
+            self._queued += 1
+            self._queued_bytes += length
+        if self._queued >= MAX_QUEUED_MESSAGES or self._queued_bytes >= MAX_QUEUED_BYTES:
+            self._pause(_QUEUE_FULL)
         if not stream.busy:
             self._next(stream)
 
@@ -625,7 +667,12 @@ class _Connection(asyncio.Protocol):
         """Streaming: answer the waiting requests in order, one at a time."""
         method = cast(Method, stream.method)
         while stream.pending and not stream.busy and not stream.closed:
-            self._call(stream, method, stream.pending.popleft())
+            request, size = stream.pending.popleft()
+            stream.pending_bytes -= size
+            self._queued -= 1
+            self._queued_bytes -= size
+            self._queue_drained()
+            self._call(stream, method, request)
         if stream.ended and not stream.busy and not stream.pending and not stream.closed:
             self._finish(stream, None)
 
@@ -706,7 +753,7 @@ class _Connection(asyncio.Protocol):
         if stream.closed:
             return
         stream.closed = True
-        stream.pending.clear()
+        self._unqueue(stream)
         stream.buf = bytearray()
         if error is None:
             stream.trailers = _TRAILERS_OK

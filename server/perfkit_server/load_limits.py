@@ -29,6 +29,7 @@ class LoadLimits:
 
     max_instances_per_model: int
     max_threads_per_instance: int
+    max_warmup_count: int
     max_warmup_bytes: (
         int  # one warmup request's inputs, as a client request (--http-max-input-size)
     )
@@ -38,6 +39,7 @@ class LoadLimits:
         return cls(
             max_instances_per_model=settings.max_instances_per_model,
             max_threads_per_instance=settings.max_threads_per_instance,
+            max_warmup_count=settings.max_warmup_count,
             max_warmup_bytes=settings.max_request_bytes,
         )
 
@@ -84,6 +86,12 @@ def _check_threads(config: Any, backend: str, limits: LoadLimits, source: str) -
 
 def _check_warmup(config: Any, warmup: Any, limits: LoadLimits, source: str) -> None:
     where = f"{source}: model_warmup '{warmup.name}'"
+    if warmup.count > limits.max_warmup_count:
+        raise ValueError(
+            f"{where}: count {warmup.count}, over this server's cap of "
+            f"{limits.max_warmup_count} runs per instance; lower it, or start the server with "
+            f"--max-warmup-count={warmup.count}"
+        )
     batch = max(1, warmup.batch_size) if config.max_batch_size > 0 else 1
     total = 0
     for name, spec in warmup.inputs.items():

@@ -52,6 +52,8 @@ class ServerSettings:
     # summed over its instance groups, and each backend thread knob (e.g. intra_op_thread_count).
     max_instances_per_model: int = 64
     max_threads_per_instance: int = field(default_factory=lambda: 4 * (os.cpu_count() or 1))
+    # Runs of one model_warmup request per instance (its `count`): a load cannot be made endless.
+    max_warmup_count: int = 1000
 
     def __post_init__(self) -> None:
         for name in ("http_port", "grpc_port", "metrics_port"):
@@ -62,7 +64,7 @@ class ServerSettings:
             raise ValueError(
                 f"--model-control-mode must be none, explicit or poll, got {self.model_control_mode!r}"
             )
-        for cap in ("max_instances_per_model", "max_threads_per_instance"):
+        for cap in ("max_instances_per_model", "max_threads_per_instance", "max_warmup_count"):
             value = getattr(self, cap)
             if value < 1:
                 raise ValueError(f"--{cap.replace('_', '-')} must be >= 1, got {value}")

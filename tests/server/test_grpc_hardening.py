@@ -215,6 +215,34 @@ def test_a_client_that_does_not_read_is_not_read(server: ServerHandle) -> None:
     _still_serves(server)
 
 
+def test_a_stream_whose_requests_queue_is_not_read_past_its_bound(server: ServerHandle) -> None:
+    # ModelStreamInfer answers its requests in turn; the requests behind a call that does not
+    # finish were parsed and queued without limit. Past the queue's bound the server stops
+    # reading the connection instead.
+    cap = 32 << 20
+    with RawH2(server.grpc_url, timeout_s=5).open() as h2:
+        rss0 = rss_bytes(server.process.pid)
+        # The first request waits in "held"'s batcher: every later one queues behind it.
+        h2.send(h2.headers(1, "ModelStreamInfer"))
+        chunk = frame(DATA, 0, 1, message(infer_request("held")) * 256)
+        sock = h2.sock
+        sock.setblocking(False)
+        sent = 0
+        while sent < cap:
+            _, writable, _ = select.select([], [sock], [], 2.0)
+            if not writable:
+                break  # the server stopped reading: its queue is full
+            try:
+                sent += sock.send(chunk)
+            except BlockingIOError:
+                continue
+        grown = rss_bytes(server.process.pid) - rss0
+        sock.setblocking(True)
+    assert sent < cap, "the server kept queueing a stream's requests"
+    assert grown < 16 << 20
+    _still_serves(server)
+
+
 def _sends(make: Callable[[RawH2], bytes]) -> Callable[[RawH2], None]:
     return lambda h2: h2.send(make(h2))
 

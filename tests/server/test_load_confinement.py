@@ -191,6 +191,18 @@ def test_instance_and_thread_caps_by_default(server, layout):
         assert str(cap) in message
         assert "--max-threads-per-instance" in message
 
+    def endless(config: Any) -> None:
+        config.model_warmup.add(name="endless", batch_size=1, count=2**31 - 1)
+        config.model_warmup[-1].inputs["INPUT0"].zero_data = True
+        config.model_warmup[-1].inputs["INPUT0"].data_type = 11  # TYPE_FP32
+        config.model_warmup[-1].inputs["INPUT0"].dims.append(16)
+
+    message = _refused(server, "w", _override(layout / "repo", "w", endless))
+    assert "model_warmup 'endless'" in message
+    assert f"count {2**31 - 1}" in message
+    assert "cap of 1000" in message
+    assert "--max-warmup-count" in message
+
     def negative(config: Any) -> None:
         config.parameters["intra_op_thread_count"].string_value = "-3"
 
