@@ -43,11 +43,19 @@ class Server:
         with _OPENER.open(f"http://{self.metrics_url}/metrics", timeout=10) as resp:
             return bytes(resp.read()).decode()
 
-    def http(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
+    def http(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, bytes]:
         """A raw HTTP request: (status, body), without raising on 4xx/5xx."""
         request = urllib.request.Request(f"http://{self.http_url}{path}", data=body, method=method)
         if body is not None:
             request.add_header("Content-Type", "application/json")
+        for key, value in (headers or {}).items():
+            request.add_header(key, value)
         try:
             with _OPENER.open(request, timeout=30) as resp:
                 return int(resp.status), bytes(resp.read())

@@ -201,6 +201,34 @@ def test_infer_outputs(server: Server, protocol: str, rows: int, binary: bool) -
         assert (output.name, output.datatype, list(output.shape)) == ("OUTPUT0", "FP32", [rows, 16])
 
 
+def test_json_output_writes_inf_and_nan_as_triton_does(server: Server) -> None:
+    # Issue #10 finding 9 named `Infinity` in a JSON reply as a bug; Triton writes it (rapidjson's
+    # kWriteNanAndInfFlag), and tritonclient reads it back. This pins the text to Triton's.
+    values = np.array([[np.inf, -np.inf, np.nan] + [0.5] * 13], np.float32)
+    body = {
+        "inputs": [
+            {
+                "name": "INPUT0",
+                "datatype": "FP32",
+                "shape": [1, 16],
+                "parameters": {"binary_data_size": 64},
+            }
+        ],
+        "outputs": [{"name": "OUTPUT0", "parameters": {"binary_data": False}}],
+    }
+    head = json.dumps(body).encode()
+    raw = head + values.tobytes()
+    headers = {"Inference-Header-Content-Length": str(len(head))}
+    status, reply = server.http("POST", f"/v2/models/{MODEL}/infer", raw, headers)
+    assert status == 200, reply
+    text = reply.decode()
+    assert '"data":[Infinity,-Infinity,NaN,0.5' in text.replace(" ", "")
+    out = json.loads(text)["outputs"][0]["data"]
+    assert out[0] == np.inf
+    assert out[1] == -np.inf
+    assert np.isnan(out[2])
+
+
 def test_infer_explicit_version(server: Server, protocol: str) -> None:
     data = batch(2)
     result = infer(server, protocol, MODEL, data, version="1")
