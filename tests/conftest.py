@@ -11,6 +11,7 @@ _PLUGINS = [
     "tests.fixtures.triton",
     "tests.fixtures.postgres",
     "tests.fixtures.chromium",
+    "tests.fixtures.fake_nvml",
 ]
 pytest_plugins = [p for p in _PLUGINS if importlib.util.find_spec(p) is not None]
 

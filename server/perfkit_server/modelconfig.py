@@ -13,8 +13,7 @@ from typing import Any
 from tritonclient.grpc import model_config_pb2 as mc
 
 from perfkit.model_repo.config import config_to_json
-
-_DEFAULT_FILENAMES = {"onnxruntime": "model.onnx"}
+from perfkit_server.backends import DEFAULT_FILENAMES
 
 
 def normalize(config: Any, backend: str) -> None:
@@ -35,8 +34,8 @@ def normalize(config: Any, backend: str) -> None:
     if not config.HasField("optimization"):
         config.optimization.input_pinned_memory.enable = True
         config.optimization.output_pinned_memory.enable = True
-    if not config.default_model_filename and backend in _DEFAULT_FILENAMES:
-        config.default_model_filename = _DEFAULT_FILENAMES[backend]
+    if not config.default_model_filename and backend in DEFAULT_FILENAMES:
+        config.default_model_filename = DEFAULT_FILENAMES[backend]
 
 
 def config_json(config: Any) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from perfkit_server.backends import (
     backend_name,
     create_backend,
     known_backend,
+    platform_of,
 )
 from perfkit_server.errors import (
     InternalError,
@@ -416,10 +417,7 @@ class Registry:
         kinds = _instance_kinds(config)
         spec = BatcherSpec.from_config(config)
         # Triton reports the platform of a backend: "onnxruntime" models as onnxruntime_onnx.
-        platform = str(
-            config.platform
-            or ("onnxruntime_onnx" if config.backend == "onnxruntime" else config.backend)
-        )
+        platform = platform_of(config)
         warmups = await asyncio.to_thread(warmup_requests, config, model_dir, source)
         result: dict[int, LoadedVersion] = {}
         try:

@@ -1,0 +1,1 @@
+"""Fakes at true external boundaries only, each named as a fake (NVML: no GPU here)."""
