@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-tune test lint bench soak fuzz clean
+.PHONY: demo demo-tune test lint bench soak fuzz gpu-check clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -43,5 +43,30 @@ bench: $(STAMP)
 soak: $(STAMP)
 	$(BIN)/python benchmarks/soak.py --minutes $(or $(MINUTES),5)
 
+# The device check (issue 11), on a host with an NVIDIA GPU, its driver, torch built with CUDA and
+# nvidia-ml-py: GPU facts first (exit 2 when no GPU is visible), then every `gpu`-marked test and
+# benchmarks/gpu_efficiency.py (served/raw >= 0.90); about 5 minutes on one H100/H200, 8 at most.
+# Its own venv sees PYTHON's packages (--system-site-packages, plus a .pth for a PYTHON that is
+# itself a venv), so the CUDA torch already there is used; a pip constraint pins it, so nothing
+# here replaces it (the CPU build `make test` installs never comes in). On a host without a
+# package index: GPU_PIP_ARGS='--no-index --find-links DIR --no-build-isolation'.
+GPU_VENV ?= .venv-gpu
+GPU_PIP_ARGS ?=
+GPU_INSTALL ?= -e '.[test]'
+gpu-check:
+	@$(PYTHON) -c 'import ctypes; ctypes.CDLL("libnvidia-ml.so.1")' 2>/dev/null || { echo \
+	  "gpu-check: FAILED: no NVIDIA driver here (libnvidia-ml.so.1 does not load): no GPU to check" >&2; exit 2; }
+	@$(PYTHON) -c 'import torch' 2>/dev/null || { echo "gpu-check: FAILED: $(PYTHON) has no torch;" \
+	  "install torch built with CUDA first (README, GPUs), or name its python: make gpu-check PYTHON=..." >&2; exit 2; }
+	test -d $(GPU_VENV) || $(PYTHON) -m venv --system-site-packages $(GPU_VENV)
+	$(PYTHON) -c 'import site; print("\n".join(site.getsitepackages()))' \
+	  > "$$($(GPU_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/_perfkit_base_site.pth"
+	$(GPU_VENV)/bin/python -c 'import importlib.metadata as m; print("torch==" + m.version("torch"))' \
+	  > $(GPU_VENV)/torch-constraint.txt
+	$(GPU_VENV)/bin/python -m pip install --quiet -c $(GPU_VENV)/torch-constraint.txt $(GPU_PIP_ARGS) $(GPU_INSTALL)
+	PYTHONUNBUFFERED=1 $(GPU_VENV)/bin/python benchmarks/gpu_efficiency.py --facts-only
+	PERFKIT_GPU_CHECK=1 $(GPU_VENV)/bin/python -m pytest -m gpu -q -rs tests
+	PYTHONUNBUFFERED=1 $(GPU_VENV)/bin/python benchmarks/gpu_efficiency.py
+
 clean:
-	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(GPU_VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache
