@@ -40,6 +40,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-http", type=_bool, default=True)
     p.add_argument("--allow-grpc", type=_bool, default=True)
     p.add_argument("--allow-metrics", type=_bool, default=True)
+    p.add_argument("--allow-gpu-metrics", type=_bool, default=True)
+    p.add_argument("--allow-cpu-metrics", type=_bool, default=True)
+    p.add_argument(
+        "--metrics-interval-ms",
+        type=int,
+        default=2000,
+        help="GPU and CPU metrics are polled every half of this many ms (as tritonserver)",
+    )
     p.add_argument("--model-control-mode", choices=["none", "explicit", "poll"], default="none")
     p.add_argument("--repository-poll-secs", type=float, default=15.0)
     p.add_argument(
@@ -130,6 +138,9 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         allow_http=args.allow_http,
         allow_grpc=args.allow_grpc,
         allow_metrics=args.allow_metrics,
+        allow_gpu_metrics=args.allow_gpu_metrics,
+        allow_cpu_metrics=args.allow_cpu_metrics,
+        metrics_interval_ms=args.metrics_interval_ms,
         model_control_mode=args.model_control_mode,
         repository_poll_secs=args.repository_poll_secs,
         load_models=tuple(args.load_model),

@@ -25,6 +25,7 @@ from perfkit_server.http_wire import HttpServer
 from perfkit_server.metrics import metrics_app
 from perfkit_server.registry import Registry
 from perfkit_server.settings import ServerSettings
+from perfkit_server.system_metrics import SystemMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ async def serve(settings: ServerSettings) -> int:
     await registry.load_startup()
 
     runners: list[web.AppRunner] = []
+    system: SystemMetrics | None = None
     grpc_server: GrpcServer | None = None
     http_server: HttpServer | None = None
     try:
@@ -70,8 +72,14 @@ async def serve(settings: ServerSettings) -> int:
             port = await http_server.start(settings.http_address, settings.http_port)
             logger.info("Started HTTPService at %s:%d", settings.http_address, port)
         if settings.allow_metrics:
+            system = SystemMetrics(
+                gpu=settings.allow_gpu_metrics,
+                cpu=settings.allow_cpu_metrics,
+                interval_ms=settings.metrics_interval_ms,
+            )
+            await asyncio.to_thread(system.start)  # NVML's init can take a while
             runner, port = await _start_site(
-                metrics_app(registry), settings.metrics_address, settings.metrics_port
+                metrics_app(registry, system), settings.metrics_address, settings.metrics_port
             )
             runners.append(runner)
             logger.info("Started Metrics Service at %s:%d", settings.metrics_address, port)
@@ -90,6 +98,8 @@ async def serve(settings: ServerSettings) -> int:
         for runner in runners:
             await runner.shutdown()
             await runner.cleanup()
+        if system is not None:
+            await asyncio.to_thread(system.stop)
         await registry.close()
         logger.info("Server stopped")
     return 0

@@ -1,6 +1,7 @@
 """Prometheus text metrics with Triton's names and `model`/`version` labels: a prometheus_client
 Collector over the same ModelStats objects the statistics extension reports, so the two always
-agree, written by prometheus_client's text exposition (label escaping, value format)."""
+agree, written by prometheus_client's text exposition (label escaping, value format). The polled
+GPU and CPU families (perfkit_server.system_metrics) follow the inference families."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from prometheus_client.registry import Collector
 
 from perfkit_server.registry import Registry
 from perfkit_server.stats import ModelStats
+from perfkit_server.system_metrics import COUNTER_FAMILIES, SystemMetrics
 
 # (metric, help, value of a version's statistics); the failure counter is per reason, below.
 _COUNTERS: list[tuple[str, str, Callable[[ModelStats], int] | None]] = [
@@ -66,7 +68,7 @@ PENDING = "nv_inference_pending_request_count"
 # keep Triton's names, so those two lines are given Triton's family names back.
 _HEADER_NAMES = [
     (f"# {kind} {name}_total ".encode(), f"# {kind} {name} ".encode())
-    for name, _, _ in _COUNTERS
+    for name in [*(n for n, _, _ in _COUNTERS), *COUNTER_FAMILIES]
     for kind in ("HELP", "TYPE")
 ]
 
@@ -103,19 +105,34 @@ class StatsCollector(Collector):
         yield gauge
 
 
-def render(registry: Registry) -> bytes:
+class _Page(Collector):
+    """The inference families, then the polled GPU/CPU ones (their last snapshot)."""
+
+    def __init__(self, registry: Registry, system: SystemMetrics | None) -> None:
+        self._stats = StatsCollector(registry)
+        self._system = system
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._stats.collect()
+        if self._system is not None:
+            yield from self._system.collect()
+
+
+def render(registry: Registry, system: SystemMetrics | None = None) -> bytes:
     """The /metrics page (Prometheus text format 0.0.4, UTF-8)."""
-    page = generate_latest(StatsCollector(registry))
+    page = generate_latest(_Page(registry, system))
     for prometheus_name, triton_name in _HEADER_NAMES:
         page = page.replace(prometheus_name, triton_name, 1)
     return page
 
 
-def metrics_app(registry: Registry) -> web.Application:
+def metrics_app(registry: Registry, system: SystemMetrics | None = None) -> web.Application:
     """An aiohttp app serving GET /metrics."""
 
     async def handle(request: web.Request) -> web.Response:
-        return web.Response(body=render(registry), content_type="text/plain", charset="utf-8")
+        return web.Response(
+            body=render(registry, system), content_type="text/plain", charset="utf-8"
+        )
 
     app = web.Application()
     app.router.add_get("/metrics", handle)

@@ -24,6 +24,11 @@ class ServerSettings:
     allow_http: bool = True
     allow_grpc: bool = True
     allow_metrics: bool = True
+    # Triton's polled metrics: GPU (nv_gpu_*, through NVML) and CPU (nv_cpu_*, from /proc), read
+    # every metrics_interval_ms / 2 by a thread (perfkit_server.system_metrics).
+    allow_gpu_metrics: bool = True
+    allow_cpu_metrics: bool = True
+    metrics_interval_ms: int = 2000
     model_control_mode: ModelControlMode = "none"
     repository_poll_secs: float = 15.0
     load_models: tuple[str, ...] = field(default_factory=tuple)
@@ -80,5 +85,7 @@ class ServerSettings:
             raise ValueError(
                 f"--http-max-connections must be >= 0, got {self.http_max_connections}"
             )
+        if self.metrics_interval_ms < 1:
+            raise ValueError(f"--metrics-interval-ms must be >= 1, got {self.metrics_interval_ms}")
         if self.repository_poll_secs <= 0:
             raise ValueError(f"--repository-poll-secs must be > 0, got {self.repository_poll_secs}")
