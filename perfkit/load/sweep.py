@@ -171,6 +171,8 @@ class _Walk:
             collected = await metrics.stop() if metrics is not None else None
         if collected is not None:
             m = replace(m, metrics=collected)
+        if metrics is not None and metrics.note and metrics.note not in self.messages:
+            self.messages.append(metrics.note)  # where the GPU metrics came from
         self.done.append(m)
         if self.on_level:
             self.on_level(m)
