@@ -123,6 +123,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=1000,
         help="largest model_warmup count (runs of one warmup request on each instance)",
     )
+    p.add_argument(
+        "--allow-client-shm",
+        type=_bool,
+        default=False,
+        help="let clients register system/CUDA shared-memory regions (Triton's flag, default off)",
+    )
+    p.add_argument(
+        "--max-shared-memory-regions",
+        type=int,
+        default=1024,
+        help="most shared-memory regions registered at once (both kinds)",
+    )
     return p
 
 
@@ -161,6 +173,8 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         max_instances_per_model=args.max_instances_per_model,
         max_threads_per_instance=args.max_threads_per_instance,
         max_warmup_count=args.max_warmup_count,
+        allow_client_shm=args.allow_client_shm,
+        max_shared_memory_regions=args.max_shared_memory_regions,
     )
 
 

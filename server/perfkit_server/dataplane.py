@@ -15,10 +15,12 @@ from perfkit_server.errors import InvalidInput, ModelNotFound, ServerError, Unav
 from perfkit_server.modelconfig import config_json
 from perfkit_server.registry import LoadedVersion, Registry
 from perfkit_server.settings import ServerSettings
+from perfkit_server.shm import SharedMemory, write_output
 from perfkit_server.stats import RequestTimes
 from perfkit_server.types import InferInput, InferOutput, InferRequest, InferResponse, v2_of_array
 
-# Only what this server implements (no shared memory, sequences, classification or logging API).
+# Only what this server implements (no sequences, classification or logging API). CUDA shared
+# memory needs CuPy and a GPU: without them its register answers as a Triton without GPU support.
 EXTENSIONS = [
     "model_repository",
     "schedule_policy",
@@ -26,6 +28,8 @@ EXTENSIONS = [
     "binary_tensor_data",
     "parameters",
     "statistics",
+    "system_shared_memory",
+    "cuda_shared_memory",
 ]
 
 
@@ -40,6 +44,7 @@ class DataPlane:
         self._settings = settings
         self._registry = registry
         self._ready = False
+        self.shm = SharedMemory(settings.allow_client_shm, settings.max_shared_memory_regions)
 
     @property
     def registry(self) -> Registry:
@@ -201,6 +206,13 @@ def _respond(
         spec = lv.outputs.get(out)
         datatype = spec.datatype if spec is not None else v2_of_array(array)
         result.append(InferOutput(out, datatype, array.shape, array))
+        slot = request.shm_outputs.get(out) if request.shm_outputs else None
+        if slot is not None:
+            try:
+                write_output(slot, out, array)
+            except ServerError:
+                lv.stats.record_failure(time.perf_counter_ns() - start, "BACKEND")
+                raise
     lv.stats.record_success(time.perf_counter_ns() - start, times)
     return InferResponse(lv.name, str(lv.version), request.id, result)
 

@@ -33,11 +33,14 @@ from perfkit_server.grpc_wire import (
     INVALID_ARGUMENT,
     NOT_FOUND,
     UNAVAILABLE,
+    UNIMPLEMENTED,
     GrpcError,
     GrpcServer,
     Method,
 )
 from perfkit_server.h2_limits import H2Limits
+from perfkit_server.shm import AlreadyExists, SharedMemory, ShmRef, Unsupported
+from perfkit_server.shm_grpc import ShmRpcs
 from perfkit_server.types import (
     InferInput,
     InferRequest,
@@ -50,7 +53,10 @@ from perfkit_server.types import (
 
 SERVICE = "inference.GRPCInferenceService"
 
+_ALREADY_EXISTS = 6
 _CODES = {
+    AlreadyExists: _ALREADY_EXISTS,
+    Unsupported: UNIMPLEMENTED,
     InvalidInput: INVALID_ARGUMENT,
     ModelNotFound: NOT_FOUND,
     Unavailable: UNAVAILABLE,
@@ -96,21 +102,66 @@ def _typed_contents(name: str, datatype: str, shape: tuple[int, ...], tensor: An
     return np.asarray(values, dtype=NP_BY_V2[datatype]).reshape(shape)
 
 
-def decode_request(request: Any) -> InferRequest:
-    """ModelInferRequest -> InferRequest."""
+def _shm_ref(tensor: Any) -> ShmRef | None:
+    """A tensor's shared-memory parameters (Triton's ParseSharedMemoryParams), None without them."""
+    params = tensor.parameters
+    if not params:
+        return None
+    values: dict[str, Any] = {}
+    for key, kind in (
+        ("shared_memory_region", "string_param"),
+        ("shared_memory_offset", "int64_param"),
+        ("shared_memory_byte_size", "int64_param"),
+    ):
+        if key not in params:
+            continue
+        if key != "shared_memory_region" and "shared_memory_region" not in values:
+            raise InvalidInput(
+                f"'{key}' can not be specified without 'shared_memory_region' parameter for "
+                f"tensor '{tensor.name}'"
+            )
+        if params[key].WhichOneof("parameter_choice") != kind:
+            raise InvalidInput(
+                f"invalid value type for '{key}' parameter for tensor '{tensor.name}', "
+                f"expected {kind}."
+            )
+        values[key] = getattr(params[key], kind)
+    if "shared_memory_region" not in values:
+        return None
+    return ShmRef(
+        values["shared_memory_region"],
+        values.get("shared_memory_offset", 0),
+        values.get("shared_memory_byte_size", 0),
+    )
+
+
+def decode_request(request: Any, shm: SharedMemory | None = None) -> InferRequest:
+    """ModelInferRequest -> InferRequest; tensors in shared memory through `shm`'s regions."""
     raw = request.raw_input_contents
     tensors = request.inputs
-    if raw and len(raw) != len(tensors):
+    refs = [_shm_ref(t) for t in tensors] if shm is not None else [None] * len(tensors)
+    expected = sum(ref is None for ref in refs)
+    if raw and len(raw) != expected:
         raise InvalidInput(
-            f"expected {len(tensors)} raw_input_contents (one per input), got {len(raw)}"
+            f"expected {expected} raw_input_contents (one per input not in shared memory), got "
+            f"{len(raw)}"
         )
     inputs: list[InferInput] = []
-    for i, tensor in enumerate(tensors):
+    index = 0
+    for tensor, ref in zip(tensors, refs, strict=True):
         name = tensor.name
         datatype = tensor.datatype
         shape = check_shape(name, tensor.shape)
-        if raw:
-            data = array_from_raw(name, datatype, shape, raw[i])
+        if ref is not None and shm is not None:
+            if tensor.HasField("contents"):
+                raise InvalidInput(
+                    "unexpected 'content' provided when using shared memory for input tensor "
+                    f"'{name}' for model '{request.model_name}'"
+                )
+            data = shm.input_array(ref, name, datatype, shape, request.model_name)
+        elif raw:
+            data = array_from_raw(name, datatype, shape, raw[index])
+            index += 1
         else:
             data = _typed_contents(name, datatype, shape, tensor)
         inputs.append(InferInput(name, datatype, shape, data))
@@ -121,7 +172,7 @@ def decode_request(request: Any) -> InferRequest:
     if params:
         priority = _param(params, "priority")
         timeout = _param(params, "timeout")
-    return InferRequest(
+    decoded = InferRequest(
         model_name=request.model_name,
         model_version=request.model_version,
         id=request.id,
@@ -130,10 +181,21 @@ def decode_request(request: Any) -> InferRequest:
         priority=priority or 0,
         timeout_us=timeout,
     )
+    if shm is not None:
+        slots = {}
+        for out in request.outputs:
+            ref = _shm_ref(out)
+            if ref is not None:
+                slots[out.name] = shm.output_slot(ref)
+        if slots:
+            decoded.shm_outputs = slots
+    return decoded
 
 
-def encode_response(response: InferResponse) -> Any:
-    """InferResponse -> ModelInferResponse with raw_output_contents."""
+def encode_response(response: InferResponse, request: InferRequest | None = None) -> Any:
+    """InferResponse -> ModelInferResponse with raw_output_contents (empty for an output written
+    to shared memory, as Triton sends)."""
+    in_shm = request.shm_outputs if request is not None and request.shm_outputs else {}
     msg = pb.ModelInferResponse(
         model_name=response.model_name, model_version=response.model_version, id=response.id
     )
@@ -142,7 +204,7 @@ def encode_response(response: InferResponse) -> Any:
         tensor.name = out.name
         tensor.datatype = out.datatype
         tensor.shape.extend(out.shape)
-        msg.raw_output_contents.append(array_to_raw(out.data))
+        msg.raw_output_contents.append(b"" if out.name in in_shm else array_to_raw(out.data))
     return msg
 
 
@@ -175,6 +237,7 @@ class GrpcService:
             "RepositoryIndex": (pb.RepositoryIndexRequest, self._index),
             "RepositoryModelLoad": (pb.RepositoryModelLoadRequest, self._load),
             "RepositoryModelUnload": (pb.RepositoryModelUnloadRequest, self._unload),
+            **ShmRpcs(self._dp.shm).rpcs(),
         }
         methods = {
             f"/{SERVICE}/{name}": Method(req.FromString, fn) for name, (req, fn) in unary.items()
@@ -189,14 +252,14 @@ class GrpcService:
 
     def _infer(self, request: Any) -> Any:
         """ModelInfer: answered at once when the model can run it now, else an awaitable."""
-        decoded = decode_request(request)
+        decoded = decode_request(request, self._dp.shm)
         response = self._dp.infer_direct(decoded)
         if response is None:
             return self._infer_queued(decoded)
-        return encode_response(response)
+        return encode_response(response, decoded)
 
     async def _infer_queued(self, decoded: InferRequest) -> Any:
-        return encode_response(await self._dp.infer(decoded))
+        return encode_response(await self._dp.infer(decoded), decoded)
 
     def _stream_infer(self, request: Any) -> Any:
         """ModelStreamInfer: each request answered in order; an error is a message, not the end."""

@@ -26,6 +26,8 @@ from perfkit_server.errors import (
     Unavailable,
 )
 from perfkit_server.http_wire import Reply, Request, error_reply, json_reply, path_param
+from perfkit_server.shm import AlreadyExists, SharedMemory, ShmRef, Unsupported
+from perfkit_server.shm_http import ShmRoutes, shm_ref
 from perfkit_server.types import (
     InferInput,
     InferRequest,
@@ -42,7 +44,14 @@ from perfkit_server.types import (
 logger = logging.getLogger(__name__)
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
-_STATUS = {InvalidInput: 400, ModelNotFound: 404, Unavailable: 503, InternalError: 500}
+_STATUS = {
+    AlreadyExists: 400,
+    InvalidInput: 400,
+    ModelNotFound: 404,
+    Unavailable: 503,
+    InternalError: 500,
+    Unsupported: 501,
+}
 _OK = Reply(200)
 _NOT_FOUND = Reply(404, b"404: Not Found", "text/plain; charset=utf-8")
 _NOT_ALLOWED = Reply(405, b"405: Method Not Allowed", "text/plain; charset=utf-8")
@@ -82,7 +91,8 @@ class _Header:
     """An infer request's JSON header, parsed and checked: what every body starting with it shares.
 
     `inputs` holds (name, datatype, shape, binary_data_size or None, numpy dtype or None for
-    BYTES, element count, JSON data or None) per input; dtype and count come from `raw_layout`.
+    BYTES, element count, JSON data, or the input's ShmRef) per input; dtype and count come from
+    `raw_layout`. `shm_outputs` are the requested outputs' shared-memory parameters.
     Headers without JSON tensor data are cached and double as the request's `signature`: a load
     generator sends the same header with every request, so the JSON is parsed once, and the
     dataplane checks the request once.
@@ -95,6 +105,7 @@ class _Header:
     timeout_us: int | None
     binary_default: bool
     cacheable: bool
+    shm_outputs: tuple[tuple[str, ShmRef], ...] = ()
 
 
 _HEADERS: dict[bytes, _Header] = {}
@@ -122,7 +133,19 @@ def _parse_header(raw: bytes | memoryview) -> _Header:
         shape = _shape(name, item.get("shape"))
         iparams = item.get("parameters") or {}
         size = iparams.get("binary_data_size") if isinstance(iparams, dict) else None
-        if size is not None:
+        ref = shm_ref(iparams)
+        if ref is not None:
+            if size is not None or "data" in item:
+                set_ = (" 'data'" if "data" in item else "") + (
+                    " 'binary_data_size'" if size is not None else ""
+                )
+                raise InvalidInput(
+                    "Input must set only one of the following fields: 'data', 'binary_data_size' "
+                    f"in 'parameters', 'shared_memory_region' in 'parameters'. But set{set_} "
+                    "'shared_memory_region'"
+                )
+            inputs.append((name, datatype, shape, None, None, 0, ref))
+        elif size is not None:
             if not isinstance(size, int) or size < 0:
                 raise InvalidInput(
                     f"input '{name}': binary_data_size must be a non-negative integer, got {size!r}"
@@ -135,10 +158,20 @@ def _parse_header(raw: bytes | memoryview) -> _Header:
             inputs.append((name, datatype, shape, None, None, 0, item["data"]))
             cacheable = False
     outputs: list[RequestedOutput] = []
+    shm_outputs: list[tuple[str, ShmRef]] = []
     for item in obj.get("outputs") or []:
         if not isinstance(item, dict) or "name" not in item:
             raise InvalidInput("each requested output must be an object with a name")
         oparams = item.get("parameters") or {}
+        out_ref = shm_ref(oparams)
+        if out_ref is not None:
+            if oparams.get("classification"):
+                raise InvalidInput(
+                    "Output can't set both 'shared_memory_region' and 'classification'"
+                )
+            if oparams.get("binary_data"):
+                raise InvalidInput("Output can't set both 'shared_memory_region' and 'binary_data'")
+            shm_outputs.append((str(item["name"]), out_ref))
         if isinstance(oparams, dict) and oparams.get("classification"):
             raise InvalidInput("the classification extension is not supported by perfkit_server")
         binary_flag = oparams.get("binary_data") if isinstance(oparams, dict) else None
@@ -157,13 +190,22 @@ def _parse_header(raw: bytes | memoryview) -> _Header:
         timeout,
         bool(params.get("binary_data_output", False)),
         cacheable,
+        tuple(shm_outputs),
     )
 
 
 def decode_infer_request(
-    body: bytes, header_length: str | None, model: str, version: str
+    body: bytes,
+    header_length: str | None,
+    model: str,
+    version: str,
+    shm: SharedMemory | None = None,
 ) -> tuple[InferRequest, bool]:
-    """Decode a v2 infer body (JSON, or JSON + binary tensors). Returns (request, binary_default)."""
+    """Decode a v2 infer body (JSON, or JSON + binary tensors). Returns (request, binary_default).
+
+    Tensors in shared memory are read from (inputs), or checked and held for (outputs), `shm`'s
+    regions.
+    """
     view = memoryview(body)
     signature: _Header | None = None  # only a cached header: one object for many requests
     if header_length is None:
@@ -195,7 +237,11 @@ def decode_infer_request(
     offset = 0
     left = len(binary)
     for name, datatype, shape, size, dtype, count, data in header.inputs:
-        if size is None:
+        if isinstance(data, ShmRef):
+            if shm is None:
+                raise InvalidInput(f"input '{name}': shared memory is not available here")
+            array = shm.input_array(data, name, datatype, shape, model)
+        elif size is None:
             array = array_from_json(name, datatype, shape, data)
         else:
             if offset + size > left:
@@ -225,6 +271,10 @@ def decode_infer_request(
         header.timeout_us,
         signature,
     )
+    if header.shm_outputs:
+        if shm is None:
+            raise InvalidInput("requested outputs: shared memory is not available here")
+        request.shm_outputs = {n: shm.output_slot(ref) for n, ref in header.shm_outputs}
     return request, header.binary_default
 
 
@@ -241,7 +291,14 @@ def encode_infer_response(
     the identity model's whole run), then the binary outputs."""
     entries: list[str] = []
     chunks: list[bytes] = []
+    in_shm = request.shm_outputs or {}
     for out in response.outputs:
+        if out.name in in_shm:  # as Triton: the tensor is in the region; no data, no parameters
+            entries.append(
+                f'{{"name":{_json_name(out.name)},"datatype":"{out.datatype}",'
+                f'"shape":[{",".join([str(d) for d in out.shape])}]}}'
+            )
+            continue
         flag = None
         for wanted in request.outputs:
             if wanted.name == out.name:
@@ -296,6 +353,7 @@ class HttpService:
             (get, _MODEL + "/ready", self.model_ready),
             (get, _MODEL + "/config", self.model_config),
             (get, _MODEL + "/stats", self.stats),
+            *ShmRoutes(dataplane.shm).routes(),
         ]
         self._routes = [(m, re.compile(pattern + "$"), h) for m, pattern, h in routes]
         # (method, path) -> its route: clients repeat the same few paths, and matching the route
@@ -392,7 +450,11 @@ class HttpService:
     def infer(self, request: Request, params: dict[str, str]) -> Reply | Awaitable[Reply]:
         try:
             infer_request, binary_default = decode_infer_request(
-                request.body, request.header_length, params["model"], params.get("version", "")
+                request.body,
+                request.header_length,
+                params["model"],
+                params.get("version", ""),
+                self._dp.shm,
             )
         except RecursionError:  # tensor data nested deeper than the decoder can follow
             raise InvalidInput("the inference request's tensor data is nested too deeply") from None

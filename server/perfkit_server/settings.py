@@ -59,6 +59,10 @@ class ServerSettings:
     max_threads_per_instance: int = field(default_factory=lambda: 4 * (os.cpu_count() or 1))
     # Runs of one model_warmup request per instance (its `count`): a load cannot be made endless.
     max_warmup_count: int = 1000
+    # Triton's --allow-client-shm (off by default since 2026-04): shared-memory register/unregister;
+    # and the most regions held at once (Triton has no cap; each holds a descriptor and a mapping).
+    allow_client_shm: bool = False
+    max_shared_memory_regions: int = 1024
 
     def __post_init__(self) -> None:
         for name in ("http_port", "grpc_port", "metrics_port"):
@@ -69,7 +73,12 @@ class ServerSettings:
             raise ValueError(
                 f"--model-control-mode must be none, explicit or poll, got {self.model_control_mode!r}"
             )
-        for cap in ("max_instances_per_model", "max_threads_per_instance", "max_warmup_count"):
+        for cap in (
+            "max_instances_per_model",
+            "max_threads_per_instance",
+            "max_warmup_count",
+            "max_shared_memory_regions",
+        ):
             value = getattr(self, cap)
             if value < 1:
                 raise ValueError(f"--{cap.replace('_', '-')} must be >= 1, got {value}")

@@ -59,6 +59,8 @@ class InferRequest:
     # (same input names, datatypes and shapes, same outputs): the dataplane checks such a request
     # against its model once, not every time. None: check this request.
     signature: object | None = None
+    # Requested outputs that go to shared memory: name -> perfkit_server.shm.OutputSlot.
+    shm_outputs: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
