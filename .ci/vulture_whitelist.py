@@ -38,6 +38,8 @@ _.execution_mode
 _.log_severity_level
 _.graph_optimization_level
 _.enable
+_.enable_cpu_mem_arena  # ORT SessionOptions (backends/onnxruntime.py)
+_.enable_mem_pattern
 
 # Result fields written to results.json and documented in docs/results-schema.md.
 _.min_us

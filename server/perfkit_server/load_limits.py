@@ -8,6 +8,7 @@ Imports the backends' parameter tables only; nothing here touches the filesystem
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
@@ -16,6 +17,7 @@ from perfkit.datatypes import BY_V2
 from perfkit.model_repo.config import v2_datatype
 from perfkit_server.backends import THREAD_PARAMETERS, check_parameters
 from perfkit_server.backends.base import check_file_name, int_parameter
+from perfkit_server.placement import Group, slots
 from perfkit_server.settings import ServerSettings
 
 WARMUP_DIR = "warmup"
@@ -44,26 +46,30 @@ class LoadLimits:
         )
 
 
-def check_load(config: Any, backend: str, limits: LoadLimits, source: str) -> None:
-    """Raise ValueError (naming the field, value, rule and flag) for a config no load may ask for."""
+def check_load(
+    config: Any, backend: str, limits: LoadLimits, source: str, groups: Sequence[Group]
+) -> None:
+    """Raise ValueError (naming the field, value, rule and flag) for a config no load may ask for.
+
+    `groups` are the config's instance groups as placed on this host (placement.resolve_groups)."""
     if config.default_model_filename:
         check_file_name(config.default_model_filename, "default_model_filename", source)
     check_parameters(config, backend, source)
-    _check_instances(config, limits, source)
+    _check_instances(groups, limits, source)
     _check_threads(config, backend, limits, source)
     for warmup in config.model_warmup:
         _check_warmup(config, warmup, limits, source)
 
 
-def _check_instances(config: Any, limits: LoadLimits, source: str) -> None:
-    # A count under 1 means 1 (as normalize() fills it in); a KIND_GPU count spreads over its gpus.
-    total = sum(max(1, group.count) for group in config.instance_group)
+def _check_instances(groups: Sequence[Group], limits: LoadLimits, source: str) -> None:
+    # As placed: a KIND_GPU group's count once on each of its GPUs.
+    total = len(slots(groups))
     cap = limits.max_instances_per_model
     if total > cap:
         raise ValueError(
             f"{source}: instance_group: {total} instances asked for (counts summed over the "
-            f"groups), over this server's cap of {cap}; lower the counts, or start the server "
-            f"with --max-instances-per-model={total}"
+            f"groups, a KIND_GPU group's count once per GPU), over this server's cap of {cap}; "
+            f"lower the counts, or start the server with --max-instances-per-model={total}"
         )
 
 

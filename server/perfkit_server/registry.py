@@ -29,6 +29,7 @@ from perfkit_server.backends import (
     create_backend,
     known_backend,
     platform_of,
+    probe_host,
 )
 from perfkit_server.errors import (
     InternalError,
@@ -39,6 +40,7 @@ from perfkit_server.errors import (
 )
 from perfkit_server.load_limits import LoadLimits, check_load
 from perfkit_server.modelconfig import normalize
+from perfkit_server.placement import placed_groups, resolve_groups, slots
 from perfkit_server.scheduler import BatcherSpec, Scheduler
 from perfkit_server.settings import ServerSettings
 from perfkit_server.stats import ModelStats
@@ -105,18 +107,6 @@ def _fingerprint(model_dir: Path) -> tuple[Any, ...]:
                 continue
             items.append((str(path.relative_to(model_dir)), st.st_mtime_ns, st.st_size))
     return tuple(items)
-
-
-def _instance_kinds(config: Any) -> list[tuple[str, int]]:
-    from tritonclient.grpc import model_config_pb2 as mc
-
-    kinds: list[tuple[str, int]] = []
-    for group in config.instance_group or []:
-        kind = mc.ModelInstanceGroup.Kind.Name(group.kind)
-        kind = "KIND_CPU" if kind == "KIND_AUTO" else kind
-        gpus = list(group.gpus) or [0]
-        kinds.extend((kind, gpus[i % len(gpus)]) for i in range(max(1, group.count)))
-    return kinds or [("KIND_CPU", 0)]
 
 
 def _select_versions(config: Any, model_dir: Path, source: str) -> dict[int, Path]:
@@ -380,8 +370,10 @@ class Registry:
                 'runs backend "onnxruntime" (platform onnxruntime_onnx) and "perfkit_identity"'
             )
         try:
-            # Before anything is read: model file names, backend parameters, caps, warmup names.
-            check_load(config, backend, self._limits, source)
+            # Where the instances run (NVML read once), then before anything is read: model file
+            # names, backend parameters, caps (instances as placed), warmup names.
+            groups = resolve_groups(config, backend, probe_host(config, backend))
+            check_load(config, backend, self._limits, source, groups)
         except ValueError as exc:
             raise InvalidConfig(str(exc)) from None
         if not config.backend and not config.platform:
@@ -404,7 +396,7 @@ class Registry:
             raise InvalidConfig(
                 f"{source}: input/output: the model must declare inputs and outputs"
             )
-        normalize(config, backend)
+        normalize(config, backend, groups)
         return config
 
     async def _build_versions(
@@ -414,7 +406,7 @@ class Registry:
         chosen = _select_versions(config, model_dir, str(model_dir / CONFIG_FILE))
         inputs = _signatures(config.input, source, "input")
         outputs = _signatures(config.output, source, "output")
-        kinds = _instance_kinds(config)
+        placed = slots(placed_groups(config))
         spec = BatcherSpec.from_config(config)
         # Triton reports the platform of a backend: "onnxruntime" models as onnxruntime_onnx.
         platform = platform_of(config)
@@ -423,8 +415,18 @@ class Registry:
         try:
             for version, version_dir in chosen.items():
                 specs = [
-                    InstanceSpec(name, version, version_dir, config, i, len(kinds), kind, device)
-                    for i, (kind, device) in enumerate(kinds)
+                    InstanceSpec(
+                        name,
+                        version,
+                        version_dir,
+                        config,
+                        i,
+                        len(placed),
+                        slot.kind,
+                        slot.device_id,
+                        slot.group_index,
+                    )
+                    for i, slot in enumerate(placed)
                 ]
                 loaded = await asyncio.gather(
                     *(asyncio.to_thread(self._load_instance, s, warmups) for s in specs),

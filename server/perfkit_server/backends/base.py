@@ -29,6 +29,7 @@ class InstanceSpec:
     instance_count: int  # total instances of this model version
     kind: str  # "KIND_CPU", "KIND_GPU", ...
     device_id: int  # GPU id for KIND_GPU, else 0
+    group_index: int = 0  # its instance group: config.instance_group[group_index]
 
 
 class Backend(Protocol):

@@ -1,9 +1,11 @@
-"""ONNX Runtime backend (platform `onnxruntime_onnx` / backend `onnxruntime`), CPU execution provider.
+"""ONNX Runtime backend (platform `onnxruntime_onnx` / backend `onnxruntime`).
 
-Config parameters (Triton's onnxruntime backend names): `intra_op_thread_count`,
-`inter_op_thread_count`; plus `allow_spinning` ("0"/"1", default "0": spinning threads burn the
-cores a co-located client needs). The default intra-op thread count splits the machine's cores
-between the model's instances.
+KIND_CPU instances run on the CPU execution provider (OpenVINO's when the config's
+cpu_execution_accelerator asks for it); KIND_GPU instances on the CUDA provider of their GPU, with
+TensorRT's in front when a gpu_execution_accelerator "tensorrt" asks for it (onnxruntime-gpu, the
+`gpu` extra). The session and provider options come from the config as Triton's onnxruntime
+backend reads them (backends/onnxruntime_options.py); `allow_spinning` ("0"/"1", default "0":
+spinning threads burn the cores a co-located client needs) is perfkit's own.
 """
 
 from __future__ import annotations
@@ -16,16 +18,13 @@ from typing import Any
 import onnxruntime as ort
 
 from perfkit.datatypes import BY_V2
-from perfkit_server.backends.base import (
-    Array,
-    InstanceSpec,
-    check_file_name,
-    int_parameter,
-    string_parameter,
-)
+from perfkit_server.backends.base import Array, InstanceSpec, check_file_name
+from perfkit_server.backends.onnxruntime_options import TRT_DIRS, OrtOptions
+from perfkit_server.backends.onnxruntime_options import parse as parse_options
 
 BACKEND_NAME = "onnxruntime"
 DEFAULT_FILENAME = "model.onnx"
+INSTALL_GPU = "pip install 'perfkit[gpu]' (onnxruntime-gpu, in place of onnxruntime)"
 # Triton's autocomplete default for models whose first dimension is variable.
 DEFAULT_MAX_BATCH_SIZE = 4
 
@@ -61,17 +60,74 @@ def model_path(version_dir: Path, config: Any) -> Path:
     return version_dir / name
 
 
-def _providers(spec: InstanceSpec) -> list[Any]:
-    if spec.kind == "KIND_GPU" and "CUDAExecutionProvider" in ort.get_available_providers():
-        return [("CUDAExecutionProvider", {"device_id": spec.device_id}), "CPUExecutionProvider"]
-    return ["CPUExecutionProvider"]
+def _providers(spec: InstanceSpec, options: OrtOptions) -> list[Any]:
+    """The execution providers of one instance, most preferred first (Triton's order: the GPU
+    accelerators of a KIND_GPU instance, then the CPU accelerators, then the CPU)."""
+    where = f"model '{spec.model_name}' instance {spec.index}"
+    available = ort.get_available_providers()
+
+    def need(provider: str, what: str) -> None:
+        if provider not in available:
+            raise ValueError(
+                f"{where}: {what}, but onnxruntime {ort.__version__} has no {provider} (it "
+                f"offers {', '.join(available)}); {INSTALL_GPU}"
+            )
+
+    providers: list[Any] = []
+    if spec.kind == "KIND_GPU":
+        device = str(spec.device_id)
+        if options.tensorrt is not None:
+            need("TensorrtExecutionProvider", "the tensorrt gpu_execution_accelerator is asked for")
+            trt = dict(options.tensorrt, device_id=device)
+            model_dir = spec.version_dir.parent
+            for key in TRT_DIRS:
+                if key in trt:
+                    trt[key] = str(model_dir / trt[key])
+            providers.append(("TensorrtExecutionProvider", trt))
+        need("CUDAExecutionProvider", f"it runs on GPU {device} (KIND_GPU)")
+        providers.append(("CUDAExecutionProvider", dict(options.cuda, device_id=device)))
+    if options.openvino:
+        if "OpenVINOExecutionProvider" not in available:
+            raise ValueError(
+                f"{where}: the openvino cpu_execution_accelerator is asked for, but onnxruntime "
+                f"{ort.__version__} has no OpenVINOExecutionProvider; pip install "
+                "onnxruntime-openvino (in place of onnxruntime), or remove the accelerator"
+            )
+        providers.append(("OpenVINOExecutionProvider", {"device_type": "CPU"}))
+    providers.append("CPUExecutionProvider")
+    return providers
+
+
+def session_options(options: OrtOptions, instance_count: int) -> Any:
+    """ONNX Runtime SessionOptions for one instance. Thread counts left unset split the machine's
+    cores between the model's instances (ONNX Runtime's own default takes every core)."""
+    cores = os.cpu_count() or 1
+    default_threads = max(1, cores // max(1, instance_count))
+    session = ort.SessionOptions()
+    intra, inter = options.intra_op_threads, options.inter_op_threads
+    session.intra_op_num_threads = default_threads if intra is None else intra
+    # Inter-op threads run independent nodes in parallel mode only.
+    session.inter_op_num_threads = (
+        inter if inter is not None else default_threads if options.parallel else 1
+    )
+    session.execution_mode = (
+        ort.ExecutionMode.ORT_PARALLEL if options.parallel else ort.ExecutionMode.ORT_SEQUENTIAL
+    )
+    session.graph_optimization_level = getattr(ort.GraphOptimizationLevel, options.graph_level)
+    if options.mem_arena is not None:
+        session.enable_cpu_mem_arena = options.mem_arena
+    if options.mem_pattern is not None:
+        session.enable_mem_pattern = options.mem_pattern
+    session.add_session_config_entry("session.intra_op.allow_spinning", options.spinning)
+    session.add_session_config_entry("session.inter_op.allow_spinning", options.spinning)
+    for key, value in options.session_entries.items():
+        session.add_session_config_entry(key, value)
+    session.log_severity_level = 3
+    return session
 
 
 class OnnxRuntimeBackend:
     """One ONNX Runtime InferenceSession per model instance."""
-
-    # A CPU session computes and returns; it never waits on anything outside the process.
-    may_block = False
 
     def __init__(self, spec: InstanceSpec) -> None:
         config = spec.config
@@ -79,31 +135,38 @@ class OnnxRuntimeBackend:
         path = model_path(spec.version_dir, config)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: model file not found")
-        cores = os.cpu_count() or 1
-        default_threads = max(1, cores // max(1, spec.instance_count))
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = int_parameter(
-            config, "intra_op_thread_count", default_threads, source
+        options = parse_options(config, source)
+        providers = _providers(spec, options)
+        self._session = ort.InferenceSession(
+            str(path), session_options(options, spec.instance_count), providers=providers
         )
-        options.inter_op_num_threads = int_parameter(config, "inter_op_thread_count", 1, source)
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        spinning = string_parameter(config, "allow_spinning", "0")
-        options.add_session_config_entry("session.intra_op.allow_spinning", spinning)
-        options.add_session_config_entry("session.inter_op.allow_spinning", spinning)
-        options.log_severity_level = 3
-        self._session = ort.InferenceSession(str(path), options, providers=_providers(spec))
+        running = self._session.get_providers()
+        for provider in providers[:-1]:
+            name = provider[0]
+            if name not in running:
+                # ONNX Runtime falls back to the CPU with a warning when a provider's libraries
+                # (CUDA, cuDNN, TensorRT) fail to load; Triton fails the load instead.
+                raise RuntimeError(
+                    f"model '{spec.model_name}' instance {spec.index}: {name} did not start on "
+                    f"device {spec.device_id} (ONNX Runtime runs it on {', '.join(running)}); "
+                    "check the CUDA, cuDNN and TensorRT libraries onnxruntime-gpu needs"
+                )
         graph_outputs = {o.name for o in self._session.get_outputs()}
         self._output_names = [o.name for o in config.output if o.name in graph_outputs] or sorted(
             graph_outputs
         )
         self._run_options = ort.RunOptions()
+        for key, value in options.run_entries.items():
+            self._run_options.add_run_config_entry(key, value)
         # InferenceSession.run validates the feed's names and array ownership in Python (~10 us,
         # the identity model's whole run takes 5) before calling the C session, and retries a
         # failed CUDA run on the CPU. The scheduler has already checked the inputs against the
         # config, and a CPU session has nothing to fall back to: call the C session directly.
         native = getattr(self._session, "_sess", None)
-        cpu_only = self._session.get_providers() == ["CPUExecutionProvider"]
+        cpu_only = running == ["CPUExecutionProvider"]
         self._run = native.run if native is not None and cpu_only else self._session.run
+        # A CPU session computes and returns; a GPU one waits on its device.
+        self.may_block = not cpu_only
 
     def infer(self, inputs: Mapping[str, Array]) -> dict[str, Array]:
         feed = inputs if isinstance(inputs, dict) else dict(inputs)
