@@ -110,9 +110,12 @@ def resolve_groups(config: Any, backend: str, host: Host) -> list[Group]:
             gpus = ()
         if kind != KIND_GPU and not host.backend_cpu:
             resolved = f" (KIND_AUTO resolved to KIND_CPU: {why_cpu})" if why_cpu else ""
+            also = (
+                f"; {host.backend_gpu}" if host.backend_gpu and host.backend_gpu != why_cpu else ""
+            )
             raise ValueError(
                 f"{where} has kind {kind}{resolved}, but backend '{backend}' runs only on a GPU "
-                "(KIND_GPU)"
+                f"(KIND_GPU){also}"
             )
         groups.append(Group(index, name, kind, max(1, int(group.count)), gpus))
     return groups
@@ -133,23 +136,23 @@ def _auto(listed: tuple[int, ...], host: Host) -> tuple[str, str]:
 
 
 def _gpus(where: str, listed: tuple[int, ...], host: Host) -> tuple[int, ...]:
+    """A KIND_GPU group's GPUs, or a ValueError naming everything that is missing."""
     missing = [host.no_gpu] if not host.gpus else []
+    absent = [g for g in listed if g not in host.gpus]
+    if absent and host.gpus:
+        missing.append(
+            f"gpu id {_joined(absent)} {'is' if len(absent) == 1 else 'are'} not visible "
+            f"(visible GPUs: {_joined(host.gpus)}; list those, or leave gpus out to use them all)"
+        )
     if host.backend_gpu is not None:
         missing.append(host.backend_gpu)
     if missing:
         hint = (
-            "use kind KIND_CPU (or KIND_AUTO) to run it on the CPU"
-            if host.backend_cpu
-            else "it needs a host with an NVIDIA GPU"
+            "; use kind KIND_CPU (or KIND_AUTO) to run it on the CPU"
+            if host.backend_cpu and not absent
+            else ""
         )
-        raise ValueError(f"{where} has kind KIND_GPU but {'; '.join(missing)}; {hint}")
-    for gpu in listed:
-        if gpu not in host.gpus:
-            raise ValueError(
-                f"{where} has kind KIND_GPU but specifies gpu id {gpu}, which is not visible "
-                f"(visible GPUs: {_joined(host.gpus)}); list visible GPUs, or leave gpus out to "
-                "use all of them"
-            )
+        raise ValueError(f"{where} has kind KIND_GPU but {'; '.join(missing)}{hint}")
     return listed or host.gpus
 
 
