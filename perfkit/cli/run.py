@@ -69,6 +69,7 @@ def _inputs(o: Mapping[str, Any]) -> S.InputSpec:
         string_length=o["string_length"],
         string_data=o["string_data"],
         shared_memory=o["shared_memory"],
+        output_shared_memory_size=o["output_shared_memory_size"],
     )
 
 
@@ -312,7 +313,18 @@ _OPTS = [
     click.option("--string-length", default=128, show_default=True, type=int),
     click.option("--string-data", default=None),
     click.option(
-        "--shared-memory", type=click.Choice(["none", "system"]), default="none", show_default=True
+        "--shared-memory",
+        type=click.Choice(["none", "system", "cuda"]),
+        default="none",
+        show_default=True,
+        help="Inputs and outputs in system or CUDA (GPU 0) shared memory.",
+    ),
+    click.option(
+        "--output-shared-memory-size",
+        default=S.DEFAULT_OUTPUT_SHM_BYTES,
+        show_default=True,
+        type=int,
+        help="Bytes of an output's region when its size is not fixed (variable dims, BYTES).",
     ),
     click.option(
         "-f",

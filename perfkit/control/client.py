@@ -347,7 +347,10 @@ class ControlClient:
             )
         except ServerError as exc:
             status = getattr(exc.__cause__, "status", lambda: "")()
-            if str(status) in ("404", "StatusCode.UNIMPLEMENTED") or "Not Found" in str(exc):
+            disabled = "allow-client-shm" in str(exc)  # the server says how to enable it
+            if not disabled and (
+                str(status) in ("404", "StatusCode.UNIMPLEMENTED") or "Not Found" in str(exc)
+            ):
                 raise ServerError(
                     f"--shared-memory system: the server at {self.url} does not offer the system "
                     "shared-memory extension; run without --shared-memory."
@@ -360,6 +363,23 @@ class ControlClient:
             self._call("unregister_system_shared_memory", name, what="unregister", as_json=False)
         except PerfkitError as exc:
             logger.debug("unregistering shared-memory region %s: %s", name, exc)
+
+    def register_cuda_shm(
+        self, name: str, raw_handle: bytes, device_id: int, byte_size: int
+    ) -> None:
+        """Register a CUDA region (`raw_handle`: the base64 cudaIpcMemHandle_t tritonclient gives)."""
+        what = f"--shared-memory cuda: {self.url} refused region {name}"
+        self._call(
+            "register_cuda_shared_memory", name, raw_handle, device_id, byte_size, what=what,
+            as_json=False,
+        )  # fmt: skip
+
+    def unregister_cuda_shm(self, name: str) -> None:
+        """Best effort (clean-up): failures are logged at debug level."""
+        try:
+            self._call("unregister_cuda_shared_memory", name, what="unregister", as_json=False)
+        except PerfkitError as exc:
+            logger.debug("unregistering CUDA shared-memory region %s: %s", name, exc)
 
     # -- one real request --------------------------------------------------------------------------
     def infer_error(

@@ -74,6 +74,10 @@ def run(
 
         # A bad intervals file fails here, before a server starts.
         schedule.read_intervals(spec.load.intervals_file)
+    if spec.inputs.shared_memory == "cuda":
+        from perfkit.load.shm_regions import cuda_module
+
+        cuda_module()  # no CUDA here: a ConfigError before a server starts
     if not embedded:
         return run_sweep(spec, on_window=on_window, on_level=on_level, on_raw=on_raw)
     with _embedded(spec, model_repository, note) as started:
@@ -101,7 +105,9 @@ def _embedded(
             repo = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="perfkit-run-")))
             zoo.build(model, repo)
         note(f"Starting the embedded perfkit_server for model {model} ...")
-        server = stack.enter_context(EmbeddedServer(repo, load_models=[model]))
+        # Client shared memory is off by default on the server (as on Triton since 2026-04).
+        shm = ["--allow-client-shm=true"] if spec.inputs.shared_memory != "none" else []
+        server = stack.enter_context(EmbeddedServer(repo, load_models=[model], extra_args=shm))
         target = dataclasses.replace(spec.target, url=server.url(spec.target.protocol))
         metrics = spec.metrics
         if metrics is not None and metrics.url == MetricsSpec().url:

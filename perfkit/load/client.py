@@ -43,8 +43,12 @@ def http_request_bytes(
     output_names: Sequence[str],
     *,
     shm: Mapping[str, tuple[str, int]] | None = None,
+    out_shm: Mapping[str, tuple[str, int]] | None = None,
 ) -> bytes:
-    """One complete HTTP/1.1 request (headers + body) using Triton's binary tensor extension."""
+    """One complete HTTP/1.1 request (headers + body) using Triton's binary tensor extension.
+
+    `shm` / `out_shm`: inputs / outputs in shared memory, name -> (region, byte size).
+    """
     import tritonclient.http as th
 
     ins = []
@@ -55,7 +59,12 @@ def http_request_bytes(
         else:
             i.set_data_from_numpy(arr, binary_data=True)
         ins.append(i)
-    outs = [th.InferRequestedOutput(n, binary_data=True) for n in output_names]
+    outs = []
+    for n in output_names:
+        o = th.InferRequestedOutput(n, binary_data=True)
+        if out_shm and n in out_shm:
+            o.set_shared_memory(out_shm[n][0], out_shm[n][1])
+        outs.append(o)
     body, json_size = th.InferenceServerClient.generate_request_body(ins, outputs=outs)
     if isinstance(body, str):
         body = body.encode()
@@ -79,8 +88,10 @@ def grpc_request_bytes(
     inputs: Mapping[str, Array],
     *,
     shm: Mapping[str, tuple[str, int]] | None = None,
+    out_shm: Mapping[str, tuple[str, int]] | None = None,
 ) -> bytes:
-    """A serialized ModelInferRequest (raw_input_contents; all outputs returned raw).
+    """A serialized ModelInferRequest (raw_input_contents; all outputs returned raw, or, with
+    `out_shm`, those outputs requested into their shared-memory regions).
 
     The same message tritonclient's `InferInput.set_data_from_numpy` / `set_shared_memory` and
     `infer` build: BYTES tensors serialized with `serialize_byte_tensor`, others as raw bytes.
@@ -101,4 +112,8 @@ def grpc_request_bytes(
             req.raw_input_contents.append(serialized.item() if serialized.size > 0 else b"")
         else:
             req.raw_input_contents.append(arr.tobytes())
+    for name, (region, byte_size) in (out_shm or {}).items():
+        out = req.outputs.add(name=name)
+        out.parameters["shared_memory_region"].string_param = region
+        out.parameters["shared_memory_byte_size"].int64_param = byte_size
     return bytes(req.SerializeToString())

@@ -1,11 +1,11 @@
 """`Session`: the load generator's connection to one server and model: the control client, the
-inputs prepared and the requests encoded once, system shared memory, and a pool of connections
-per level (`new_pool`). Imports the transports and the control plane; nothing that measures.
+inputs prepared and the requests encoded once, system or CUDA shared memory for inputs and
+outputs (`perfkit.load.shm_regions`), and a pool of connections per level (`new_pool`). Imports
+the transports and the control plane; nothing that measures.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 from typing import Any
 
@@ -13,6 +13,7 @@ from perfkit.control import server_info
 from perfkit.errors import ServerError
 from perfkit.load.client import control_client, grpc_request_bytes, http_request_bytes
 from perfkit.load.inputs import PreparedInputs, prepare
+from perfkit.load.shm_regions import Regions, output_region_size
 from perfkit.load.spec import InputSpec, TargetSpec
 from perfkit.load.stats import RawWindow
 from perfkit.load.transports.base import Pool
@@ -29,21 +30,26 @@ class Session:
         self.target = target
         self.inputs_spec = inputs
         self.ctl = control_client(target)
-        self._shm: list[tuple[str, Any]] = []
+        self._regions: Regions | None = None
+        self.shm: dict[str, tuple[str, int]] = {}
         try:
             self.ctl.wait_live()
             self.server_md = self.ctl.server_metadata()
             self.metadata = self.ctl.model_metadata()
             self.config = self.ctl.model_config()
             self.prepared: PreparedInputs = prepare(self.metadata, self.config, inputs)
-            shm = self._setup_shm() if inputs.shared_memory == "system" else {}
-            self.shm = shm
+            out_shm: dict[str, tuple[str, int]] = {}
+            if inputs.shared_memory != "none":
+                out_shm = self._setup_shm(inputs.shared_memory)
+            shm = self.shm
             sets = self.prepared.sets[:1] if shm else self.prepared.sets
             if target.protocol == "http":
                 outputs = self.prepared.outputs
-                self.reqs = [http_request_bytes(target, s, outputs, shm=shm) for s in sets]
+                self.reqs = [
+                    http_request_bytes(target, s, outputs, shm=shm, out_shm=out_shm) for s in sets
+                ]
             else:
-                self.reqs = [grpc_request_bytes(target, s, shm=shm) for s in sets]
+                self.reqs = [grpc_request_bytes(target, s, shm=shm, out_shm=out_shm) for s in sets]
         except BaseException:
             self.close()
             raise
@@ -53,31 +59,32 @@ class Session:
             max(versions, key=lambda v: int(v) if v.isdigit() else -1) if versions else ""
         )
 
-    def _setup_shm(self) -> dict[str, tuple[str, int]]:
-        import tritonclient.utils.shared_memory as shmlib
-
-        out: dict[str, tuple[str, int]] = {}
+    def _setup_shm(self, kind: str) -> dict[str, tuple[str, int]]:
+        """Inputs (the first set) and outputs in regions of `kind`, as perf_analyzer places them:
+        fills `self.shm` (input -> (region, byte size)) and returns the outputs' regions."""
         tag = f"perfkit_{os.getpid()}_{id(self) & 0xFFFF:x}"
+        self._regions = regions = Regions(self.ctl, kind, tag)
         for name, arr in self.prepared.sets[0].items():
-            region = f"{tag}_{name}"
-            size = max(1, int(arr.nbytes))
-            handle = shmlib.create_shared_memory_region(region, f"/{region}", size)
-            self._shm.append((region, handle))
-            shmlib.set_shared_memory_region(handle, [arr])
-            self.ctl.register_system_shm(region, f"/{region}", size)
-            out[name] = (region, size)
+            self.shm[name] = regions.add_input(name, arr)
+        spec = self.inputs_spec
+        out: dict[str, tuple[str, int]] = {}
+        by_name = {o["name"]: o for o in self.metadata.get("outputs", [])}
+        for name in self.prepared.outputs:
+            size = output_region_size(
+                by_name.get(name, {}),
+                self.prepared.batched,
+                spec.batch_size,
+                spec.output_shared_memory_size,
+            )
+            out[name] = regions.add_output(name, size)
         return out
 
     def close(self) -> None:
-        if self._shm:
-            import tritonclient.utils.shared_memory as shmlib
-
-            for region, handle in self._shm:
-                self.ctl.unregister_system_shm(region)
-                with contextlib.suppress(Exception):  # best-effort clean-up
-                    shmlib.destroy_shared_memory_region(handle)
-            self._shm.clear()
-        self.ctl.close()
+        try:
+            if self._regions is not None:
+                self._regions.close()
+        finally:
+            self.ctl.close()
 
     def __enter__(self) -> Session:
         return self

@@ -16,7 +16,10 @@ from perfkit.errors import ConfigError
 WireProtocol = Literal["http", "grpc"]
 MeasurementMode = Literal["time_windows", "count_windows"]
 Distribution = Literal["constant", "poisson"]
-SharedMemory = Literal["none", "system"]
+SharedMemory = Literal["none", "system", "cuda"]
+# perf_analyzer's --output-shared-memory-size default: the region of an output whose size the
+# model's metadata does not fix (a variable dim, or BYTES).
+DEFAULT_OUTPUT_SHM_BYTES = 102400
 
 DEFAULT_HTTP_URL = "localhost:8000"
 DEFAULT_GRPC_URL = "localhost:8001"
@@ -79,7 +82,10 @@ class InputSpec:
         shapes: input name -> shape (without the batch dim) for variable (-1) dims (--shape).
         string_length: length of random BYTES elements (--string-length).
         string_data: a fixed string for BYTES inputs (--string-data).
-        shared_memory: "none" or "system" (--shared-memory).
+        shared_memory: "none", "system" or "cuda" (--shared-memory): inputs and outputs in shared
+            memory, as perf_analyzer.
+        output_shared_memory_size: bytes of each output's region when the model's metadata does
+            not fix its size (--output-shared-memory-size).
         seed: seed of the random generator for "random" data.
     """
 
@@ -89,6 +95,7 @@ class InputSpec:
     string_length: int = 128
     string_data: str | None = None
     shared_memory: SharedMemory = "none"
+    output_shared_memory_size: int = DEFAULT_OUTPUT_SHM_BYTES
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -96,10 +103,15 @@ class InputSpec:
             raise ConfigError(f"batch_size: {self.batch_size} must be at least 1 (-b).")
         if self.string_length < 0:
             raise ConfigError(f"string_length: {self.string_length} must be >= 0.")
-        if self.shared_memory not in ("none", "system"):
+        if self.shared_memory not in ("none", "system", "cuda"):
             raise ConfigError(
-                f"shared_memory: {self.shared_memory!r} is not 'none' or 'system' "
-                "(CUDA shared memory needs the GPU extra)."
+                f"shared_memory: {self.shared_memory!r} is not 'none', 'system' or 'cuda' "
+                "(--shared-memory)."
+            )
+        if self.output_shared_memory_size < 1:
+            raise ConfigError(
+                f"output_shared_memory_size: {self.output_shared_memory_size} must be at least 1 "
+                "byte (--output-shared-memory-size)."
             )
         for name, shape in self.shapes.items():
             if any(d < 0 for d in shape):

@@ -196,8 +196,9 @@ def test_variable_shape(load_server):
 
 
 def test_shared_memory_refused_cleanly(load_server):
-    # perfkit_server has no shared-memory extension: a clear error (the triton test covers success).
-    with pytest.raises(ServerError, match="does not offer the system shared-memory extension"):
+    # A server without --allow-client-shm=true: its own message says how to enable it
+    # (tests/cli_run/test_shared_memory_cli.py covers success).
+    with pytest.raises(ServerError, match="--allow-client-shm=true"):
         measure_level(target(load_server), InputSpec(shared_memory="system"),
                       MeasureSpec(fixed_request_count=5), "concurrency", 1)  # fmt: skip
 
