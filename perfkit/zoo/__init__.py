@@ -3,6 +3,10 @@
     from perfkit import zoo
     zoo.MODELS                                  # name -> one-line description
     zoo.build("mlp", Path("repo"))              # -> repo/mlp/{config.pbtxt, 1/model.onnx}
+    zoo.build("fc_model_pt", Path("repo"))      # -> repo/fc_model_pt/{config.pbtxt, 1/model.pt}
+
+The TorchScript models (`resnet50_pt`, `fc_model_pt`; platform pytorch_libtorch) need torch
+(`pip install 'perfkit[torch]'`) only to be built; the zoo lists them without it.
 
 Large models (resnet50) are generated once into a cache ($PERFKIT_CACHE, else ~/.cache/perfkit), keyed
 by name and builder version, and hard-linked (or copied, across file systems) into each repository. The
@@ -65,8 +69,9 @@ def cache_root(cache_dir: Path | None = None) -> Path:
 
 
 def cached_model_path(name: str, cache_dir: Path | None = None) -> Path:
-    """Where the cached ONNX file of a zoo model lives (it may not exist yet)."""
-    return cache_root(cache_dir) / "zoo" / f"{name}-v{BUILDER_VERSION}" / "model.onnx"
+    """Where the cached model file of a zoo model lives (it may not exist yet)."""
+    filename = SPECS[name].filename if name in SPECS else "model.onnx"
+    return cache_root(cache_dir) / "zoo" / f"{name}-v{BUILDER_VERSION}" / filename
 
 
 # os.link errors that mean "no hard link here" (another file system, or none allowed).
@@ -110,7 +115,7 @@ def _ensure_cached(model: ZooModel, cache_dir: Path | None) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         # Two processes may build at once: each writes its own temp file and renames it into place;
         # both results are identical, and a rename never exposes a partial file.
-        _write_atomic(path, model.graph().SerializeToString(), mode=0o444, replace=False)
+        _write_atomic(path, model.serialize(), mode=0o444, replace=False)
     except OSError as exc:
         raise ConfigError(
             f"cannot write the model cache at {path.parent}: {exc}. Set PERFKIT_CACHE to a writable "
@@ -134,19 +139,21 @@ def _link_or_copy(source: Path, target: Path) -> None:
 def build(name: str, repo_dir: Path, *, cache_dir: Path | None = None) -> Path:
     """Write zoo model `name` into the Triton model repository `repo_dir`; returns `<repo_dir>/<name>`.
 
-    Writes `<repo_dir>/<name>/config.pbtxt` and `<repo_dir>/<name>/1/model.onnx`, replacing what was
-    there. Raises `ModelError` for an unknown name and `ConfigError` when a directory is not writable.
+    Writes `<repo_dir>/<name>/config.pbtxt` and `<repo_dir>/<name>/1/model.onnx` (model.pt for a
+    TorchScript model), replacing what was there. Raises `ModelError` for an unknown name and
+    `ConfigError` when a directory is not writable or a TorchScript model's torch is missing.
     """
     model = spec(name)
     model_dir = Path(repo_dir) / name
-    target = model_dir / "1" / "model.onnx"
+    target = model_dir / "1" / model.filename
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         if model.cached:
             _link_or_copy(_ensure_cached(model, cache_dir), target)
         else:
-            _write_atomic(target, model.graph().SerializeToString())
-        _write_atomic(model_dir / "config.pbtxt", format_config(model_config(model)).encode())
+            _write_atomic(target, model.serialize())
+        config_text = model.config_text or format_config(model_config(model))
+        _write_atomic(model_dir / "config.pbtxt", config_text.encode())
     except OSError as exc:
         raise ConfigError(
             f"cannot write model {name!r} into the model repository {repo_dir}: {exc}"

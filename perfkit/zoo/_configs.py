@@ -9,7 +9,8 @@ import onnx
 from tritonclient.grpc import model_config_pb2 as mc
 
 from perfkit.datatypes import by_v2
-from perfkit.zoo import _graphs
+from perfkit.model_repo.config import parse_config
+from perfkit.zoo import _graphs, _torch
 
 # Bump when a graph, its weights or its config change: the cache is keyed by name and this version.
 BUILDER_VERSION = 1
@@ -33,9 +34,33 @@ class ZooModel:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     max_batch_size: int
-    graph: Callable[[], onnx.ModelProto]
+    # An ONNX model's graph, or a TorchScript model's saved bytes (torch imported when called).
+    graph: Callable[[], onnx.ModelProto] | None = None
+    torchscript: Callable[[], bytes] | None = None
     # Built once into the cache and hard-linked (or copied) into repositories; small ones are built in place.
     cached: bool = False
+    # A config.pbtxt written as is, in place of the generated one.
+    config_text: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.graph is None) == (self.torchscript is None):
+            raise ValueError(f"zoo model {self.name!r}: give exactly one of graph, torchscript")
+
+    @property
+    def platform(self) -> str:
+        return "pytorch_libtorch" if self.torchscript is not None else "onnxruntime_onnx"
+
+    @property
+    def filename(self) -> str:
+        """The model file in the version directory."""
+        return "model.pt" if self.torchscript is not None else "model.onnx"
+
+    def serialize(self) -> bytes:
+        """The model file's bytes."""
+        if self.torchscript is not None:
+            return self.torchscript()
+        assert self.graph is not None  # __post_init__
+        return self.graph().SerializeToString()
 
 
 def _vec(name: str, size: int = 16) -> TensorSpec:
@@ -80,15 +105,46 @@ SPECS: dict[str, ZooModel] = {
             max_batch_size=8,
             graph=_graphs.add_sub,
         ),
+        ZooModel(
+            name="resnet50_pt",
+            description=(
+                "resnet50 as TorchScript (pytorch_libtorch): same layout and weights, same logits"
+            ),
+            inputs=(TensorSpec(name="INPUT__0", dims=(3, 224, 224)),),
+            outputs=(_vec("OUTPUT__0", 1000),),
+            max_batch_size=32,
+            torchscript=_torch.resnet50_pt,
+            cached=True,
+        ),
+        ZooModel(
+            name="fc_model_pt",
+            description=(
+                "The seed's TorchScript example: INT64 tokens -> embedding -> heads of 4 and 8 "
+                "(--shape input__0:SEQ)"
+            ),
+            inputs=(TensorSpec(name="input__0", dims=(-1,), datatype="INT64"),),
+            outputs=(
+                TensorSpec(name="output__0", dims=(-1, -1, 4)),
+                TensorSpec(name="output__1", dims=(-1, -1, 8)),
+            ),
+            max_batch_size=64,
+            torchscript=_torch.fc_model_pt,
+            config_text=_torch.FC_MODEL_PT_CONFIG,
+        ),
     )
 }
 
 
 def model_config(spec: ZooModel, name: str | None = None) -> mc.ModelConfig:
-    """The config.pbtxt content for a zoo model: ONNX Runtime, CPU instance x1, no dynamic batching."""
+    """The config.pbtxt content for a zoo model: its platform, CPU instance x1, no dynamic batching
+    (or its `config_text`, as is)."""
+    if spec.config_text is not None:
+        config = parse_config(spec.config_text, f"zoo model {spec.name}")
+        config.name = name or config.name
+        return config
     config = mc.ModelConfig(
         name=name or spec.name,
-        platform="onnxruntime_onnx",
+        platform=spec.platform,
         max_batch_size=spec.max_batch_size,
     )
     for tensor, target in [(t, config.input) for t in spec.inputs] + [
