@@ -37,6 +37,7 @@ _CUDNN_SEARCH = {"0": "EXHAUSTIVE", "1": "HEURISTIC", "2": "DEFAULT"}
 _ARENA_STRATEGY = {"0": "kNextPowerOfTwo", "1": "kSameAsRequested"}
 _PRECISION = {"FP32": "", "FP16": "trt_fp16_enable", "BF16": "trt_bf16_enable"}
 _PRECISION["INT8"] = "trt_int8_enable"
+_SHRINK_KEY = "memory.enable_memory_arena_shrinkage"
 _SHRINKAGE = re.compile(r"(cpu|gpu):\d+(;(cpu|gpu):\d+)*")
 
 # Triton's TensorRT accelerator keys that ONNX Runtime takes under the same name, by value type.
@@ -158,15 +159,14 @@ def parse(config: Any, source: str) -> OrtOptions:
     if initializers is not None:
         session_entries[key] = initializers
     run_entries: dict[str, str] = {}
-    key = "memory.enable_memory_arena_shrinkage"
-    shrinkage = _param(config, key)
+    shrinkage = _param(config, _SHRINK_KEY)
     if shrinkage is not None:
         if not _SHRINKAGE.fullmatch(shrinkage.strip()):
             raise ValueError(
-                f"{where(key)}: {shrinkage!r} is not allowed; allowed: devices as 'cpu:0' or "
-                "'cpu:0;gpu:0'"
+                f"{where(_SHRINK_KEY)}: {shrinkage!r} is not allowed; allowed: devices as 'cpu:0' "
+                "or 'cpu:0;gpu:0'"
             )
-        run_entries[key] = shrinkage.strip()
+        run_entries[_SHRINK_KEY] = shrinkage.strip()
     cuda: dict[str, str] = {}
     for key, convert in (
         ("cudnn_conv_algo_search", lambda t, w: _choice(t, _CUDNN_SEARCH, w, "0, 1 or 2")),
@@ -178,12 +178,19 @@ def parse(config: Any, source: str) -> OrtOptions:
         if value is not None:
             cuda[key] = value
     tensorrt, openvino = _accelerators(config, source, cuda)
+    mem_arena = read("enable_mem_arena", _bool)
+    if mem_arena is False and "cpu:" in run_entries.get(_SHRINK_KEY, ""):
+        raise ValueError(
+            f"{where(_SHRINK_KEY)}: {shrinkage!r} shrinks the CPU memory arena, which "
+            "parameters['enable_mem_arena'] turns off (ONNX Runtime would fail every run); drop "
+            "one of them"
+        )
     return OrtOptions(
         intra_op_threads=read("intra_op_thread_count", lambda t, w: _count(t, w, threads)),
         inter_op_threads=read("inter_op_thread_count", lambda t, w: _count(t, w, threads)),
         parallel=mode == "1",
         graph_level=_graph_level(config, source),
-        mem_arena=read("enable_mem_arena", _bool),
+        mem_arena=mem_arena,
         mem_pattern=read("enable_mem_pattern", _bool),
         spinning=spinning or "0",
         session_entries=session_entries,
