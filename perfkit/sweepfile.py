@@ -3,13 +3,18 @@
 A sweep file says what to tune and how:
 
     [model]        name, repository (relative to the working directory), zoo (build it if missing)
-    [server]       url (omit for the embedded server), protocol ("grpc" | "http"), startup_timeout_s
+    [server]       url (omit for the embedded server), protocol ("grpc" | "http"), startup_timeout_s,
+                   metrics_url (the server's Prometheus metrics; default <url host>:8002/metrics)
     [space]        instance_count, instance_kind, max_batch_size, dynamic_batching,
                    preferred_batch_sizes, max_queue_delay_us: lists of values to search
+                   (instance_count is per instance group, and per listed GPU for KIND_GPU)
     [load]         mode ("concurrency" | "request_rate"), concurrency / request_rate / batch_size
                    (an int or a list to search), shape = ["NAME:d1,d2"], input_data, baseline
-    [objectives]   metric = "maximize" | "minimize"  (throughput, avg/p50/p90/p95/p99_latency)
-    [constraints]  latency_budget_ms, latency_percentile (99), min_throughput
+    [objectives]   metric = "maximize" | "minimize"  (throughput, avg/p50/p90/p95/p99_latency,
+                   and on GPUs gpu_used_memory, gpu_free_memory, gpu_utilization, gpu_power,
+                   throughput_per_watt: see GPU_METRICS)
+    [constraints]  latency_budget_ms, latency_percentile (99), min_throughput,
+                   max_gpu_memory_mb, max_gpu_power_w
     [budget]       trials, timeout_s
     [measure]      window_ms, stability_pct, max_windows, stability_windows, warmup_requests
     [search]       sampler ("tpe" | "nsga2" | "grid" | "random"), seed, prune, prune_ratio,
@@ -22,7 +27,6 @@ the run engine's specs. (`perfkit.load.spec.SweepSpec` is the other sweep: the l
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -31,6 +35,8 @@ from perfkit.errors import ConfigError
 from perfkit.load.spec import parse_shapes
 from perfkit.model_repo import InvalidRepository
 from perfkit.model_repo.repository import check_model_name
+from perfkit.tomltable import TableReader as _Reader
+from perfkit.tomltable import table as _table
 
 Direction = Literal["maximize", "minimize"]
 SamplerName = Literal["tpe", "nsga2", "grid", "random"]
@@ -44,6 +50,18 @@ METRICS: dict[str, str] = {
     "p95_latency": "p95_latency_us",
     "p99_latency": "p99_latency_us",
 }
+# The GPU objectives (Model Analyzer's names where it has one) -> their metric keys, computed from
+# the server's nv_gpu_* metrics over every GPU it reports (`perfkit.tune.objective.gpu_metrics`):
+# memory used (MB) of the fullest GPU, memory free (MB) of the emptiest, utilization (%) averaged
+# over the GPUs, power (W) summed over them, and throughput (infer/s) per watt of that power.
+GPU_METRICS: dict[str, str] = {
+    "gpu_used_memory": "gpu_used_memory_mb",
+    "gpu_free_memory": "gpu_free_memory_mb",
+    "gpu_utilization": "gpu_utilization_pct",
+    "gpu_power": "gpu_power_w",
+    "throughput_per_watt": "throughput_per_watt",
+}
+METRICS.update(GPU_METRICS)
 INSTANCE_KINDS = ("KIND_AUTO", "KIND_CPU", "KIND_GPU", "KIND_MODEL")
 SAMPLERS = ("tpe", "nsga2", "grid", "random")
 
@@ -91,6 +109,10 @@ class ConstraintSpec:
     latency_percentile: float = 99.0
     latency_budget_us: float | None = None
     min_throughput: float | None = None
+    # GPU bounds: memory used on the fullest GPU (MB, Model Analyzer's gpu_used_memory max), power
+    # summed over the GPUs (W).
+    max_gpu_memory_mb: float | None = None
+    max_gpu_power_w: float | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -121,6 +143,9 @@ class TuneSweep:
     url: str | None = None
     protocol: Literal["grpc", "http"] = "grpc"
     startup_timeout_s: float = 60.0
+    # The server's Prometheus endpoint, "host:port/metrics" (None: the embedded server's, or
+    # port 8002 on the url's host).
+    metrics_url: str | None = None
     space: SpaceSpec = field(default_factory=SpaceSpec)
     load: LoadSettings = field(default_factory=LoadSettings)
     measure: MeasureSettings = field(default_factory=MeasureSettings)
@@ -133,6 +158,18 @@ class TuneSweep:
     output: Path | None = None
     storage: str | None = None
     study_name: str | None = None
+
+    def gpu_metrics_needed(self) -> tuple[str, ...]:
+        """The GPU objectives and constraints asked for, by their sweep-file names."""
+        keys = set(GPU_METRICS.values())
+        names = [n for n, key in METRICS.items() if key in keys and key in dict(self.objectives)]
+        c = self.constraints
+        names += [
+            f"constraints.{n}"
+            for n in ("max_gpu_memory_mb", "max_gpu_power_w")
+            if getattr(c, n) is not None
+        ]
+        return tuple(names)
 
     def with_overrides(self, **changes: Any) -> TuneSweep:
         """A copy with CLI overrides applied (None values are ignored)."""
@@ -151,102 +188,6 @@ _SECTIONS = {
     "search",
     "output",
 }
-
-
-class _Reader:
-    """Typed access to one TOML table; every error names file:key."""
-
-    def __init__(self, source: str, prefix: str, table: Mapping[str, Any]) -> None:
-        self.source = source
-        self.prefix = prefix
-        self.table = table
-        self.used: set[str] = set()
-
-    def key(self, name: str) -> str:
-        return f"{self.prefix}.{name}" if self.prefix else name
-
-    def fail(self, name: str, reason: str) -> ConfigError:
-        return ConfigError(f"{self.source}:{self.key(name)}: {reason}")
-
-    def raw(self, name: str) -> Any:
-        self.used.add(name)
-        return self.table.get(name)
-
-    def str_(
-        self, name: str, default: str | None = None, choices: tuple[str, ...] = ()
-    ) -> str | None:
-        value = self.raw(name)
-        if value is None:
-            return default
-        if not isinstance(value, str) or not value:
-            raise self.fail(name, f"must be a non-empty string, got {value!r}")
-        if choices and value not in choices:
-            raise self.fail(name, f"must be one of {', '.join(choices)}, got {value!r}")
-        return value
-
-    def num(
-        self,
-        name: str,
-        default: float | None,
-        *,
-        minimum: float | None = None,
-        integer: bool = False,
-    ) -> float | None:
-        value = self.raw(name)
-        if value is None:
-            return default
-        ok = isinstance(value, int) if integer else isinstance(value, int | float)
-        if isinstance(value, bool) or not ok:
-            kind = "an integer" if integer else "a number"
-            raise self.fail(name, f"must be {kind}, got {value!r}")
-        if minimum is not None and value < minimum:
-            raise self.fail(name, f"must be >= {minimum:g}, got {value!r}")
-        return float(value)
-
-    def int_(self, name: str, default: int, *, minimum: int = 0) -> int:
-        value = self.num(name, default, minimum=minimum, integer=True)
-        return default if value is None else int(value)
-
-    def bool_(self, name: str, default: bool) -> bool:
-        value = self.raw(name)
-        if value is None:
-            return default
-        if not isinstance(value, bool):
-            raise self.fail(name, f"must be true or false, got {value!r}")
-        return value
-
-    def int_list(
-        self, name: str, *, minimum: int = 0, default: tuple[int, ...] = ()
-    ) -> tuple[int, ...]:
-        value = self.raw(name)
-        if value is None:
-            return default
-        items = value if isinstance(value, list) else [value]
-        if not items:
-            raise self.fail(name, "must list at least one value")
-        for item in items:
-            if isinstance(item, bool) or not isinstance(item, int):
-                raise self.fail(name, f"values must be integers, got {item!r}")
-            if item < minimum:
-                raise self.fail(name, f"values must be >= {minimum}, got {item}")
-        if len(set(items)) != len(items):
-            raise self.fail(name, f"lists a value twice: {items}")
-        return tuple(int(i) for i in items)
-
-    def check_unknown(self, known: set[str]) -> None:
-        for name in self.table:
-            if name not in known:
-                hint = f"; known keys: {', '.join(sorted(known))}" if known else ""
-                raise self.fail(name, f"unknown key{hint}")
-
-
-def _table(source: str, doc: Mapping[str, Any], name: str) -> _Reader:
-    value = doc.get(name, {})
-    if not isinstance(value, dict):
-        raise ConfigError(
-            f"{source}:{name}: must be a table ([{name}]), got {type(value).__name__}"
-        )
-    return _Reader(source, name, value)
 
 
 def _parse_space(r: _Reader) -> SpaceSpec:
@@ -384,6 +325,8 @@ def _parse_constraints(r: _Reader) -> ConstraintSpec:
         latency_percentile=pct or 99.0,
         latency_budget_us=None if budget_ms is None else budget_ms * 1000.0,
         min_throughput=r.num("min_throughput", None, minimum=0.0),
+        max_gpu_memory_mb=r.num("max_gpu_memory_mb", None, minimum=0.0),
+        max_gpu_power_w=r.num("max_gpu_power_w", None, minimum=0.0),
     )
     r.check_unknown(set(r.used))
     return spec
@@ -419,7 +362,8 @@ def parse_sweep(text: str, source: str = "<sweep>", base_dir: Path | None = None
     url = s.str_("url")
     protocol = s.str_("protocol", "grpc", ("grpc", "http")) or "grpc"
     startup = s.num("startup_timeout_s", 60.0, minimum=1.0) or 60.0
-    s.check_unknown({"url", "protocol", "startup_timeout_s"})
+    metrics_url = s.str_("metrics_url")
+    s.check_unknown({"url", "protocol", "startup_timeout_s", "metrics_url"})
 
     b = _table(source, doc, "budget")
     trials = b.int_("trials", 20, minimum=1)
@@ -465,6 +409,7 @@ def parse_sweep(text: str, source: str = "<sweep>", base_dir: Path | None = None
         url=url,
         protocol="http" if protocol == "http" else "grpc",
         startup_timeout_s=startup,
+        metrics_url=metrics_url,
         space=space,
         load=load,
         measure=_parse_measure(_table(source, doc, "measure")),

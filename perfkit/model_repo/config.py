@@ -157,22 +157,49 @@ def with_max_batch_size(config: ModelConfig, max_batch_size: int) -> ModelConfig
 
 
 def with_instances(
-    config: ModelConfig, count: int, kind: str = "KIND_CPU", gpus: Sequence[int] = ()
+    config: ModelConfig,
+    count: int | None = None,
+    kind: str | None = None,
+    gpus: Sequence[int] | None = None,
 ) -> ModelConfig:
-    """A copy whose instance_group is one group of `count` instances of `kind`."""
-    if count < 1:
+    """A copy whose instance groups have `count` instances of `kind` on `gpus`; None keeps the
+    config's own value, so a KIND_AUTO or KIND_GPU group and its `gpus` survive a count change.
+
+    Every group of the config is edited (a count is per group, and per listed GPU for KIND_GPU, as
+    Triton places them); a config without instance_group gets one group, whose kind stays unset
+    (KIND_AUTO, Triton's default) unless `kind` is given. `gpus` are dropped from a group made
+    KIND_CPU or KIND_MODEL: Triton refuses GPUs on those kinds.
+    """
+    if count is not None and count < 1:
         raise InvalidModelConfig(f"instance_group count must be >= 1, got {count}")
-    if kind not in INSTANCE_KINDS:
+    if kind is not None and kind not in INSTANCE_KINDS:
         raise InvalidModelConfig(
             f"instance_group kind must be one of {', '.join(INSTANCE_KINDS)}, got {kind!r}"
         )
     new = _copy(config)
-    del new.instance_group[:]
-    group = new.instance_group.add()
-    group.count = count
-    group.kind = mc.ModelInstanceGroup.Kind.Value(kind)
-    group.gpus.extend(gpus)
+    if len(new.instance_group) == 0:
+        new.instance_group.add().count = 1
+    for group in new.instance_group:
+        if count is not None:
+            group.count = count
+        if kind is not None:
+            group.kind = mc.ModelInstanceGroup.Kind.Value(kind)
+        if gpus is not None:
+            del group.gpus[:]
+            group.gpus.extend(gpus)
+        if group.kind in (mc.ModelInstanceGroup.KIND_CPU, mc.ModelInstanceGroup.KIND_MODEL):
+            del group.gpus[:]
     return new
+
+
+def instance_kinds(config: ModelConfig) -> list[tuple[int, str, tuple[int, ...]]]:
+    """(count, kind, gpus) of each instance group; none: Triton's default, one KIND_AUTO."""
+    if len(config.instance_group) == 0:
+        return [(1, "KIND_AUTO", ())]
+    return [
+        (max(int(g.count), 1), str(mc.ModelInstanceGroup.Kind.Name(g.kind)), tuple(g.gpus))
+        for g in config.instance_group
+    ]
 
 
 def with_dynamic_batching(
@@ -202,16 +229,20 @@ def without_dynamic_batching(config: ModelConfig) -> ModelConfig:
     return new
 
 
-def instance_summary(config: ModelConfig) -> str:
-    """Model Analyzer's instance-group cell: total count per kind, e.g. "2:CPU" or "4:GPU + 1:CPU"."""
+def instance_summary(config: ModelConfig, gpu_count: int = 0) -> str:
+    """Model Analyzer's instance-group cell: total count per kind, e.g. "2:CPU" or "4:GPU + 1:CPU".
+
+    A KIND_GPU group counts `count` per listed GPU, or per GPU of the `gpu_count` the server has
+    when it lists none; KIND_AUTO counts as GPU when `gpu_count` > 0, else as CPU (as Triton
+    resolves it for a GPU-capable backend)."""
     counts: dict[str, int] = {}
-    for group in config.instance_group:
-        kind = mc.ModelInstanceGroup.Kind.Name(group.kind).removeprefix("KIND_")
+    for count, kind_name, gpus in instance_kinds(config):
+        kind = kind_name.removeprefix("KIND_")
         if kind == "AUTO":
-            kind = "CPU"
-        counts[kind] = counts.get(kind, 0) + max(group.count, 1)
-    if not counts:
-        counts["CPU"] = 1
+            kind = "GPU" if gpu_count > 0 else "CPU"
+        if kind == "GPU":
+            count *= len(gpus) or max(gpu_count, 1)
+        counts[kind] = counts.get(kind, 0) + count
     return " + ".join(f"{n}:{kind}" for kind, n in counts.items())
 
 

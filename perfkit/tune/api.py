@@ -15,7 +15,7 @@ import json
 import logging
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,6 +60,7 @@ def run(
     on_trial: Callable[[TrialRecord], None] | None = None,
     on_message: Callable[[str], None] | None = None,
     on_done: Callable[[TuneOutcome], None] | None = None,
+    server_env: Mapping[str, str] | None = None,
 ) -> TuneResult:
     """Search config.pbtxt variants of `sweep.model` on a live server and write the best one back.
 
@@ -83,6 +84,8 @@ def run(
         on_done: called once with the result and what was written, before `run` returns, and
             also before it re-raises an interrupt or a server failure, so that a caller can
             show what the study holds so far.
+        server_env: environment variables set for the embedded server on top of this process's
+            (e.g. CUDA_VISIBLE_DEVICES); ignored, and refused, with `sweep.url`.
 
     Returns:
         The study's `TuneResult`: every measured trial, the default and best trials, the gain,
@@ -90,7 +93,8 @@ def run(
 
     Raises:
         ConfigError: the model's config.pbtxt is missing (and no zoo model is named to build it),
-            or the sweep does not fit the model.
+            or the sweep does not fit the model, or it asks for a GPU objective or constraint
+            and the server exports no GPU metrics.
         ServerUnavailable: no server answered at `sweep.url`, or the embedded server stopped
             answering more than `MAX_SERVER_RESTARTS` times (the result files are written first).
         KeyboardInterrupt: on Ctrl-C, after the result files are written; the interrupted trial
@@ -105,7 +109,10 @@ def run(
         with warnings.catch_warnings():
             # Heartbeats and grouped TPE are stable enough for us; their notices only add noise.
             warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-            return _run(sweep, dry_run=dry_run, on_trial=on_trial, note=note, on_done=on_done)
+            return _run(
+                sweep, dry_run=dry_run, on_trial=on_trial, note=note, on_done=on_done,
+                server_env=server_env,
+            )  # fmt: skip
     finally:
         optuna.logging.set_verbosity(verbosity)
 
@@ -120,12 +127,22 @@ def study_name_for(sweep: TuneSweep, base_hash: str) -> str:
             "load": dataclasses.asdict(sweep.load),
             "measure": dataclasses.asdict(sweep.measure),
             "objectives": sweep.objectives,
-            "constraints": dataclasses.asdict(sweep.constraints),
+            "constraints": _constraints_key(sweep),
         },
         sort_keys=True,
         default=str,
     )
     return f"{sweep.model}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
+
+
+def _constraints_key(sweep: TuneSweep) -> dict[str, Any]:
+    """The constraints in the study name's hash; the GPU bounds only when set, so the studies of
+    sweeps without them keep the names they had before GPU bounds existed."""
+    doc = dataclasses.asdict(sweep.constraints)
+    for name in ("max_gpu_memory_mb", "max_gpu_power_w"):
+        if doc[name] is None:
+            del doc[name]
+    return doc
 
 
 def _run(
@@ -135,11 +152,12 @@ def _run(
     on_trial: Callable[[TrialRecord], None] | None,
     note: Callable[[str], None],
     on_done: Callable[[TuneOutcome], None] | None,
+    server_env: Mapping[str, str] | None = None,
 ) -> TuneResult:
     from perfkit.model_repo.config import config_hash, load_config
     from perfkit.tune import storage as st
     from perfkit.tune.evaluate import LiveEvaluator
-    from perfkit.tune.space import SearchSpace
+    from perfkit.tune.space import SearchSpace, check_instances
     from perfkit.tune.tuner import LoopSettings, Tuner, make_sampler
 
     model_dir = _ensure_model(sweep, note)
@@ -150,7 +168,10 @@ def _run(
     default_text = (model_dir / "config.pbtxt").read_text(encoding="utf-8")
     out_dir = (sweep.output or Path("tune-results") / sweep.model).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
+    if server_env is not None and sweep.url is not None:
+        raise ConfigError("server_env is for the embedded server; this sweep names a server.url")
     space = SearchSpace.from_specs(sweep.space, sweep.load)
+    check_instances(base, sweep.space)
     objective = Objective(sweep.objectives, sweep.constraints)
     trials = sweep.trials
     if sweep.search.sampler == "grid":
@@ -183,13 +204,15 @@ def _run(
     messages: list[str] = []
     restarts = 0
     while True:
-        with _server(sweep) as (url, info):
+        with _server(sweep, server_env) as (url, info, metrics_url):
+            scrape = _metrics_to_collect(sweep, metrics_url, note)
             evaluator = LiveEvaluator(
                 url=url,
                 protocol=sweep.protocol,
                 model=sweep.model,
                 load=sweep.load,
                 measure=sweep.measure,
+                metrics_url=scrape,
             )
             tuner = Tuner(
                 settings=settings,
@@ -265,19 +288,23 @@ def _run(
 
 
 @contextlib.contextmanager
-def _server(sweep: TuneSweep) -> Iterator[tuple[str, ServerInfo]]:
-    """Yields (url, info): the sweep's server once ready, or a started embedded server."""
-    from perfkit.launch import EmbeddedServer, server_info, wait_ready
+def _server(
+    sweep: TuneSweep, env: Mapping[str, str] | None = None
+) -> Iterator[tuple[str, ServerInfo, str]]:
+    """Yields (url, info, metrics url): the sweep's server once ready, or a started embedded one."""
+    from perfkit.launch import EmbeddedServer, RemoteServer, server_info, wait_ready
 
     if sweep.url is not None:
         wait_ready(sweep.url, sweep.protocol, sweep.startup_timeout_s)
-        yield sweep.url, server_info(sweep.url, sweep.protocol)
+        remote = RemoteServer(sweep.url, sweep.protocol, metrics_url=sweep.metrics_url)
+        yield sweep.url, server_info(sweep.url, sweep.protocol), remote.metrics_url
         return
     with EmbeddedServer(
         sweep.repository,
         model_control_mode="explicit",
         load_models=[sweep.model],
         startup_timeout_s=sweep.startup_timeout_s,
+        env=env,
     ) as server:
         url = server.grpc_url if sweep.protocol == "grpc" else server.http_url
         try:
@@ -286,7 +313,33 @@ def _server(sweep: TuneSweep) -> Iterator[tuple[str, ServerInfo]]:
             info = ServerInfo(
                 url=url, protocol=sweep.protocol, kind="perfkit_server", version="", embedded=True
             )
-        yield url, info
+        yield url, info, sweep.metrics_url or server.metrics_url
+
+
+def _metrics_to_collect(
+    sweep: TuneSweep, metrics_url: str, note: Callable[[str], None]
+) -> str | None:
+    """The metrics URL to scrape during each trial, or None: scraped when the server exports GPU
+    metrics or the sweep asks for a GPU objective or constraint. Raises ConfigError for a GPU
+    objective or constraint and a server that exports no GPU metrics (before any trial)."""
+    from perfkit.tune.gpu import exported_gpus
+
+    needed = sweep.gpu_metrics_needed()
+    try:
+        gpus = exported_gpus(metrics_url)
+        problem = "" if gpus else "exports no nv_gpu_* metrics (no GPU, no NVML, or MIG)"
+    except (OSError, TimeoutError, ValueError) as exc:
+        gpus, problem = [], f"cannot be read: {exc}"
+    if needed and problem:
+        raise ConfigError(
+            f"{sweep.source}: {', '.join(needed)} needs GPU metrics, but the server's metrics "
+            f"endpoint {metrics_url} {problem}. Remove the GPU objectives and constraints, "
+            "or point server.metrics_url at the endpoint of a server that exports them."
+        )
+    if not gpus:
+        return None
+    note(f"recording the GPU metrics of {len(gpus)} GPU(s) from {metrics_url} on every trial")
+    return metrics_url
 
 
 def _ensure_model(sweep: TuneSweep, note: Callable[[str], None]) -> Path:

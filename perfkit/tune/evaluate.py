@@ -2,8 +2,9 @@
 
 `LiveEvaluator` is the tuner's only I/O seam to a server. It loads each variant through the repository
 API (`load_model(name, config=<JSON>)`, Triton's config override: no restart, the model keeps its
-name) and measures with `perfkit.load.measure_level`. Any other `Evaluator` (e.g. the benchmark's
-replay of a measured table) can drive the same tuner loop.
+name) and measures one level with the run engine, scraping the server's metrics endpoint meanwhile
+when `metrics_url` is given (the GPU metrics of the trial, as `perfkit run --collect-metrics`). Any
+other `Evaluator` (e.g. the benchmark's replay of a measured table) can drive the same tuner loop.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from perfkit.errors import (
 )
 from perfkit.load.spec import InputSpec, MeasureSpec, TargetSpec, parse_shapes
 from perfkit.model_repo.config import ModelConfig, config_to_json
-from perfkit.results import Measurement, WindowStat
+from perfkit.results import LoadMode, Measurement, WindowStat
 from perfkit.sweepfile import LoadSettings, MeasureSettings
 
 logger = logging.getLogger(__name__)
@@ -70,8 +71,12 @@ class LiveEvaluator:
         model: str,
         load: LoadSettings,
         measure: MeasureSettings,
+        metrics_url: str | None = None,
     ) -> None:
         self.url = url
+        # Scraped during each measurement (None: no metrics); every half window, at most 1 s.
+        self.metrics_url = metrics_url
+        self.metrics_interval_ms = max(50, min(1000, measure.window_ms // 2))
         self.protocol = protocol
         self.model = model
         self.load_settings = load
@@ -123,19 +128,20 @@ class LiveEvaluator:
                 batch_size=int(params.get("batch_size", 1)),
                 shapes=self._shapes,
             )
-            measurement = measure_level(
-                TargetSpec(
-                    url=self.url,
-                    protocol="grpc" if self.protocol == "grpc" else "http",
-                    model=self.model,
-                ),
-                inputs,
-                self._measure,
-                mode,
-                level,
-                on_window=on_window,
-                should_stop=should_stop,
+            target = TargetSpec(
+                url=self.url,
+                protocol="grpc" if self.protocol == "grpc" else "http",
+                model=self.model,
             )
+            if self.metrics_url is None:
+                measurement = measure_level(
+                    target, inputs, self._measure, mode, level,
+                    on_window=on_window, should_stop=should_stop,
+                )  # fmt: skip
+            else:
+                measurement = self._measure_scraped(
+                    target, inputs, mode, level, on_window, should_stop
+                )
         except PruneTrial:
             return Outcome(
                 measurement=None,
@@ -181,6 +187,49 @@ class LiveEvaluator:
             window_s=measured_s,
             load_s=load_s,
         )
+
+    def _measure_scraped(
+        self,
+        target: TargetSpec,
+        inputs: InputSpec,
+        mode: LoadMode,
+        level: float,
+        on_window: Callable[[WindowStat], None],
+        should_stop: Callable[[], bool],
+    ) -> Measurement:
+        """`measure_level` with the server's metrics scraped from warm-up to the last window (as
+        `perfkit run --collect-metrics` does), on the engine's own loop; an unstable level's
+        measurement carries them too."""
+        from dataclasses import replace
+
+        from perfkit import interrupts
+        from perfkit.load import Session, eventloop
+        from perfkit.load.level import UnstableLevel, measure_async
+        from perfkit.load.metrics_scrape import MetricsScraper
+
+        assert self.metrics_url is not None
+        scraper = MetricsScraper(self.metrics_url, self.metrics_interval_ms)
+
+        async def scraped(session: Session) -> Measurement:
+            scraper.start()
+            unstable: UnstableLevel | None = None
+            try:
+                m = await measure_async(
+                    session, self._measure, mode, level,
+                    on_window=on_window, should_stop=should_stop,
+                )  # fmt: skip
+            except UnstableLevel as exc:
+                unstable, m = exc, exc.measurement
+            finally:
+                collected = await scraper.stop()
+            if unstable is not None:
+                unstable.measurement = replace(m, metrics=collected)
+                raise unstable
+            return replace(m, metrics=collected)
+
+        interrupts.check()
+        with Session(target, inputs) as session:
+            return eventloop.run(scraped(session))
 
     def close(self) -> None:
         self.control.close()

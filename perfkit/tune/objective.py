@@ -2,7 +2,12 @@
 
 Constraints follow Optuna's convention (a value <= 0 is satisfied), so they can go straight to a
 sampler (`Trial.set_constraint`, Optuna's constraints support) and infeasible trials still teach the sampler where not to look.
-Latency constraints are normalised by the budget (0.1 = 10 % over), throughput ones by the minimum.
+Latency constraints are normalised by the budget (0.1 = 10 % over), throughput ones by the minimum,
+GPU memory and power ones by their maximum.
+
+GPU metrics come from the server's nv_gpu_* families, scraped during the measurement
+(`Measurement.metrics`, per GPU UUID, perf_analyzer's aggregation: memory used the peak, utilization
+and power the mean); `gpu_metrics` turns them into the tuner's GPU keys (`GPU_KEYS`).
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from perfkit.results import Measurement, WindowStat
-from perfkit.sweepfile import ConstraintSpec, Direction
+from perfkit.sweepfile import GPU_METRICS, ConstraintSpec, Direction
 
 LATENCY_METRIC = {
     50.0: "p50_latency_us",
@@ -19,6 +24,41 @@ LATENCY_METRIC = {
     95.0: "p95_latency_us",
     99.0: "p99_latency_us",
 }
+
+GPU_KEYS = frozenset(GPU_METRICS.values())
+MB = 1e6  # Model Analyzer's MB: bytes // 1e6
+
+
+class MissingGpuMetrics(Exception):
+    """A GPU objective or constraint, and a measurement without the GPU metrics it needs."""
+
+
+def gpu_metrics(per_gpu: Mapping[str, Mapping[str, float]], throughput: float) -> dict[str, float]:
+    """The tuner's GPU keys from a measurement's scraped metrics (empty when no GPU reported).
+
+    Over every GPU the server reports: gpu_used_memory_mb is the fullest GPU's peak (a memory
+    budget holds for each GPU), gpu_free_memory_mb the emptiest's room, gpu_utilization_pct the
+    mean (%), gpu_power_w the sum of the GPUs' mean power and throughput_per_watt the throughput
+    over it (infer/s per W).
+    """
+    used = per_gpu.get("gpu_memory_used_bytes", {})
+    total = per_gpu.get("gpu_memory_total_bytes", {})
+    util = per_gpu.get("gpu_utilization", {})
+    power = per_gpu.get("gpu_power_usage", {})
+    out: dict[str, float] = {}
+    if used:
+        out["gpu_used_memory_mb"] = max(used.values()) // MB
+        free = [total[g] - used[g] for g in used if g in total]
+        if free:
+            out["gpu_free_memory_mb"] = min(free) // MB
+    if util:
+        out["gpu_utilization_pct"] = sum(util.values()) / len(util) * 100.0
+    if power:
+        watts = sum(power.values())
+        out["gpu_power_w"] = watts
+        if watts > 0:
+            out["throughput_per_watt"] = throughput / watts
+    return out
 
 
 def metrics_of(m: Measurement) -> dict[str, float]:
@@ -61,6 +101,7 @@ def metrics_of(m: Measurement) -> dict[str, float]:
     for name, per_gpu in m.metrics.items():
         for gpu, value in per_gpu.items():
             out[f"{name}{'[' + gpu + ']' if gpu else ''}"] = float(value)
+    out.update(gpu_metrics(m.metrics, m.throughput_infer_per_s))
     return out
 
 
@@ -76,6 +117,23 @@ class Objective:
     def latency_metric(self) -> str:
         return LATENCY_METRIC[self.constraints.latency_percentile]
 
+    def gpu_keys(self) -> list[str]:
+        """The GPU metric keys the objectives and constraints read."""
+        bounds = self.bounds()
+        keys = [name for name, _ in self.targets if name in GPU_KEYS]
+        return keys + [k for k in bounds if k in GPU_KEYS and k not in keys]
+
+    def check_gpu(self, metrics: Mapping[str, float]) -> None:
+        """Raise MissingGpuMetrics when a GPU objective or constraint has no value in `metrics`."""
+        missing = [k for k in self.gpu_keys() if k not in metrics]
+        if missing:
+            raise MissingGpuMetrics(
+                f"no GPU metrics for {', '.join(missing)} in this measurement: the server's "
+                "metrics endpoint reported no nv_gpu_* values while it ran (no GPU, no NVML, "
+                "MIG, or GPU metrics off). Remove the GPU objectives and constraints, or tune on "
+                "a server that exports GPU metrics."
+            )
+
     def values(self, metrics: Mapping[str, float]) -> list[float]:
         return [float(metrics[name]) for name, _ in self.targets]
 
@@ -88,6 +146,10 @@ class Objective:
             out[self.latency_metric] = self.constraints.latency_budget_us
         if self.constraints.min_throughput is not None:
             out["throughput_infer_per_s"] = self.constraints.min_throughput
+        if self.constraints.max_gpu_memory_mb is not None:
+            out["gpu_used_memory_mb"] = self.constraints.max_gpu_memory_mb
+        if self.constraints.max_gpu_power_w is not None:
+            out["gpu_power_w"] = self.constraints.max_gpu_power_w
         return out
 
     def violations(self, metrics: Mapping[str, float]) -> dict[str, float]:
@@ -102,6 +164,12 @@ class Objective:
         if c.min_throughput is not None:
             value = metrics["throughput_infer_per_s"]
             out["throughput_infer_per_s"] = (c.min_throughput - value) / max(c.min_throughput, 1e-9)
+        for key, most in (
+            ("gpu_used_memory_mb", c.max_gpu_memory_mb),
+            ("gpu_power_w", c.max_gpu_power_w),
+        ):
+            if most is not None:
+                out[key] = (metrics[key] - most) / max(most, 1e-9)
         return out
 
     def feasible(self, metrics: Mapping[str, float]) -> bool:

@@ -6,6 +6,8 @@ Output directory:
     <out>/output_model_repository/<model>_config_default/config.pbtxt
     <out>/output_model_repository/<model>_config_<n>/config.pbtxt   one per measured variant
     <out>/results/metrics-model-inference.csv        Model Analyzer's columns
+    <out>/results/metrics-model-gpu.csv              MA's GPU table (per trial and GPU; not written
+                                                     without GPU metrics, as MA)
     <out>/results/trials.csv, results.json           perfkit's tidy CSV and JSON (report.schema)
 
 Write-back: the best config replaces `<repo>/<model>/config.pbtxt`; the original is kept as
@@ -281,6 +283,9 @@ def write_outputs(result: TuneResult, out_dir: Path) -> list[Path]:
                 stale.parent.rmdir()
     results = out_dir / RESULTS_DIR
     paths.append(ma_csv.write(result, results))
+    gpu_csv = ma_csv.write_gpu(result, results)
+    if gpu_csv is not None:
+        paths.append(gpu_csv)
     try:
         from perfkit.report.schema import write_tune
     except ImportError:  # the schema module is optional at this layer

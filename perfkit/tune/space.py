@@ -241,14 +241,19 @@ def load_params(params: Mapping[str, Any]) -> Params:
     return {k: params[k] for k in LOAD_DIMS if k in params}
 
 
-def _first_group(config: ModelConfig) -> tuple[int, str]:
-    from tritonclient.grpc import model_config_pb2 as mc
+def check_instances(base: ModelConfig, space: SpaceSpec) -> None:
+    """Refuse, before any trial, an instance dimension the model's config cannot take.
 
-    if len(config.instance_group) == 0:
-        return 1, "KIND_CPU"
-    group = config.instance_group[0]
-    kind = str(mc.ModelInstanceGroup.Kind.Name(group.kind))
-    return max(int(group.count), 1), "KIND_CPU" if kind == "KIND_AUTO" else kind
+    `instance_count` sets the count of every instance group (per listed GPU for KIND_GPU, as
+    Triton places them), kinds and `gpus` kept; `instance_kind` needs a model with at most one
+    instance group (it would make every group one kind)."""
+    groups = len(base.instance_group)
+    if space.instance_kind and groups > 1:
+        raise ConfigError(
+            f"space.instance_kind: the model's config has {groups} instance groups and "
+            "instance_kind would give them all one kind. Remove instance_kind from [space] (the "
+            "count applies to every group, kinds kept), or give the model one instance group."
+        )
 
 
 def build_variant(base: ModelConfig, params: Mapping[str, Any]) -> ModelConfig:
@@ -267,9 +272,10 @@ def build_variant(base: ModelConfig, params: Mapping[str, Any]) -> ModelConfig:
 def _apply(base: ModelConfig, params: Mapping[str, Any]) -> ModelConfig:
     config = base
     if "instance_count" in params or "instance_kind" in params:
-        count, kind = _first_group(base)
+        # None keeps the base's own: its kind (KIND_AUTO too) and `gpus` survive a count change.
+        count, kind = params.get("instance_count"), params.get("instance_kind")
         config = with_instances(
-            config, int(params.get("instance_count", count)), str(params.get("instance_kind", kind))
+            config, None if count is None else int(count), None if kind is None else str(kind)
         )
     if "max_batch_size" in params:
         config = with_max_batch_size(config, int(params["max_batch_size"]))

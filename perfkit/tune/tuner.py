@@ -42,7 +42,7 @@ from perfkit.results import TrialRecord, WindowStat
 from perfkit.tune import records as rec
 from perfkit.tune import storage as st
 from perfkit.tune.evaluate import Evaluator, Outcome, PruneTrial
-from perfkit.tune.objective import Objective, metrics_of
+from perfkit.tune.objective import MissingGpuMetrics, Objective, metrics_of
 from perfkit.tune.samplers import LoopSettings, TaggingSampler, ask, make_sampler
 from perfkit.tune.space import (
     Params,
@@ -435,6 +435,12 @@ class Tuner:
                 measured=True,
                 window_s=outcome.window_s,
             )
+            return
+        try:
+            # A GPU objective or bound with no GPU reading fails the trial: never a silent pass.
+            self.objective.check_gpu(metrics)
+        except MissingGpuMetrics as exc:
+            self._fail(study, trial, str(exc), t0, measured=True, window_s=outcome.window_s)
             return
         violations = self.objective.violations(metrics)
         self._set_constraints(trial, violations)
