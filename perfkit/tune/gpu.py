@@ -15,8 +15,9 @@ PROBE_TIMEOUT_S = 5.0
 
 
 def exported_gpus(metrics_url: str, timeout_s: float = PROBE_TIMEOUT_S) -> list[str]:
-    """The GPU UUIDs the endpoint at `metrics_url` ("host:port/metrics", perf_analyzer's form, or
-    an http:// URL) reports now, sorted; [] when it exports no GPU family.
+    """The GPU UUIDs the endpoint at `metrics_url` ("host:port/metrics", perf_analyzer's form,
+    "host:port" for /metrics, or an http:// URL) reports now, sorted; [] when it exports no GPU
+    family.
 
     Raises OSError (TimeoutError included) when the endpoint cannot be read or does not answer
     200, ValueError when the page is not Prometheus text.
@@ -24,6 +25,8 @@ def exported_gpus(metrics_url: str, timeout_s: float = PROBE_TIMEOUT_S) -> list[
     url = metrics_url if "://" in metrics_url else f"http://{metrics_url}"
     if not url.startswith(("http://", "https://")):
         raise ValueError(f"metrics URL {metrics_url!r} is not http(s)")
+    if "/" not in url.split("://", 1)[1]:
+        url += "/metrics"  # "host:port", as the scraper takes it too
     with urllib.request.urlopen(url, timeout=timeout_s) as reply:
         text = reply.read().decode("utf-8", errors="replace")
     families = parse_prometheus(text)

@@ -233,12 +233,24 @@ def gpu_csv(out: Path) -> list[dict[str, str]]:
         return list(reader)
 
 
-def test_gpu_memory_bound_the_fake_exceeds(
-    ident_repo: Path, tmp_path: Path, fake_nvml: FakeNvml
+def test_gpu_memory_bound_the_fake_exceeds_on_a_server_at_a_url(
+    ident_repo: Path, tmp_path: Path, fake_nvml: FakeNvml, perfkit_server: Any
 ) -> None:
-    # The FAKE GPUs use 3-4 GiB and 4-5 GiB: a 1000 MB bound fails every trial.
+    # A server the tune did not start ([server] url and metrics_url), with the FAKE GPUs, which
+    # use 3-4 GiB and 4-5 GiB: a 1000 MB bound fails every trial.
+    server = perfkit_server(
+        ident_repo, "--model-control-mode=explicit", "--load-model=ident", env=fake_nvml.env()
+    )
+    path = gpu_sweep(tmp_path, ident_repo, max_mb=1000)
+    text = path.read_text().replace(
+        "[constraints]",
+        f'[server]\nurl = "{server.grpc_url}"\nmetrics_url = "{server.metrics_url}"\n\n'
+        "[constraints]",
+    )
+    path.write_text(text)
     out = tmp_path / "out"
-    result = run_gpu_tune(tmp_path, ident_repo, fake_nvml, max_mb=1000, trials=2, out=out)
+    sweep = perfkit.tune.load_sweep(path).with_overrides(output=out, study_name="gpu")
+    result = perfkit.tune.run(sweep, dry_run=True)
     complete = [t for t in result.trials if t.state == "complete"]
     assert complete
     for t in complete:
