@@ -4,6 +4,10 @@ Pure: no I/O. Numeric lists (counts, sizes, delays, load levels) are searched as
 (`<dim>_idx`, an int distribution) so that TPE can learn "bigger is better"; the rest (instance kind,
 dynamic batching on/off, preferred batch-size sets) are categorical. `Params` always carries the
 decoded values, e.g. {"max_batch_size": 16, "preferred_batch_sizes": (4, 8)}.
+
+Instances: a variant keeps the base config's instance kind and `gpus` unless the point names a
+kind (KIND_AUTO stays KIND_AUTO; a config without instance_group gets a count, no kind);
+`instance_count` is every group's count, per GPU for KIND_GPU (`with_instances`, `check_instances`).
 """
 
 from __future__ import annotations

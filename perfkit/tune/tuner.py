@@ -1,8 +1,8 @@
 """The ask/tell loop (`Tuner`): default config first, then sampled variants, each measured at most once per study.
 
 Every trial carries its record in Optuna user attrs (params, variant key and name, config.pbtxt,
-metrics, constraint violations, the `Measurement` as JSON, timings, failure reason), so a resumed or
-shared study rebuilds every `TrialRecord` from storage alone. Rules:
+metrics, the GPU ones included, constraint violations, the `Measurement` as JSON, timings, failure
+reason), so a resumed or shared study rebuilds every `TrialRecord` from storage alone. Rules:
 
 - The default config is measured first, by the worker that created the study (`<model>_config_default`).
 - A variant (config content hash + client load) already finished in the study is never measured
@@ -11,6 +11,8 @@ shared study rebuilds every `TrialRecord` from storage alone. Rules:
 - A variant whose measurement was cut short (its worker killed, or Ctrl-C) is measured again
   first thing by the next run, once; a variant killed twice is a failure that counts as measured
   and is not retried (the kill rule: `perfkit.tune.storage`).
+- A GPU objective or constraint with no GPU metric in the trial's measurement fails the trial
+  with that reason (`Objective.check_gpu`): never a silent pass.
 - A variant that the server refuses to load, or whose requests fail, is a FAIL trial with its
   reason (the server validates variants: it is the authority on what it accepts). When the server
   stops answering during a trial, that trial fails and `ServerUnavailable` propagates:

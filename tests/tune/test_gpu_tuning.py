@@ -23,11 +23,13 @@ from perfkit.model_repo.config import (
 from perfkit.report import ma_csv
 from perfkit.results import TuneResult
 from perfkit.sweepfile import ConstraintSpec, LoadSettings, SpaceSpec, parse_sweep
+from perfkit.tune.evaluate import Outcome
 from perfkit.tune.objective import MissingGpuMetrics, Objective, gpu_metrics
 from perfkit.tune.records import record_of
 from perfkit.tune.space import SearchSpace, build_variant, check_instances
+from perfkit.tune.tuner import LoopSettings, Tuner, make_sampler
 from tests.fixtures.fake_nvml import FakeNvml
-from tests.report.builders import make_tune
+from tests.report.builders import make_tune, measurement
 from tests.tune.conftest import write_sweep
 
 HEAD = """name: "m"
@@ -338,3 +340,33 @@ def test_gpu_objective_without_gpu_metrics_is_refused_before_any_trial(
     with pytest.raises(ConfigError, match=r"throughput_per_watt needs GPU metrics.*nv_gpu_"):
         perfkit.tune.run(sweep, on_trial=trials.append)
     assert trials == []
+
+
+class NoGpuEvaluator:
+    """An evaluator whose measurements carry no GPU metrics (a server that stopped exporting
+    them mid-study): the tuner's seam, no server needed."""
+
+    def evaluate(self, config: Any, params: Any, watch: Any) -> Outcome:
+        return Outcome(measurement=measurement(4, 500.0, 2000.0), window_s=1.0)
+
+
+def test_a_trial_without_gpu_metrics_fails_with_the_reason() -> None:
+    space = SearchSpace.from_specs(SpaceSpec(instance_count=(1, 2)), LoadSettings())
+    objective = Objective(
+        (("throughput_infer_per_s", "maximize"),), ConstraintSpec(max_gpu_power_w=300.0)
+    )
+    settings = LoopSettings(model="m", study_name="nogpu", trials=2, sampler="grid", seed=0)
+    study = optuna.create_study(
+        study_name="nogpu", direction="maximize", sampler=make_sampler(settings, space)
+    )
+    records: list[Any] = []
+    Tuner(
+        settings=settings, space=space, objective=objective, base_config=parse_config(HEAD),
+        baseline_load=space.baseline_load(LoadSettings()), study=study, created=True,
+        evaluator=NoGpuEvaluator(), on_trial=records.append,
+    ).run()  # fmt: skip
+    assert len(records) == 2
+    for record in records:
+        assert record.state == "failed"
+        assert not record.feasible
+        assert "no GPU metrics for gpu_power_w" in record.reason
