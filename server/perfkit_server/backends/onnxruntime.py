@@ -151,6 +151,9 @@ class OnnxRuntimeBackend:
                     f"device {spec.device_id} (ONNX Runtime runs it on {', '.join(running)}); "
                     "check the CUDA, cuDNN and TensorRT libraries onnxruntime-gpu needs"
                 )
+        if spec.kind == "KIND_GPU":
+            # InferenceSession.run would rerun a batch whose GPU run failed on the CPU, for good.
+            self._session.disable_fallback()
         graph_outputs = {o.name for o in self._session.get_outputs()}
         self._output_names = [o.name for o in config.output if o.name in graph_outputs] or sorted(
             graph_outputs

@@ -115,8 +115,12 @@ class TensorRTBackend:
         # Every engine output needs a buffer; the config's outputs are the ones returned.
         self._outputs = [n for n, (mode, _) in self._io.items() if mode == "OUTPUT"]
         self._returned = [o.name for o in config.output]
-        group = config.instance_group[spec.group_index]
-        self._profiles = _profiles(group, self._engine.num_optimization_profiles, where)
+        groups = config.instance_group
+        self._profiles = (
+            _profiles(groups[spec.group_index], self._engine.num_optimization_profiles, where)
+            if spec.group_index < len(groups)
+            else [0]
+        )
         self._profile = -1
         self._where = where
 
