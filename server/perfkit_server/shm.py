@@ -1,7 +1,7 @@
 """Triton's shared-memory extensions: the registry of system (POSIX shm) and CUDA regions.
 
-A system region is `/dev/shm/<key>` mapped read-write (outputs are written there), from the page
-holding `offset` to `offset + byte_size`; its descriptor stays open so that every access first
+A system region is `/dev/shm/<key>` mapped read-write (outputs are written there), from `offset`
+(a multiple of the page size, as Triton's mmap needs) to `offset + byte_size`; its descriptor stays open so that every access first
 checks the object still holds the region (a client that shrinks it would otherwise crash the
 server with SIGBUS). A CUDA region is a cudaIpcMemHandle_t opened through `shm_cuda` (CuPy,
 imported lazily); without a CUDA runtime, registering one fails as in a Triton built without GPU
@@ -18,6 +18,7 @@ the regions held (Triton has no cap).
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import stat
@@ -96,6 +97,8 @@ class SystemRegion(_Region):
                 raise InvalidInput(
                     f"failed to register shared memory region '{name}': invalid args"
                 )
+            if byte_size <= 0 or offset % mmap.PAGESIZE:  # Triton's mmap refuses both: EINVAL
+                raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
             start = offset - offset % mmap.ALLOCATIONGRANULARITY
             self._map = mmap.mmap(self._fd, offset + byte_size - start, offset=start)
         except OSError as exc:
@@ -224,11 +227,6 @@ class SharedMemory:
             raise Unsupported(CLIENT_SHM_DISABLED)
         _check_key(name, key)
         self._check_register(name, "system")
-        if byte_size <= 0:
-            raise InvalidInput(
-                f"failed to register shared memory region '{name}': unable to process address "
-                "spaceInvalid argument"
-            )
         self._regions[name] = SystemRegion(name, key, offset, byte_size)
 
     def register_cuda(self, name: str, raw_handle: bytes, device_id: int, byte_size: int) -> None:

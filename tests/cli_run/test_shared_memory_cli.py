@@ -116,3 +116,20 @@ def test_ctrl_c_leaves_nothing(shm_server: ServerHandle, tmp_path: Path) -> None
             proc.wait(10)
     assert _registered(shm_server) == []
     assert _perfkit_shm_objects() <= before
+
+
+@pytest.mark.gpu
+def test_cuda_shm_run(shm_server: ServerHandle) -> None:
+    """The real path on a GPU host: regions on GPU 0, opened by the server through CuPy."""
+    pytest.importorskip("cupy")
+    try:
+        import tritonclient.utils.cuda_shared_memory  # noqa: F401
+    except Exception as exc:  # RuntimeError without cuda-python
+        pytest.skip(f"tritonclient's CUDA shared memory does not load: {exc}")
+    for protocol, url in (("http", shm_server.http_url), ("grpc", shm_server.grpc_url)):
+        p = perfkit("-m", "add_sub", "-u", url, "-i", protocol, "--shared-memory", "cuda",
+                    "--request-count", "40")  # fmt: skip
+        assert p.returncode == 0, p.stderr
+        no_traceback(p)
+    with _OPENER.open(f"http://{shm_server.http_url}/v2/cudasharedmemory/status", timeout=10) as r:
+        assert json.loads(r.read()) == []

@@ -47,9 +47,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @contextlib.contextmanager
-def _perfkit(repo: Path, logs: Path) -> Iterator[tuple[str, str, str, Path]]:
+def _perfkit(
+    repo: Path, logs: Path, extra: tuple[str, ...] = ()
+) -> Iterator[tuple[str, str, str, Path]]:
     handle: ServerHandle = start_server(
-        repo, "--model-control-mode=explicit", "--load-model=*", log_path=logs / "perfkit.log"
+        repo,
+        "--model-control-mode=explicit",
+        "--load-model=*",
+        *extra,
+        log_path=logs / "perfkit.log",
     )
     try:
         yield handle.http_url, handle.grpc_url, handle.metrics_url, handle.log_path
@@ -92,7 +98,9 @@ def server(
     if kind == TRITON:
         launcher = _triton(repo, base, request.getfixturevalue("triton_cache_dir"))
     else:
-        launcher = _perfkit(repo, base)
+        # A module's PERFKIT_ARGS: flags for perfkit_server that Triton takes, in its version
+        # here, without asking (e.g. --allow-client-shm=true).
+        launcher = _perfkit(repo, base, getattr(request.module, "PERFKIT_ARGS", ()))
     with launcher as (http_url, grpc_url, metrics_url, log_path):
         srv = Server(kind, repo, http_url, grpc_url, metrics_url, log_path,
                      {s.name: s for s in specs})  # fmt: skip

@@ -115,19 +115,19 @@ def test_metadata_lists_the_extensions(server: ServerHandle) -> None:
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_register_status_unregister(server: ServerHandle, regions: Regions, protocol: str) -> None:
     client = _client(server, protocol)
-    name, key = regions.create(256)
-    client.register_system_shared_memory(name, key, 64, offset=128)
+    name, key = regions.create(4096 + 64)
+    client.register_system_shared_memory(name, key, 64, offset=4096)
     if protocol == "http":
         assert client.get_system_shared_memory_status(name) == [
-            {"name": name, "key": key, "offset": 128, "byte_size": 64}
+            {"name": name, "key": key, "offset": 4096, "byte_size": 64}
         ]
-        assert {"name": name, "key": key, "offset": 128, "byte_size": 64} in (
+        assert {"name": name, "key": key, "offset": 4096, "byte_size": 64} in (
             client.get_system_shared_memory_status()
         )
     else:
         status = client.get_system_shared_memory_status(name, as_json=True)
         assert status == {
-            "regions": {name: {"name": name, "key": key, "offset": "128", "byte_size": "64"}}
+            "regions": {name: {"name": name, "key": key, "offset": "4096", "byte_size": "64"}}
         }
         assert name in client.get_system_shared_memory_status(as_json=True)["regions"]
     client.unregister_system_shared_memory(name)
@@ -352,11 +352,9 @@ def test_cuda_register_without_cuda(server: ServerHandle, protocol: str) -> None
     if os.path.exists("/dev/nvidiactl"):
         pytest.skip("this machine has an NVIDIA driver")
     client = _client(server, protocol)
-    handle = bytes(64)
     with pytest.raises(InferenceServerException) as exc:
-        client.register_cuda_shared_memory(
-            "pk_cuda", handle if protocol == "grpc" else base64.b64encode(handle), 0, 64
-        )
+        # tritonclient takes the handle as base64 over both protocols.
+        client.register_cuda_shared_memory("pk_cuda", base64.b64encode(bytes(64)), 0, 64)
     assert "failed to register CUDA shared memory region: 'pk_cuda', GPUs not supported" in (
         exc.value.message()
     )
@@ -389,3 +387,51 @@ def test_client_shm_off_by_default(repo: Path, tmp_path: Path) -> None:
         assert str(exc.value.status()) == "StatusCode.UNIMPLEMENTED"
     finally:
         handle.stop()
+
+
+def _cuda_client_lib() -> Any:
+    """tritonclient's CUDA shared-memory utilities (cuda-python), or skip."""
+    try:
+        import tritonclient.utils.cuda_shared_memory as cudashm
+    except Exception as exc:  # RuntimeError without cuda-python
+        pytest.skip(f"tritonclient's CUDA shared memory does not load: {exc}")
+    return cudashm
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_cuda_inputs_and_outputs(server: ServerHandle, protocol: str) -> None:
+    """The real path: the server (another process, CuPy) opens the client's IPC handles, reads the
+    input from device memory and writes the output there."""
+    pytest.importorskip("cupy")
+    cudashm = _cuda_client_lib()
+    mod = httpclient if protocol == "http" else grpcclient
+    client = _client(server, protocol)
+    x = np.arange(32, dtype=np.float32).reshape(2, 16)
+    tag = uuid.uuid4().hex[:8]
+    in_h = cudashm.create_shared_memory_region(f"pk_cin_{tag}", x.nbytes, 0)
+    out_h = cudashm.create_shared_memory_region(f"pk_cout_{tag}", x.nbytes, 0)
+    try:
+        cudashm.set_shared_memory_region(in_h, [x])
+        client.register_cuda_shared_memory(
+            f"pk_cin_{tag}", cudashm.get_raw_handle(in_h), 0, x.nbytes
+        )
+        client.register_cuda_shared_memory(
+            f"pk_cout_{tag}", cudashm.get_raw_handle(out_h), 0, x.nbytes
+        )
+        if protocol == "http":
+            assert {"name": f"pk_cin_{tag}", "device_id": 0, "byte_size": x.nbytes} in (
+                client.get_cuda_shared_memory_status()
+            )
+        i = mod.InferInput("INPUT0", [2, 16], "FP32")
+        i.set_shared_memory(f"pk_cin_{tag}", x.nbytes)
+        out = mod.InferRequestedOutput("OUTPUT0")
+        out.set_shared_memory(f"pk_cout_{tag}", x.nbytes)
+        client.infer("identity", [i], outputs=[out])
+        got = cudashm.get_contents_as_numpy(out_h, np.float32, [2, 16])
+        np.testing.assert_array_equal(got, x)
+    finally:
+        client.unregister_cuda_shared_memory()
+        cudashm.destroy_shared_memory_region(in_h)
+        cudashm.destroy_shared_memory_region(out_h)
+    assert _http(server, "GET", "/v2/cudasharedmemory/status") == (200, [])
