@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from perfkit_server.backends import probe_host
 from perfkit_server.load_limits import LoadLimits, check_load
 from perfkit_server.placement import (
     Group,
@@ -217,6 +218,31 @@ def test_instance_cap_counts_instances_as_placed():
     one_gpu = resolve_groups(_config({"kind": K.KIND_GPU, "count": 40, "gpus": [1]}), "x", TWO_GPUS)
     check_load(config, "onnxruntime", limits, "cfg", one_gpu)
     assert slots(one_gpu)[0] == Slot("KIND_GPU", 1, "m_0", 0)
+
+
+def test_probe_host_reads_visible_gpus_once_and_asks_the_backend_only_when_needed(
+    fake_nvml, monkeypatch
+):
+    gpu = _config({"kind": K.KIND_GPU})
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    with fake_nvml.installed():
+        host = probe_host(gpu, "onnxruntime")
+        assert host.gpus == (0, 1)
+        assert host.backend_gpu is not None
+        assert NO_CUDA in host.backend_gpu
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+        assert probe_host(gpu, "onnxruntime").gpus == (0,)  # CUDA renumbers what it shows
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+        host = probe_host(gpu, "perfkit_identity")
+        assert host.gpus == ()
+        assert host.no_gpu == "no GPU is visible (NVML found none with CUDA_VISIBLE_DEVICES='')"
+        assert host.backend_gpu == "backend 'perfkit_identity' runs on the CPU only"
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+        # A KIND_CPU model's backend is not asked about GPUs (no torch/tensorrt import for it).
+        cpu = probe_host(_config({"kind": K.KIND_CPU}), "pytorch")
+        assert (cpu.gpus, cpu.backend_gpu) == ((0, 1), None)
+    tensorrt = probe_host(_config({"kind": K.KIND_CPU}), "tensorrt")
+    assert not tensorrt.backend_cpu
 
 
 # -- a real server on this GPU-less host --------------------------------------------------------
