@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from perfkit.errors import ConfigError
 from perfkit.report.codec import DecodeError, decode_dataclass, decode_value, encode_value
 from perfkit.report.migrate import RUN_SCHEMA, SCHEMA_VERSION, TUNE_SCHEMA, upgrade
 from perfkit.report.tidy_csv import measurement_row, run_rows, trial_rows, write_csv
-from perfkit.results import RunResult, TuneResult
+from perfkit.results import Measurement, RunResult, TuneResult
 
 RESULTS_JSON = "results.json"
 RESULTS_CSV = "results.csv"
@@ -78,6 +79,55 @@ def write_tune(result: TuneResult, out_dir: Path) -> list[Path]:
     _write_json(json_path, tune_to_dict(result))
     write_csv(csv_path, trial_rows(result))
     return [json_path, csv_path]
+
+
+# ---------------------------------------------------------------------------------------------
+# GPU metrics of a level
+
+MB = 1e6  # Model Analyzer's MB (bytes / 1e6)
+# GpuLevel field -> its Measurement.metrics key (perf_analyzer's names, perfkit.load.metrics_scrape).
+_GPU_KEYS = {
+    "utilization": "gpu_utilization",
+    "memory_used": "gpu_memory_used_bytes",
+    "memory_total": "gpu_memory_total_bytes",
+    "power": "gpu_power_usage",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class GpuLevel:
+    """One GPU over one load level, from `Measurement.metrics` (perf_analyzer's aggregation):
+    utilization the mean (fraction 0..1), memory used the peak and total (MB), power the mean (W).
+    A value the level has no sample of is None."""
+
+    uuid: str
+    utilization: float | None
+    memory_used_mb: float | None
+    memory_total_mb: float | None
+    power_w: float | None
+
+
+def level_gpus(m: Measurement) -> list[GpuLevel]:
+    """The GPUs of a level's collected metrics, by UUID (empty without GPU metrics)."""
+    per: dict[str, dict[str, float]] = {}
+    for field, key in _GPU_KEYS.items():
+        for uuid, value in m.metrics.get(key, {}).items():
+            if uuid:
+                per.setdefault(uuid, {})[field] = float(value)
+    out = []
+    for uuid in sorted(per):
+        v = per[uuid]
+        used, total = v.get("memory_used"), v.get("memory_total")
+        out.append(
+            GpuLevel(
+                uuid=uuid,
+                utilization=v.get("utilization"),
+                memory_used_mb=None if used is None else used / MB,
+                memory_total_mb=None if total is None else total / MB,
+                power_w=v.get("power"),
+            )
+        )
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -162,8 +212,10 @@ __all__ = [
     "RESULTS_JSON",
     "SCHEMA_VERSION",
     "TRIALS_CSV",
+    "GpuLevel",
     "decode_value",
     "encode_value",
+    "level_gpus",
     "load_labelled",
     "load_result",
     "measurement_row",

@@ -1,5 +1,6 @@
-"""The runs section of the HTML report: the overlaid figures, then per run its settings, levels
-table, scraped metrics, messages and stability windows.
+"""The runs section of the HTML report: the overlaid figures (GPU metrics among them when
+collected), then per run its settings, levels table, scraped metrics, messages and stability
+windows.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from html import escape
 
 from perfkit.report import plots
 from perfkit.report.html.parts import Figures, load, message_list, ms, num, table, tag
+from perfkit.report.schema import level_gpus
 from perfkit.results import RunResult
 
 
@@ -91,6 +93,28 @@ def _metrics_table(run: RunResult) -> str:
     return "<h3>Scraped server metrics</h3>" + table(head, rows, left=1)
 
 
+def _gpu_section(runs: Sequence[tuple[str, RunResult]], fig: Figures) -> str:
+    """GPU utilization, memory and power against load, when a run collected GPU metrics."""
+    figure = fig(
+        plots.gpu_vs_load(runs),
+        "GPU metrics against load, per GPU (--collect-metrics: the server's nv_gpu_* metrics, "
+        "or NVML read on this host): utilization and power the mean over the level, memory "
+        "used the peak.",
+    )
+    if not figure:
+        return ""
+    totals = {
+        g.uuid: g.memory_total_mb
+        for _, run in runs
+        for m in run.measurements
+        for g in level_gpus(m)
+        if g.memory_total_mb is not None
+    }
+    listed = ", ".join(f"<code>{escape(u)}</code> ({t:,.0f} MB)" for u, t in sorted(totals.items()))
+    gpus = f'<p class="muted">GPUs (total memory): {listed}</p>' if listed else ""
+    return f"<h3>GPU metrics</h3>{gpus}{figure}"
+
+
 def runs_section(runs: Sequence[tuple[str, RunResult]], fig: Figures) -> str:
     several = len(runs) > 1
     side = " (results overlaid)" if several else ""
@@ -122,6 +146,7 @@ def runs_section(runs: Sequence[tuple[str, RunResult]], fig: Figures) -> str:
             "coordinated omission) against the service latency from the actual send.",
         )
     )
+    parts.append(_gpu_section(runs, fig))
     for label, run in runs:
         parts.append(f"<h3>{escape(label)}: {escape(run.model)} on {escape(run.server.kind)}</h3>")
         parts.append(_settings(run.settings))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from perfkit.report.plots.figure import to_svg
 from perfkit.report.plots.runs import (
+    gpu_vs_load,
     latency_vs_load,
     open_loop_latency,
     server_breakdown,
@@ -23,6 +24,7 @@ from perfkit.report.plots.runs import (
 from perfkit.report.plots.tunes import param_importances, pareto_front, trial_history
 
 __all__ = [
+    "gpu_vs_load",
     "latency_vs_load",
     "open_loop_latency",
     "param_importances",

@@ -1,5 +1,5 @@
 """Figures of runs: throughput and latency against load, throughput against latency, the
-server-side breakdown, stability windows, open-loop corrected latency. Each takes `(label, run)`
+server-side breakdown, stability windows, open-loop corrected latency, GPU metrics against load. Each takes `(label, run)`
 pairs and overlays them; returns None when it has nothing to show.
 """
 
@@ -15,6 +15,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from perfkit.report.plots.figure import color_at, finish, new_figure
+from perfkit.report.schema import GpuLevel, level_gpus
 from perfkit.results import Measurement, RunResult
 
 Labelled = Sequence[tuple[str, RunResult]]
@@ -284,4 +285,53 @@ def open_loop_latency(runs: Labelled) -> Figure | None:
         _MODE_AXIS["request_rate"],
         "Latency (ms)",
     )
+    return fig
+
+
+# GPU panels: (title, y label, GpuLevel value -> plotted value or None).
+_GPU_PANELS: tuple[tuple[str, str, Callable[[GpuLevel], float | None]], ...] = (
+    (
+        "GPU utilization",
+        "Utilization (%, mean)",
+        lambda g: None if g.utilization is None else g.utilization * 100.0,
+    ),
+    ("GPU memory used", "Memory used (MB, peak)", lambda g: g.memory_used_mb),
+    ("GPU power", "Power (W, mean)", lambda g: g.power_w),
+)
+_GPU_STYLES = ("-", "--", "-.", ":")
+
+
+def gpu_vs_load(runs: Labelled) -> Figure | None:
+    """GPU utilization, memory used and power against load, one line per result and GPU (the
+    metrics collected with --collect-metrics); None when no level has any."""
+    lines: list[tuple[_Series, str, list[tuple[float, GpuLevel]]]] = []
+    for s in _series(runs):
+        per: dict[str, list[tuple[float, GpuLevel]]] = {}
+        for m in s.points:
+            for g in level_gpus(m):
+                per.setdefault(g.uuid, []).append((m.level, g))
+        lines += [(s, uuid, pts) for uuid, pts in sorted(per.items())]
+    if not lines:
+        return None
+    modes = {s.mode for s, _, _ in lines}
+    xlabel = _MODE_AXIS[next(iter(modes))] if len(modes) == 1 else "Load level"
+    fig = new_figure(12.0, 3.8)
+    axes = fig.subplots(1, len(_GPU_PANELS), squeeze=False)[0]
+    several = len({s.label for s, _, _ in lines}) > 1
+    for ax, (title, ylabel, get) in zip(axes, _GPU_PANELS, strict=True):
+        for s, uuid, pts in lines:
+            xy = [(x, v) for x, g in pts if (v := get(g)) is not None]
+            if not xy:
+                continue
+            gpu_index = sorted({u for t, u, _ in lines if t is s}).index(uuid)
+            ax.plot(
+                [x for x, _ in xy],
+                [v for _, v in xy],
+                marker="o",
+                color=s.color,
+                linestyle=_GPU_STYLES[gpu_index % len(_GPU_STYLES)],
+                label=f"{s.label}: {uuid}" if several else uuid,
+            )
+        ax.set_ylim(bottom=0)
+        finish(ax, title, xlabel, ylabel, legend=ax is axes[0])
     return fig
