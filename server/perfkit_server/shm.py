@@ -22,6 +22,7 @@ import errno
 import mmap
 import os
 import stat
+import weakref
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -80,9 +81,6 @@ class _Region:
     def write(self, offset: int, data: bytes | memoryview) -> None:
         raise NotImplementedError
 
-    def close(self) -> None:
-        raise NotImplementedError
-
 
 class SystemRegion(_Region):
     """A POSIX shared-memory object's bytes [offset, offset + byte_size), mapped read-write."""
@@ -112,6 +110,8 @@ class SystemRegion(_Region):
             raise
         self._view = memoryview(self._map)[offset - start :]
         self._readonly = self._view.toreadonly()
+        # Unmapped when the last holder goes: the registry, an in-flight request's output slot.
+        weakref.finalize(self, _unmap, self._fd, self._map, self._view, self._readonly)
 
     def status(self) -> dict[str, Any]:
         return {
@@ -141,14 +141,15 @@ class SystemRegion(_Region):
         self._check_mapped()
         self._view[offset : offset + len(data)] = data
 
-    def close(self) -> None:
-        os.close(self._fd)
-        self._readonly.release()
-        self._view.release()
-        try:
-            self._map.close()
-        except BufferError:
-            pass  # arrays of an in-flight request view it: unmapped when the last one goes
+
+def _unmap(fd: int, mapped: mmap.mmap, *views: memoryview) -> None:
+    os.close(fd)
+    for view in views:
+        view.release()
+    try:
+        mapped.close()
+    except BufferError:
+        pass  # input arrays of an in-flight request view it: unmapped when the last one goes
 
 
 def _open_key(key: str) -> int:
@@ -243,8 +244,9 @@ class SharedMemory:
         for n in names:
             region = self._regions.get(n)
             if region is not None and region.kind == kind:
+                # Closed when no in-flight request holds it any more (Triton's deferred
+                # unregister); its name is free at once.
                 del self._regions[n]
-                region.close()
 
     def status(self, name: str, kind: Kind) -> list[dict[str, Any]]:
         """Triton's status list: every region of `kind`, or the one named."""

@@ -9,6 +9,7 @@ Covered by `gpu`-marked tests only; on a machine without CUDA, by the refusal pa
 from __future__ import annotations
 
 import ctypes
+import weakref
 from typing import Any
 
 import numpy as np
@@ -44,6 +45,8 @@ class CudaRegion(_Region):
     def __init__(self, name: str, runtime: Any, ptr: int, device_id: int, byte_size: int) -> None:
         self.name, self.device_id, self.byte_size = name, device_id, byte_size
         self._rt, self._ptr = runtime, ptr
+        # Closed when the last holder goes: the registry, an in-flight request's output slot.
+        weakref.finalize(self, _close_handle, runtime, ptr, device_id)
 
     def status(self) -> dict[str, Any]:
         return {"name": self.name, "device_id": self.device_id, "byte_size": self.byte_size}
@@ -68,9 +71,10 @@ class CudaRegion(_Region):
                 _HOST_TO_DEVICE,
             )
 
-    def close(self) -> None:
-        self._rt.setDevice(self.device_id)
-        self._rt.ipcCloseMemHandle(self._ptr)
+
+def _close_handle(runtime: Any, ptr: int, device_id: int) -> None:
+    runtime.setDevice(device_id)
+    runtime.ipcCloseMemHandle(ptr)
 
 
 def _allocation_size(ptr: int) -> int:

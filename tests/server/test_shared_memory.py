@@ -6,7 +6,9 @@ CUDA, and `--allow-client-shm` off by default."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import json
 import os
 import urllib.error
@@ -20,11 +22,14 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+import tritonclient.http.aio as httpaio
 import tritonclient.utils.shared_memory as shm
 from tritonclient.utils import InferenceServerException
 
 from perfkit import zoo
 from tests.fixtures.server import ServerHandle, start_server
+from tests.server import models
+from tests.server.helpers import HOOK_ENV, Gate
 
 PROTOCOLS = ["http", "grpc"]
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -316,21 +321,46 @@ def test_http_input_with_data_and_region(server: ServerHandle, regions: Regions)
     )
 
 
-def test_unregister_while_in_use_keeps_the_mapping(server: ServerHandle, regions: Regions) -> None:
-    """A region unregistered (and its object unlinked) after the request read it: the request
-    still answers from the mapping, the name is free at once."""
-    client = _client(server, "http")
-    x = np.arange(16, dtype=np.float32).reshape(1, 16)
-    name, key = regions.create(64, [x])
-    client.register_system_shared_memory(name, key, 64)
-    np.testing.assert_array_equal(
-        _identity_in_shm(client, httpclient, name, 64).as_numpy("OUTPUT0"), x
-    )
-    client.unregister_system_shared_memory(name)
-    assert client.get_system_shared_memory_status() == [] or all(
-        r["name"] != name for r in client.get_system_shared_memory_status()
-    )
-    client.register_system_shared_memory(name, key, 64)  # the name is free again
+async def test_unregister_while_in_use(
+    perfkit_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Triton's deferred unregister: regions unregistered (and unlinked) while a request that uses
+    them executes stay mapped until it is done; it answers, its output lands in the region; the
+    names are free at once."""
+    monkeypatch.setenv(HOOK_ENV, str(tmp_path))
+    with Gate(tmp_path, "gated") as gate:
+        models.slow_identity(tmp_path / "repo", "gated", delay_us=0)
+        server = perfkit_server(tmp_path / "repo", "--allow-client-shm=true")
+        made = Regions(server)
+        try:
+            x = np.arange(16, dtype=np.float32).reshape(1, 16)
+            in_name, in_key = made.create(64, [x])
+            out_name, out_key = made.create(64)
+            client = httpaio.InferenceServerClient(server.http_url)
+            try:
+                await client.register_system_shared_memory(in_name, in_key, 64)
+                await client.register_system_shared_memory(out_name, out_key, 64)
+                i = httpaio.InferInput("INPUT0", [1, 16], "FP32")
+                i.set_shared_memory(in_name, 64)
+                out = httpaio.InferRequestedOutput("OUTPUT0")
+                out.set_shared_memory(out_name, 64)
+                pending = asyncio.ensure_future(client.infer("gated", [i], outputs=[out]))
+                await gate.started()
+                await client.unregister_system_shared_memory()
+                assert await client.get_system_shared_memory_status() == []
+                for name, _ in made.handles:  # unlink the objects too: the mappings remain
+                    os.unlink(f"/dev/shm/{name}")
+                gate.release()
+                result = await pending
+                assert result.get_output("OUTPUT0")["shape"] == [1, 16]
+                got = shm.get_contents_as_numpy(made.handle(out_name), np.float32, [1, 16])
+                np.testing.assert_array_equal(got, x)
+            finally:
+                await client.close()
+        finally:
+            for _, handle in made.handles:
+                with contextlib.suppress(Exception):  # already unlinked
+                    shm.destroy_shared_memory_region(handle)
 
 
 def test_region_cap(server: ServerHandle, regions: Regions) -> None:
