@@ -319,26 +319,26 @@ def _server(
 def _metrics_to_collect(
     sweep: TuneSweep, metrics_url: str, note: Callable[[str], None]
 ) -> str | None:
-    """The metrics URL to scrape during each trial, or None: scraped when the server exports GPU
-    metrics or the sweep asks for a GPU objective or constraint. Raises ConfigError for a GPU
-    objective or constraint and a server that exports no GPU metrics (before any trial)."""
-    from perfkit.tune.gpu import exported_gpus
+    """The metrics URL to scrape during each trial, or None: scraped when there are GPUs to record
+    (the server's nv_gpu_* metrics, or NVML here for a server on this host that exports none).
+    Raises ConfigError, before any trial, for a GPU objective or constraint and no GPU metrics."""
+    from perfkit.tune.gpu import gpu_source
 
     needed = sweep.gpu_metrics_needed()
     try:
-        gpus = exported_gpus(metrics_url)
-        problem = "" if gpus else "exports no nv_gpu_* metrics (no GPU, no NVML, or MIG)"
-    except (OSError, TimeoutError, ValueError) as exc:
-        gpus, problem = [], f"cannot be read: {exc}"
+        source = gpu_source(metrics_url)
+        problem = "" if source.gpus else "exports no nv_gpu_* metrics (no GPU, no NVML, or MIG)"
+    except (OSError, ValueError) as exc:
+        source, problem = None, f"cannot be read: {exc}"
     if needed and problem:
         raise ConfigError(
             f"{sweep.source}: {', '.join(needed)} needs GPU metrics, but the server's metrics "
             f"endpoint {metrics_url} {problem}. Remove the GPU objectives and constraints, "
             "or point server.metrics_url at the endpoint of a server that exports them."
         )
-    if not gpus:
+    if source is None or not source.gpus:
         return None
-    note(f"recording the GPU metrics of {len(gpus)} GPU(s) from {metrics_url} on every trial")
+    note(f"recording the metrics of {len(source.gpus)} GPU(s) on every trial, from {source.where}")
     return metrics_url
 
 

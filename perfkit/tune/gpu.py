@@ -1,17 +1,29 @@
-"""Whether a server exports GPU metrics: one read of its Prometheus endpoint before the first trial.
+"""Where a tune's GPU metrics come from: one read of the server's Prometheus endpoint (and of NVML
+here) before the first trial.
 
-The tuner scrapes the endpoint during every trial when it lists GPUs (`nv_gpu_*` families labelled
-`gpu_uuid`, as tritonserver and perfkit_server export them), and refuses a GPU objective or
-constraint up front when it lists none (`perfkit.tune.api`).
+The tuner scrapes during every trial when this finds GPUs: the server's `nv_gpu_*` families
+labelled `gpu_uuid` (as tritonserver and perfkit_server export them), or, for a server on this
+host that exports none, NVML read directly (the scraper's fallback, `perfkit.load.metrics_scrape`).
+A GPU objective or constraint is refused up front when it finds none (`perfkit.tune.api`).
 """
 
 from __future__ import annotations
 
 import urllib.request
+from dataclasses import dataclass
 
-from perfkit.load.metrics_scrape import parse_prometheus
+from perfkit.load.metrics_scrape import is_local, parse_prometheus
+from perfkit.nvml import Nvml
 
 PROBE_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class GpuSource:
+    """The GPUs a tune records (UUIDs, sorted) and where their metrics come from, in words."""
+
+    gpus: tuple[str, ...]
+    where: str
 
 
 def exported_gpus(metrics_url: str, timeout_s: float = PROBE_TIMEOUT_S) -> list[str]:
@@ -31,3 +43,21 @@ def exported_gpus(metrics_url: str, timeout_s: float = PROBE_TIMEOUT_S) -> list[
         text = reply.read().decode("utf-8", errors="replace")
     families = parse_prometheus(text)
     return sorted({uuid for per_gpu in families.values() for uuid in per_gpu if uuid})
+
+
+def gpu_source(metrics_url: str) -> GpuSource:
+    """The GPUs the trials will have metrics for: the server's, else (a server on this host that
+    exports none) NVML's visible GPUs here; no GPU: an empty `gpus`. Raises as `exported_gpus`."""
+    gpus = exported_gpus(metrics_url)
+    if gpus:
+        return GpuSource(tuple(gpus), f"the server's nv_gpu_* metrics at {metrics_url}")
+    if is_local(metrics_url):
+        nvml = Nvml.open()
+        if nvml is not None:
+            try:
+                local = sorted(g.uuid for g in nvml.gpus())
+            finally:
+                nvml.close()
+            if local:
+                return GpuSource(tuple(local), "NVML on this host (the server exports none)")
+    return GpuSource((), f"none: {metrics_url} exports no nv_gpu_* metrics")

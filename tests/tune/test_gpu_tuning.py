@@ -370,3 +370,22 @@ def test_a_trial_without_gpu_metrics_fails_with_the_reason() -> None:
         assert record.state == "failed"
         assert not record.feasible
         assert "no GPU metrics for gpu_power_w" in record.reason
+
+
+def test_gpu_metrics_from_nvml_here_when_a_local_server_exports_none(
+    ident_repo: Path, tmp_path: Path, fake_nvml: FakeNvml
+) -> None:
+    # The embedded server exports no nv_gpu_* (no FAKE NVML in its environment) but runs on this
+    # host, where NVML (the FAKE, in this process) shows two GPUs: the trials read it directly.
+    path = gpu_sweep(tmp_path, ident_repo, max_mb=0, trials=1)
+    out = tmp_path / "out"
+    sweep = perfkit.tune.load_sweep(path).with_overrides(output=out)
+    notes: list[str] = []
+    with fake_nvml.installed():
+        result = perfkit.tune.run(sweep, dry_run=True, on_message=notes.append)
+    assert any("from NVML on this host" in n for n in notes), notes
+    (default,) = (t for t in result.trials if t.state == "complete")
+    assert default.measurement is not None
+    assert sorted(default.measurement.metrics["gpu_power_usage"]) == FAKE_GPUS
+    assert default.objectives["throughput_per_watt"] > 0
+    assert {r["GPU UUID"] for r in gpu_csv(out)} == set(FAKE_GPUS)
