@@ -3,12 +3,19 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# torch for the pytorch backend and its tests, installed before '.[dev]' (whose torch extra it
+# then satisfies): the CPU wheel by default. For the CUDA build: make TORCH_SPEC=torch
+# TORCH_PIP_ARGS='--index-url https://download.pytorch.org/whl/cu124'. Where pip does not find the
+# CPU wheel: TORCH_PIP_ARGS='--extra-index-url https://download.pytorch.org/whl/cpu'.
+TORCH_SPEC ?= torch==2.13.0+cpu
+TORCH_PIP_ARGS ?=
 
 .PHONY: demo demo-tune test lint bench soak fuzz gpu-check clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH_PIP_ARGS) '$(TORCH_SPEC)'
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 

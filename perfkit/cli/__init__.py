@@ -10,6 +10,7 @@ import logging
 import sys
 
 import click
+from rich.markup import escape
 
 from perfkit import __version__, interrupts
 from perfkit.cli import _console
@@ -58,11 +59,11 @@ def main() -> None:
         exc.show()
         sys.exit(3 if isinstance(exc, click.UsageError) else exc.exit_code)
     except PerfkitError as exc:
-        _console.err.print(f"[bold red]Error:[/] {exc}", highlight=False)
+        _console.err.print(f"[bold red]Error:[/] {escape(str(exc))}", highlight=False)
         sys.exit(exc.exit_code)
     except ModelRepoError as exc:
         # The pure config.pbtxt/repository modules raise their own error; to a user it is a ConfigError.
-        _console.err.print(f"[bold red]Error:[/] {exc}", highlight=False)
+        _console.err.print(f"[bold red]Error:[/] {escape(str(exc))}", highlight=False)
         sys.exit(ConfigError.exit_code)
     except KeyboardInterrupt:
         _console.err.print("Interrupted.")
