@@ -389,3 +389,69 @@ def test_gpu_metrics_from_nvml_here_when_a_local_server_exports_none(
     assert sorted(default.measurement.metrics["gpu_power_usage"]) == FAKE_GPUS
     assert default.objectives["throughput_per_watt"] > 0
     assert {r["GPU UUID"] for r in gpu_csv(out)} == set(FAKE_GPUS)
+
+
+# -- on a real GPU (make gpu-check) --------------------------------------------------------------
+@pytest.mark.gpu
+def test_tune_on_a_real_gpu_keeps_kind_auto_and_records_its_gpus(
+    tmp_path: Path, zoo_cache_dir: Path
+) -> None:
+    from tests.gpu.conftest import REQUIRED, _find_gpus
+    from tests.gpu.helpers import build_zoo
+
+    host = _find_gpus()
+    if isinstance(host, str):
+        if REQUIRED:
+            pytest.fail(f"make gpu-check needs a GPU: {host}", pytrace=False)
+        pytest.skip(f"no usable NVIDIA GPU: {host}")
+    repo = tmp_path / "repo"
+    build_zoo("fc_model_pt", repo, zoo_cache_dir)  # the seed's config: no instance_group
+    budget_mb = min(host.memory_total) // 1e6
+    path = tmp_path / "gpu.toml"
+    path.write_text(
+        f"""
+[model]
+name = "fc_model_pt"
+repository = "{repo}"
+[server]
+startup_timeout_s = 180
+[space]
+instance_count = [1, 2]
+[load]
+concurrency = [8]
+shape = ["input__0:16"]
+[objectives]
+throughput_per_watt = "maximize"
+[constraints]
+max_gpu_memory_mb = {budget_mb:g}
+[budget]
+trials = 2
+[measure]
+window_ms = 500
+max_windows = 4
+stability_windows = 2
+stability_pct = 50
+[search]
+sampler = "grid"
+min_gain_pct = 0
+"""
+    )
+    out = tmp_path / "out"
+    sweep = perfkit.tune.load_sweep(path).with_overrides(output=out)
+    result = perfkit.tune.run(sweep, dry_run=True)
+    complete = [t for t in result.trials if t.state == "complete"]
+    assert len(complete) == 2, [(t.variant_name, t.reason) for t in result.trials]
+    for t in complete:
+        # The config keeps Triton's default kind: the server put the instances on its GPUs.
+        counts = [count for count, kind, gpus in instance_kinds(parse_config(t.config_pbtxt))]
+        kinds = {(kind, gpus) for _, kind, gpus in instance_kinds(parse_config(t.config_pbtxt))}
+        assert kinds == {("KIND_AUTO", ())}
+        assert counts == [t.params.get("instance_count", 1)]
+        assert t.measurement is not None
+        assert sorted(t.measurement.metrics["gpu_power_usage"]) == sorted(host.uuids)
+        assert t.objectives["throughput_per_watt"] > 0
+        assert t.feasible
+    rows = gpu_csv(out)
+    assert len(rows) == 2 * host.count
+    assert {r["GPU UUID"] for r in rows} == set(host.uuids)
+    assert all(r["Instance Group"].endswith(":GPU") for r in rows)
