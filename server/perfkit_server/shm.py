@@ -206,7 +206,8 @@ class SharedMemory:
         self._max = max_regions
         self._regions: dict[str, _Region] = {}
 
-    def _check_register(self, name: str, kind: Kind) -> None:
+    def check_register(self, name: str, kind: Kind) -> None:
+        """Triton's first checks of a register request: client shm allowed, a region name."""
         if not self._allow:
             raise Unsupported(CLIENT_SHM_DISABLED)
         if not name:
@@ -214,6 +215,8 @@ class SharedMemory:
                 f"'region name' is necessary to register {'cuda' if kind == 'cuda' else 'system'} "
                 "shared memory region"
             )
+
+    def _check_new(self, name: str) -> None:
         if name in self._regions:
             raise AlreadyExists(f"shared memory region '{name}' already in manager")
         if len(self._regions) >= self._max:
@@ -224,14 +227,14 @@ class SharedMemory:
             )
 
     def register_system(self, name: str, key: str, offset: int, byte_size: int) -> None:
-        if not self._allow:
-            raise Unsupported(CLIENT_SHM_DISABLED)
+        self.check_register(name, "system")
         _check_key(name, key)
-        self._check_register(name, "system")
+        self._check_new(name)
         self._regions[name] = SystemRegion(name, key, offset, byte_size)
 
     def register_cuda(self, name: str, raw_handle: bytes, device_id: int, byte_size: int) -> None:
-        self._check_register(name, "cuda")
+        self.check_register(name, "cuda")
+        self._check_new(name)
         from perfkit_server import shm_cuda
 
         self._regions[name] = shm_cuda.open_region(name, raw_handle, device_id, byte_size)

@@ -86,8 +86,7 @@ class ShmRoutes:
 
     def system_shm_register(self, request: Request, params: dict[str, str]) -> Reply:
         name = params.get("region", "")
-        if not name:
-            self._shm.register_system("", "", 0, 0)  # the disabled / missing-name errors
+        self._shm.check_register(name, "system")
         obj = _parse(request.body)
         key, offset, size = register_fields(obj, {"key": str, "offset": int, "byte_size": int})
         self._shm.register_system(name, key, offset, size)
@@ -102,8 +101,7 @@ class ShmRoutes:
 
     def cuda_shm_register(self, request: Request, params: dict[str, str]) -> Reply:
         name = params.get("region", "")
-        if not name:
-            self._shm.register_cuda("", b"", 0, 0)  # the disabled / missing-name errors
+        self._shm.check_register(name, "cuda")
         obj = _parse(request.body)
         raw, device, size = register_fields(
             obj, {"raw_handle": dict, "device_id": int, "byte_size": int}

@@ -101,7 +101,11 @@ def _http(server: ServerHandle, method: str, path: str, body: Any = None) -> tup
             raw = resp.read()
             return resp.status, json.loads(raw) if raw else None
     except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"null")
+        raw = exc.read()
+        try:
+            return exc.code, json.loads(raw or b"null")
+        except json.JSONDecodeError:
+            return exc.code, raw.decode()
 
 
 def _still_serving(server: ServerHandle) -> None:
@@ -394,6 +398,30 @@ def test_cuda_register_without_cuda(server: ServerHandle, protocol: str) -> None
     else:
         assert client.get_cuda_shared_memory_status(as_json=True) == {}
     client.unregister_cuda_shared_memory()
+    _still_serving(server)
+
+
+def test_http_register_requests_as_triton(server: ServerHandle) -> None:
+    base = "/v2/systemsharedmemory"
+    cases = [
+        (f"{base}/register", {"key": "/k", "byte_size": 1},
+         "'region name' is necessary to register system shared memory region"),
+        (f"{base}/region/r/register", {"byte_size": 1},
+         "Shared memory register request has no 'key' field"),
+        (f"{base}/region/r/register", {"key": "/k"},
+         "Shared memory register request has no 'byte_size' field"),
+        (f"{base}/region/r/register", {"key": "/", "byte_size": 1},
+         "cannot register shared memory region 'r' - invalid shm key '/'"),
+        (f"{base}/region/r/register",
+         {"key": "/triton_python_backend_shm_region_x", "byte_size": 1},
+         "cannot register shared memory region 'r' with key '/triton_python_backend_shm_region_x' "
+         "as the key contains the reserved prefix 'triton_python_backend_shm_region_'"),
+        ("/v2/cudasharedmemory/register", {},
+         "'region name' is necessary to register cuda shared memory region"),
+    ]  # fmt: skip
+    for path, body, message in cases:
+        assert _http(server, "POST", path, body) == (400, {"error": message}), path
+    assert _http(server, "GET", f"{base}/region/r/register")[0] == 405
     _still_serving(server)
 
 
