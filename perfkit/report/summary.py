@@ -70,8 +70,14 @@ def _primary(result: TuneResult) -> tuple[str, str]:
 def _where(result: TuneResult) -> str:
     """Under which constraints and on what the tune ran, e.g. "under the given constraints (p99
     latency ≤ 10 ms) on CPU x86_64"."""
+    # GPU bounds are maxima (MB, W); the tuner's other bound (throughput) a minimum.
+    gpu_max = {"gpu_used_memory_mb": "GPU memory ≤ {:g} MB", "gpu_power_w": "GPU power ≤ {:g} W"}
     constraints = ", ".join(
-        f"{metric_name(k)} ≤ {v / 1000.0:g} ms" if k.endswith("_us") else f"{k} ≥ {v:g}"
+        f"{metric_name(k)} ≤ {v / 1000.0:g} ms"
+        if k.endswith("_us")
+        else gpu_max[k].format(v)
+        if k in gpu_max
+        else f"{k} ≥ {v:g}"
         for k, v in result.constraint_bounds.items()
     )
     machine = result.machine

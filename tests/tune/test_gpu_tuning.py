@@ -455,3 +455,12 @@ min_gain_pct = 0
     assert len(rows) == 2 * host.count
     assert {r["GPU UUID"] for r in rows} == set(host.uuids)
     assert all(r["Instance Group"].endswith(":GPU") for r in rows)
+
+
+def test_summary_sentence_says_gpu_bounds_are_maxima() -> None:
+    from perfkit.report.summary import summary_sentence
+    from tests.report.builders import replace
+
+    bounds = {"p99_latency_us": 10_000.0, "gpu_used_memory_mb": 4000.0, "gpu_power_w": 300.0}
+    text = summary_sentence(replace(make_tune(), constraint_bounds=bounds))
+    assert "(p99 latency ≤ 10 ms, GPU memory ≤ 4000 MB, GPU power ≤ 300 W)" in text
