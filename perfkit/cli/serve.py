@@ -69,6 +69,13 @@ _CONTROL_MODES = ["none", "explicit", "poll"]
     show_default=True,
     help="Largest request body (HTTP) or message (gRPC), in bytes.",
 )
+@click.option(
+    "--allow-client-shm",
+    type=bool,
+    default=False,
+    show_default=True,
+    help="Let clients register system/CUDA shared-memory regions (perfkit run --shared-memory).",
+)
 def serve(
     model_repository: Path,
     http_port: int,
@@ -85,6 +92,7 @@ def serve(
     log_verbose: int,
     exit_timeout_secs: float,
     http_max_input_size: int,
+    allow_client_shm: bool,
 ) -> None:
     """Replace this process with `python -m perfkit_server ...`."""
     args = [
@@ -104,6 +112,7 @@ def serve(
         f"--log-verbose={log_verbose}",
         f"--exit-timeout-secs={exit_timeout_secs}",
         f"--http-max-input-size={http_max_input_size}",
+        f"--allow-client-shm={str(allow_client_shm).lower()}",
         *(f"--load-model={name}" for name in load_models),
     ]
     if disable_auto_complete_config:

@@ -11,6 +11,7 @@ import base64
 import contextlib
 import json
 import os
+import sys
 import urllib.error
 import urllib.request
 import uuid
@@ -493,3 +494,17 @@ def test_cuda_inputs_and_outputs(server: ServerHandle, protocol: str) -> None:
         cudashm.destroy_shared_memory_region(in_h)
         cudashm.destroy_shared_memory_region(out_h)
     assert _http(server, "GET", "/v2/cudasharedmemory/status") == (200, [])
+
+
+def test_perfkit_serve_passes_allow_client_shm(repo: Path, tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "perfkit", "serve"]
+    handle = start_server(repo, "--allow-client-shm", "true", command=command,
+                          log_path=tmp_path / "serve.log")  # fmt: skip
+    try:
+        status, reply = _http(handle, "POST", "/v2/systemsharedmemory/region/r/register", {})
+        assert (status, reply) == (
+            400,
+            {"error": "Shared memory register request has no 'key' field"},
+        )
+    finally:
+        handle.stop()
