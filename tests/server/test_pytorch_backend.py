@@ -17,9 +17,12 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpcaio
 import tritonclient.http as httpclient
+from perfkit_server.backends.base import InstanceSpec
+from perfkit_server.backends.pytorch import PyTorchBackend
 from tritonclient.utils import InferenceServerException
 
 from perfkit import zoo
+from perfkit.model_repo.config import load_config
 from tests.fixtures.server import ServerHandle, start_server
 from tests.server.helpers import stats
 
@@ -89,6 +92,8 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 [("OUT__1", "FP32", V4), ("OUT__0", "FP32", V4)], max_batch_size=8)  # fmt: skip
     # <name>__<index>: INPUT__1 is b, whatever the order in the config.
     write_model(root, "by_index", tm.AddSub(), [("INPUT__1", "FP32", V4), ("INPUT__0", "FP32", V4)],
+                PAIR_OUT, max_batch_size=8)  # fmt: skip
+    write_model(root, "batched", tm.AddSub(), [("INPUT__0", "FP32", V4), ("INPUT__1", "FP32", V4)],
                 PAIR_OUT, max_batch_size=8, extra=batching)  # fmt: skip
     # Neither: the config's order, for inputs and for outputs.
     write_model(root, "by_order", tm.AddSub(), [("X", "FP32", V4), ("Y", "FP32", V4)],
@@ -218,21 +223,21 @@ def test_every_datatype_round_trips(server, repo, client_module) -> None:
 
 async def test_dynamic_batching_with_variable_dims(server, repo) -> None:
     client = grpcaio.InferenceServerClient(server.grpc_url)
-    module = _module(repo, "by_index")
+    module = _module(repo, "batched")
     try:
-        before = stats(server.http_url, "by_index")["execution_count"]
+        before = stats(server.http_url, "batched")["execution_count"]
         # Four batch-1 requests of one shape form one batch (preferred size 4).
-        pairs = [_pair(1 + 0 * i) for i in range(4)]
-        pairs = [(a + i, b) for i, (a, b) in enumerate(pairs)]
+        a, b = _pair(1)
+        pairs = [(a + i, b) for i in range(4)]
         results = await asyncio.gather(*(
-            client.infer("by_index", [_input(grpcaio, "INPUT__0", a, "FP32"),
+            client.infer("batched", [_input(grpcaio, "INPUT__0", a, "FP32"),
                                       _input(grpcaio, "INPUT__1", b, "FP32")])
             for a, b in pairs))  # fmt: skip
         for (a, b), result in zip(pairs, results, strict=True):
             want = module(torch.from_numpy(a), torch.from_numpy(b))
             np.testing.assert_allclose(result.as_numpy("OUT__0"), want[0].numpy(), rtol=1e-6)
             np.testing.assert_allclose(result.as_numpy("OUT__1"), want[1].numpy(), rtol=1e-6)
-        assert stats(server.http_url, "by_index")["execution_count"] == before + 1
+        assert stats(server.http_url, "batched")["execution_count"] == before + 1
     finally:
         await client.close()
 
@@ -258,6 +263,37 @@ def test_parameters_are_honoured_and_unknown_ones_ignored(server) -> None:
         result = client.infer("knobs", [_input(httpclient, "a", a, "FP32"),
                                         _input(httpclient, "b", b, "FP32")])  # fmt: skip
         np.testing.assert_allclose(result.as_numpy("OUT__1"), a - b, rtol=1e-6)
+
+    assert "INTRA_OP_THREAD_COUNT=1 set for this server's process" in server.log()
+
+
+def _spec(model_dir: Path, instances: int = 1, index: int = 0) -> Any:
+    config = load_config(model_dir / "config.pbtxt")
+    return InstanceSpec(config.name, 1, model_dir / "1", config, index, instances, "KIND_CPU", 0)
+
+
+def test_weight_sharing_and_inference_mode_in_process(tmp_path: Path) -> None:
+    ins = [("a", "FP32", V4), ("b", "FP32", V4)]
+    shared = write_model(tmp_path, "shared", tm.AddSub(), ins, PAIR_OUT, extra="""
+        parameters { key: "ENABLE_WEIGHT_SHARING" value { string_value: "true" } }""")  # fmt: skip
+    first, second = (PyTorchBackend(_spec(shared, 2, i)) for i in range(2))
+    plain = write_model(tmp_path, "plain", tm.AddSub(), ins, PAIR_OUT, extra="""
+        parameters { key: "INFERENCE_MODE" value { string_value: "off" } }""")  # fmt: skip
+    third, fourth = (PyTorchBackend(_spec(plain, 2, i)) for i in range(2))
+    try:
+        assert first._module is second._module
+        assert third._module is not fourth._module
+        a, b = _pair(2)
+        assert first._forward({"a": a, "b": b})[0].is_inference()
+        assert not third._forward({"a": a, "b": b})[0].is_inference()
+        # A read-only request buffer is never handed to the model to write into.
+        a.setflags(write=False)
+        out = first.infer({"a": a, "b": b})
+        np.testing.assert_allclose(out["OUT__0"], a + b, rtol=1e-6)
+        assert first.may_block is False
+    finally:
+        for backend in (first, second, third, fourth):
+            backend.close()
 
 
 def test_an_output_of_another_datatype_fails_the_request(server) -> None:

@@ -214,6 +214,7 @@ def _set_threads(torch: Any, config: Any, source: str) -> None:
                 _threads[key] = wanted
                 try:
                     set_count(wanted)
+                    logger.info("%s: %s=%d set for this server's process", source, key, wanted)
                 except RuntimeError as exc:  # inter-op: torch refuses once parallel work started
                     logger.warning("%s: %s=%d not applied: %s", source, key, wanted, exc)
         if get_count() != wanted:
