@@ -145,13 +145,16 @@ def assert_close(got: Array, want: Array, *, rel: float, what: str) -> None:
 
 
 def scrape(metrics_url: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
-    """/metrics as {sample name: {sorted labels: value}}."""
+    """/metrics as {family: {sorted labels: value}} (a counter's `_total` sample under its family's
+    name; histogram buckets left out)."""
     with urllib.request.urlopen(f"http://{metrics_url}/metrics", timeout=10) as resp:
         text = resp.read().decode()
     out: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            out.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
+            if sample.name in (family.name, f"{family.name}_total"):
+                labels = tuple(sorted(sample.labels.items()))
+                out.setdefault(family.name, {})[labels] = sample.value
     return out
 
 

@@ -117,7 +117,7 @@ def test_perfkit_run_collect_metrics_fills_the_gpu_columns(
     assert proc.returncode == 0, (
         f"perfkit run failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
     )
-    (row,) = list(csv.DictReader(report.open()))
+    (row,) = list(csv.DictReader(report.read_text().splitlines()))
     cells = {
         column: _cell(row[column])
         for column in (
