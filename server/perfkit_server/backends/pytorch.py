@@ -258,7 +258,8 @@ class PyTorchBackend:
         self._inference_mode = bool(flags["INFERENCE_MODE"])
         self._optimize = not flags["DISABLE_OPTIMIZED_EXECUTION"]
         self._cudnn = not flags["DISABLE_CUDNN"]
-        self._clean_cache = bool(flags["ENABLE_CACHE_CLEANING"]) and self._device is not None
+        on_gpu = self._device is not None and self._device.type == "cuda"
+        self._clean_cache = bool(flags["ENABLE_CACHE_CLEANING"]) and on_gpu
         self._jit = {
             key: value
             for key, value in flags.items()
@@ -275,12 +276,13 @@ class PyTorchBackend:
             self.close()
             raise
         # A CPU forward computes and returns; a GPU one waits for the device.
-        self.may_block = self._device is not None and self._device.type == "cuda"
+        self.may_block = on_gpu
         self._stream = torch.cuda.Stream(device=self._device) if self.may_block else None
 
     @staticmethod
     def _place(torch: Any, spec: InstanceSpec) -> Any:
-        """The device of the instance: None for KIND_CPU, cuda:<device_id> for KIND_GPU."""
+        """The instance's device: cpu for KIND_CPU, cuda:<device_id> for KIND_GPU, None for
+        KIND_MODEL (the module keeps the devices it was saved with)."""
         if spec.kind == "KIND_GPU":
             count = torch.cuda.device_count() if torch.cuda.is_available() else 0
             if count == 0:
