@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from perfkit_server.errors import InvalidInput
+from perfkit_server.errors import InternalError, InvalidInput
 from perfkit_server.shm import Kind, _Region
 
 # sizeof(cudaIpcMemHandle_t)
@@ -55,21 +55,24 @@ class CudaRegion(_Region):
         host = bytearray(size)
         if size:
             buf = (ctypes.c_char * size).from_buffer(host)
-            self._rt.setDevice(self.device_id)
-            self._rt.memcpy(ctypes.addressof(buf), self._ptr + offset, size, _DEVICE_TO_HOST)
+            self._copy(ctypes.addressof(buf), self._ptr + offset, size, _DEVICE_TO_HOST)
         return memoryview(host).toreadonly()
 
     def write(self, offset: int, data: bytes | memoryview) -> None:
         src = bytes(data)
         if src:
+            host = ctypes.cast(ctypes.c_char_p(src), ctypes.c_void_p).value or 0
+            self._copy(self._ptr + offset, host, len(src), _HOST_TO_DEVICE)
+
+    def _copy(self, dst: int, src: int, size: int, kind: int) -> None:
+        try:
             self._rt.setDevice(self.device_id)
-            host = ctypes.c_char_p(src)
-            self._rt.memcpy(
-                self._ptr + offset,
-                ctypes.cast(host, ctypes.c_void_p).value,
-                len(src),
-                _HOST_TO_DEVICE,
-            )
+            self._rt.memcpy(dst, src, size, kind)
+        except Exception as exc:  # CUDARuntimeError: the request fails, the server serves on
+            raise InternalError(
+                f"failed to copy {size} bytes {'from' if kind == _DEVICE_TO_HOST else 'to'} CUDA "
+                f"shared memory region '{self.name}': {exc}"
+            ) from None
 
 
 def _close_handle(runtime: Any, ptr: int, device_id: int) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import ctypes
 import json
 import os
 import sys
@@ -508,3 +509,76 @@ def test_perfkit_serve_passes_allow_client_shm(repo: Path, tmp_path: Path) -> No
         )
     finally:
         handle.stop()
+
+
+class FakeCudaRuntime:
+    """A FAKE CUDA runtime (this machine has no GPU): "device memory" is host memory, an IPC handle
+    names one of `buffers`, and cudaMemcpy is a memmove. It stands in for CuPy's runtime at the
+    GPU boundary so that the CUDA region's own logic (offsets, copy directions, deferred close)
+    runs here; the real path is the gpu-marked tests'."""
+
+    def __init__(self) -> None:
+        self.buffers: dict[bytes, Any] = {}
+        self.copies: list[int] = []
+        self.closed: list[int] = []
+
+    def allocate(self, handle: bytes, size: int) -> Any:
+        self.buffers[handle] = (ctypes.c_char * size)()
+        return self.buffers[handle]
+
+    # CuPy's names (cupy.cuda.runtime mirrors the CUDA runtime's).
+    def setDevice(self, device_id: int) -> None:
+        assert device_id == 0
+
+    def ipcOpenMemHandle(self, handle: bytes) -> int:
+        return ctypes.addressof(self.buffers[handle])
+
+    def ipcCloseMemHandle(self, ptr: int) -> None:
+        self.closed.append(ptr)
+
+    def memcpy(self, dst: int, src: int, size: int, kind: int) -> None:
+        self.copies.append(kind)
+        ctypes.memmove(dst, src, size)
+
+
+def test_cuda_region_logic_with_a_fake_runtime(monkeypatch: pytest.MonkeyPatch) -> None:
+    from perfkit_server import shm as server_shm
+    from perfkit_server import shm_cuda
+    from perfkit_server.errors import InvalidInput
+
+    fake = FakeCudaRuntime()
+    monkeypatch.setattr(shm_cuda, "_runtime", lambda name: fake)
+    monkeypatch.setattr(
+        shm_cuda,
+        "_allocation_size",
+        lambda ptr: {ctypes.addressof(b): len(b) for b in fake.buffers.values()}[ptr],
+    )
+    regions = server_shm.SharedMemory(True, 8)
+    device = fake.allocate(b"h" * 64, 128)
+    x = np.arange(16, dtype=np.float32)
+    ctypes.memmove(ctypes.addressof(device), x.tobytes(), x.nbytes)
+
+    with pytest.raises(InvalidInput, match="invalid args"):
+        regions.register_cuda("c", b"h" * 64, 0, 256)  # larger than the allocation
+    with pytest.raises(InvalidInput, match="valid base64 encoded cudaIpcMemHandle_t"):
+        regions.register_cuda("c", b"h" * 63, 0, 64)
+    assert fake.closed == [ctypes.addressof(device)]  # the refused handle was closed again
+    fake.closed.clear()
+    regions.register_cuda("c", b"h" * 64, 0, 128)
+    assert regions.status("", "cuda") == [{"name": "c", "device_id": 0, "byte_size": 128}]
+    assert regions.status("", "system") == []
+    with pytest.raises(server_shm.RegionNotFound, match="registered as CUDA shared memory, not"):
+        regions.status("c", "system")
+
+    ref = server_shm.ShmRef("c", 0, 64)
+    got = regions.input_array(ref, "INPUT0", "FP32", (1, 16), "m")
+    np.testing.assert_array_equal(got, x.reshape(1, 16))
+    slot = regions.output_slot(server_shm.ShmRef("c", 64, 64))
+    regions.unregister("c", "cuda")
+    assert fake.closed == []  # an in-flight request's output slot still holds it
+    server_shm.write_output(slot, "OUTPUT0", x * 2)
+    out = np.frombuffer(bytes(device)[64:128], dtype=np.float32)
+    np.testing.assert_array_equal(out, x * 2)
+    assert fake.copies == [2, 1]  # device -> host for the input, host -> device for the output
+    del slot
+    assert fake.closed == [ctypes.addressof(device)]
