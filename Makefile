@@ -52,14 +52,16 @@ soak: $(STAMP)
 
 # The device check (issue 11), on a host with an NVIDIA GPU, its driver, torch built with CUDA and
 # nvidia-ml-py: GPU facts first (exit 2 when no GPU is visible), then every `gpu`-marked test and
-# benchmarks/gpu_efficiency.py (served/raw >= 0.90); about 5 minutes on one H100/H200, 8 at most.
-# Its own venv sees PYTHON's packages (--system-site-packages, plus a .pth for a PYTHON that is
-# itself a venv), so the CUDA torch already there is used; a pip constraint pins it, so nothing
-# here replaces it (the CPU build `make test` installs never comes in). On a host without a
-# package index: GPU_PIP_ARGS='--no-index --find-links DIR --no-build-isolation'.
+# benchmarks/gpu_efficiency.py (served/raw >= 0.90); sized for 5 minutes on one H100/H200, 8 at
+# most. Its own venv sees PYTHON's packages (--system-site-packages, plus a .pth for a PYTHON that
+# is itself a venv), so the CUDA torch already there is used: a pip constraint pins torch and
+# numpy to PYTHON's, so nothing here replaces them (the CPU torch `make test` installs never comes
+# in). It installs perfkit and the test extra less nvidia-pytriton (only the `triton` tests use
+# it; its numpy<2 pin would shadow the host's numpy). Without a package index, give wheels
+# (setuptools and wheel among them): GPU_PIP_ARGS='--no-index --find-links DIR'.
 GPU_VENV ?= .venv-gpu
 GPU_PIP_ARGS ?=
-GPU_INSTALL ?= -e '.[test]'
+GPU_INSTALL ?= -e . -r $(GPU_VENV)/test-requirements.txt
 gpu-check:
 	@$(PYTHON) -c 'import ctypes; ctypes.CDLL("libnvidia-ml.so.1")' 2>/dev/null || { echo \
 	  "gpu-check: FAILED: no NVIDIA driver here (libnvidia-ml.so.1 does not load): no GPU to check" >&2; exit 2; }
@@ -68,9 +70,10 @@ gpu-check:
 	test -d $(GPU_VENV) || $(PYTHON) -m venv --system-site-packages $(GPU_VENV)
 	$(PYTHON) -c 'import site; print("\n".join(site.getsitepackages()))' \
 	  > "$$($(GPU_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/_perfkit_base_site.pth"
-	$(GPU_VENV)/bin/python -c 'import importlib.metadata as m; print("torch==" + m.version("torch"))' \
-	  > $(GPU_VENV)/torch-constraint.txt
-	$(GPU_VENV)/bin/python -m pip install --quiet -c $(GPU_VENV)/torch-constraint.txt $(GPU_PIP_ARGS) $(GPU_INSTALL)
+	$(GPU_VENV)/bin/python -c 'import importlib.metadata as m; \
+	  print("\n".join(f"{d}=={m.version(d)}" for d in ("torch", "numpy")))' > $(GPU_VENV)/constraints.txt
+	$(GPU_VENV)/bin/python benchmarks/gpu_efficiency.py --print-requirements > $(GPU_VENV)/test-requirements.txt
+	$(GPU_VENV)/bin/python -m pip install --quiet -c $(GPU_VENV)/constraints.txt $(GPU_PIP_ARGS) $(GPU_INSTALL)
 	PYTHONUNBUFFERED=1 $(GPU_VENV)/bin/python benchmarks/gpu_efficiency.py --facts-only
 	PERFKIT_GPU_CHECK=1 $(GPU_VENV)/bin/python -m pytest -m gpu -q -rs tests
 	PYTHONUNBUFFERED=1 $(GPU_VENV)/bin/python benchmarks/gpu_efficiency.py

@@ -28,7 +28,8 @@ Exit status: 0 when served/raw >= 0.90; 1 when below it or a measurement failed;
 host has no usable NVIDIA GPU (no torch with CUDA, no device, or NVML sees none): nothing is
 measured and the reason is printed. About 1.5 minutes on one H100/H200.
 
-    python benchmarks/gpu_efficiency.py [--facts-only] [--precision fp16|fp32] [--instances 2]
+    python benchmarks/gpu_efficiency.py [--facts-only | --print-requirements]
+        [--precision fp16|fp32] [--instances 2]
         [--batches 1,2,4,...,256] [--raw-seconds 1.5] [--served-seconds 15] [--workers 2]
         [--shared-memory system|none] [--concurrency N]
 """
@@ -322,11 +323,38 @@ def server_args(shared_memory: str) -> list[str]:
     return [] if shared_memory == "none" else ["--allow-client-shm=true"]
 
 
+def test_requirements(pyproject: Path) -> list[str]:
+    """The `test` extra's requirements for `make gpu-check`, perfkit's own extras expanded, less
+    nvidia-pytriton: it serves only the `triton` tests, and its numpy<2 pin would shadow the numpy
+    the host's CUDA torch and CuPy were built with."""
+    import tomllib
+
+    extras = tomllib.loads(pyproject.read_text())["project"]["optional-dependencies"]
+    out: list[str] = []
+
+    def add(extra: str) -> None:
+        for req in extras[extra]:
+            if req.startswith("perfkit["):
+                for name in req[len("perfkit[") : req.index("]")].split(","):
+                    add(name.strip())
+            elif not req.startswith("nvidia-pytriton") and req not in out:
+                out.append(req)
+
+    add("test")
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--facts-only", action="store_true", help="print the GPU facts and stop")
+    ap.add_argument(
+        "--print-requirements",
+        action="store_true",
+        help="print what make gpu-check installs besides perfkit (the test extra less "
+        "nvidia-pytriton) and stop",
+    )
     ap.add_argument("--precision", choices=["fp16", "fp32"], default="fp16")
     ap.add_argument("--batches", default=DEFAULT_BATCHES, help="raw batch sizes, comma-separated")
     ap.add_argument("--raw-seconds", type=float, default=1.5, help="per raw batch size")
@@ -336,6 +364,9 @@ def main() -> int:
     ap.add_argument("--shared-memory", choices=["system", "none"], default="system")
     ap.add_argument("--concurrency", type=int, default=0, help="0: (instances + 2) x batch")
     args = ap.parse_args()
+    if args.print_requirements:
+        print("\n".join(test_requirements(Path(__file__).resolve().parents[1] / "pyproject.toml")))
+        return 0
 
     torch, why = gpu_facts()
     if torch is None:
