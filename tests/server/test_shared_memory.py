@@ -26,7 +26,11 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 import tritonclient.http.aio as httpaio
 import tritonclient.utils.shared_memory as shm
-from tritonclient.utils import InferenceServerException
+from tritonclient.utils import (
+    InferenceServerException,
+    serialize_byte_tensor,
+    serialized_byte_size,
+)
 
 from perfkit import zoo
 from tests.fixtures.server import ServerHandle, start_server
@@ -42,7 +46,17 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("repo")
     for name in ("identity", "add_sub"):
         zoo.build(name, root)
+    (root / "strings" / "1").mkdir(parents=True)
+    models.write_config(root, "strings", STRINGS_CONFIG)
     return root
+
+
+STRINGS_CONFIG = """name: "strings"
+backend: "perfkit_identity"
+max_batch_size: 4
+input [ { name: "INPUT0" data_type: TYPE_STRING dims: [ 3 ] } ]
+output [ { name: "OUTPUT0" data_type: TYPE_STRING dims: [ 3 ] } ]
+"""
 
 
 @pytest.fixture(scope="module")
@@ -207,6 +221,35 @@ def test_inputs_and_outputs_in_shm_match_plain(
     mixed[1].set_data_from_numpy(b)
     result = client.infer("add_sub", mixed, outputs=[mod.InferRequestedOutput("OUTPUT1")])
     np.testing.assert_array_equal(result.as_numpy("OUTPUT1"), plain.as_numpy("OUTPUT1"))
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_bytes_tensors_in_shm(server: ServerHandle, regions: Regions, protocol: str) -> None:
+    """BYTES tensors travel serialized (4-byte length + bytes per element), as tritonclient writes
+    them; an output region too small for them is Triton's INTERNAL error."""
+    mod = httpclient if protocol == "http" else grpcclient
+    client = _client(server, protocol)
+    x = np.array([[b"a", b"", "ünï".encode()]], dtype=np.object_)
+    serialized = serialize_byte_tensor(x)
+    size = serialized_byte_size(serialized)
+    name, key = regions.create(size, [serialized])
+    out_name, out_key = regions.create(256)
+    client.register_system_shared_memory(name, key, size)
+    client.register_system_shared_memory(out_name, out_key, 256)
+    i = mod.InferInput("INPUT0", [1, 3], "BYTES")
+    i.set_shared_memory(name, size)
+    out = mod.InferRequestedOutput("OUTPUT0")
+    out.set_shared_memory(out_name, 256)
+    result = client.infer("strings", [i], outputs=[out])
+    assert list(result.get_output("OUTPUT0")["shape"] if protocol == "http" else
+                result.get_output("OUTPUT0").shape) == [1, 3]  # fmt: skip
+    got = shm.get_contents_as_numpy(regions.handle(out_name), np.object_, [1, 3])
+    assert got.tolist() == x.tolist()
+    small = mod.InferRequestedOutput("OUTPUT0")
+    small.set_shared_memory(out_name, 8)
+    with pytest.raises(InferenceServerException) as exc:
+        client.infer("strings", [i], outputs=[small])
+    assert f"(8 bytes) should be at least {size} bytes to hold the results" in exc.value.message()
 
 
 def _identity_in_shm(
