@@ -13,6 +13,7 @@ Modules, for callers that assemble a tune themselves (the benchmarks do):
     objective.Objective(targets, constraints)         # scores and constraint violations
     storage.open_storage(url) / open_study(...)       # SQLite or PostgreSQL, resume rules
     evaluate.LiveEvaluator(url=..., ...)              # load with a config override, measure one level
+    gpu.gpu_source(metrics_url)                       # the GPUs whose metrics each trial records
     samplers.make_sampler(settings, space)            # the study's sampler, tagged per worker
     tuner.Tuner(...).run()                            # the ask/tell loop
     records                                           # trial attrs, study queries, TrialRecord
