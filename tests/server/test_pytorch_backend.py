@@ -296,6 +296,17 @@ def test_weight_sharing_and_inference_mode_in_process(tmp_path: Path) -> None:
             backend.close()
 
 
+def test_the_backend_itself_refuses_kind_gpu_without_a_cuda_device(tmp_path: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is here")
+    model_dir = write_model(tmp_path, "g", tm.AddSub(), [("a", "FP32", V4), ("b", "FP32", V4)],
+                            PAIR_OUT)  # fmt: skip
+    spec = _spec(model_dir)
+    gpu = InstanceSpec(spec.model_name, 1, spec.version_dir, spec.config, 0, 1, "KIND_GPU", 0)
+    with pytest.raises(ValueError, match=r"model 'g': instance kind KIND_GPU .* no CUDA GPU"):
+        PyTorchBackend(gpu)
+
+
 def test_an_output_of_another_datatype_fails_the_request(server) -> None:
     client = httpclient.InferenceServerClient(server.http_url)
     x = np.ones((4,), np.float32)
