@@ -11,8 +11,9 @@ From one run it prints:
   2. served: that same model.pt served by perfkit_server (KIND_GPU, `--instances` on GPU 0,
      dynamic batching with max_batch_size and the largest preferred batch size = the best raw
      batch) and driven by perfkit's own load generator (`perfkit.load.run`) over gRPC: one image
-     per request, inputs in system shared memory (`--shared-memory none` sends them in the gRPC
-     message), `--workers` generator processes, a concurrency of (instances + 2) x the batch
+     per request (`--request-batch`), inputs and outputs in system shared memory
+     (`--shared-memory none` sends them in the gRPC messages; `cuda` puts them in GPU memory),
+     `--workers` generator processes, a concurrency of (instances + 2) x the batch
      (each instance running a batch, one more queued, one in transit), three windows of
      `--served-seconds` / 3;
   3. served/raw, the target being >= 0.90 (issue 11), and the GPU utilization NVML showed while
@@ -31,7 +32,7 @@ measured and the reason is printed. About 1.5 minutes on one H100/H200.
     python benchmarks/gpu_efficiency.py [--facts-only | --print-requirements]
         [--precision fp16|fp32] [--instances 2]
         [--batches 1,2,4,...,256] [--raw-seconds 1.5] [--served-seconds 15] [--workers 2]
-        [--shared-memory system|none] [--concurrency N]
+        [--shared-memory system|cuda|none] [--request-batch 1] [--concurrency N]
 """
 
 from __future__ import annotations
@@ -251,7 +252,7 @@ class Served:
 
 
 def served_rate(
-    server: Any, concurrency: int, seconds: float, workers: int, shared_memory: str
+    server: Any, concurrency: int, seconds: float, workers: int, shared_memory: str, batch: int
 ) -> Served:
     from perfkit.load import run
     from perfkit.load.spec import (
@@ -265,7 +266,7 @@ def served_rate(
 
     spec = SweepSpec(
         target=TargetSpec(url=server.grpc_url, protocol="grpc", model=SERVED),
-        inputs=InputSpec(shared_memory=shared_memory),  # type: ignore[arg-type]
+        inputs=InputSpec(batch_size=batch, shared_memory=shared_memory),  # type: ignore[arg-type]
         measure=MeasureSpec(
             interval_ms=int(seconds * 1000 / 3),
             stability_pct=1000.0,  # the three windows as they come
@@ -289,11 +290,11 @@ def served_rate(
     ]
     b = m.server
     if b is not None:
-        batch = b.inference_count / max(b.execution_count, 1)
+        mean_batch = b.inference_count / max(b.execution_count, 1)
         notes.append(
             f"server per request: queue {b.queue_us:.0f} µs, compute input "
             f"{b.compute_input_us:.0f} / infer {b.compute_infer_us:.0f} / output "
-            f"{b.compute_output_us:.0f} µs, overhead {b.overhead_us:.0f} µs; mean batch {batch:.1f}"
+            f"{b.compute_output_us:.0f} µs, overhead {b.overhead_us:.0f} µs; mean batch {mean_batch:.1f}"
         )
     return Served(
         images_per_s=float(m.throughput_infer_per_s),
@@ -361,8 +362,11 @@ def main() -> int:
     ap.add_argument("--served-seconds", type=float, default=15.0, help="three windows in all")
     ap.add_argument("--instances", type=int, default=2, help="KIND_GPU instances on GPU 0")
     ap.add_argument("--workers", type=int, default=2, help="load-generator processes")
-    ap.add_argument("--shared-memory", choices=["system", "none"], default="system")
-    ap.add_argument("--concurrency", type=int, default=0, help="0: (instances + 2) x batch")
+    ap.add_argument("--shared-memory", choices=["system", "cuda", "none"], default="system")
+    ap.add_argument("--request-batch", type=int, default=1, help="images per request")
+    ap.add_argument(
+        "--concurrency", type=int, default=0, help="0: (instances + 2) x batch / request batch"
+    )
     args = ap.parse_args()
     if args.print_requirements:
         print("\n".join(test_requirements(Path(__file__).resolve().parents[1] / "pyproject.toml")))
@@ -392,7 +396,7 @@ def main() -> int:
         del module
         torch.cuda.empty_cache()
         # Every instance busy with a batch and one more batch queued, plus one in transit.
-        concurrency = args.concurrency or (args.instances + 2) * best
+        concurrency = args.concurrency or max(1, (args.instances + 2) * best // args.request_batch)
         print(
             f"  fastest {raw_top:.1f} images/s; served with max_batch_size {best} "
             f"(the smallest batch within 3 % of the fastest)"
@@ -401,8 +405,9 @@ def main() -> int:
 
         print(
             f"\n2. served: perfkit_server, KIND_GPU x{args.instances} on GPU 0, dynamic batching "
-            f"(max {best}), gRPC, concurrency {concurrency}, shared memory {args.shared_memory}, "
-            f"{args.workers} generator process(es)"
+            f"(max {best}), gRPC, {args.request_batch} image(s) per request, concurrency "
+            f"{concurrency}, shared memory {args.shared_memory}, {args.workers} generator "
+            "process(es)"
         )
         from perfkit.launch import EmbeddedServer
 
@@ -418,7 +423,12 @@ def main() -> int:
         ):
             try:
                 served = served_rate(
-                    server, concurrency, args.served_seconds, args.workers, args.shared_memory
+                    server,
+                    concurrency,
+                    args.served_seconds,
+                    args.workers,
+                    args.shared_memory,
+                    args.request_batch,
                 )
             except Exception as exc:
                 print(f"  served measurement FAILED: {type(exc).__name__}: {exc}")

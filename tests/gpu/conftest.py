@@ -117,12 +117,12 @@ def _gpu_server(
     repo = tmp_path_factory.mktemp("gpu-repo")
     for name in ("resnet50_pt", "fc_model_pt"):
         helpers.build_zoo(name, repo, zoo_cache_dir)
-        helpers.set_instance_groups(repo, name, [{"kind": "KIND_GPU", "count": 1}])
+        helpers.set_instance_groups(repo, name, [{"kind": "KIND_GPU", "count": 1, "gpus": [0]}])
         # Copies the placement tests reload with their own instance groups.
         helpers.copy_model(repo, name, f"{name}_place")
     # ONNX Runtime on the GPU (loaded by its tests only when onnxruntime-gpu is there).
     helpers.build_zoo("mlp", repo, zoo_cache_dir)
-    helpers.set_instance_groups(repo, "mlp", [{"kind": "KIND_GPU", "count": 1}])
+    helpers.set_instance_groups(repo, "mlp", [{"kind": "KIND_GPU", "count": 1, "gpus": [0]}])
     handle = start_server(
         repo,
         "--model-control-mode=explicit",
@@ -145,10 +145,10 @@ def gpu_server(
     gpu_host: GpuHost, _gpu_server: GpuServer | None, request: pytest.FixtureRequest
 ) -> Iterator[GpuServer]:
     """One perfkit_server for the session (explicit mode, real NVML, GPU metrics polled every
-    100 ms, client shared memory allowed) with resnet50_pt and fc_model_pt loaded as KIND_GPU x1;
-    in its repository also `resnet50_pt_place` / `fc_model_pt_place` to load with other instance
-    groups and the ONNX `mlp` as KIND_GPU x1 (not loaded). Its log is written to stderr when a
-    test using it fails."""
+    100 ms, client shared memory allowed) with resnet50_pt and fc_model_pt loaded as KIND_GPU x1
+    on GPU 0; in its repository also `resnet50_pt_place` / `fc_model_pt_place` to load with other
+    instance groups and the ONNX `mlp` as KIND_GPU x1 on GPU 0 (not loaded). Its log is written to
+    stderr when a test using it fails."""
     assert _gpu_server is not None
     handle = _gpu_server.handle
     if handle.process.poll() is not None:
