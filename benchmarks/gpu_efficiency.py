@@ -401,7 +401,7 @@ def main() -> int:
             f"  fastest {raw_top:.1f} images/s; served with max_batch_size {best} "
             f"(the smallest batch within 3 % of the fastest)"
         )
-        write_served_config(prepared, best, args.instances)
+        write_served_config(prepared, max(best, args.request_batch), args.instances)
 
         print(
             f"\n2. served: perfkit_server, KIND_GPU x{args.instances} on GPU 0, dynamic batching "
