@@ -367,7 +367,8 @@ class Registry:
         if not known_backend(backend):
             raise InvalidConfig(
                 f"{source}: backend: unsupported backend {backend or '(none)'!r}; this server "
-                'runs backend "onnxruntime" (platform onnxruntime_onnx) and "perfkit_identity"'
+                'runs backends "onnxruntime" (platform onnxruntime_onnx), "pytorch" (platform '
+                'pytorch_libtorch), "tensorrt" (platform tensorrt_plan) and "perfkit_identity"'
             )
         try:
             # Where the instances run (NVML read once), then before anything is read: model file
