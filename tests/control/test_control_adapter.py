@@ -151,8 +151,9 @@ def test_infer_error_returns_the_servers_message(control: ControlClient) -> None
 
 
 def test_shared_memory_refused(control: ControlClient) -> None:
-    # perfkit_server does not offer the system shared-memory extension.
-    with pytest.raises(ServerError, match="does not offer the system shared-memory extension"):
+    # Client shared memory is off unless the server is started with --allow-client-shm=true (as in
+    # Triton since 26.04): the server's advice comes through.
+    with pytest.raises(ServerError, match="Start the server with '--allow-client-shm=true'"):
         control.register_system_shm("region", "/perfkit_test_region", 64)
     control.unregister_system_shm("region")  # best effort: no error
 
