@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import logging
 import time
@@ -24,7 +23,7 @@ from perfkit.errors import ConfigError, PerfkitError, ServerUnavailable
 from perfkit.model_repo import ModelRepoError
 from perfkit.results import ServerInfo, TrialRecord, TuneResult
 from perfkit.sweepfile import TuneSweep
-from perfkit.tune import output
+from perfkit.tune import identity, output
 from perfkit.tune.objective import Objective
 
 logger = logging.getLogger(__name__)
@@ -115,34 +114,9 @@ def run(
             )  # fmt: skip
     finally:
         optuna.logging.set_verbosity(verbosity)
+        from perfkit.tune.storage import set_worker_attrs
 
-
-def study_name_for(sweep: TuneSweep, base_hash: str) -> str:
-    """Study name: the model plus a hash of what makes results comparable: the model's config on
-    disk (after a write-back, a rerun tunes from the new baseline), space, load and objective."""
-    key = json.dumps(
-        {
-            "base": base_hash,
-            "space": dataclasses.asdict(sweep.space),
-            "load": dataclasses.asdict(sweep.load),
-            "measure": dataclasses.asdict(sweep.measure),
-            "objectives": sweep.objectives,
-            "constraints": _constraints_key(sweep),
-        },
-        sort_keys=True,
-        default=str,
-    )
-    return f"{sweep.model}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
-
-
-def _constraints_key(sweep: TuneSweep) -> dict[str, Any]:
-    """The constraints in the study name's hash; the GPU bounds only when set, so the studies of
-    sweeps without them keep the names they had before GPU bounds existed."""
-    doc = dataclasses.asdict(sweep.constraints)
-    for name in ("max_gpu_memory_mb", "max_gpu_power_w"):
-        if doc[name] is None:
-            del doc[name]
-    return doc
+        set_worker_attrs({})  # the trials' target tag is this run's only
 
 
 def _run(
@@ -178,7 +152,7 @@ def _run(
         trials = min(trials, space.size() + 1)
     settings = LoopSettings(
         model=sweep.model,
-        study_name=sweep.study_name or study_name_for(sweep, config_hash(base)),
+        study_name=sweep.study_name or "",  # the default name needs the target: set below
         trials=trials,
         timeout_s=sweep.timeout_s,
         sampler=sweep.search.sampler,
@@ -189,15 +163,7 @@ def _run(
     )
     storage_url = sweep.storage or st.default_storage_url(out_dir)
     rdb = st.open_storage(storage_url)
-    study, created = st.open_study(
-        rdb, settings.study_name, objective.directions(), make_sampler(settings, space)
-    )
-    done_before = sum(1 for t in study.get_trials(deepcopy=False) if t.state.is_finished())
-    note(
-        f"tuning {sweep.model}: {space.size()} points in the space, budget {trials} trials, "
-        f"sampler {sweep.search.sampler}, study {settings.study_name!r} in {storage_url}"
-        + (f" (resuming: {done_before} trials already finished)" if done_before else "")
-    )
+    opened: identity.OpenedStudy | None = None
     started_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     interrupted = False
     failure: ServerUnavailable | None = None
@@ -205,6 +171,20 @@ def _run(
     restarts = 0
     while True:
         with _server(sweep, server_env) as (url, info, metrics_url):
+            # The study's identity includes the target, known once the server answers.
+            target = identity.target_of(info, launch=_launch(sweep), server_env=server_env)
+            st.set_worker_attrs({identity.TARGET_ATTR: target.as_attr()})
+            if opened is None:
+                opened = identity.open_target_study(
+                    rdb, sweep, config_hash(base), target, objective.directions(),
+                    make_sampler(settings, space),
+                )  # fmt: skip
+                study, created = opened.study, opened.created
+                settings = dataclasses.replace(settings, study_name=study.study_name)
+                _describe_study(sweep, study, storage_url, target, space.size(), trials, note)
+                for line in opened.notes:
+                    note(line)
+                messages.extend(opened.notes)
             scrape = _metrics_to_collect(sweep, metrics_url, note)
             evaluator = LiveEvaluator(
                 url=url,
@@ -259,7 +239,7 @@ def _run(
                 started_at=started_at,
                 min_gain_pct=sweep.search.min_gain_pct,
                 messages=messages,
-                settings=_settings(sweep, trials),
+                settings={**_settings(sweep, trials), **_target_settings(study, target)},
             )
             stopped = interrupted or failure is not None
             wb = output.WriteBack("", None, None, "stopped early: nothing written")
@@ -314,6 +294,38 @@ def _server(
                 url=url, protocol=sweep.protocol, kind="perfkit_server", version="", embedded=True
             )
         yield url, info, sweep.metrics_url or server.metrics_url
+
+
+def _launch(sweep: TuneSweep) -> str:
+    """How perfkit reached the server, for its target (`perfkit.tune.identity.LAUNCHES`)."""
+    return "embedded" if sweep.url is None else "remote"
+
+
+def _describe_study(
+    sweep: TuneSweep,
+    study: Any,
+    storage_url: str,
+    target: identity.Target,
+    points: int,
+    trials: int,
+    note: Callable[[str], None],
+) -> None:
+    done_before = sum(1 for t in study.get_trials(deepcopy=False) if t.state.is_finished())
+    note(
+        f"tuning {sweep.model}: {points} points in the space, budget {trials} trials, "
+        f"sampler {sweep.search.sampler}, study {study.study_name!r} in {storage_url}, "
+        f"target {target.describe()}"
+        + (f" (resuming: {done_before} trials already finished)" if done_before else "")
+    )
+
+
+def _target_settings(study: Any, target: identity.Target) -> dict[str, Any]:
+    """For results.json: this worker's target, and every target's trials (several only when a
+    study is shared by name across targets)."""
+    return {
+        "target": target.as_attr(),
+        "trials_by_target": identity.targets_by_trial(study.get_trials(deepcopy=False)),
+    }
 
 
 def _metrics_to_collect(

@@ -88,6 +88,8 @@ class TaggingSampler(optuna.samplers.BaseSampler):
 
     def before_trial(self, study: Any, trial: Any) -> None:
         study._storage.set_trial_user_attr(trial._trial_id, st.WORKER_ATTR, st.worker_id())
+        for key, value in st.worker_attrs().items():  # the target it is measured on
+            study._storage.set_trial_user_attr(trial._trial_id, key, value)
         self.inner.before_trial(study, trial)
 
     def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:

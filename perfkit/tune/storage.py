@@ -51,8 +51,24 @@ KILLED_ATTR = "killed"
 DUP_ATTR = "duplicate_of"
 
 
+# Attrs this worker sets on every trial it creates besides `WORKER_ATTR` (the target it measures
+# on, `perfkit.tune.identity`): `set_worker_attrs`, read by `samplers.TaggingSampler`.
+_worker_attrs: dict[str, Any] = {}
+
+
 def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def set_worker_attrs(attrs: dict[str, Any]) -> None:
+    """Replace the attrs this process's trials are tagged with from now on ({} for none)."""
+    _worker_attrs.clear()
+    _worker_attrs.update(attrs)
+
+
+def worker_attrs() -> dict[str, Any]:
+    """The attrs `set_worker_attrs` last set (a copy)."""
+    return dict(_worker_attrs)
 
 
 def default_storage_url(out_dir: Path) -> str:
