@@ -9,7 +9,8 @@ the dynamic table as it was, the steady state of every gRPC client, is looked up
 constant response header blocks (literals without indexing: no encoder state). A call runs when
 its request message is complete: the handler answers at once (no task) or with an awaitable.
 
-Unary and bidirectional-streaming methods; messages are length-prefixed, uncompressed. Errors go
+Unary and bidirectional-streaming methods; messages are length-prefixed, gzip/deflate requests
+decompressed within the size limit (`grpc_compression`), answers uncompressed. Errors go
 back as trailers (grpc-status, grpc-message), as every gRPC server does. On `stop` each
 connection gets a GOAWAY, in-flight calls are drained, then connections close.
 
@@ -31,6 +32,7 @@ import struct
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from ssl import SSLContext
 from typing import Any, cast
 
 from hpack import Decoder
@@ -65,6 +67,12 @@ from perfkit.http2 import (
     frame,
     hpack_literal,
     hpack_string,
+)
+from perfkit_server.grpc_compression import (
+    ACCEPT_ENCODING,
+    DecompressError,
+    check_encoding,
+    decompress,
 )
 from perfkit_server.h2_limits import (
     COMPRESSION_ERROR,
@@ -105,6 +113,7 @@ _UNREAD_REPLIES, _QUEUE_FULL = 1, 2
 # gRPC status codes.
 OK, CANCELLED, UNKNOWN, INVALID_ARGUMENT, NOT_FOUND = 0, 1, 2, 3, 5
 RESOURCE_EXHAUSTED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE = 8, 12, 13, 14
+_DECOMPRESS_STATUS = {"RESOURCE_EXHAUSTED": RESOURCE_EXHAUSTED, "INTERNAL": INTERNAL}
 
 
 class GrpcError(Exception):
@@ -132,8 +141,11 @@ ErrorStatus = Callable[[Exception], GrpcError | None]
 
 
 _RESPONSE_HEADERS = (
-    b"\x88" + b"\x0f\x10" + hpack_string(b"application/grpc")
-)  # :status 200, content-type
+    b"\x88"
+    + b"\x0f\x10"
+    + hpack_string(b"application/grpc")
+    + hpack_literal(b"grpc-accept-encoding", ACCEPT_ENCODING)
+)  # :status 200, content-type, the encodings requests may use (grpc_compression)
 _TRAILERS_OK = hpack_literal(b"grpc-status", b"0")
 _MAX_MESSAGE_TEXT = 4096
 
@@ -198,6 +210,7 @@ class _Stream:
         "buf",
         "busy",
         "closed",
+        "encoding",
         "ended",
         "method",
         "need",
@@ -215,6 +228,7 @@ class _Stream:
     def __init__(self, sid: int, method: Method | None, window: int) -> None:
         self.sid = sid
         self.method = method
+        self.encoding = b""  # the request's grpc-encoding (b"" = identity)
         self.buf = bytearray()
         self.need = _NO_PREFIX  # unary: the message's whole length (prefix included) once known
         self.task: asyncio.Future[Any] | None = None  # the call being awaited, if any
@@ -245,7 +259,7 @@ class _Connection(asyncio.Protocol):
         self._buf = bytearray()
         self._preface = False
         self._decoder = Decoder(max_header_list_size=limits.max_header_list_bytes)
-        self._paths: dict[bytes, bytes] = {}
+        self._paths: dict[bytes, tuple[bytes, bytes]] = {}  # block -> (:path, grpc-encoding)
         self._streams: dict[int, _Stream] = {}
         self._blocked: dict[int, _Stream] = {}
         self._headers: tuple[int, int, bytearray] | None = None  # sid, flags, block (CONTINUATION)
@@ -496,11 +510,12 @@ class _Connection(asyncio.Protocol):
             self._drop(stream)
         self._write(frame(RST_STREAM, 0, sid, U32.pack(code)))
 
-    def _path(self, block: bytes) -> bytes:
-        """The :path of a request header block (decoded in order: HPACK state is per connection)."""
-        path = self._paths.get(block)
-        if path is not None:
-            return path
+    def _path(self, block: bytes) -> tuple[bytes, bytes]:
+        """The :path and grpc-encoding of a request header block (decoded in order: HPACK state
+        is per connection)."""
+        known = self._paths.get(block)
+        if known is not None:
+            return known
         try:
             fields = self._decoder.decode(block, raw=True)
         except OversizedHeaderListError:
@@ -508,13 +523,14 @@ class _Connection(asyncio.Protocol):
         except HPACKError as exc:
             raise H2Error(COMPRESSION_ERROR, f"bad header block: {exc}") from None
         path = next((bytes(v) for k, v in fields if k == b":path"), b"")
+        encoding = next((bytes(v) for k, v in fields if k == b"grpc-encoding"), b"")
         # A block that leaves the dynamic table as it was means the same headers every time it
         # comes again, until some block changes the table: then every cached meaning is stale.
         if _changes_table(block):
             self._paths.clear()
         elif len(self._paths) < _MAX_CACHED_BLOCKS:
-            self._paths[block] = path
-        return path
+            self._paths[block] = (path, encoding)
+        return path, encoding
 
     def _header_block(self, sid: int, flags: int, block: bytes) -> None:
         stream = self._streams.get(sid)
@@ -531,13 +547,14 @@ class _Connection(asyncio.Protocol):
             raise H2Error(PROTOCOL_ERROR, f"HEADERS on an even stream id {sid}")
         if sid <= self._last_sid:
             raise H2Error(PROTOCOL_ERROR, f"HEADERS on stream {sid}, not above {self._last_sid}")
-        path = self._path(block)
+        path, encoding = self._path(block)
         self._last_sid = sid
         if len(self._streams) >= self._max_streams:
             self._write(frame(RST_STREAM, 0, sid, U32.pack(REFUSED_STREAM)))
             return
         method = self._server.methods.get(path.decode("latin-1"))
         stream = _Stream(sid, method, self._peer_initial_window)
+        stream.encoding = encoding
         self._streams[sid] = stream
         if self._goaway and self._server.stopping:
             self._finish(stream, GrpcError(UNAVAILABLE, "the server is shutting down"))
@@ -601,7 +618,7 @@ class _Connection(asyncio.Protocol):
     def _message_length(self, stream: _Stream) -> int | None:
         """The length of the message at the start of `stream.buf` (its 5-byte prefix is in); None,
         with the call failed now, before its bytes are all in, when it is over the size limit or
-        compressed."""
+        compressed with an encoding it cannot read."""
         compressed, length = _MSG.unpack_from(stream.buf)
         limit = self._max_message
         if length > limit:
@@ -609,8 +626,11 @@ class _Connection(asyncio.Protocol):
             self._finish(stream, GrpcError(RESOURCE_EXHAUSTED, why))
             return None
         if compressed:
-            self._finish(stream, GrpcError(UNIMPLEMENTED, "compressed messages are not supported"))
-            return None
+            bad = check_encoding(stream.encoding)
+            if bad is not None:  # gRPC: an unsupported encoding is UNIMPLEMENTED, none INTERNAL
+                code = INTERNAL if stream.encoding in (b"", b"identity") else UNIMPLEMENTED
+                self._finish(stream, GrpcError(code, bad))
+                return None
         return int(length)
 
     def _end(self, stream: _Stream) -> None:
@@ -630,7 +650,10 @@ class _Connection(asyncio.Protocol):
             self._finish(stream, GrpcError(INTERNAL, "a unary call must carry exactly one message"))
             return
         try:
-            request = method.parse(bytes(buf[5:]))
+            request = method.parse(self._message(stream, buf, len(buf)))
+        except DecompressError as exc:
+            self._finish(stream, GrpcError(_DECOMPRESS_STATUS[exc.status], exc.message))
+            return
         except Exception as exc:  # protobuf's DecodeError; any parse failure is the client's
             self._finish(stream, GrpcError(INVALID_ARGUMENT, f"cannot parse the request: {exc}"))
             return
@@ -647,7 +670,10 @@ class _Connection(asyncio.Protocol):
             if len(buf) < 5 + length:
                 break
             try:
-                request = method.parse(bytes(buf[5 : 5 + length]))
+                request = method.parse(self._message(stream, buf, 5 + length))
+            except DecompressError as exc:
+                self._finish(stream, GrpcError(_DECOMPRESS_STATUS[exc.status], exc.message))
+                return
             except Exception as exc:  # the client's bytes; the stream fails, the server goes on
                 self._finish(
                     stream, GrpcError(INVALID_ARGUMENT, f"cannot parse the request: {exc}")
@@ -662,6 +688,14 @@ class _Connection(asyncio.Protocol):
             self._pause(_QUEUE_FULL)
         if not stream.busy:
             self._next(stream)
+
+    def _message(self, stream: _Stream, buf: bytearray, end: int) -> bytes:
+        """The message at the start of `buf` (prefix included, `end` its end), decompressed
+        within the size limit when its prefix says it is compressed."""
+        data = bytes(buf[5:end])
+        if buf[0]:
+            return decompress(stream.encoding, data, self._max_message)
+        return data
 
     def _next(self, stream: _Stream) -> None:
         """Streaming: answer the waiting requests in order, one at a time."""
@@ -842,6 +876,8 @@ class GrpcServer:
         self.tasks: set[asyncio.Future[Any]] = set()
         self.stopping = False
         self.writes = WriteBatch()
+        # What each accepted connection is (a test hook may substitute a subclass: header_tap).
+        self.connection_class: type[_Connection] = _Connection
         self._server: asyncio.Server | None = None
         self._all_closed = asyncio.Event()
 
@@ -854,10 +890,12 @@ class GrpcServer:
         if not self.connections:
             self._all_closed.set()
 
-    async def start(self, host: str, port: int) -> int:
-        """Listen; returns the bound port."""
+    async def start(self, host: str, port: int, ssl: SSLContext | None = None) -> int:
+        """Listen (over TLS with `ssl`, which must offer ALPN "h2"); returns the bound port."""
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _Connection(self), host, port, backlog=1024)
+        self._server = await loop.create_server(
+            lambda: self.connection_class(self), host, port, backlog=1024, ssl=ssl
+        )
         return int(self._server.sockets[0].getsockname()[1])
 
     async def stop(self, drain_secs: float) -> None:
