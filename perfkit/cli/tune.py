@@ -115,7 +115,8 @@ def _progress(t: TrialRecord) -> None:
 )
 @click.option(
     "--study-name",
-    help="Study name (default: model + hash of the sweep); workers sharing a study use the same.",
+    help="Study name (default: model + hash of the sweep + hash of the target: server, GPUs, "
+    "host); workers naming the same study share it, even on different targets (a merge).",
 )
 @click.option(
     "--sampler",

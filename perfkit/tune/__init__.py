@@ -12,6 +12,7 @@ Modules, for callers that assemble a tune themselves (the benchmarks do):
     space.SearchSpace.from_specs(space, load)         # dimensions <-> Optuna <-> ModelConfig variants
     objective.Objective(targets, constraints)         # scores and constraint violations
     storage.open_storage(url) / open_study(...)       # SQLite or PostgreSQL, resume rules
+    identity.target_of(info, ...) / open_target_study # the target, the study's name and targets
     evaluate.LiveEvaluator(url=..., ...)              # load with a config override, measure one level
     gpu.gpu_source(metrics_url)                       # the GPUs whose metrics each trial records
     samplers.make_sampler(settings, space)            # the study's sampler, tagged per worker
