@@ -31,7 +31,7 @@ import hashlib
 import json
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,16 +116,29 @@ class Target:
             return None
 
 
-def _gpu_names(server_env: Mapping[str, str] | None) -> tuple[str, ...]:
-    """The GPU names a server started here sees: NVML's visible GPUs, cut further by a
-    CUDA_VISIBLE_DEVICES given to the server (`server_env`)."""
+def _gpu_names(spec: str | None) -> tuple[str, ...]:
+    """The names of the GPUs a server started here sees: NVML's visible GPUs, cut further by
+    `spec` (a CUDA_VISIBLE_DEVICES value; None: all of them)."""
     from perfkit.nvml import _visible, visible_gpus
 
     gpus = visible_gpus()
-    spec = (server_env or {}).get("CUDA_VISIBLE_DEVICES")
     if spec is not None:
         gpus = _visible(gpus, spec)
     return tuple(g.name for g in gpus)
+
+
+def _docker_spec(gpus: str | int | Sequence[int | str] | None) -> str | None:
+    """docker run's --gpus ("all", a count, device ids; None: no GPU) as a CUDA_VISIBLE_DEVICES
+    value over this host's GPUs ("" hides them all, None shows them all)."""
+    if gpus is None:
+        return ""
+    if gpus == "all":
+        return None
+    if isinstance(gpus, int):
+        return ",".join(str(i) for i in range(gpus))
+    if isinstance(gpus, str):
+        return gpus.removeprefix("device=")
+    return ",".join(str(g) for g in gpus)
 
 
 def url_host(url: str) -> str:
@@ -145,14 +158,20 @@ def target_of(
     *,
     launch: str,
     server_env: Mapping[str, str] | None = None,
+    docker_gpus: str | int | Sequence[int | str] | None = None,
 ) -> Target:
     """The target of a ready server: `info` is its metadata (`perfkit.launch.server_info`),
     `launch` how perfkit reached it ("remote" for a given URL), `server_env` the environment a
-    launched server got on top of this process's (its CUDA_VISIBLE_DEVICES cuts the GPUs)."""
+    server perfkit started got on top of this process's (its CUDA_VISIBLE_DEVICES cuts the GPUs),
+    `docker_gpus` a docker server's `gpus` (None: the container sees no GPU)."""
     if launch not in LAUNCHES:
         raise ValueError(f"launch {launch!r} is not one of {', '.join(LAUNCHES)}")
     here = launch != "remote" or is_local(info.url)
-    gpus = _gpu_names(server_env) if here else ()
+    if launch == "docker":
+        spec = _docker_spec(docker_gpus)
+    else:
+        spec = (server_env or {}).get("CUDA_VISIBLE_DEVICES")
+    gpus = _gpu_names(spec) if here else ()
     cpu = f"{cpu_model()} x{os.cpu_count() or 1}" if here and not gpus else ""
     return Target(
         launch=launch,

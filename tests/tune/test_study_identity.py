@@ -69,6 +69,20 @@ def test_the_gpus_a_launched_server_sees_are_part_of_its_target(fake_nvml: FakeN
         one = identity.target_of(
             _info("localhost:8001"), launch="embedded", server_env={"CUDA_VISIBLE_DEVICES": "1"}
         )
+        docker = {
+            gpus: identity.target_of(
+                _info("localhost:8001", kind="triton"), launch="docker", docker_gpus=gpus
+            ).gpus
+            for gpus in (None, "all", 1, "device=1", (0, 1))
+        }
+    h100 = "FAKE NVIDIA H100 80GB HBM3"
+    assert docker == {
+        None: (),
+        "all": (h100,) * 2,
+        1: (h100,),
+        "device=1": (h100,),
+        (0, 1): (h100,) * 2,
+    }
     assert both.gpus == ("FAKE NVIDIA H100 80GB HBM3",) * 2
     assert both.cpu == ""
     assert both.hardware() == "2x FAKE NVIDIA H100 80GB HBM3"
