@@ -217,3 +217,13 @@ def test_a_study_named_before_targets_is_resumed_from_sqlite_and_adopted(
     assert opened.study.study_name == identity.study_name_for(
         sweep, config_hash(load_config(ident_repo / "ident" / "config.pbtxt")), other
     )
+
+
+def test_the_report_says_a_study_merges_targets() -> None:
+    from perfkit.report.html.page import build_report
+    from tests.report.builders import make_tune, replace
+
+    tune = make_tune()
+    assert "merged from" not in build_report([("t", tune)])
+    merged = replace(tune, settings={**tune.settings, "trials_by_target": {"a": [0], "b": [1]}})
+    assert "merged from 2 targets" in build_report([("t", merged)])

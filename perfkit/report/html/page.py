@@ -69,6 +69,9 @@ def _overview(results: Sequence[tuple[str, AnyResult]]) -> str:
         else:
             what = escape(r.model)
             cfg = escape(f"study {r.study_name}, {r.sampler}")
+            merged = len(r.settings.get("trials_by_target") or {})  # perfkit.tune.identity
+            if merged > 1:
+                cfg += escape(f", merged from {merged} targets")
             status = tag(f"{len(r.trials)} trials", "ok")
         rows.append(
             [
