@@ -31,6 +31,7 @@ _.__getattr__
 # Fields set on objects of other libraries (protobuf messages, ONNX models, ORT session options):
 # the library reads them.
 _.int64_param
+_.bool_param
 _.ir_version
 _.intra_op_num_threads
 _.inter_op_num_threads

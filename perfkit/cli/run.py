@@ -31,6 +31,7 @@ _STATUS_EXIT = {"ok": 0, "unstable": EXIT_UNSTABLE, "error": EXIT_OTHER, "interr
 def spec_from_options(o: Mapping[str, Any]) -> S.SweepSpec:
     """Flags -> a validated SweepSpec; ConfigError names the flag. Without -u, the target is the
     protocol's default URL (the embedded server's replaces it)."""
+    _refuse_sync(o)
     load, bs_step = _load(o)
     return S.SweepSpec(
         target=_target(o),
@@ -58,7 +59,24 @@ def _target(o: Mapping[str, Any]) -> S.TargetSpec:
         model=o["model"],
         model_version=o["model_version"],
         connect_timeout_s=o["connect_timeout"],
+        request_parameters=S.parse_request_parameters(o["request_parameter"]),
+        input_tensor_format=o["input_tensor_format"],
+        output_tensor_format=o["output_tensor_format"],
+        grpc_compression=o["grpc_compression_algorithm"],
     )
+
+
+def _refuse_sync(o: Mapping[str, Any]) -> None:
+    """--sync / --max-threads: perf_analyzer's synchronous client threads. perfkit's generator
+    is asynchronous (one event loop per --workers process), so they are refused, not ignored."""
+    if o["sync"] or o["max_threads"] is not None:
+        flag = "--sync" if o["sync"] else "--max-threads"
+        raise ConfigError(
+            f"{flag}: perfkit has no synchronous client threads. Its generator is asynchronous: "
+            "--concurrency-range N keeps exactly N requests in flight, each sent when the "
+            "previous answer on its slot arrives, which is the closed loop perf_analyzer's --sync "
+            "threads measure; more generator processes are --workers N. Drop the flag."
+        )
 
 
 def _inputs(o: Mapping[str, Any]) -> S.InputSpec:
@@ -73,7 +91,37 @@ def _inputs(o: Mapping[str, Any]) -> S.InputSpec:
     )
 
 
+def _fixed_schedule(o: Mapping[str, Any]) -> tuple[int, ...]:
+    """--fixed-schedule: the send offsets (µs) from the --input-data JSON's timestamps."""
+    if not o["fixed_schedule"]:
+        return ()
+    from perfkit.load.inputs import read_timestamps
+
+    src = str(o["input_data"])
+    if src in ("random", "zero") or not src.lower().endswith(".json"):
+        raise ConfigError(
+            '--fixed-schedule needs --input-data FILE.json whose "data" entries carry a '
+            '"timestamp" (milliseconds from the start).'
+        )
+    for flag, given in (
+        ("--concurrency-range", o["concurrency_range"]),
+        ("--request-rate-range", o["request_rate_range"]),
+        ("--request-intervals", o["request_intervals"]),
+        ("--request-count", o["request_count"]),
+        ("--warmup-request-count", o["warmup_request_count"]),
+        ("--binary-search", o["binary_search"]),
+        ("--workers", o["workers"] != 1),
+    ):
+        if given:
+            raise ConfigError(
+                f"--fixed-schedule replays the timestamps once, one request each, in one "
+                f"process: {flag} cannot be combined with it."
+            )
+    return read_timestamps(src)
+
+
 def _measure(o: Mapping[str, Any]) -> S.MeasureSpec:
+    schedule = _fixed_schedule(o)
     return S.MeasureSpec(
         mode=o["measurement_mode"],
         interval_ms=o["measurement_interval"],
@@ -81,7 +129,7 @@ def _measure(o: Mapping[str, Any]) -> S.MeasureSpec:
         stability_pct=o["stability_percentage"],
         max_trials=o["max_trials"],
         percentile=o["percentile"],
-        fixed_request_count=o["request_count"],
+        fixed_request_count=len(schedule) or o["request_count"],
         warmup_request_count=o["warmup_request_count"],
     )
 
@@ -91,6 +139,13 @@ def _load(o: Mapping[str, Any]) -> tuple[S.LoadSpec, float]:
     concurrency, rates, intervals = (
         o["concurrency_range"], o["request_rate_range"], o["request_intervals"],
     )  # fmt: skip
+    schedule = _fixed_schedule(o)
+    if schedule:  # one level, labelled by the trace's mean rate
+        span_s = (schedule[-1] - schedule[0]) / 1e6
+        rate = len(schedule) / span_s if span_s > 0 else float(len(schedule))
+        return S.RequestRateLoad(
+            rates=(round(rate, 3),), max_in_flight=o["max_in_flight"], fixed_schedule_us=schedule
+        ), 1.0
     if concurrency and (rates or intervals):
         raise ConfigError(
             "--concurrency-range cannot be combined with --request-rate-range/--request-intervals."
@@ -373,8 +428,46 @@ _OPTS = [
         hidden=True,
         help="Accepted for perf_analyzer compatibility.",
     ),
-    click.option("--sync", is_flag=True, hidden=True),
-    click.option("--max-threads", default=None, type=int, hidden=True),
+    click.option(
+        "--sync", is_flag=True, help="Refused (exit 3): perfkit's generator is asynchronous."
+    ),
+    click.option(
+        "--max-threads",
+        default=None,
+        type=int,
+        help="Refused (exit 3): no client threads; see --workers.",
+    ),
+    click.option(
+        "--request-parameter",
+        multiple=True,
+        help="NAME:VALUE:TYPE (bool|int|string) sent with every request (repeatable).",
+    ),
+    click.option(
+        "--input-tensor-format",
+        type=click.Choice(["binary", "json"]),
+        default="binary",
+        show_default=True,
+        help="HTTP request tensors: binary extension or JSON.",
+    ),
+    click.option(
+        "--output-tensor-format",
+        type=click.Choice(["binary", "json"]),
+        default="binary",
+        show_default=True,
+        help="HTTP response tensors: binary extension or JSON.",
+    ),
+    click.option(
+        "--grpc-compression-algorithm",
+        type=click.Choice(["none", "gzip", "deflate"]),
+        default="none",
+        show_default=True,
+        help="gRPC: compress request messages.",
+    ),
+    click.option(
+        "--fixed-schedule",
+        is_flag=True,
+        help="Replay the --input-data JSON's timestamps (ms) once, open loop.",
+    ),
 ]
 
 

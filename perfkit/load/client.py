@@ -15,7 +15,8 @@ from typing import Any
 import numpy.typing as npt
 
 from perfkit.control import ControlClient, np_to_triton
-from perfkit.load.spec import TargetSpec
+from perfkit.errors import ConfigError
+from perfkit.load.spec import RequestParameter, TargetSpec
 
 Array = npt.NDArray[Any]
 
@@ -32,6 +33,24 @@ def control_client(target: TargetSpec) -> ControlClient:
     )
 
 
+def _check_parameters(params: Sequence[RequestParameter]) -> None:
+    """Triton reserves some request parameter names (sequence_id, priority, triton_*, ...)."""
+    from tritonclient.utils import (
+        TRITON_RESERVED_REQUEST_PARAMS,
+        TRITON_RESERVED_REQUEST_PARAMS_PREFIX,
+    )
+
+    for name, _ in params:
+        if name in TRITON_RESERVED_REQUEST_PARAMS or name.startswith(
+            TRITON_RESERVED_REQUEST_PARAMS_PREFIX
+        ):
+            raise ConfigError(
+                f"--request-parameter {name}: a parameter Triton reserves (the names "
+                f"{', '.join(TRITON_RESERVED_REQUEST_PARAMS)} and {TRITON_RESERVED_REQUEST_PARAMS_PREFIX}*); "
+                "choose another name."
+            )
+
+
 def _model_path(target: TargetSpec) -> str:
     path = f"/v2/models/{target.model}"
     return path + f"/versions/{target.model_version}" if target.model_version else path
@@ -45,27 +64,34 @@ def http_request_bytes(
     shm: Mapping[str, tuple[str, int]] | None = None,
     out_shm: Mapping[str, tuple[str, int]] | None = None,
 ) -> bytes:
-    """One complete HTTP/1.1 request (headers + body) using Triton's binary tensor extension.
+    """One complete HTTP/1.1 request (headers + body): tensors in Triton's binary tensor
+    extension, or in the JSON body with `target.input_tensor_format` / `output_tensor_format`
+    "json"; `target.request_parameters` in the body's "parameters".
 
     `shm` / `out_shm`: inputs / outputs in shared memory, name -> (region, byte size).
     """
     import tritonclient.http as th
 
+    _check_parameters(target.request_parameters)
+    binary_in = target.input_tensor_format == "binary"
+    binary_out = target.output_tensor_format == "binary"
     ins = []
     for name, arr in inputs.items():
         i = th.InferInput(name, list(arr.shape), np_to_triton(arr.dtype))
         if shm and name in shm:
             i.set_shared_memory(shm[name][0], shm[name][1])
         else:
-            i.set_data_from_numpy(arr, binary_data=True)
+            i.set_data_from_numpy(arr, binary_data=binary_in)
         ins.append(i)
     outs = []
     for n in output_names:
-        o = th.InferRequestedOutput(n, binary_data=True)
+        o = th.InferRequestedOutput(n, binary_data=binary_out)
         if out_shm and n in out_shm:
             o.set_shared_memory(out_shm[n][0], out_shm[n][1])
         outs.append(o)
-    body, json_size = th.InferenceServerClient.generate_request_body(ins, outputs=outs)
+    body, json_size = th.InferenceServerClient.generate_request_body(
+        ins, outputs=outs, parameters=dict(target.request_parameters) or None
+    )
     if isinstance(body, str):
         body = body.encode()
     host, port = target.host_port
@@ -91,7 +117,8 @@ def grpc_request_bytes(
     out_shm: Mapping[str, tuple[str, int]] | None = None,
 ) -> bytes:
     """A serialized ModelInferRequest (raw_input_contents; all outputs returned raw, or, with
-    `out_shm`, those outputs requested into their shared-memory regions).
+    `out_shm`, those outputs requested into their shared-memory regions), with
+    `target.request_parameters` as its InferParameters.
 
     The same message tritonclient's `InferInput.set_data_from_numpy` / `set_shared_memory` and
     `infer` build: BYTES tensors serialized with `serialize_byte_tensor`, others as raw bytes.
@@ -99,7 +126,15 @@ def grpc_request_bytes(
     from tritonclient.grpc import service_pb2
     from tritonclient.utils import serialize_byte_tensor
 
+    _check_parameters(target.request_parameters)
     req = service_pb2.ModelInferRequest(model_name=target.model, model_version=target.model_version)
+    for pname, value in target.request_parameters:  # InferParameter, typed as tritonclient does
+        if isinstance(value, bool):
+            req.parameters[pname].bool_param = value
+        elif isinstance(value, int):
+            req.parameters[pname].int64_param = value
+        else:
+            req.parameters[pname].string_param = value
     for name, arr in inputs.items():
         datatype = np_to_triton(arr.dtype)
         tensor = req.inputs.add(name=name, datatype=datatype, shape=arr.shape)

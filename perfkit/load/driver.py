@@ -54,6 +54,8 @@ class LevelPlan:
     schedule: Iterator[int] | None = None
     max_in_flight: int = 2048
     late_threshold_ns: int = 1_000_000
+    # --fixed-schedule: send k carries input set k (the trace's entry k), from the first send.
+    replay: bool = False
 
 
 class LevelDriver:
@@ -102,6 +104,8 @@ class LevelDriver:
         else:
             self.send_limit = limit
             self.sched_sent = 0
+            if self.plan.replay:
+                st.seq = -1  # the transports advance it before each send
             self.sched_task = asyncio.get_running_loop().create_task(self._schedule())
 
     async def _schedule(self) -> None:

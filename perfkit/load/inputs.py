@@ -195,6 +195,44 @@ def _load_json(path: Path, infos: Sequence[InputInfo], spec: InputSpec) -> list[
     return sets
 
 
+def read_timestamps(path: str) -> tuple[int, ...]:
+    """--fixed-schedule: the send offsets (µs) of a perf_analyzer JSON's "data" entries, from
+    each entry's "timestamp" (milliseconds from the start, as perf_analyzer's fixed schedule; a
+    stream's first step carries it), in file order, which must not go back in time."""
+    p = Path(path)
+    try:
+        doc = json.loads(p.read_text())
+    except OSError as exc:
+        raise ConfigError(
+            f"--fixed-schedule: cannot read --input-data {path}: {exc.strerror}."
+        ) from exc
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"--fixed-schedule: --input-data {path} is not valid JSON: {exc}."
+        ) from exc
+    data = doc.get("data") if isinstance(doc, dict) else None
+    if not isinstance(data, list) or not data:
+        raise ConfigError(f'--fixed-schedule: {path} needs a non-empty "data" list.')
+    out: list[int] = []
+    for n, entry in enumerate(data):
+        if isinstance(entry, list):
+            entry = entry[0] if entry else {}
+        ts = entry.get("timestamp") if isinstance(entry, dict) else None
+        if isinstance(ts, bool) or not isinstance(ts, int | float) or not ts >= 0:
+            raise ConfigError(
+                f'--fixed-schedule: {path}: data[{n}] needs a "timestamp" (milliseconds from '
+                f"the start, >= 0), found {ts!r}."
+            )
+        us = round(ts * 1000)
+        if out and us < out[-1]:
+            raise ConfigError(
+                f"--fixed-schedule: {path}: data[{n}].timestamp {ts} is before the one of "
+                f"data[{n - 1}]; list the entries in send order."
+            )
+        out.append(us)
+    return tuple(out)
+
+
 def _load_dir(
     path: Path, infos: Sequence[InputInfo], spec: InputSpec, model: str
 ) -> dict[str, Array]:

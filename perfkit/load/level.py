@@ -8,7 +8,7 @@ the one window/stability loop, fed by the in-process driver here and by the --wo
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from typing import Any, Protocol
 
@@ -52,6 +52,14 @@ def plan_level(
             raise ValueError(f"concurrency {level} must be >= 1")
         return "concurrency", LevelPlan(closed_loop=True, concurrency=n)
     rl = load if isinstance(load, RequestRateLoad) else RequestRateLoad(rates=(level,))
+    if rl.fixed_schedule_us:  # --fixed-schedule: the trace's offsets, data entry k with send k
+        return "request_rate", LevelPlan(
+            closed_loop=False,
+            schedule=_replay(rl.fixed_schedule_us),
+            max_in_flight=rl.max_in_flight,
+            late_threshold_ns=measure.late_threshold_us * 1000,
+            replay=True,
+        )
     intervals = sched.read_intervals(rl.intervals_file) if rl.intervals_file else None
     return "request_rate", LevelPlan(
         closed_loop=False,
@@ -59,6 +67,15 @@ def plan_level(
         max_in_flight=rl.max_in_flight,
         late_threshold_ns=measure.late_threshold_us * 1000,
     )
+
+
+def _replay(offsets_us: Sequence[int]) -> Iterator[int]:
+    """The fixed schedule's offsets in ns; past the end (never asked for: the level sends exactly
+    one request per offset) the last one again."""
+    for us in offsets_us:
+        yield us * 1000
+    while True:
+        yield offsets_us[-1] * 1000
 
 
 def breakdown(

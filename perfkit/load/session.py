@@ -102,8 +102,8 @@ class Session:
         if self.target.protocol == "http":
             return HttpPool(host, port, self.reqs, closed_loop)
         if self.target.grpc_client == "grpcio":
-            return GrpcPool(f"{host}:{port}", self.reqs, closed_loop)
-        return H2Pool(host, port, self.reqs, closed_loop)
+            return GrpcPool(f"{host}:{port}", self.reqs, closed_loop, self.target.grpc_compression)
+        return H2Pool(host, port, self.reqs, closed_loop, compression=self.target.grpc_compression)
 
     async def statistics(self) -> dict[str, Any] | None:
         """The model's server-side statistics now, or None when the server keeps none."""

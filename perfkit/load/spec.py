@@ -17,6 +17,10 @@ WireProtocol = Literal["http", "grpc"]
 MeasurementMode = Literal["time_windows", "count_windows"]
 Distribution = Literal["constant", "poisson"]
 SharedMemory = Literal["none", "system", "cuda"]
+TensorFormat = Literal["binary", "json"]
+GrpcCompression = Literal["none", "gzip", "deflate"]
+# --request-parameter NAME:VALUE:TYPE, typed: (name, value) with value a str, int or bool.
+RequestParameter = tuple[str, str | int | bool]
 # perf_analyzer's --output-shared-memory-size default: the region of an output whose size the
 # model's metadata does not fix (a variable dim, or BYTES).
 DEFAULT_OUTPUT_SHM_BYTES = 102400
@@ -36,6 +40,11 @@ class TargetSpec:
         model_version: "" for the server's choice (latest), else a version number as a string.
         connect_timeout_s: bounded wait for the server to answer before `ServerUnavailable`.
         grpc_client: the gRPC hot path, "h2" (lean, default) or "grpcio".
+        request_parameters: --request-parameter, sent with every request (HTTP "parameters",
+            gRPC InferParameter).
+        input_tensor_format / output_tensor_format: --input-tensor-format / --output-tensor-format,
+            HTTP only: "binary" (Triton's binary tensor extension) or "json".
+        grpc_compression: --grpc-compression-algorithm, gRPC only: request messages compressed.
     """
 
     url: str
@@ -45,6 +54,10 @@ class TargetSpec:
     connect_timeout_s: float = 10.0
     # gRPC hot path: "h2" (perfkit's lean HTTP/2 client) or "grpcio" (grpc's own client).
     grpc_client: Literal["h2", "grpcio"] = "h2"
+    request_parameters: tuple[RequestParameter, ...] = ()
+    input_tensor_format: TensorFormat = "binary"
+    output_tensor_format: TensorFormat = "binary"
+    grpc_compression: GrpcCompression = "none"
 
     def __post_init__(self) -> None:
         if self.protocol not in ("http", "grpc"):
@@ -57,6 +70,27 @@ class TargetSpec:
             )
         if not self.url:
             raise ConfigError("url: a server URL is required (-u host:port).")
+        for flag, fmt in (
+            ("--input-tensor-format", self.input_tensor_format),
+            ("--output-tensor-format", self.output_tensor_format),
+        ):
+            if fmt not in ("binary", "json"):
+                raise ConfigError(f"{flag}: {fmt!r} is not 'binary' or 'json'.")
+            if fmt == "json" and self.protocol == "grpc":
+                raise ConfigError(
+                    f"{flag} json is only valid with HTTP (-i http), as perf_analyzer: gRPC "
+                    "always carries tensors as raw bytes."
+                )
+        if self.grpc_compression not in ("none", "gzip", "deflate"):
+            raise ConfigError(
+                f"--grpc-compression-algorithm: {self.grpc_compression!r} is not 'none', 'gzip' "
+                "or 'deflate'."
+            )
+        if self.grpc_compression != "none" and self.protocol != "grpc":
+            raise ConfigError(
+                "--grpc-compression-algorithm is only supported with gRPC (-i grpc), as "
+                "perf_analyzer."
+            )
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -198,6 +232,9 @@ class RequestRateLoad:
     # waits for the next free slot, is counted late and reported, and its corrected latency
     # (from the scheduled time) includes the wait: never a silent semaphore.
     max_in_flight: int = 2048
+    # --fixed-schedule: send offsets (µs from the level start) replayed once, in order, from the
+    # --input-data JSON's "timestamp"s; the rates then only label the level (the mean rate).
+    fixed_schedule_us: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.distribution not in ("constant", "poisson"):
@@ -296,6 +333,41 @@ def expand_range(start: float, end: float, step: float, *, limit: float = 0) -> 
             break
         out.append(round(v, 9))
         k += 1
+    return tuple(out)
+
+
+def parse_request_parameters(
+    values: Iterable[str], *, flag: str = "--request-parameter"
+) -> tuple[RequestParameter, ...]:
+    """perf_analyzer's `--request-parameter NAME:VALUE:TYPE` values (TYPE bool, int or string)
+    -> typed (name, value) pairs; the value may itself hold ':' (split at the first and last)."""
+    out: list[RequestParameter] = []
+    for v in values:
+        name, _, rest = v.partition(":")
+        value, sep, kind = rest.rpartition(":")
+        if not name or not sep:
+            raise ConfigError(
+                f"{flag} {v!r} is not NAME:VALUE:TYPE (e.g. {flag} max_tokens:256:int)."
+            )
+        typed: str | int | bool
+        if kind == "int":
+            try:
+                typed = int(value)
+            except ValueError:
+                raise ConfigError(f"{flag} {v!r}: {value!r} is not an int.") from None
+        elif kind == "bool":
+            if value.lower() not in ("true", "false", "1", "0"):
+                raise ConfigError(f"{flag} {v!r}: {value!r} is not a bool (true or false).")
+            typed = value.lower() in ("true", "1")
+        elif kind == "string":
+            typed = value
+        else:
+            raise ConfigError(f"{flag} {v!r}: type {kind!r} is not one of bool, int, string.")
+        out.append((name, typed))
+    names = [n for n, _ in out]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ConfigError(f"{flag}: {', '.join(dup)} given more than once.")
     return tuple(out)
 
 

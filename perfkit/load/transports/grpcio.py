@@ -86,7 +86,9 @@ class GrpcSlot:
 class GrpcPool:
     """A grpc channel with `n` call slots (one channel; grpc multiplexes the streams)."""
 
-    def __init__(self, url: str, reqs: Sequence[bytes], closed_loop: bool) -> None:
+    def __init__(
+        self, url: str, reqs: Sequence[bytes], closed_loop: bool, compression: str = "none"
+    ) -> None:
         import grpc
 
         self.timings = Timings()
@@ -94,7 +96,8 @@ class GrpcPool:
         self.reqs = reqs
         self.closed_loop = closed_loop
         opts = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
-        self.channel = grpc.insecure_channel(url, options=opts)
+        algo = {"gzip": grpc.Compression.Gzip, "deflate": grpc.Compression.Deflate}
+        self.channel = grpc.insecure_channel(url, options=opts, compression=algo.get(compression))
         self.mc = self.channel.unary_unary(
             METHOD, request_serializer=None, response_deserializer=None
         )

@@ -11,6 +11,7 @@ or RST_STREAM). Error details are fetched once through tritonclient by the calle
 from __future__ import annotations
 
 import asyncio
+import zlib
 from collections import deque
 from collections.abc import Sequence
 from time import perf_counter_ns
@@ -44,8 +45,15 @@ METHOD = "/inference.GRPCInferenceService/ModelInfer"
 NO_MESSAGE = "gRPC call failed (no response message: an error status)"
 
 
-def header_block(authority: str, path: str = METHOD) -> bytes:
-    """HPACK block for a gRPC unary call: static-table indexes and literals without indexing."""
+def header_block(authority: str, path: str = METHOD, compression: str = "none") -> bytes:
+    """HPACK block for a gRPC unary call: static-table indexes and literals without indexing
+    (with `compression` gzip or deflate, the grpc-encoding its messages carry)."""
+    encoding = (
+        hpack_literal(b"grpc-encoding", compression.encode())
+        + hpack_literal(b"grpc-accept-encoding", b"identity,deflate,gzip")
+        if compression != "none"
+        else b""
+    )
     return (
         b"\x83"  # :method POST
         + b"\x86"  # :scheme http
@@ -54,7 +62,19 @@ def header_block(authority: str, path: str = METHOD) -> bytes:
         + b"\x0f\x10" + hpack_string(b"application/grpc")  # content-type (name index 31)
         + hpack_literal(b"te", b"trailers")
         + hpack_literal(b"user-agent", b"perfkit")
+        + encoding  # after the pseudo-headers, as HTTP/2 requires
     )  # fmt: skip
+
+
+def grpc_message(msg: bytes, compression: str = "none") -> bytes:
+    """`msg` as a gRPC length-prefixed message, compressed with gzip or deflate (flag 1) as
+    gRPC specifies them (gzip: RFC 1952; deflate: the zlib format, RFC 1950), or not ("none")."""
+    if compression == "none":
+        return b"\x00" + U32.pack(len(msg)) + msg
+    wbits = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}[compression]
+    c = zlib.compressobj(wbits=wbits)
+    body = c.compress(msg) + c.flush()
+    return b"\x01" + U32.pack(len(body)) + body
 
 
 class H2Conn(asyncio.Protocol):
@@ -70,13 +90,14 @@ class H2Conn(asyncio.Protocol):
         reqs: Sequence[bytes],
         authority: str,
         closed_loop: bool,
+        compression: str = "none",
     ) -> None:
         self.timings = timings
         self.state = state
         self.closed_loop = closed_loop
-        self.block = header_block(authority)
-        # gRPC length-prefixed messages, one per input set.
-        self.msgs = [b"\x00" + U32.pack(len(r)) + r for r in reqs]
+        self.block = header_block(authority, compression=compression)
+        # gRPC length-prefixed messages, one per input set (compressed once, here).
+        self.msgs = [grpc_message(r, compression) for r in reqs]
         self.multi = len(self.msgs) > 1
         self.t: asyncio.Transport | None = None
         self.buf = b""
@@ -305,8 +326,10 @@ class H2Pool:
         reqs: Sequence[bytes],
         closed_loop: bool,
         streams_per_conn: int = 32,
+        compression: str = "none",
     ) -> None:
         self.host, self.port = host, port
+        self.compression = compression
         self.timings = Timings()
         self.state = LoopState()
         self.reqs = reqs
@@ -320,7 +343,9 @@ class H2Pool:
         loop = asyncio.get_running_loop()
         authority = f"{self.host}:{self.port}"
         _, proto = await loop.create_connection(
-            lambda: H2Conn(self.timings, self.state, self.reqs, authority, self.closed_loop),
+            lambda: H2Conn(
+                self.timings, self.state, self.reqs, authority, self.closed_loop, self.compression
+            ),
             self.host,
             self.port,
         )
