@@ -4,7 +4,9 @@ A sweep file says what to tune and how:
 
     [model]        name, repository (relative to the working directory), zoo (build it if missing)
     [server]       url (omit for the embedded server), protocol ("grpc" | "http"), startup_timeout_s,
-                   metrics_url (the server's Prometheus metrics; default <url host>:8002/metrics)
+                   metrics_url (the server's Prometheus metrics; default <url host>:8002/metrics),
+                   without url: launch ("embedded" | "local" | "docker") and its settings
+                   (tritonserver, image, gpus, shm_size, args, env: perfkit.launch.settings)
     [space]        instance_count, instance_kind, max_batch_size, dynamic_batching,
                    preferred_batch_sizes, max_queue_delay_us: lists of values to search
                    (instance_count is per instance group, and per listed GPU for KIND_GPU)
@@ -32,6 +34,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from perfkit.errors import ConfigError
+from perfkit.launch.settings import LAUNCH_KEYS, LaunchSettings, launch_from_table
 from perfkit.load.spec import parse_shapes
 from perfkit.model_repo import InvalidRepository
 from perfkit.model_repo.repository import check_model_name
@@ -146,6 +149,8 @@ class TuneSweep:
     # The server's Prometheus endpoint, "host:port/metrics" (None: the embedded server's, or
     # port 8002 on the url's host).
     metrics_url: str | None = None
+    # The server perfkit starts when there is no url (`perfkit.launch.settings`).
+    launch: LaunchSettings = field(default_factory=LaunchSettings)
     space: SpaceSpec = field(default_factory=SpaceSpec)
     load: LoadSettings = field(default_factory=LoadSettings)
     measure: MeasureSettings = field(default_factory=MeasureSettings)
@@ -363,7 +368,10 @@ def parse_sweep(text: str, source: str = "<sweep>", base_dir: Path | None = None
     protocol = s.str_("protocol", "grpc", ("grpc", "http")) or "grpc"
     startup = s.num("startup_timeout_s", 60.0, minimum=1.0) or 60.0
     metrics_url = s.str_("metrics_url")
-    s.check_unknown({"url", "protocol", "startup_timeout_s", "metrics_url"})
+    launch = launch_from_table(s)
+    if url is not None and (given := [k for k in LAUNCH_KEYS if k in s.table]):
+        raise s.fail(given[0], "starts a server, and server.url names a running one: drop one")
+    s.check_unknown({"url", "protocol", "startup_timeout_s", "metrics_url", *LAUNCH_KEYS})
 
     b = _table(source, doc, "budget")
     trials = b.int_("trials", 20, minimum=1)
@@ -410,6 +418,7 @@ def parse_sweep(text: str, source: str = "<sweep>", base_dir: Path | None = None
         protocol="http" if protocol == "http" else "grpc",
         startup_timeout_s=startup,
         metrics_url=metrics_url,
+        launch=launch,
         space=space,
         load=load,
         measure=_parse_measure(_table(source, doc, "measure")),

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from perfkit import tune as tuning
 from perfkit.cli._console import err, out
+from perfkit.cli._launch import launch_for_tune, launch_options
 from perfkit.report.summary import summary_sentence
 from perfkit.results import TrialRecord, TuneResult
 from perfkit.sweepfile import SAMPLERS, load_sweep
@@ -149,6 +150,7 @@ def _progress(t: TrialRecord) -> None:
 @click.option(
     "--dry-run", is_flag=True, help="Print the diff of the best config; do not write it back."
 )
+@launch_options
 def tune(
     sweep: Path,
     trials: int | None,
@@ -164,9 +166,15 @@ def tune(
     window_ms: int | None,
     no_prune: bool,
     dry_run: bool,
+    **launch_flags: Any,
 ) -> None:
     """Find the best config.pbtxt for a model under the sweep's constraints and write it back."""
     spec = load_sweep(sweep)
+    # --server and its settings over the sweep's [server] launch keys; refused with a URL.
+    launch = launch_for_tune(
+        spec.launch, launch_flags, url=url or spec.url, source=str(sweep),
+        url_source="-u/--url" if url else f"{sweep}:server.url",
+    )  # fmt: skip
     search: dict[str, Any] = {}
     if sampler is not None:
         search["sampler"] = sampler
@@ -181,6 +189,7 @@ def tune(
         storage=storage,
         study_name=study_name,
         url=url,
+        launch=launch,
         protocol=protocol,
         repository=None if model_repository is None else model_repository.resolve(),
         search=dataclasses.replace(spec.search, **search) if search else None,

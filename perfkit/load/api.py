@@ -12,12 +12,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from perfkit.errors import ConfigError
+from perfkit.launch.settings import LaunchSettings
 from perfkit.load.spec import MetricsSpec, RequestRateLoad, SweepSpec
 from perfkit.load.sweep import run_sweep
 from perfkit.results import Measurement, RunResult, WindowStat
@@ -30,6 +32,8 @@ def run(
     *,
     embedded: bool = False,
     model_repository: Path | str | None = None,
+    launch: LaunchSettings | None = None,
+    server_log: Path | None = None,
     on_window: Callable[[WindowStat], None] | None = None,
     on_level: Callable[[Measurement], None] | None = None,
     on_raw: Callable[[Measurement, Any, list[int]], None] | None = None,
@@ -48,8 +52,14 @@ def run(
             (what `perfkit run` does without -u) and measure it instead of `spec.target.url`; it
             is stopped before `run` returns. With `spec.metrics` at its default URL, the metrics
             are scraped from that server.
-        model_repository: with `embedded`, the repository to serve (it must hold the model);
-            by default the zoo model of that name is built into a temporary directory.
+        model_repository: with `embedded` or `launch`, the repository to serve (it must hold
+            the model); by default the zoo model of that name is built into a temporary directory.
+        launch: start this server instead (`perfkit.launch.settings`: embedded, a local
+            tritonserver, or docker), in explicit model-control mode with the model loaded, and
+            measure it; `embedded=True` is `launch=LaunchSettings()`.
+        server_log: with `embedded` or `launch`, where the started server's log is kept; by
+            default a temporary file, removed after a clean stop of the embedded server (kept,
+            and named in a message, for the others).
         on_window: called after each measurement window.
         on_level: called with each level's `Measurement` once it is measured.
         on_raw: called with each level's `Measurement`, its raw per-request timings and the
@@ -78,9 +88,10 @@ def run(
         from perfkit.load.shm_regions import cuda_module
 
         cuda_module()  # no CUDA here: a ConfigError before a server starts
-    if not embedded:
+    if launch is None and not embedded:
         return run_sweep(spec, on_window=on_window, on_level=on_level, on_raw=on_raw)
-    with _embedded(spec, model_repository, note) as started:
+    settings = launch or LaunchSettings()
+    with _embedded(spec, model_repository, note, settings, server_log) as started:
         return run_sweep(
             started, on_window=on_window, on_level=on_level, on_raw=on_raw, embedded=True
         )
@@ -88,10 +99,15 @@ def run(
 
 @contextlib.contextmanager
 def _embedded(
-    spec: SweepSpec, model_repository: Path | str | None, note: Callable[[str], None]
+    spec: SweepSpec,
+    model_repository: Path | str | None,
+    note: Callable[[str], None],
+    settings: LaunchSettings,
+    server_log: Path | None,
 ) -> Iterator[SweepSpec]:
-    """The embedded perfkit_server serving the model; yields `spec` pointed at it."""
-    from perfkit.launch import EmbeddedServer
+    """The server `settings` say (the embedded perfkit_server by default) serving the model;
+    yields `spec` pointed at it, and stops it on the way out."""
+    from perfkit.launch.start import launcher
 
     model = spec.target.model
     with contextlib.ExitStack() as stack:
@@ -104,10 +120,25 @@ def _embedded(
 
             repo = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="perfkit-run-")))
             zoo.build(model, repo)
-        note(f"Starting the embedded perfkit_server for model {model} ...")
+        log = server_log
+        if log is None and settings.mode != "embedded":
+            fd, name = tempfile.mkstemp(prefix=f"perfkit-{settings.mode}-server-", suffix=".log")
+            os.close(fd)
+            log = Path(name)
+        what = {"embedded": "the embedded perfkit_server", "local": "a local tritonserver"}
+        note(
+            f"Starting {what.get(settings.mode, 'tritonserver in docker')} for model {model} ..."
+            + (f" (its log: {log})" if log is not None else "")
+        )
         # Client shared memory is off by default on the server (as on Triton since 2026-04).
-        shm = ["--allow-client-shm=true"] if spec.inputs.shared_memory != "none" else []
-        server = stack.enter_context(EmbeddedServer(repo, load_models=[model], extra_args=shm))
+        server = launcher(
+            settings,
+            repo,
+            load_models=[model],
+            log_path=log,
+            client_shm=spec.inputs.shared_memory != "none",
+        )
+        stack.enter_context(server)
         target = dataclasses.replace(spec.target, url=server.url(spec.target.protocol))
         metrics = spec.metrics
         if metrics is not None and metrics.url == MetricsSpec().url:

@@ -83,8 +83,8 @@ def run(
         on_done: called once with the result and what was written, before `run` returns, and
             also before it re-raises an interrupt or a server failure, so that a caller can
             show what the study holds so far.
-        server_env: environment variables set for the embedded server on top of this process's
-            (e.g. CUDA_VISIBLE_DEVICES); ignored, and refused, with `sweep.url`.
+        server_env: environment variables set for the server perfkit starts on top of this
+            process's and `sweep.launch.env` (e.g. CUDA_VISIBLE_DEVICES); refused with `sweep.url`.
 
     Returns:
         The study's `TuneResult`: every measured trial, the default and best trials, the gain,
@@ -143,7 +143,9 @@ def _run(
     out_dir = (sweep.output or Path("tune-results") / sweep.model).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     if server_env is not None and sweep.url is not None:
-        raise ConfigError("server_env is for the embedded server; this sweep names a server.url")
+        raise ConfigError(
+            "server_env is for a server perfkit starts; this sweep names a server.url"
+        )
     space = SearchSpace.from_specs(sweep.space, sweep.load)
     check_instances(base, sweep.space)
     objective = Objective(sweep.objectives, sweep.constraints)
@@ -170,9 +172,12 @@ def _run(
     messages: list[str] = []
     restarts = 0
     while True:
-        with _server(sweep, server_env) as (url, info, metrics_url):
+        with _server(sweep, server_env, out_dir, restarts, note) as (url, info, metrics_url):
             # The study's identity includes the target, known once the server answers.
-            target = identity.target_of(info, launch=_launch(sweep), server_env=server_env)
+            target = identity.target_of(
+                info, launch=_launch(sweep), docker_gpus=sweep.launch.gpus,
+                server_env={**dict(sweep.launch.env), **(server_env or {})},
+            )  # fmt: skip
             st.set_worker_attrs({identity.TARGET_ATTR: target.as_attr()})
             if opened is None:
                 opened = identity.open_target_study(
@@ -220,7 +225,7 @@ def _run(
                 if sweep.url is None and restarts < MAX_SERVER_RESTARTS:
                     restarts += 1
                     restarted = (
-                        "the embedded server stopped answering; restarted it "
+                        f"the {sweep.launch.mode} server stopped answering; restarted it "
                         f"({restarts}/{MAX_SERVER_RESTARTS})"
                     )
                     note(f"{restarted}: {exc}")
@@ -269,36 +274,48 @@ def _run(
 
 @contextlib.contextmanager
 def _server(
-    sweep: TuneSweep, env: Mapping[str, str] | None = None
+    sweep: TuneSweep,
+    env: Mapping[str, str] | None,
+    out_dir: Path,
+    restarts: int,
+    note: Callable[[str], None],
 ) -> Iterator[tuple[str, ServerInfo, str]]:
-    """Yields (url, info, metrics url): the sweep's server once ready, or a started embedded one."""
-    from perfkit.launch import EmbeddedServer, RemoteServer, server_info, wait_ready
+    """Yields (url, info, metrics url): the sweep's server once ready, or the one `sweep.launch`
+    says, started in explicit mode with its log in `out_dir` (server.log; server.N.log after a
+    restart) and stopped when the block ends."""
+    from perfkit.launch import RemoteServer, server_info, wait_ready
+    from perfkit.launch.start import launcher
 
     if sweep.url is not None:
         wait_ready(sweep.url, sweep.protocol, sweep.startup_timeout_s)
         remote = RemoteServer(sweep.url, sweep.protocol, metrics_url=sweep.metrics_url)
         yield sweep.url, server_info(sweep.url, sweep.protocol), remote.metrics_url
         return
-    with EmbeddedServer(
+    log = out_dir / ("server.log" if not restarts else f"server.{restarts + 1}.log")
+    if sweep.launch.mode != "embedded":
+        note(f"starting the {sweep.launch.mode} tritonserver for {sweep.model}; its log: {log}")
+    with launcher(
+        sweep.launch,
         sweep.repository,
-        model_control_mode="explicit",
         load_models=[sweep.model],
+        log_path=log,
         startup_timeout_s=sweep.startup_timeout_s,
         env=env,
     ) as server:
-        url = server.grpc_url if sweep.protocol == "grpc" else server.http_url
+        url = server.url(sweep.protocol)
         try:
             info = server_info(url, sweep.protocol, embedded=True)
         except (PerfkitError, OSError):  # metadata is nice to have; the server is ready
+            kind = "perfkit_server" if sweep.launch.mode == "embedded" else "triton"
             info = ServerInfo(
-                url=url, protocol=sweep.protocol, kind="perfkit_server", version="", embedded=True
+                url=url, protocol=sweep.protocol, kind=kind, version="", embedded=True
             )
         yield url, info, sweep.metrics_url or server.metrics_url
 
 
 def _launch(sweep: TuneSweep) -> str:
     """How perfkit reached the server, for its target (`perfkit.tune.identity.LAUNCHES`)."""
-    return "embedded" if sweep.url is None else "remote"
+    return sweep.launch.mode if sweep.url is None else "remote"
 
 
 def _describe_study(

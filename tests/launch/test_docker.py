@@ -6,6 +6,8 @@ line it is given, so readiness, URLs and stop are exercised for real; only the e
 
 from __future__ import annotations
 
+import logging
+import os
 import socket
 import subprocess
 import sys
@@ -17,91 +19,9 @@ import docker.errors
 import pytest
 
 from perfkit.errors import ConfigError, ServerUnavailable
-from perfkit.launch import DEFAULT_IMAGE, DockerTriton, EmbeddedServer, ServerHandle
-from perfkit.launch.docker import lifeline_command
-
-
-def _flag(command: list[str], name: str) -> str:
-    return next(arg.split("=", 1)[1] for arg in command if arg.startswith(f"--{name}="))
-
-
-class FakeContainer:
-    def __init__(self, image: str, kwargs: dict[str, Any], *, exits: bool) -> None:
-        self.image = image
-        self.kwargs = kwargs
-        self.status = "created"
-        self.exits = exits
-        self.stopped_with: int | None = None
-        self.removed = False
-        self.server: EmbeddedServer | None = None
-        self.events: list[str] = []
-        self.stdin_eof = False
-        # The engine's end of the stdin attach (perfkit holds the other).
-        self.attached: socket.socket | None = None
-
-    def attach_socket(self, params: dict[str, Any]) -> socket.socket:
-        self.events.append(f"attach {sorted(params)}")
-        ours, self.attached = socket.socketpair()
-        return ours
-
-    def start(self) -> None:
-        self.events.append("start")
-        command = self.kwargs["command"]
-        if self.exits:
-            self.status = "exited"
-            return
-        self.server = EmbeddedServer(
-            Path(_flag(command, "model-repository")),
-            http_port=int(_flag(command, "http-port")),
-            grpc_port=int(_flag(command, "grpc-port")),
-            metrics_port=int(_flag(command, "metrics-port")),
-            model_control_mode=_flag(command, "model-control-mode"),
-            load_models=[_flag(command, "load-model")],
-        )
-        self.server._spawn()  # started like a container: no wait; DockerTriton polls readiness
-        self.status = "running"
-
-    def reload(self) -> None:
-        if self.status == "running" and self.server is not None and not self.server.alive():
-            self.status = "exited"
-
-    def logs(self, tail: int | str = "all") -> bytes:
-        return b"I1125 fake tritonserver log\nE1125 error: creating server: failed to load all models\n"
-
-    def stop(self, timeout: int = 10) -> None:
-        self.stopped_with = timeout
-        if self.server is not None:
-            self.server.stop()
-        self.status = "exited"
-
-    def remove(self, force: bool = False) -> None:
-        self.removed = True
-        if self.attached is not None:  # had perfkit closed its end of the stdin attach?
-            self.attached.setblocking(False)
-            try:
-                self.stdin_eof = self.attached.recv(1) == b""
-            except BlockingIOError:
-                self.stdin_eof = False
-            self.attached.close()
-
-
-class FakeContainers:
-    def __init__(self, *, exits: bool = False, fail: Exception | None = None) -> None:
-        self.exits = exits
-        self.fail = fail
-        self.started: list[FakeContainer] = []
-
-    def create(self, image: str, **kwargs: Any) -> FakeContainer:
-        if self.fail is not None:
-            raise self.fail
-        container = FakeContainer(image, kwargs, exits=self.exits)
-        self.started.append(container)
-        return container
-
-
-class FakeDockerClient:
-    def __init__(self, **kwargs: Any) -> None:
-        self.containers = FakeContainers(**kwargs)
+from perfkit.launch import DEFAULT_IMAGE, DockerTriton, ServerHandle
+from perfkit.launch.docker import lifeline_command, owner_gone, owner_token
+from tests.launch.fake_docker import FakeContainer, FakeDockerClient
 
 
 def test_runs_tritonserver_in_a_container(zoo_repo: Path, tmp_path: Path) -> None:
@@ -127,6 +47,14 @@ def test_runs_tritonserver_in_a_container(zoo_repo: Path, tmp_path: Path) -> Non
             str(zoo_repo.resolve()): {"bind": str(zoo_repo.resolve()), "mode": "rw"}
         }
         assert kw["device_requests"] == [{"count": -1, "capabilities": [["gpu"]]}]
+        assert kw["shm_size"] == "1g"
+        # Labelled with this perfkit (host, pid, start time) and a run id, for the next run's clean-up.
+        assert kw["labels"] == {
+            "perfkit": "docker_triton",
+            "perfkit.owner": owner_token(),
+            "perfkit.run": server.run_id,
+        }
+        assert f"{os.getpid()}:" in kw["labels"]["perfkit.owner"]
         command = kw["command"]
         assert command[:5] == lifeline_command([], 15.0)
         assert command[5] == "tritonserver"
@@ -149,9 +77,85 @@ def test_container_exiting_at_start_shows_its_log(zoo_repo: Path) -> None:
 
 
 def test_engine_error_at_run(zoo_repo: Path) -> None:
-    client = FakeDockerClient(fail=docker.errors.ImageNotFound("no such image"))
+    client = FakeDockerClient(fail=docker.errors.APIError("no GPU runtime"))
     with pytest.raises(ServerUnavailable, match=r"docker pull nvcr.io/nvidia/tritonserver:x-py3"):
         DockerTriton(zoo_repo, image="nvcr.io/nvidia/tritonserver:x-py3", client=client).start()
+
+
+def test_an_image_no_registry_has(zoo_repo: Path) -> None:
+    image = "nvcr.io/nvidia/tritonserver:x-py3"
+    client = FakeDockerClient(missing_images={image}, unknown_images={image})
+    with pytest.raises(ServerUnavailable, match=r"manifest for .*x-py3 not found.*docker pull"):
+        DockerTriton(zoo_repo, image=image, client=client).start()
+    assert client.containers.started == []
+
+
+def test_a_missing_image_is_pulled_first(zoo_repo: Path) -> None:
+    # As `docker run` does: the image is pulled once, then the container created.
+    client = FakeDockerClient(missing_images={DEFAULT_IMAGE})
+    with DockerTriton(zoo_repo, load_models=["identity"], client=client) as server:
+        assert server.alive()
+    assert client.images.pulled == [DEFAULT_IMAGE]
+    assert len(client.containers.started) == 1
+
+
+def _killed_perfkit() -> str:
+    """The owner label of a process SIGKILLed after it labelled its container (a killed perfkit)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
+    )
+    token = owner_token(proc.pid)
+    proc.kill()
+    proc.wait()
+    assert proc.stdin is not None
+    proc.stdin.close()
+    return token
+
+
+def _left(name: str, owner: str | None, status: str) -> FakeContainer:
+    labels = {"perfkit": "docker_triton"} | ({} if owner is None else {"perfkit.owner": owner})
+    return FakeContainer(
+        DEFAULT_IMAGE, {"labels": labels, "name": name}, status=status, ident=f"{name:0<12}"[:12]
+    )
+
+
+def test_the_next_run_removes_the_containers_of_a_killed_perfkit(
+    zoo_repo: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    dead = _killed_perfkit()
+    stopped = _left("stopped", dead, "exited")  # the lifeline stopped it; the container stays
+    running = _left("running", dead, "running")  # a lifeline that could not act (engine restart)
+    alive = _left("alive", owner_token(), "running")  # a perfkit still running: left alone
+    remote = _left("remote", "another-host:1:1", "running")  # another host's: not judged
+    legacy = _left("legacy", None, "exited")  # no owner label: not ours to judge
+    client = FakeDockerClient(existing=[stopped, running, alive, remote, legacy])
+    with (
+        caplog.at_level(logging.WARNING, logger="perfkit.launch.docker"),
+        DockerTriton(zoo_repo, load_models=["identity"], client=client) as server,
+    ):
+        assert server.alive()
+    assert client.containers.list_calls[0] == {
+        "all": True, "filters": {"label": "perfkit=docker_triton"}
+    }  # fmt: skip
+    for gone in (stopped, running):
+        assert gone.removed
+        assert gone.removed_with_force
+    for kept in (alive, remote, legacy):
+        assert not kept.removed
+    pid = dead.split(":")[1]
+    for name, status in (("stopped", "exited"), ("running", "running")):
+        assert f"removed container {name} (" in caplog.text
+        assert f", {status}), left by perfkit pid {pid} which is gone" in caplog.text
+
+
+def test_owner_gone() -> None:
+    assert not owner_gone(owner_token())
+    assert owner_gone(_killed_perfkit())
+    host, pid, ticks = owner_token().split(":")
+    if ticks:  # Linux: a live pid with another start time is a reused pid, its perfkit gone
+        assert owner_gone(f"{host}:{pid}:{int(ticks) + 1}")
+    assert not owner_gone(f"another-host:{pid}:{ticks}")
+    assert not owner_gone("garbage")
 
 
 @pytest.mark.parametrize(
