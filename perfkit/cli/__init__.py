@@ -7,7 +7,12 @@ exit code. Anything else is a bug: it is printed with its traceback and exits 99
 from __future__ import annotations
 
 import logging
+import os
 import sys
+
+# grpc's C core logs a failed TLS handshake at INFO on stderr before perfkit reports it (once, as
+# an error line): its own default level, set before anything imports grpc.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 import click
 from rich.markup import escape

@@ -20,6 +20,7 @@ from rich.live import Live
 from rich.table import Table
 
 from perfkit.cli import _console
+from perfkit.cli.run_tls import TLS_OPTIONS, tls_target
 from perfkit.cli._launch import launch_for_run, launch_options, run_server_log
 from perfkit.errors import EXIT_OTHER, EXIT_UNSTABLE, ConfigError
 from perfkit.load import spec as S
@@ -60,6 +61,7 @@ def _target(o: Mapping[str, Any]) -> S.TargetSpec:
         model=o["model"],
         model_version=o["model_version"],
         connect_timeout_s=o["connect_timeout"],
+        **tls_target(o, protocol),  # --ssl-https-*, --ssl-grpc-*, -H
         request_parameters=S.parse_request_parameters(o["request_parameter"]),
         input_tensor_format=o["input_tensor_format"],
         output_tensor_format=o["output_tensor_format"],
@@ -418,6 +420,7 @@ _OPTS = [
         type=float,
         help="Seconds to wait for the server to answer.",
     ),
+    *TLS_OPTIONS,  # --ssl-https-*, --ssl-grpc-*, -H (perfkit.cli.run_tls)
     click.option(
         "--live/--no-live", default=None, help="Live view on stderr (default: when a terminal)."
     ),

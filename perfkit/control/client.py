@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 import numpy.typing as npt
@@ -24,6 +24,7 @@ from perfkit.control.values import (
     sum_model_stats,
 )
 from perfkit.errors import ConfigError, ModelError, PerfkitError, ServerError, ServerUnavailable
+from perfkit.tls import Header, TlsSettings, grpc_metadata, is_peer_close, is_tls_failure
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +81,9 @@ class ControlClient:
         model_version: "" for the server's choice.
         connect_timeout_s: the bounded wait of `wait_live` / `wait_ready` by default.
         network_timeout_s: the longest one sync call may take (a model load can be slow).
+        tls: reach the server over TLS with these settings (an https:// URL alone means TLS
+            with the defaults).
+        headers: sent with every call (HTTP headers; gRPC metadata, names lowercased).
     """
 
     def __init__(
@@ -91,10 +95,15 @@ class ControlClient:
         model_version: str = "",
         connect_timeout_s: float = 10.0,
         network_timeout_s: float = 60.0,
+        tls: TlsSettings | None = None,
+        headers: Sequence[Header] = (),
     ) -> None:
         self.protocol = check_protocol(protocol)
         self.url = address(url)
-        self._ssl = url.startswith("https://")
+        if tls is None and url.startswith("https://"):
+            tls = TlsSettings()
+        self._tls = tls
+        self._headers = dict(grpc_metadata(headers) if protocol == "grpc" else headers)
         self.model = model
         self.model_version = model_version
         self.connect_timeout_s = connect_timeout_s
@@ -108,10 +117,11 @@ class ControlClient:
         key = "probe" if probe and not self._grpc else "main"
         client = self._clients.get(key)
         if client is None:
+            tls = self._tls
             if self._grpc:
                 import tritonclient.grpc as tg
 
-                client = tg.InferenceServerClient(self.url)
+                client = tg.InferenceServerClient(self.url, **(tls.grpc_options() if tls else {}))
             else:
                 import tritonclient.http as th
 
@@ -120,10 +130,21 @@ class ControlClient:
                     self.url,
                     connection_timeout=min(timeout, 5.0),
                     network_timeout=timeout,
-                    ssl=self._ssl,
+                    **(tls.sync_http_options() if tls else {}),
                 )
+            self._add_headers(client)
             self._clients[key] = client
         return client
+
+    def _add_headers(self, client: Any) -> None:
+        """Every call of `client` carries the -H headers (tritonclient's plugin hook)."""
+        if self._headers:
+            headers = self._headers
+
+            def plugin(request: Any) -> None:
+                request.headers.update(headers)
+
+            client.register_plugin(plugin)
 
     def _kw(self, as_json: bool, timeout_s: float) -> dict[str, Any]:
         if not self._grpc:
@@ -156,16 +177,21 @@ class ControlClient:
     async def _aio(self) -> AsyncIterator[Any]:
         # One aio client per call: an aio client belongs to the loop it was made on, and each
         # level runs its own loop. ~1 ms of CPU a call, a few calls per measurement window.
+        tls = self._tls
         if self._grpc:
             import tritonclient.grpc.aio as tga
 
-            client: Any = tga.InferenceServerClient(self.url)
+            client: Any = tga.InferenceServerClient(self.url, **(tls.grpc_options() if tls else {}))
         else:
             import tritonclient.http.aio as tha
 
             client = tha.InferenceServerClient(
-                self.url, conn_timeout=ASYNC_TIMEOUT_S, ssl=self._ssl
+                self.url,
+                conn_timeout=ASYNC_TIMEOUT_S,
+                ssl=tls is not None,
+                ssl_context=tls.context() if tls else None,
             )
+        self._add_headers(client)
         try:
             yield client
         finally:
@@ -210,7 +236,35 @@ class ControlClient:
                 return None
             return f"the server answered: not {what}"
         except client_errors() as exc:
+            if self._tls is not None:
+                self._check_tls(exc)
             return error_text(exc)
+
+    def _check_tls(self, exc: BaseException) -> None:
+        """Raise ServerUnavailable at once, on one line, for a TLS failure: waiting does not
+        help a CA or host name that does not match, nor a server that closes each connection
+        after the handshake (it wants a client certificate, or does not serve TLS here)."""
+        text = error_text(exc)
+        where = f"{self.url} ({self.protocol})"
+        if is_tls_failure(exc):
+            raise ServerUnavailable(
+                f"TLS with {where} failed: {text}. Check the CA file and the host name in -u."
+            ) from exc
+        if is_peer_close(text):
+            flags = (
+                "--ssl-grpc-certificate-chain-file and --ssl-grpc-private-key-file"
+                if self._grpc
+                else "--ssl-https-client-certificate-file and --ssl-https-private-key-file"
+            )
+            why = (
+                "it did not accept the client certificate"
+                if self._tls is not None and self._tls.cert_file
+                else f"it may require a client certificate (mutual TLS: {flags})"
+            )
+            raise ServerUnavailable(
+                f"{where} closed the TLS connection without answering ({text}): {why}, or it "
+                "does not serve TLS on this port."
+            ) from exc
 
     def is_ready(self) -> bool:
         return self.not_ready() is None

@@ -30,6 +30,8 @@ def control_client(target: TargetSpec) -> ControlClient:
         model=target.model,
         model_version=target.model_version,
         connect_timeout_s=target.connect_timeout_s,
+        tls=target.secure,
+        headers=target.headers,
     )
 
 

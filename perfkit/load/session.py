@@ -21,6 +21,7 @@ from perfkit.load.transports.grpcio import GrpcPool
 from perfkit.load.transports.h2 import H2Pool
 from perfkit.load.transports.http1 import HttpPool
 from perfkit.results import ServerInfo
+from perfkit.tls import grpc_metadata
 
 
 class Session:
@@ -99,11 +100,22 @@ class Session:
     def new_pool(self, closed_loop: bool) -> Pool:
         """Connections for one level (opened by the driver), with their own timings record."""
         host, port = self.target.host_port
+        tls, headers = self.target.secure, self.target.headers
         if self.target.protocol == "http":
-            return HttpPool(host, port, self.reqs, closed_loop)
+            ctx = tls.context(alpn=["http/1.1"]) if tls else None
+            return HttpPool(host, port, self.reqs, closed_loop, tls=ctx, headers=headers)
+        metadata = grpc_metadata(headers)
         if self.target.grpc_client == "grpcio":
-            return GrpcPool(f"{host}:{port}", self.reqs, closed_loop, self.target.grpc_compression)
-        return H2Pool(host, port, self.reqs, closed_loop, compression=self.target.grpc_compression)
+            creds = tls.grpc_credentials() if tls else None
+            return GrpcPool(
+                f"{host}:{port}", self.reqs, closed_loop, self.target.grpc_compression,
+                tls=creds, metadata=metadata,
+            )  # fmt: skip
+        ctx = tls.context(alpn=["h2"]) if tls else None
+        return H2Pool(
+            host, port, self.reqs, closed_loop, compression=self.target.grpc_compression,
+            tls=ctx, metadata=metadata,
+        )  # fmt: skip
 
     async def statistics(self) -> dict[str, Any] | None:
         """The model's server-side statistics now, or None when the server keeps none."""

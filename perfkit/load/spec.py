@@ -13,6 +13,12 @@ from typing import Literal
 
 from perfkit.errors import ConfigError
 
+# A target's TLS settings and -H headers: defined in the pure perfkit.tls (perfkit.control uses
+# them too), exported here with the other specs.
+from perfkit.tls import Header as Header
+from perfkit.tls import TlsSettings as TlsSettings
+from perfkit.tls import parse_headers as parse_headers
+
 WireProtocol = Literal["http", "grpc"]
 MeasurementMode = Literal["time_windows", "count_windows"]
 Distribution = Literal["constant", "poisson"]
@@ -54,6 +60,10 @@ class TargetSpec:
     connect_timeout_s: float = 10.0
     # gRPC hot path: "h2" (perfkit's lean HTTP/2 client) or "grpcio" (grpc's own client).
     grpc_client: Literal["h2", "grpcio"] = "h2"
+    # TLS (--ssl-https-* / --ssl-grpc-*; an https:// URL alone means TLS with the defaults) and
+    # the -H headers sent with every request, control calls included.
+    tls: TlsSettings | None = None
+    headers: tuple[Header, ...] = ()
     request_parameters: tuple[RequestParameter, ...] = ()
     input_tensor_format: TensorFormat = "binary"
     output_tensor_format: TensorFormat = "binary"
@@ -70,6 +80,11 @@ class TargetSpec:
             )
         if not self.url:
             raise ConfigError("url: a server URL is required (-u host:port).")
+        if self.tls is not None and self.url.startswith(("http://", "grpc://")):
+            raise ConfigError(
+                f"url: {self.url!r} says plain text but TLS options were given: write "
+                "https:// (or host:port) with --ssl-* options, or drop them."
+            )
         for flag, fmt in (
             ("--input-tensor-format", self.input_tensor_format),
             ("--output-tensor-format", self.output_tensor_format),
@@ -91,6 +106,15 @@ class TargetSpec:
                 "--grpc-compression-algorithm is only supported with gRPC (-i grpc), as "
                 "perf_analyzer."
             )
+
+    @property
+    def secure(self) -> TlsSettings | None:
+        """The TLS settings when the server is reached over TLS (`tls` given, or an https://
+        URL, which then means TLS with the defaults: verify the server against the system's
+        CAs), else None (plain TCP)."""
+        if self.tls is None and self.url.startswith("https://"):
+            return TlsSettings()
+        return self.tls
 
     @property
     def host_port(self) -> tuple[str, int]:

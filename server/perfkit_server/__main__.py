@@ -13,6 +13,7 @@ from typing import Any
 
 from perfkit_server.app import serve
 from perfkit_server.settings import ServerSettings
+from perfkit_server.tls import from_flags
 
 
 def _bool(text: str) -> bool:
@@ -135,7 +136,27 @@ def build_parser() -> argparse.ArgumentParser:
         default=1024,
         help="most shared-memory regions registered at once (both kinds)",
     )
+    _tls_flags(p)
     return p
+
+
+def _tls_flags(p: argparse.ArgumentParser) -> None:
+    """tritonserver's gRPC TLS flags, and the same family for HTTPS (which tritonserver lacks)."""
+    for service in ("grpc", "http"):
+        name = "HTTPS" if service == "http" else "gRPC"
+        p.add_argument(f"--{service}-use-ssl", type=_bool, default=False, help=f"{name} over TLS")
+        p.add_argument(
+            f"--{service}-use-ssl-mutual",
+            type=_bool,
+            default=False,
+            help=f"{name} over mutual TLS (implies --{service}-use-ssl): clients need a "
+            f"certificate signed by --{service}-root-cert",
+        )
+        p.add_argument(f"--{service}-server-cert", type=Path, help="PEM server certificate")
+        p.add_argument(f"--{service}-server-key", type=Path, help="PEM server private key")
+        p.add_argument(
+            f"--{service}-root-cert", type=Path, help="PEM CA of the client certificates (mutual)"
+        )
 
 
 def settings_from_args(args: argparse.Namespace) -> ServerSettings:
@@ -175,6 +196,22 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         max_warmup_count=args.max_warmup_count,
         allow_client_shm=args.allow_client_shm,
         max_shared_memory_regions=args.max_shared_memory_regions,
+        grpc_tls=from_flags(
+            "grpc",
+            use_ssl=args.grpc_use_ssl,
+            mutual=args.grpc_use_ssl_mutual,
+            server_cert=args.grpc_server_cert,
+            server_key=args.grpc_server_key,
+            root_cert=args.grpc_root_cert,
+        ),
+        http_tls=from_flags(
+            "http",
+            use_ssl=args.http_use_ssl,
+            mutual=args.http_use_ssl_mutual,
+            server_cert=args.http_server_cert,
+            server_key=args.http_server_key,
+            root_cert=args.http_root_cert,
+        ),
     )
 
 

@@ -19,6 +19,7 @@ from perfkit_server.dataplane import DataPlane
 from perfkit_server.grpc_service import GrpcService
 from perfkit_server.grpc_wire import GrpcServer
 from perfkit_server.h2_limits import H2Limits
+from perfkit_server.header_tap import install_header_tap
 from perfkit_server.http_limits import HttpLimits
 from perfkit_server.http_service import HttpService
 from perfkit_server.http_wire import HttpServer
@@ -61,16 +62,32 @@ async def serve(settings: ServerSettings) -> int:
     try:
         if settings.allow_grpc:
             grpc_server = GrpcService(dataplane).server(_h2_limits(settings))
+            grpc_tls = settings.grpc_tls
+            install_header_tap(grpc_server)
             try:
-                port = await grpc_server.start(settings.grpc_address, settings.grpc_port)
+                port = await grpc_server.start(
+                    settings.grpc_address,
+                    settings.grpc_port,
+                    ssl=grpc_tls.context() if grpc_tls else None,
+                )
             except OSError as exc:
                 address = f"{settings.grpc_address}:{settings.grpc_port}"
                 raise OSError(f"cannot bind the gRPC port {address}: {exc}") from exc
             logger.info("Started GRPCInferenceService at %s:%d", settings.grpc_address, port)
+            if grpc_tls is not None:
+                logger.info("GRPCInferenceService serves %s", grpc_tls.describe())
         if settings.allow_http:
             http_server = HttpServer(HttpService(dataplane).dispatch, _http_limits(settings))
-            port = await http_server.start(settings.http_address, settings.http_port)
+            http_tls = settings.http_tls
+            install_header_tap(http_server)
+            port = await http_server.start(
+                settings.http_address,
+                settings.http_port,
+                ssl=http_tls.context() if http_tls else None,
+            )
             logger.info("Started HTTPService at %s:%d", settings.http_address, port)
+            if http_tls is not None:
+                logger.info("HTTPService serves %s", http_tls.describe())
         if settings.allow_metrics:
             system = SystemMetrics(
                 gpu=settings.allow_gpu_metrics,

@@ -23,6 +23,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http import HTTPStatus
+from ssl import SSLContext
 from typing import cast
 from urllib.parse import unquote
 
@@ -435,13 +436,17 @@ class HttpServer:
         self.connections: set[_Connection] = set()
         self.tasks: set[asyncio.Future[Reply]] = set()
         self.writes = WriteBatch()
+        # What each accepted connection is (a test hook may substitute a subclass: header_tap).
+        self.connection_class: type[_Connection] = _Connection
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.TimerHandle | None = None
 
-    async def start(self, host: str, port: int) -> int:
-        """Listen; returns the bound port."""
+    async def start(self, host: str, port: int, ssl: SSLContext | None = None) -> int:
+        """Listen (over TLS with `ssl`); returns the bound port."""
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _Connection(self), host, port, backlog=1024)
+        self._server = await loop.create_server(
+            lambda: self.connection_class(self), host, port, backlog=1024, ssl=ssl
+        )
         self._sweeper = loop.call_later(self.limits.sweep_secs(), self._sweep)
         return int(self._server.sockets[0].getsockname()[1])
 

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from perfkit_server.tls import ServerTls
+
 ModelControlMode = Literal["none", "explicit", "poll"]
 
 
@@ -63,6 +65,10 @@ class ServerSettings:
     # and the most regions held at once (Triton has no cap; each holds a descriptor and a mapping).
     allow_client_shm: bool = False
     max_shared_memory_regions: int = 1024
+    # TLS of each listener (tritonserver's --grpc-use-ssl family, and --http-use-ssl...); None:
+    # plain text.
+    grpc_tls: ServerTls | None = None
+    http_tls: ServerTls | None = None
 
     def __post_init__(self) -> None:
         for name in ("http_port", "grpc_port", "metrics_port"):

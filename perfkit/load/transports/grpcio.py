@@ -83,11 +83,34 @@ class GrpcSlot:
         complete(self, self.sent, self.intended, d, error)
 
 
+class _WithMetadata:
+    """A unary-unary callable whose calls carry `metadata` (the -H headers)."""
+
+    __slots__ = ("_mc", "_metadata")
+
+    def __init__(self, mc: Any, metadata: tuple[tuple[str, str], ...]) -> None:
+        self._mc = mc
+        self._metadata = metadata
+
+    def future(self, req: bytes) -> Any:
+        return self._mc.future(req, metadata=self._metadata)
+
+
 class GrpcPool:
-    """A grpc channel with `n` call slots (one channel; grpc multiplexes the streams)."""
+    """A grpc channel with `n` call slots (one channel; grpc multiplexes the streams).
+
+    `tls`: grpc channel credentials (a secure channel); `metadata` goes with every call.
+    """
 
     def __init__(
-        self, url: str, reqs: Sequence[bytes], closed_loop: bool, compression: str = "none"
+        self,
+        url: str,
+        reqs: Sequence[bytes],
+        closed_loop: bool,
+        compression: str = "none",
+        *,
+        tls: Any = None,
+        metadata: Sequence[tuple[str, str]] = (),
     ) -> None:
         import grpc
 
@@ -97,10 +120,19 @@ class GrpcPool:
         self.closed_loop = closed_loop
         opts = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
         algo = {"gzip": grpc.Compression.Gzip, "deflate": grpc.Compression.Deflate}
-        self.channel = grpc.insecure_channel(url, options=opts, compression=algo.get(compression))
+        if tls is None:
+            self.channel = grpc.insecure_channel(
+                url, options=opts, compression=algo.get(compression)
+            )
+        else:
+            self.channel = grpc.secure_channel(
+                url, tls, options=opts, compression=algo.get(compression)
+            )
         self.mc = self.channel.unary_unary(
             METHOD, request_serializer=None, response_deserializer=None
         )
+        if metadata:
+            self.mc = _WithMetadata(self.mc, tuple(metadata))
         self.slots: list[GrpcSlot] = []
         self.connecting = 0
 

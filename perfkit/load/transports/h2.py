@@ -14,6 +14,7 @@ import asyncio
 import zlib
 from collections import deque
 from collections.abc import Sequence
+from ssl import SSLContext
 from time import perf_counter_ns
 from typing import Any, cast
 
@@ -75,6 +76,16 @@ def grpc_message(msg: bytes, compression: str = "none") -> bytes:
     c = zlib.compressobj(wbits=wbits)
     body = c.compress(msg) + c.flush()
     return b"\x01" + U32.pack(len(body)) + body
+
+
+def secured_block(block: bytes, https: bool, metadata: Sequence[tuple[str, str]]) -> bytes:
+    """A `header_block` with `:scheme https` (over TLS) and `metadata` appended (lowercase
+    names: -H as gRPC sends it), still literals only."""
+    if https:
+        if block[1:2] != b"\x86":  # :scheme http, static-table index 6
+            raise ValueError("not a header_block: :scheme is not its second field")
+        block = block[:1] + b"\x87" + block[2:]  # :scheme https, index 7
+    return block + b"".join(hpack_literal(n.encode(), v.encode()) for n, v in metadata)
 
 
 class H2Conn(asyncio.Protocol):
@@ -317,7 +328,11 @@ class H2Conn(asyncio.Protocol):
 
 
 class H2Pool:
-    """gRPC calls over a few HTTP/2 connections (one per `streams_per_conn` slots)."""
+    """gRPC calls over a few HTTP/2 connections (one per `streams_per_conn` slots).
+
+    With `tls` (a context offering ALPN "h2") the connections are TLS, through asyncio's SSL
+    transport under the same protocol; `metadata` goes into every call's header block.
+    """
 
     def __init__(
         self,
@@ -326,9 +341,13 @@ class H2Pool:
         reqs: Sequence[bytes],
         closed_loop: bool,
         streams_per_conn: int = 32,
+        tls: SSLContext | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
         compression: str = "none",
     ) -> None:
         self.host, self.port = host, port
+        self.tls = tls
+        self.metadata = tuple(metadata)
         self.compression = compression
         self.timings = Timings()
         self.state = LoopState()
@@ -342,13 +361,24 @@ class H2Pool:
     async def _connect(self) -> H2Conn:
         loop = asyncio.get_running_loop()
         authority = f"{self.host}:{self.port}"
-        _, proto = await loop.create_connection(
+        transport, proto = await loop.create_connection(
             lambda: H2Conn(
                 self.timings, self.state, self.reqs, authority, self.closed_loop, self.compression
             ),
             self.host,
             self.port,
+            ssl=self.tls,
+            server_hostname=self.host if self.tls else None,
         )
+        if self.tls is not None:
+            ssl_object = transport.get_extra_info("ssl_object")
+            if ssl_object is None or ssl_object.selected_alpn_protocol() != "h2":
+                transport.close()
+                raise ConnectionError(
+                    f"{authority} did not agree to HTTP/2 over TLS (ALPN h2): is it a gRPC port?"
+                )
+        if self.tls is not None or self.metadata:
+            proto.block = secured_block(proto.block, self.tls is not None, self.metadata)
         async with asyncio.timeout(10.0):  # not wait_for: it can swallow a Ctrl-C on 3.11
             await proto.ready
         self.conns.append(proto)

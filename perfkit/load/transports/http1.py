@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Sequence
+from ssl import SSLContext
 from time import perf_counter_ns
 from typing import cast
 
@@ -165,14 +166,35 @@ def http_error(buf: bytes, hlen: int) -> str:
     return f"HTTP {status}: {msg}".strip()
 
 
-class HttpPool:
-    """Keep-alive connections to one server; grows on demand in open loop."""
+def with_headers(req: bytes, headers: Sequence[tuple[str, str]]) -> bytes:
+    """`req` (a complete HTTP/1.1 request) with `headers` added after its request line."""
+    line_end = req.index(b"\r\n") + 2
+    extra = "".join(f"{name}: {value}\r\n" for name, value in headers).encode("latin-1")
+    return req[:line_end] + extra + req[line_end:]
 
-    def __init__(self, host: str, port: int, reqs: Sequence[bytes], closed_loop: bool) -> None:
+
+class HttpPool:
+    """Keep-alive connections to one server; grows on demand in open loop.
+
+    With `tls` the connections are TLS (asyncio's SSL transport: the same protocol above it);
+    `headers` are written into every request once, here.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        reqs: Sequence[bytes],
+        closed_loop: bool,
+        *,
+        tls: SSLContext | None = None,
+        headers: Sequence[tuple[str, str]] = (),
+    ) -> None:
         self.host, self.port = host, port
+        self.tls = tls
         self.timings = Timings()
         self.state = LoopState()
-        self.reqs = reqs
+        self.reqs = [with_headers(r, headers) for r in reqs] if headers else reqs
         self.closed_loop = closed_loop
         self.conns: list[HttpConn] = []
         # Connections whose next request waits for the end of this loop iteration.
@@ -185,6 +207,8 @@ class HttpPool:
             lambda: HttpConn(self.timings, self.state, self.unsent, self.reqs, self.closed_loop),
             self.host,
             self.port,
+            ssl=self.tls,
+            server_hostname=self.host if self.tls else None,
         )
         self.conns.append(conn)
         return conn
