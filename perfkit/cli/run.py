@@ -20,8 +20,13 @@ from rich.live import Live
 from rich.table import Table
 
 from perfkit.cli import _console
-from perfkit.cli.run_tls import TLS_OPTIONS, tls_target
-from perfkit.cli._launch import launch_for_run, launch_options, run_server_log
+from perfkit.cli.run_pa import (
+    PA_OPTIONS,
+    fixed_schedule,
+    fixed_schedule_load,
+    refuse_sync,
+    request_target,
+)
 from perfkit.errors import EXIT_OTHER, EXIT_UNSTABLE, ConfigError
 from perfkit.load import spec as S
 from perfkit.results import Measurement, RunResult, WindowStat
@@ -33,7 +38,7 @@ _STATUS_EXIT = {"ok": 0, "unstable": EXIT_UNSTABLE, "error": EXIT_OTHER, "interr
 def spec_from_options(o: Mapping[str, Any]) -> S.SweepSpec:
     """Flags -> a validated SweepSpec; ConfigError names the flag. Without -u, the target is the
     protocol's default URL (the embedded server's replaces it)."""
-    _refuse_sync(o)
+    refuse_sync(o)
     load, bs_step = _load(o)
     return S.SweepSpec(
         target=_target(o),
@@ -61,25 +66,8 @@ def _target(o: Mapping[str, Any]) -> S.TargetSpec:
         model=o["model"],
         model_version=o["model_version"],
         connect_timeout_s=o["connect_timeout"],
-        **tls_target(o, protocol),  # --ssl-https-*, --ssl-grpc-*, -H
-        request_parameters=S.parse_request_parameters(o["request_parameter"]),
-        input_tensor_format=o["input_tensor_format"],
-        output_tensor_format=o["output_tensor_format"],
-        grpc_compression=o["grpc_compression_algorithm"],
+        **request_target(o),  # --request-parameter, tensor formats, gRPC compression
     )
-
-
-def _refuse_sync(o: Mapping[str, Any]) -> None:
-    """--sync / --max-threads: perf_analyzer's synchronous client threads. perfkit's generator
-    is asynchronous (one event loop per --workers process), so they are refused, not ignored."""
-    if o["sync"] or o["max_threads"] is not None:
-        flag = "--sync" if o["sync"] else "--max-threads"
-        raise ConfigError(
-            f"{flag}: perfkit has no synchronous client threads. Its generator is asynchronous: "
-            "--concurrency-range N keeps exactly N requests in flight, each sent when the "
-            "previous answer on its slot arrives, which is the closed loop perf_analyzer's --sync "
-            "threads measure; more generator processes are --workers N. Drop the flag."
-        )
 
 
 def _inputs(o: Mapping[str, Any]) -> S.InputSpec:
@@ -94,37 +82,8 @@ def _inputs(o: Mapping[str, Any]) -> S.InputSpec:
     )
 
 
-def _fixed_schedule(o: Mapping[str, Any]) -> tuple[int, ...]:
-    """--fixed-schedule: the send offsets (µs) from the --input-data JSON's timestamps."""
-    if not o["fixed_schedule"]:
-        return ()
-    from perfkit.load.inputs import read_timestamps
-
-    src = str(o["input_data"])
-    if src in ("random", "zero") or not src.lower().endswith(".json"):
-        raise ConfigError(
-            '--fixed-schedule needs --input-data FILE.json whose "data" entries carry a '
-            '"timestamp" (milliseconds from the start).'
-        )
-    for flag, given in (
-        ("--concurrency-range", o["concurrency_range"]),
-        ("--request-rate-range", o["request_rate_range"]),
-        ("--request-intervals", o["request_intervals"]),
-        ("--request-count", o["request_count"]),
-        ("--warmup-request-count", o["warmup_request_count"]),
-        ("--binary-search", o["binary_search"]),
-        ("--workers", o["workers"] != 1),
-    ):
-        if given:
-            raise ConfigError(
-                f"--fixed-schedule replays the timestamps once, one request each, in one "
-                f"process: {flag} cannot be combined with it."
-            )
-    return read_timestamps(src)
-
-
 def _measure(o: Mapping[str, Any]) -> S.MeasureSpec:
-    schedule = _fixed_schedule(o)
+    schedule = fixed_schedule(o)
     return S.MeasureSpec(
         mode=o["measurement_mode"],
         interval_ms=o["measurement_interval"],
@@ -142,13 +101,9 @@ def _load(o: Mapping[str, Any]) -> tuple[S.LoadSpec, float]:
     concurrency, rates, intervals = (
         o["concurrency_range"], o["request_rate_range"], o["request_intervals"],
     )  # fmt: skip
-    schedule = _fixed_schedule(o)
-    if schedule:  # one level, labelled by the trace's mean rate
-        span_s = (schedule[-1] - schedule[0]) / 1e6
-        rate = len(schedule) / span_s if span_s > 0 else float(len(schedule))
-        return S.RequestRateLoad(
-            rates=(round(rate, 3),), max_in_flight=o["max_in_flight"], fixed_schedule_us=schedule
-        ), 1.0
+    replay = fixed_schedule_load(o)
+    if replay is not None:
+        return replay, 1.0
     if concurrency and (rates or intervals):
         raise ConfigError(
             "--concurrency-range cannot be combined with --request-rate-range/--request-intervals."
@@ -420,7 +375,6 @@ _OPTS = [
         type=float,
         help="Seconds to wait for the server to answer.",
     ),
-    *TLS_OPTIONS,  # --ssl-https-*, --ssl-grpc-*, -H (perfkit.cli.run_tls)
     click.option(
         "--live/--no-live", default=None, help="Live view on stderr (default: when a terminal)."
     ),
@@ -432,46 +386,7 @@ _OPTS = [
         hidden=True,
         help="Accepted for perf_analyzer compatibility.",
     ),
-    click.option(
-        "--sync", is_flag=True, help="Refused (exit 3): perfkit's generator is asynchronous."
-    ),
-    click.option(
-        "--max-threads",
-        default=None,
-        type=int,
-        help="Refused (exit 3): no client threads; see --workers.",
-    ),
-    click.option(
-        "--request-parameter",
-        multiple=True,
-        help="NAME:VALUE:TYPE (bool|int|string) sent with every request (repeatable).",
-    ),
-    click.option(
-        "--input-tensor-format",
-        type=click.Choice(["binary", "json"]),
-        default="binary",
-        show_default=True,
-        help="HTTP request tensors: binary extension or JSON.",
-    ),
-    click.option(
-        "--output-tensor-format",
-        type=click.Choice(["binary", "json"]),
-        default="binary",
-        show_default=True,
-        help="HTTP response tensors: binary extension or JSON.",
-    ),
-    click.option(
-        "--grpc-compression-algorithm",
-        type=click.Choice(["none", "gzip", "deflate"]),
-        default="none",
-        show_default=True,
-        help="gRPC: compress request messages.",
-    ),
-    click.option(
-        "--fixed-schedule",
-        is_flag=True,
-        help="Replay the --input-data JSON's timestamps (ms) once, open loop.",
-    ),
+    *PA_OPTIONS,  # --request-parameter, tensor formats, compression, --fixed-schedule, --sync
 ]
 
 
@@ -483,13 +398,11 @@ def _with_opts(f: Any) -> Any:
 
 @click.command("run", context_settings={"show_default": False})
 @_with_opts
-@launch_options
 def run(**o: Any) -> None:
     """Measure a model like perf_analyzer (same flags, CSV and summary), honestly in open loop."""
     _install_sigterm()
     # Every flag is validated (here and in `perfkit.load.run`) before a server starts.
     spec = spec_from_options(o)
-    launch = launch_for_run(o)  # --server and its settings; refused with -u
     from perfkit.load import run as run_levels
     from perfkit.report import pa_export, pa_stdout
 
@@ -510,8 +423,6 @@ def run(**o: Any) -> None:
             spec,
             embedded=not o["url"],
             model_repository=o["model_repository"],
-            launch=launch,
-            server_log=run_server_log(o),
             on_window=view.on_window,
             on_level=view.on_level,
             on_raw=on_raw,

@@ -8,6 +8,7 @@ Public API (what `perfkit run` and the tuner call), importable from `perfkit.loa
   -> Measurement`: one load level (the tuner's trial).
 - `run_sweep(spec, ...) -> RunResult`: every level of a `SweepSpec` (`perfkit run`).
 - `Session`: one server and model with inputs prepared and requests encoded.
+- `read_timestamps(path)`: --fixed-schedule's send offsets from an --input-data JSON.
 - `perfkit.load.spec`: frozen specs `TargetSpec`, `InputSpec`, `MeasureSpec`, `ConcurrencyLoad`,
   `RequestRateLoad`, `MetricsSpec`, `SweepSpec`, and `parse_range` / `expand_range`.
 
@@ -31,15 +32,17 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from perfkit.load.api import run
+    from perfkit.load.inputs import read_timestamps
     from perfkit.load.level import measure_level
     from perfkit.load.session import Session
     from perfkit.load.sweep import run_sweep
 
-__all__ = ["Session", "measure_level", "run", "run_sweep"]
+__all__ = ["Session", "measure_level", "read_timestamps", "run", "run_sweep"]
 
 _HOMES = {
     "Session": "perfkit.load.session",
     "measure_level": "perfkit.load.level",
+    "read_timestamps": "perfkit.load.inputs",
     "run": "perfkit.load.api",
     "run_sweep": "perfkit.load.sweep",
 }
