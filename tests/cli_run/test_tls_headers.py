@@ -199,3 +199,20 @@ def test_grpc_tls_files_need_use_ssl(certs):
                 f"--ssl-grpc-root-certifications-file={certs.ca}")  # fmt: skip
     assert p.returncode == 3
     assert "need --ssl-grpc-use-ssl" in p.stderr
+
+
+def test_target_with_tls_and_headers_pickles_for_workers(certs):
+    """--workers sends the TargetSpec to its processes: TLS settings and headers travel along."""
+    import pickle
+
+    from perfkit.load import spec as S
+
+    target = S.TargetSpec(
+        url="https://localhost:1", model="fast", headers=(("X-A", "b"),),
+        tls=S.TlsSettings(ca_file=str(certs.ca), verify_host=0),
+    )  # fmt: skip
+    back = pickle.loads(pickle.dumps(target))
+    assert back == target
+    assert back.secure == target.tls
+    assert S.TargetSpec(url="https://localhost:1", model="m").secure == S.TlsSettings()
+    assert S.TargetSpec(url="localhost:1", model="m").secure is None
