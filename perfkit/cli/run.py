@@ -20,6 +20,7 @@ from rich.live import Live
 from rich.table import Table
 
 from perfkit.cli import _console
+from perfkit.cli.run_tls import TLS_OPTIONS, tls_target
 from perfkit.cli.run_pa import (
     PA_OPTIONS,
     fixed_schedule,
@@ -66,6 +67,7 @@ def _target(o: Mapping[str, Any]) -> S.TargetSpec:
         model=o["model"],
         model_version=o["model_version"],
         connect_timeout_s=o["connect_timeout"],
+        **tls_target(o, protocol),  # --ssl-https-*, --ssl-grpc-*, -H
         **request_target(o),  # --request-parameter, tensor formats, gRPC compression
     )
 
@@ -375,6 +377,7 @@ _OPTS = [
         type=float,
         help="Seconds to wait for the server to answer.",
     ),
+    *TLS_OPTIONS,  # --ssl-https-*, --ssl-grpc-*, -H (perfkit.cli.run_tls)
     click.option(
         "--live/--no-live", default=None, help="Live view on stderr (default: when a terminal)."
     ),
