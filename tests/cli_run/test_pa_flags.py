@@ -402,3 +402,21 @@ def test_model_version_end_to_end(tmp_path: Path, protocol: str) -> None:
             no_traceback(p)
         finally:
             client.close()
+
+
+def test_grpc_compression_on_the_grpcio_path(recorder: Any) -> None:
+    """The grpcio fallback client (`TargetSpec.grpc_client`) compresses through grpc's own
+    channel compression, and perfkit_server reads it. (grpc sends a message plain when gzip
+    would not make it smaller, so the inputs are zeros, not random floats.)"""
+    from perfkit.load import measure_level
+    from perfkit.load.spec import InputSpec, MeasureSpec, TargetSpec
+
+    rec = recorder("grpc")
+    target = TargetSpec(url=rec.url, protocol="grpc", model="fast", grpc_client="grpcio",
+                        grpc_compression="gzip", request_parameters=(("k", 7),))  # fmt: skip
+    inputs = InputSpec(source="zero")
+    m = measure_level(target, inputs, MeasureSpec(fixed_request_count=20), "concurrency", 1)
+    assert m.request_count == 20
+    compressed = [req for flag, req in model_infer_requests(rec, "fast") if flag]
+    assert len(compressed) >= 20
+    assert all(req.parameters["k"].int64_param == 7 for req in compressed)
