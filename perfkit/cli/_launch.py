@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from perfkit.errors import ConfigError
-from perfkit.launch.settings import LAUNCH_MODES, LaunchSettings, parse_env, parse_gpus
+from perfkit.launch import LAUNCH_MODES, LaunchSettings, parse_env, parse_gpus
 
 # Option name -> (the LaunchSettings field, the flag as the user sees it).
 _FLAGS: dict[str, tuple[str, str]] = {

@@ -12,7 +12,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from perfkit.launch.settings import DEFAULT_IMAGE, LAUNCH_MODES, LaunchSettings
+from perfkit.launch.settings import (
+    DEFAULT_IMAGE,
+    LAUNCH_MODES,
+    LaunchSettings,
+    parse_env,
+    parse_gpus,
+)
 
 if TYPE_CHECKING:
     from perfkit.launch._base import ServerHandle, free_ports, log_tail
@@ -38,6 +44,8 @@ __all__ = [
     "free_ports",
     "launcher",
     "log_tail",
+    "parse_env",
+    "parse_gpus",
     "server_info",
     "wait_ready",
 ]
