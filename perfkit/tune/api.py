@@ -28,7 +28,7 @@ from perfkit.tune.objective import Objective
 
 logger = logging.getLogger(__name__)
 
-# Restarts of a crashed embedded server within one tune.
+# Restarts of a crashed server perfkit started (embedded, local or docker) within one tune.
 MAX_SERVER_RESTARTS = 3
 
 
@@ -68,11 +68,13 @@ def run(
     again at the best's client load, so the gain compares configs at the same load. The study is
     stored (SQLite in the output directory unless `sweep.storage` says otherwise), so a rerun of
     the same sweep resumes it, and workers that share a storage and study name share the work.
-    With no `sweep.url` the embedded perfkit_server is started in explicit model-control mode
-    (and restarted up to `MAX_SERVER_RESTARTS` times when it stops answering). At the end the
-    result files go to `sweep.output` (default `tune-results/<model>`), the best config replaces
-    `<repository>/<model>/config.pbtxt` (the original kept as `config.pbtxt.orig`) when it beats
-    the default by `sweep.search.min_gain_pct`, and the server is left serving the file on disk.
+    With no `sweep.url` the server `sweep.launch` says (the embedded perfkit_server, a local
+    tritonserver or docker) is started in explicit model-control mode, its log kept in the
+    output directory, and restarted up to `MAX_SERVER_RESTARTS` times when it stops answering.
+    At the end the result files go to `sweep.output` (default `tune-results/<model>`), the best
+    config replaces `<repository>/<model>/config.pbtxt` (the original kept as
+    `config.pbtxt.orig`) when it beats the default by `sweep.search.min_gain_pct`, and the
+    server is left serving the file on disk.
 
     Args:
         sweep: what to tune and how, e.g. `perfkit.sweepfile.load_sweep(path)`.
@@ -94,7 +96,7 @@ def run(
         ConfigError: the model's config.pbtxt is missing (and no zoo model is named to build it),
             or the sweep does not fit the model, or it asks for a GPU objective or constraint
             and the server exports no GPU metrics.
-        ServerUnavailable: no server answered at `sweep.url`, or the embedded server stopped
+        ServerUnavailable: no server answered at `sweep.url`, or the started server stopped
             answering more than `MAX_SERVER_RESTARTS` times (the result files are written first).
         KeyboardInterrupt: on Ctrl-C, after the result files are written; the interrupted trial
             is failed, and a rerun resumes the study.
