@@ -77,6 +77,8 @@ def tls_args(certs: Certs, *, mutual: bool = False) -> list[str]:
 
 def tls_repo(directory: Path) -> Path:
     write_model(directory, "fast", identity_config("fast"))
+    # 800 KB tensors: HTTP/2 flow control and frames split across TLS records.
+    write_model(directory, "big", identity_config("big", dims="200000", max_batch_size=2))
     return directory
 
 
@@ -194,6 +196,45 @@ def test_grpc_listener_offers_alpn_h2_and_https_http11(tls_server, certs):
             ctx.wrap_socket(raw, server_hostname=host) as tls,
         ):
             assert tls.selected_alpn_protocol() == want
+
+
+def test_pipelined_requests_over_tls_pause_and_resume_reading(tls_server, certs):
+    """200 requests written at once on one TLS connection: the server stops reading while 16
+    wait behind the one it serves (pause_reading on the SSL transport), resumes as it answers
+    them, and every one is answered in order."""
+    import socket
+
+    host, port = tls_server.http_url.rsplit(":", 1)
+    ctx = ssl.create_default_context(cafile=str(certs.ca))
+    n = 200
+    request = f"GET /v2/health/live HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+    with (
+        socket.create_connection((host, int(port)), timeout=30) as raw,
+        ctx.wrap_socket(raw, server_hostname=host) as tls,
+    ):
+        tls.sendall(request * n)
+        got = b""
+        while got.count(b"HTTP/1.1 200") < n:
+            chunk = tls.recv(65536)
+            assert chunk, f"closed after {got.count(b'HTTP/1.1 200')} answers"
+            got += chunk
+    assert got.count(b"HTTP/1.1 ") == n
+
+
+def test_large_tensors_over_grpc_tls_and_https(tls_server, certs):
+    """800 KB each way: many DATA frames within the flow-control windows, over TLS records."""
+    import tritonclient.grpc as tg
+    import tritonclient.http as th
+
+    x = np.random.default_rng(0).random((2, 200000), dtype=np.float32)
+    for mod, url, kw in (
+        (tg, tls_server.grpc_url, {"ssl": True, "root_certificates": str(certs.ca)}),
+        (th, tls_server.http_url, {"ssl": True, "ssl_context_factory": _ctx_factory(certs.ca)}),
+    ):
+        with mod.InferenceServerClient(url, **kw) as client:
+            inp = mod.InferInput("INPUT0", list(x.shape), "FP32")
+            inp.set_data_from_numpy(x)
+            np.testing.assert_array_equal(client.infer("big", [inp]).as_numpy("OUTPUT0"), x)
 
 
 def test_plain_client_against_tls_port_fails(tls_server, certs):
