@@ -216,3 +216,25 @@ def test_target_with_tls_and_headers_pickles_for_workers(certs):
     assert back.secure == target.tls
     assert S.TargetSpec(url="https://localhost:1", model="m").secure == S.TlsSettings()
     assert S.TargetSpec(url="localhost:1", model="m").secure is None
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_control_calls_carry_the_headers(tls_server, certs, hook_dir, protocol):
+    """The control client's sync calls and its aio calls (statistics during a level) both send
+    the headers, over TLS."""
+    import asyncio
+
+    from perfkit.control import ControlClient
+    from perfkit.load.spec import TlsSettings
+
+    url = _local(tls_server.http_url if protocol == "http" else tls_server.grpc_url)
+    tls = TlsSettings(ca_file=str(certs.ca))
+    with ControlClient(url, protocol, model="fast", tls=tls,
+                       headers=[("X-Control", f"sync-{protocol}")]) as ctl:  # fmt: skip
+        assert ctl.server_metadata()["name"] == "perfkit_server"
+    with ControlClient(url, protocol, model="fast", tls=tls,
+                       headers=[("X-Control", f"aio-{protocol}")]) as ctl:  # fmt: skip
+        assert asyncio.run(ctl.statistics_async()) is not None
+    seen = headers_seen(hook_dir)
+    assert f"{protocol} x-control: sync-{protocol}" in seen, seen
+    assert f"{protocol} x-control: aio-{protocol}" in seen, seen
