@@ -20,7 +20,7 @@ from rich.live import Live
 from rich.table import Table
 
 from perfkit.cli import _console
-from perfkit.cli.run_tls import TLS_OPTIONS, tls_target
+from perfkit.cli._launch import launch_for_run, launch_options, run_server_log
 from perfkit.cli.run_pa import (
     PA_OPTIONS,
     fixed_schedule,
@@ -28,6 +28,7 @@ from perfkit.cli.run_pa import (
     refuse_sync,
     request_target,
 )
+from perfkit.cli.run_tls import TLS_OPTIONS, tls_target
 from perfkit.errors import EXIT_OTHER, EXIT_UNSTABLE, ConfigError
 from perfkit.load import spec as S
 from perfkit.results import Measurement, RunResult, WindowStat
@@ -401,11 +402,13 @@ def _with_opts(f: Any) -> Any:
 
 @click.command("run", context_settings={"show_default": False})
 @_with_opts
+@launch_options
 def run(**o: Any) -> None:
     """Measure a model like perf_analyzer (same flags, CSV and summary), honestly in open loop."""
     _install_sigterm()
     # Every flag is validated (here and in `perfkit.load.run`) before a server starts.
     spec = spec_from_options(o)
+    launch = launch_for_run(o)  # --server and its settings; refused with -u
     from perfkit.load import run as run_levels
     from perfkit.report import pa_export, pa_stdout
 
@@ -426,6 +429,8 @@ def run(**o: Any) -> None:
             spec,
             embedded=not o["url"],
             model_repository=o["model_repository"],
+            launch=launch,
+            server_log=run_server_log(o),
             on_window=view.on_window,
             on_level=view.on_level,
             on_raw=on_raw,
