@@ -21,7 +21,6 @@ from rich.table import Table
 
 from perfkit.cli import _console
 from perfkit.cli._launch import launch_for_run, launch_options, run_server_log
-from perfkit.cli.run_tls import TLS_OPTIONS, tls_target
 from perfkit.cli.run_pa import (
     PA_OPTIONS,
     fixed_schedule,
@@ -29,6 +28,7 @@ from perfkit.cli.run_pa import (
     refuse_sync,
     request_target,
 )
+from perfkit.cli.run_tls import TLS_OPTIONS, tls_target
 from perfkit.errors import EXIT_OTHER, EXIT_UNSTABLE, ConfigError
 from perfkit.load import spec as S
 from perfkit.results import Measurement, RunResult, WindowStat
