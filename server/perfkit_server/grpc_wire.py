@@ -88,7 +88,7 @@ from perfkit_server.h2_limits import (
     ResetBudget,
     parse_settings,
 )
-from perfkit_server.writes import Output, WriteBatch
+from perfkit_server.writes import Output, WriteBatch, pause_reading, resume_reading
 
 logger = logging.getLogger(__name__)
 
@@ -313,18 +313,10 @@ class _Connection(asyncio.Protocol):
         self._resume(_UNREAD_REPLIES)
 
     def _pause(self, why: int) -> None:
-        transport = self._transport
-        if not self._paused and transport is not None and not transport.is_closing():
-            transport.pause_reading()
-        self._paused |= why
+        self._paused = pause_reading(self._transport, self._paused, why)
 
     def _resume(self, why: int) -> None:
-        if not self._paused & why:
-            return
-        self._paused &= ~why
-        transport = self._transport
-        if not self._paused and transport is not None and not transport.is_closing():
-            transport.resume_reading()
+        self._paused = resume_reading(self._transport, self._paused, why)
 
     def _unqueue(self, stream: _Stream) -> None:
         """Forget a stream's waiting requests (it is over) and read again if they held us."""

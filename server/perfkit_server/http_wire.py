@@ -30,7 +30,7 @@ from urllib.parse import unquote
 import httptools
 
 from perfkit_server.http_limits import HttpLimits
-from perfkit_server.writes import Output, WriteBatch
+from perfkit_server.writes import Output, WriteBatch, pause_reading, resume_reading
 
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
 
@@ -192,18 +192,10 @@ class _Connection(asyncio.Protocol):
         self._resume(_UNREAD_REPLIES)
 
     def _pause(self, why: int) -> None:
-        transport = self._transport
-        if not self._paused and transport is not None and not transport.is_closing():
-            transport.pause_reading()
-        self._paused |= why
+        self._paused = pause_reading(self._transport, self._paused, why)
 
     def _resume(self, why: int) -> None:
-        if not self._paused & why:
-            return
-        self._paused &= ~why
-        transport = self._transport
-        if not self._paused and transport is not None and not transport.is_closing():
-            transport.resume_reading()
+        self._paused = resume_reading(self._transport, self._paused, why)
 
     def data_received(self, data: bytes) -> None:
         if self._broken:

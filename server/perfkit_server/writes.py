@@ -16,6 +16,25 @@ import asyncio
 MAX_QUEUED = 1024
 
 
+def pause_reading(transport: asyncio.Transport | None, reasons: int, why: int) -> int:
+    """Add `why` (a bit) to the reasons a connection is not read; the first one pauses reading.
+    Returns the new reasons."""
+    if not reasons and transport is not None and not transport.is_closing():
+        transport.pause_reading()
+    return reasons | why
+
+
+def resume_reading(transport: asyncio.Transport | None, reasons: int, why: int) -> int:
+    """Drop `why` from the reasons; reading resumes only when none is left (so the end of one
+    reason never undoes another's pause). Returns the new reasons."""
+    if not reasons & why:
+        return reasons
+    reasons &= ~why
+    if not reasons and transport is not None and not transport.is_closing():
+        transport.resume_reading()
+    return reasons
+
+
 class Output:
     """One connection's queued writes; `close_after` closes it once they are written."""
 
