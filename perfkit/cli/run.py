@@ -16,11 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.live import Live
-from rich.table import Table
 
 from perfkit.cli import _console
 from perfkit.cli._launch import launch_for_run, launch_options, run_server_log
+from perfkit.cli.progress import LiveView, StreamView
 from perfkit.cli.run_pa import (
     PA_OPTIONS,
     fixed_schedule,
@@ -31,7 +30,7 @@ from perfkit.cli.run_pa import (
 from perfkit.cli.run_tls import TLS_OPTIONS, tls_target
 from perfkit.errors import EXIT_OTHER, EXIT_UNSTABLE, ConfigError
 from perfkit.load import spec as S
-from perfkit.results import Measurement, RunResult, WindowStat
+from perfkit.results import Measurement, RunResult
 
 _STATUS_EXIT = {"ok": 0, "unstable": EXIT_UNSTABLE, "error": EXIT_OTHER, "interrupted": 130}
 
@@ -134,74 +133,6 @@ def _load(o: Mapping[str, Any]) -> tuple[S.LoadSpec, float]:
         limit = 1024.0
     levels = S.expand_range(a, b, step, limit=limit)
     return S.ConcurrencyLoad(levels=tuple(int(x) for x in levels)), step
-
-
-class LiveView:
-    """The live rich table (stderr): one row per level, updated after each window. The table
-    appears with the first window (after any server start) and stays when the sweep ends."""
-
-    def __init__(self, load: S.LoadSpec, enabled: bool) -> None:
-        self.mode = "concurrency" if isinstance(load, S.ConcurrencyLoad) else "request_rate"
-        self.rows: list[list[str]] = []
-        self.current: list[str] | None = None
-        self.enabled = enabled
-        self.live: Live | None = None
-        # The level being measured: the next of the spec's levels (windows do not carry it).
-        self._levels = iter(load.levels if isinstance(load, S.ConcurrencyLoad) else load.rates)
-        self.level = float(next(self._levels, 0))
-
-    def _table(self) -> Table:
-        t = Table(title="perfkit run", title_justify="left", expand=False)
-        for c in (
-            "Concurrency" if self.mode == "concurrency" else "Request rate",
-            "window",
-            "infer/s",
-            "avg latency (us)",
-            "stable",
-        ):
-            t.add_column(c, justify="right")
-        for r in self.rows:
-            t.add_row(*r)
-        if self.current:
-            t.add_row(*self.current, style="yellow")
-        return t
-
-    def _show(self) -> None:
-        if not self.enabled:
-            return
-        if self.live is None:
-            self.live = Live(
-                self._table(), console=_console.err, refresh_per_second=4, transient=False
-            )
-            self.live.__enter__()
-        else:
-            self.live.update(self._table())
-
-    def on_window(self, w: WindowStat) -> None:
-        self.current = [
-            f"{self.level:g}",
-            str(w.index + 1),
-            f"{w.throughput_infer_per_s:,.1f}",
-            f"{w.latency_avg_us:,.0f}",
-            "...",
-        ]
-        self._show()
-
-    def on_level(self, m: Measurement) -> None:
-        self.rows.append(
-            [f"{m.level:g}", str(len(m.windows)), f"{m.throughput_infer_per_s:,.1f}", f"{m.latency.avg_us:,.0f}",
-             "yes" if m.stable else "[red]no[/]"]
-        )  # fmt: skip
-        self.current = None
-        self.level = float(next(self._levels, m.level))
-        self._show()
-
-    def __enter__(self) -> LiveView:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.live is not None:
-            self.live.__exit__(None, None, None)
 
 
 def _install_sigterm() -> None:
@@ -424,7 +355,13 @@ def run(**o: Any) -> None:
             )  # fmt: skip
 
     live_on = o["live"] if o["live"] is not None else _console.err.is_terminal
-    with LiveView(spec.load, bool(live_on)) as view:
+    # A terminal: the live table; piped (a CI log): each level's block as it ends, a line a window.
+    view: LiveView | StreamView = (
+        LiveView(spec.load, True)
+        if live_on
+        else StreamView(spec, percentile=o["percentile"], verbose=o["verbose"] > 0)
+    )
+    with view:
         result = run_levels(
             spec,
             embedded=not o["url"],
@@ -438,7 +375,7 @@ def run(**o: Any) -> None:
         )
     written = _write_outputs(result, o, experiments)
     _console.out.print(
-        pa_stdout.summary(result, percentile=o["percentile"], verbose=o["verbose"] > 0),
+        view.rest(result, pa_stdout.summary(result, percentile=o["percentile"], verbose=o["verbose"] > 0)),
         markup=False, highlight=False, soft_wrap=True,
     )  # fmt: skip
     for msg in result.messages:

@@ -9,6 +9,8 @@ Public API (what `perfkit run` and the tuner call), importable from `perfkit.loa
 - `run_sweep(spec, ...) -> RunResult`: every level of a `SweepSpec` (`perfkit run`).
 - `Session`: one server and model with inputs prepared and requests encoded.
 - `read_timestamps(path)`: --fixed-schedule's send offsets from an --input-data JSON.
+- `settings_of(spec)`: a sweep's settings as `RunResult.settings` records them; `is_stable(windows,
+  pct=, windows=)`: perf_analyzer's stability rule (what `perfkit run` shows as it measures).
 - `perfkit.load.spec`: frozen specs `TargetSpec`, `InputSpec`, `MeasureSpec`, `ConcurrencyLoad`,
   `RequestRateLoad`, `MetricsSpec`, `SweepSpec`, and `parse_range` / `expand_range`.
 
@@ -35,12 +37,17 @@ if TYPE_CHECKING:
     from perfkit.load.inputs import read_timestamps
     from perfkit.load.level import measure_level
     from perfkit.load.session import Session
-    from perfkit.load.sweep import run_sweep
+    from perfkit.load.stats import is_stable
+    from perfkit.load.sweep import run_sweep, settings_of
 
-__all__ = ["Session", "measure_level", "read_timestamps", "run", "run_sweep"]
+__all__ = [
+    "Session", "is_stable", "measure_level", "read_timestamps", "run", "run_sweep", "settings_of",
+]  # fmt: skip
 
 _HOMES = {
     "Session": "perfkit.load.session",
+    "is_stable": "perfkit.load.stats",
+    "settings_of": "perfkit.load.sweep",
     "measure_level": "perfkit.load.level",
     "read_timestamps": "perfkit.load.inputs",
     "run": "perfkit.load.api",

@@ -7,7 +7,8 @@ of perf_analyzer output finds every line where it expects it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from perfkit.results import Measurement, RunResult
 
@@ -17,9 +18,10 @@ def _p(p: float) -> str:
 
 
 def settings_block(
-    result: RunResult, *, percentile: float | None, verbose: bool = False
+    result: RunResult | Mapping[str, Any], *, percentile: float | None, verbose: bool = False
 ) -> list[str]:
-    s = result.settings
+    # A RunResult, or its settings alone (`perfkit run` piped prints this before any level).
+    s = result.settings if isinstance(result, RunResult) else result
     lines = ["*** Measurement Settings ***", f"  Batch size: {s.get('batch_size', 1)}"]
     lines.append("  Service Kind: Triton")
     if s.get("warmup_request_count"):
