@@ -56,12 +56,13 @@ soak: $(STAMP)
 # most. Its own venv sees PYTHON's packages (--system-site-packages, plus a .pth for a PYTHON that
 # is itself a venv), so the CUDA torch already there is used: a pip constraint pins torch and
 # numpy to PYTHON's, so nothing here replaces them (the CPU torch `make test` installs never comes
-# in). It installs perfkit and the test extra less nvidia-pytriton (only the `triton` tests use
-# it; its numpy<2 pin would shadow the host's numpy). Without a package index, give wheels
+# in). It installs perfkit[server-gpu] (onnxruntime-gpu, never the CPU onnxruntime) and the test
+# extra less nvidia-pytriton (only the `triton` tests use it; its numpy<2 pin would shadow the
+# host's numpy). Without a package index, give wheels
 # (setuptools and wheel among them): GPU_PIP_ARGS='--no-index --find-links DIR'.
 GPU_VENV ?= .venv-gpu
 GPU_PIP_ARGS ?=
-GPU_INSTALL ?= -e . -r $(GPU_VENV)/test-requirements.txt
+GPU_INSTALL ?= -e '.[server-gpu]' -r $(GPU_VENV)/test-requirements.txt
 gpu-check:
 	@$(PYTHON) -c 'import ctypes; ctypes.CDLL("libnvidia-ml.so.1")' 2>/dev/null || { echo \
 	  "gpu-check: FAILED: no NVIDIA driver here (libnvidia-ml.so.1 does not load): no GPU to check" >&2; exit 2; }

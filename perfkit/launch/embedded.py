@@ -6,13 +6,38 @@ a measurement.
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from perfkit.errors import ConfigError
 from perfkit.launch._base import LOOPBACK, MODEL_CONTROL_MODES, ProcessServer, check_model_control
 
-__all__ = ["MODEL_CONTROL_MODES", "EmbeddedServer"]
+__all__ = ["MODEL_CONTROL_MODES", "SERVER_MODULES", "EmbeddedServer", "require_server_stack"]
+
+# The modules of the `server` extra (or `server-gpu`: onnxruntime-gpu is the module onnxruntime too).
+SERVER_MODULES = ("onnxruntime", "httptools", "hpack")
+
+
+def _importable(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ImportError:  # a finder that refuses it, or a broken package
+        return False
+
+
+def require_server_stack(python: str = sys.executable) -> None:
+    """Raise `ConfigError` (exit 3) when this Python lacks the `server` extra that perfkit_server
+    needs; a server run by another `python` is not checked here (its own start says)."""
+    if python != sys.executable:
+        return
+    missing = [name for name in SERVER_MODULES if not _importable(name)]
+    if missing:
+        raise ConfigError(
+            "the embedded server needs perfkit[server]: pip install 'perfkit[server]', or measure "
+            f"a running server with -u URL (missing here: {', '.join(missing)})"
+        )
 
 
 class EmbeddedServer(ProcessServer):
@@ -67,6 +92,7 @@ class EmbeddedServer(ProcessServer):
             log_path=log_path,
             env=env,
         )
+        require_server_stack(python)
         load_models = check_model_control(model_control_mode, load_models)
         self.repo = Path(repo).resolve()
         self.model_control_mode = model_control_mode

@@ -110,6 +110,10 @@ def _embedded(
     from perfkit.launch.start import launcher
 
     model = spec.target.model
+    if settings.mode == "embedded":
+        from perfkit.launch.embedded import require_server_stack
+
+        require_server_stack()  # before a zoo model is built: the missing extra is said first
     with contextlib.ExitStack() as stack:
         if model_repository:
             repo = Path(model_repository)
@@ -118,6 +122,7 @@ def _embedded(
         else:
             from perfkit import zoo
 
+            _check_zoo_model(model, spec)
             repo = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="perfkit-run-")))
             zoo.build(model, repo)
         log = server_log
@@ -144,3 +149,20 @@ def _embedded(
         if metrics is not None and metrics.url == MetricsSpec().url:
             metrics = dataclasses.replace(metrics, url=server.metrics_url)
         yield dataclasses.replace(spec, target=target, metrics=metrics)
+
+
+def _check_zoo_model(model: str, spec: SweepSpec) -> None:
+    """With no URL and no repository the model must be a zoo model; a perf_analyzer user's first
+    command names their own model: say how to measure it (first contact, issue 15)."""
+    from perfkit import zoo
+
+    if model in zoo.MODELS:
+        return
+    grpc = spec.target.protocol == "grpc"
+    port = "localhost:8001 -i grpc" if grpc else "localhost:8000"
+    raise ConfigError(
+        f"{model!r} is not a zoo model, and with no -u perfkit run starts its own server on a zoo "
+        f"model (the zoo has: {', '.join(zoo.MODELS)}). To measure a model on a running server: "
+        f"perfkit run -m {model} -u {port}; to serve your own model repository with the embedded "
+        f"server: perfkit run -m {model} --model-repository DIR."
+    )
