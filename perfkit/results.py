@@ -115,6 +115,9 @@ class Measurement:
     # Prometheus metrics scraped during the windows (--collect-metrics): name -> {gpu uuid or "": value}.
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
+    # Which repeat of the level this is (`perfkit run --repeats N`: 0 .. N-1); 0 in results written
+    # before repeats existed.
+    repeat: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import click
+from rich import box
 from rich.table import Table
 
 from perfkit.cli._console import out
@@ -25,7 +26,19 @@ def _load_labelled(paths: Sequence[Path], labels: Sequence[str]) -> list[tuple[s
             f"--label was given {len(labels)} time(s) for {len(paths)} result(s); give one "
             "--label per RESULT, in the same order, or none."
         )
-    return schema.load_labelled(paths, labels)
+    from perfkit.report import pa_import
+
+    # perf_analyzer -f CSVs are read as runs (single numbers per level, no windows).
+    pa = {i for i, p in enumerate(paths) if pa_import.is_pa_csv(Path(p))}
+    if not pa:
+        return schema.load_labelled(paths, labels)
+    out: list[tuple[str, AnyResult]] = []
+    for i, p in enumerate(paths):
+        if i in pa:
+            out.append((labels[i] if labels else Path(p).stem, pa_import.read_pa_csv(p)))
+        else:
+            out += schema.load_labelled([p], [labels[i]] if labels else [])
+    return out
 
 
 def _ms(us: float) -> str:
@@ -156,6 +169,20 @@ _METRIC_SHORT = {"throughput": "infer/s", "error rate": "error %"}
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write JUnit XML: one testcase per level and gate, a failure per regression.",
 )
+@click.option(
+    "--confidence",
+    default="95%",
+    show_default=True,
+    metavar="PCT",
+    help="Confidence of the bootstrap intervals: a check fails only when its whole interval is "
+    "past the limit.",
+)
+@click.option(
+    "--fail-on-inconclusive",
+    is_flag=True,
+    help="Exit 1 when a check is inconclusive (its interval straddles the limit), not only on a "
+    "regression. Default: exit 0 with a warning.",
+)
 def compare(
     baseline: Path,
     current: Path,
@@ -164,8 +191,16 @@ def compare(
     max_error_rate: str | None,
     markdown_path: Path | None,
     junit_path: Path | None,
+    confidence: str,
+    fail_on_inconclusive: bool,
 ) -> None:
     """Compare CURRENT with BASELINE level by level; exit 1 on a regression.
+
+    Each throughput and latency check gets a bootstrap confidence interval of the change (over
+    the repeats of --repeats, the requests of the profile export, or the windows); it fails only
+    when the whole interval is past the limit, and is "inconclusive, measure more" when the
+    interval straddles it (exit 0 with a warning, or 1 with --fail-on-inconclusive). BASELINE
+    may be a perf_analyzer -f CSV (compared by percentage only: it has no per-window data).
 
     Levels match on (mode, level, batch size). With no threshold flag, the gates are
     --max-throughput-drop 5% and --max-latency-increase p99:10%. Results of different models,
@@ -188,27 +223,44 @@ def compare(
     )
     if gates.empty:
         gates = cmp.DEFAULT_GATES
+    from perfkit.report import pa_import
+
     (b_label, b), (c_label, c) = _load_labelled([baseline, current], [])
-    result = cmp.compare_runs(b, c, gates, baseline_label=b_label, current_label=c_label)
+    raws = [None if pa_import.is_pa_csv(p) else pa_import.requests_next_to(p)
+            for p in (baseline, current)]  # fmt: skip
+    result = cmp.compare_runs(
+        b, c, gates, baseline_label=b_label, current_label=c_label,
+        baseline_requests=raws[0], current_requests=raws[1],
+        confidence=cmp.parse_percent(confidence, "--confidence") / 100.0,
+    )  # fmt: skip
 
     table = Table(
         title=f"perfkit compare: {result.model}, {b_label} -> {c_label}", title_justify="left"
     )
-    for col in ("Level", "Metric", "Baseline", "Current", "Change", "Limit", "Result"):
-        right = col in ("Baseline", "Current", "Change", "Limit")
+    # Compact (no vertical rules, limits below the table): fits an 80-column CI log.
+    table.box = box.SIMPLE_HEAD
+    ci_col = f"{result.confidence * 100:g}% CI"
+    for col in ("Level", "Metric", "Baseline", "Current", "Change", ci_col, "Result"):
+        right = col in ("Baseline", "Current", "Change", ci_col)
         table.add_column(col, justify="right" if right else "left", no_wrap=True)
+    limits: dict[str, str] = {}
     for row, check in zip(cmp.table_rows(result), result.checks, strict=True):
         mode, level, batch = check.key
-        limit = check.limit.replace("increase ≤ ", "≤ +").replace("drop ≤ ", "≥ -")
+        metric = _METRIC_SHORT.get(check.gate, check.gate.replace(" latency", " ms"))
+        limits[metric] = check.limit.replace("increase ≤ ", "≤ +").replace("drop ≤ ", "≥ -")
+        ci = (
+            "-"
+            if check.low_pct is None or check.high_pct is None
+            else (f"{check.low_pct:+.1f}..{check.high_pct:+.1f}%")
+        )
         table.add_row(
             f"{'c' if mode == 'concurrency' else 'r'}={level:g} b={batch}",
-            _METRIC_SHORT.get(check.gate, check.gate.replace(" latency", " ms")),
-            row[3],
-            row[4],
-            row[5],
-            limit,
-            "[green]ok[/]" if check.passed else "[bold red]REGRESSION[/]",
-        )
+            metric, row[3], row[4], row[5], ci,
+            {"pass": "[green]ok[/]", "fail": "[bold red]REGRESSION[/]",
+             "inconclusive": "[yellow]inconclusive[/]"}[check.status],
+        )  # fmt: skip
+    table.caption = "limits: " + ", ".join(f"{m} {lim}" for m, lim in limits.items())
+    table.caption_justify = "left"
     out.print(table)
     for k in result.only_baseline:
         out.print(f"only in baseline, not compared: {cmp.level_name(k)}", style="yellow")
@@ -216,16 +268,20 @@ def compare(
         out.print(f"only in current, not compared: {cmp.level_name(k)}", style="yellow")
     for note in result.notes:
         out.print(note, style="yellow")
-    for path, text in ((markdown_path, cmp.to_markdown), (junit_path, cmp.to_junit)):
+    junit = cmp.to_junit(result, fail_on_inconclusive=fail_on_inconclusive)
+    for path, text in ((markdown_path, cmp.to_markdown(result)), (junit_path, junit)):
         if path is None:
             continue
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text(result), encoding="utf-8")
+            path.write_text(text, encoding="utf-8")
         except OSError as exc:
             raise ConfigError(f"{path}: cannot write: {exc}") from exc
-    if not result.passed:
+    if not result.passed or (fail_on_inconclusive and result.inconclusive):
         raise RegressionDetected(cmp.summary_line(result))
+    if result.inconclusive:
+        out.print(f"[yellow]warning: {cmp.summary_line(result)}[/]")
+        return
     out.print(f"[green]{cmp.summary_line(result)}[/]")
 
 

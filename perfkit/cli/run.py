@@ -50,6 +50,7 @@ def spec_from_options(o: Mapping[str, Any]) -> S.SweepSpec:
         binary_search=o["binary_search"],
         binary_search_step=bs_step,
         workers=o["workers"],
+        repeats=o["repeats"],
         metrics=S.MetricsSpec(
             url=o["metrics_url"] or "localhost:8002/metrics", interval_ms=o["metrics_interval"]
         )
@@ -289,6 +290,14 @@ _OPTS = [
     click.option("-v", "--verbose", count=True),
     click.option(
         "--workers", default=1, show_default=True, type=int, help="Load-generator processes."
+    ),
+    click.option(
+        "--repeats",
+        default=1,
+        show_default=True,
+        type=int,
+        help="Measure each level N times, interleaved (1, 2, ..., then 1 again), each repeat kept "
+        "apart in the results: what `perfkit compare` needs to tell a regression from noise.",
     ),
     click.option("--model-repository", default=None, help="Repository for the embedded server."),
     click.option(

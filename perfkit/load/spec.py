@@ -293,6 +293,8 @@ class SweepSpec:
         binary_search: --binary-search over the range; `binary_search_step` is the precision.
         workers: --workers; generator processes sharing each level's load (merged latency data).
         metrics: --collect-metrics settings, or None.
+        repeats: --repeats; each level measured this many times, interleaved (all levels, then
+            all levels again), each repeat its own `Measurement` (`Measurement.repeat`).
     """
 
     target: TargetSpec
@@ -304,8 +306,13 @@ class SweepSpec:
     binary_search_step: float = 1.0
     workers: int = 1
     metrics: MetricsSpec | None = None
+    repeats: int = 1
 
     def __post_init__(self) -> None:
+        if self.repeats < 1:
+            raise ConfigError(f"repeats: {self.repeats} must be >= 1 (--repeats).")
+        if self.repeats > 1 and self.binary_search:
+            raise ConfigError("repeats: --repeats cannot be combined with --binary-search.")
         if self.workers < 1:
             raise ConfigError(f"workers: {self.workers} must be >= 1.")
         if self.latency_threshold_ms < 0:

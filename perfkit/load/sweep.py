@@ -60,7 +60,7 @@ def settings_of(spec: SweepSpec) -> dict[str, Any]:
         "percentile": spec.measure.percentile, "request_count": spec.measure.fixed_request_count,
         "warmup_request_count": spec.measure.warmup_request_count,
         "latency_threshold_ms": spec.latency_threshold_ms, "binary_search": spec.binary_search,
-        "workers": spec.workers,
+        "workers": spec.workers, "repeats": spec.repeats,
     }  # fmt: skip
     if isinstance(load, ConcurrencyLoad):
         s["load_mode"] = "concurrency"
@@ -147,8 +147,9 @@ class _Walk:
         self.messages: list[str] = []
         self.unstable = False
 
-    async def level(self, level: float) -> Measurement:
-        """Measure one level (an unstable one is kept, flagged stable=False) and record it."""
+    async def level(self, level: float, repeat: int = 0) -> Measurement:
+        """Measure one level (an unstable one is kept, flagged stable=False) and record it as
+        repeat `repeat` of that level."""
         spec, metrics = self.spec, self.metrics
         if metrics is not None:
             metrics.start()
@@ -171,6 +172,8 @@ class _Walk:
             collected = await metrics.stop() if metrics is not None else None
         if collected is not None:
             m = replace(m, metrics=collected)
+        if repeat:
+            m = replace(m, repeat=repeat)
         if metrics is not None and metrics.note and metrics.note not in self.messages:
             self.messages.append(metrics.note)  # where the GPU metrics came from
         self.done.append(m)
@@ -188,14 +191,8 @@ class _Walk:
         try:
             if self.spec.binary_search:
                 await self._binary_search()
-            else:
-                for level in _levels(self.spec):
-                    if self.over(await self.level(level)):
-                        self._over_threshold()
-                        break
-                    if self.should_stop is not None and self.should_stop():
-                        self.messages.append("Stopped on request.")
-                        return "interrupted"
+            elif not await self._walk_levels():
+                return "interrupted"
             return "unstable" if self.unstable else "ok"
         except (ServerUnavailable, ServerError) as exc:
             if not self.done:
@@ -207,6 +204,22 @@ class _Walk:
                 f"Interrupted after {len(self.done)} level(s); the levels measured are kept."
             )
             return "interrupted"
+
+    async def _walk_levels(self) -> bool:
+        """Every level in order, `spec.repeats` times interleaved (level 1, 2, ..., then 1 again:
+        drift over the run hits every level alike). A level over the latency threshold ends the
+        first pass, and later passes stop before it too. False when stopped on request."""
+        levels = _levels(self.spec)
+        for repeat in range(self.spec.repeats):
+            for i, level in enumerate(levels):
+                if self.over(await self.level(level, repeat)) and repeat == 0:
+                    self._over_threshold()
+                    levels = levels[: i + 1]
+                    break
+                if self.should_stop is not None and self.should_stop():
+                    self.messages.append("Stopped on request.")
+                    return False
+        return True
 
     def _over_threshold(self) -> None:
         self.messages.append(

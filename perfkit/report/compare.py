@@ -1,156 +1,48 @@
-"""Regression gates: compare a current run with a baseline run level by level. Pure, stdlib only.
+"""Regression gates: compare a current run with a baseline run level by level, with statistics.
 
-Levels match on (mode, level, batch size). A gate checks one metric per matched level:
-throughput may drop by at most N %, a latency statistic may rise by at most N %, the current error
-rate may be at most N %. `compare_runs` returns a `Comparison`; `to_markdown` and `to_junit` render
-it for a CI step summary and for CI test reporters. Results that cannot be compared (another
-model, a tune, no level in common) raise `ConfigError`.
+Levels match on (mode, level, batch size); the repeats of a level (`perfkit run --repeats N`) are
+pooled. A gate checks one metric per matched level: throughput may drop by at most N %, a latency
+statistic may rise by at most N %, the current error rate may be at most N %. Throughput and
+latency checks get a bootstrap confidence interval of the change (`perfkit.report.stats`, whose
+docstring justifies the method) and fail only when the whole interval is past the limit; an
+interval across the limit is "inconclusive" (`Comparison.inconclusive`; the CLI exits 0 with a
+warning unless --fail-on-inconclusive). A side without per-window data (a perf_analyzer CSV, a
+single --request-count window without its profile export) is compared by percentage only, and
+the check says so. `to_markdown` and `to_junit` render a `Comparison` for CI. Results that
+cannot be compared (another model, a tune, no level in common) raise `ConfigError`.
 """
 
 from __future__ import annotations
 
 import math
-import re
 import xml.etree.ElementTree as ET
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 
 from perfkit.errors import ConfigError
-from perfkit.report.labels import level_text
+from perfkit.report import stats
+from perfkit.report.gates import (
+    DEFAULT_GATES,
+    LATENCY_STATS,
+    Comparison,
+    GateCheck,
+    Gates,
+    LevelKey,
+    Status,
+    change_text,
+    ci_text,
+    fmt,
+    level_name,
+    load_name,
+    parse_latency_gate,
+    parse_percent,
+)
 from perfkit.results import Measurement, RunResult, TuneResult
 
-LevelKey = tuple[str, float, int]  # (mode, level, batch size)
-
-LATENCY_STATS = ("avg", "p50", "p90", "p95", "p99")
-DEFAULT_THROUGHPUT_DROP_PCT = 5.0
-DEFAULT_LATENCY_INCREASE = {"p99": 10.0}
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Gates:
-    """Thresholds in percent. None / empty disables a gate."""
-
-    max_throughput_drop_pct: float | None = None
-    # Latency statistic ("avg", "p50", ..., "p99", or an extra percentile such as "p99.9") -> %.
-    max_latency_increase_pct: Mapping[str, float] = field(default_factory=dict)
-    # Upper bound on the current run's error rate, in percent of requests.
-    max_error_rate_pct: float | None = None
-
-    def __post_init__(self) -> None:
-        values = [self.max_throughput_drop_pct, self.max_error_rate_pct]
-        values += list(self.max_latency_increase_pct.values())
-        if any(v is not None and (v < 0 or not math.isfinite(v)) for v in values):
-            raise ConfigError("compare thresholds must be finite and not negative.")
-        for stat in self.max_latency_increase_pct:
-            _check_stat(stat)
-
-    @property
-    def empty(self) -> bool:
-        return (
-            self.max_throughput_drop_pct is None
-            and not self.max_latency_increase_pct
-            and self.max_error_rate_pct is None
-        )
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class GateCheck:
-    """One gate at one matched level."""
-
-    key: LevelKey
-    gate: str  # "throughput", "p99 latency", "error rate"
-    unit: str  # "infer/s", "ms", "%"
-    baseline: float
-    current: float
-    change_pct: float  # (current - baseline) / baseline, in percent; error rate: percentage points
-    limit: str  # "drop ≤ 5%", "increase ≤ 10%", "≤ 1%"
-    passed: bool
-
-    @property
-    def describe(self) -> str:
-        """One line: what changed against what limit."""
-        verdict = "ok" if self.passed else "REGRESSION"
-        if self.gate == "error rate":
-            return (
-                f"{level_name(self.key)}: error rate {self.current:.3g}% "
-                f"(baseline {self.baseline:.3g}%, limit {self.limit}): {verdict}"
-            )
-        return (
-            f"{level_name(self.key)}: {self.gate} {_fmt(self.baseline, self.unit)} -> "
-            f"{_fmt(self.current, self.unit)} {self.unit} ({change_text(self)}, "
-            f"limit {self.limit}): {verdict}"
-        )
-
-    @property
-    def short(self) -> str:
-        return f"{self.gate} at {level_name(self.key)} ({change_text(self)}, limit {self.limit})"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Comparison:
-    model: str
-    baseline_label: str
-    current_label: str
-    baseline_started_at: str
-    current_started_at: str
-    checks: tuple[GateCheck, ...]
-    matched: tuple[LevelKey, ...]
-    only_baseline: tuple[LevelKey, ...]
-    only_current: tuple[LevelKey, ...]
-    notes: tuple[str, ...] = ()
-
-    @property
-    def regressions(self) -> tuple[GateCheck, ...]:
-        return tuple(c for c in self.checks if not c.passed)
-
-    @property
-    def passed(self) -> bool:
-        return not self.regressions
-
-
-# ---------------------------------------------------------------------------------------------
-# Threshold parsing (the CLI's flag values)
-
-
-def parse_percent(text: str, what: str = "threshold") -> float:
-    """'5%', '5' or '0.5%' -> 5.0 / 5.0 / 0.5 (percent)."""
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*%?\s*", text)
-    if not m:
-        raise ConfigError(f"{what}: {text!r} is not a percentage; write it as e.g. 5% or 2.5%.")
-    return float(m.group(1))
-
-
-def _check_stat(stat: str) -> None:
-    if stat in LATENCY_STATS or re.fullmatch(r"p[0-9]+(\.[0-9]+)?", stat):
-        return
-    raise ConfigError(
-        f"latency statistic {stat!r} is not one of {', '.join(LATENCY_STATS)} "
-        "(or another percentile such as p99.9)."
-    )
-
-
-def parse_latency_gate(text: str) -> tuple[str, float]:
-    """'p99:10%' -> ('p99', 10.0). A bare '10%' means p99."""
-    stat, sep, pct = text.partition(":")
-    if not sep:
-        stat, pct = "p99", text
-    stat = stat.strip().lower()
-    _check_stat(stat)
-    return stat, parse_percent(pct, f"--max-latency-increase {text}")
-
-
-DEFAULT_GATES = Gates(
-    max_throughput_drop_pct=DEFAULT_THROUGHPUT_DROP_PCT,
-    max_latency_increase_pct=DEFAULT_LATENCY_INCREASE,
-)
-
+RawRequests = stats.RawRequests
+NO_WINDOWS_NOTE = "baseline has no per-window data: compared by percentage only"
 
 # ---------------------------------------------------------------------------------------------
 # Comparison
-
-
-def level_name(key: LevelKey) -> str:
-    return f"{load_name(key)}, batch {key[2]}"
 
 
 def _key(m: Measurement) -> LevelKey:
@@ -182,9 +74,20 @@ def _change_pct(baseline: float, current: float) -> float:
     return (current - baseline) / abs(baseline) * 100.0
 
 
-def _index(run: RunResult) -> dict[LevelKey, Measurement]:
-    # A level measured twice (e.g. by a binary search) counts with its last measurement.
-    return {_key(m): m for m in run.measurements}
+_Level = list[tuple[Measurement, RawRequests | None]]
+
+
+def _index(run: RunResult, raw: Sequence[RawRequests | None] | None) -> dict[LevelKey, _Level]:
+    """Each level's repeats with their requests. Without --repeats, a level measured twice (e.g.
+    by a binary search) counts with its last measurement."""
+    out: dict[LevelKey, _Level] = {}
+    aligned = raw is not None and len(raw) == len(run.measurements)
+    for i, m in enumerate(run.measurements):
+        r = raw[i] if aligned and raw is not None else None
+        if m.repeat == 0:
+            out[_key(m)] = []
+        out.setdefault(_key(m), []).append((m, r))
+    return out
 
 
 def _as_run(result: RunResult | TuneResult, label: str) -> RunResult:
@@ -196,6 +99,42 @@ def _as_run(result: RunResult | TuneResult, label: str) -> RunResult:
     )
 
 
+class _Decider:
+    """Builds the throughput and latency checks of a level, with bootstrap intervals."""
+
+    def __init__(self, confidence: float, resamples: int, seed: int) -> None:
+        self.confidence, self.resamples, self.seed = confidence, resamples, seed
+        self.percentage_only = False
+
+    def check(self, key: LevelKey, gate: str, unit: str, base: float, cur: float, limit_pct: float,
+              higher_is_worse: bool, blocks: tuple[stats.Blocks | None, stats.Blocks | None],
+              stat: str) -> GateCheck:  # fmt: skip
+        change = _change_pct(base, cur)
+        low = high = None
+        if stats.can_bootstrap(blocks[0], blocks[1], stat) and math.isfinite(change):
+            assert blocks[0] is not None
+            assert blocks[1] is not None
+            iv = stats.change_interval(
+                blocks[0], blocks[1], stat, baseline_value=base, current_value=cur,
+                confidence=self.confidence, resamples=self.resamples, seed=self.seed,
+            )  # fmt: skip
+            low, high = iv.low_pct, iv.high_pct
+        else:
+            self.percentage_only = True
+        lo, hi = (low, high) if low is not None and high is not None else (change, change)
+        # How much worse, at the interval's worst and best ends (a drop is worse for throughput).
+        worst, best = (hi, lo) if higher_is_worse else (-lo, -hi)
+        status: Status = (
+            "fail" if best > limit_pct else "pass" if worst <= limit_pct else "inconclusive"
+        )
+        return GateCheck(
+            key=key, gate=gate, unit=unit, baseline=base, current=cur, change_pct=change,
+            limit=f"{'increase' if higher_is_worse else 'drop'} ≤ {limit_pct:g}%",
+            status=status, method="bootstrap" if low is not None else "percentage",
+            low_pct=low, high_pct=high, confidence=self.confidence,
+        )  # fmt: skip
+
+
 def compare_runs(
     baseline: RunResult | TuneResult,
     current: RunResult | TuneResult,
@@ -203,16 +142,29 @@ def compare_runs(
     *,
     baseline_label: str = "baseline",
     current_label: str = "current",
+    baseline_requests: Sequence[RawRequests | None] | None = None,
+    current_requests: Sequence[RawRequests | None] | None = None,
+    confidence: float = stats.DEFAULT_CONFIDENCE,
+    resamples: int = stats.DEFAULT_RESAMPLES,
+    seed: int = stats.DEFAULT_SEED,
 ) -> Comparison:
-    """Check every gate at every level the two runs have in common."""
+    """Check every gate at every level the two runs have in common.
+
+    `*_requests` (optional, aligned with each run's measurements) are the per-request latencies
+    of a run's profile export (`perfkit.report.pa_import.read_requests`); without them the
+    bootstrap uses repeats or windows. A baseline with an empty `model` (a perf_analyzer CSV)
+    matches any model.
+    """
     baseline = _as_run(baseline, baseline_label)
     current = _as_run(current, current_label)
-    if baseline.model != current.model:
+    if baseline.model and baseline.model != current.model:
         raise ConfigError(
             f"{baseline_label} measured model {baseline.model!r} but {current_label} measured "
             f"{current.model!r}; compare results of the same model."
         )
-    base, cur = _index(baseline), _index(current)
+    if not 0.5 <= confidence < 1.0:
+        raise ConfigError(f"--confidence {confidence * 100:g}%: give a value from 50% to 99.9%.")
+    base, cur = _index(baseline, baseline_requests), _index(current, current_requests)
     matched = tuple(k for k in base if k in cur)
     if not matched:
         raise ConfigError(
@@ -221,38 +173,21 @@ def compare_runs(
             f"{'; '.join(map(level_name, cur)) or 'none'}). Run both with the same "
             "--concurrency-range or --request-rate-range and batch size."
         )
+    decide = _Decider(confidence, resamples, seed)
     checks: list[GateCheck] = []
     for key in matched:
-        b, c = base[key], cur[key]
+        b, c = stats.pooled(base[key]), stats.pooled(cur[key])
+        blocks = (stats.level_blocks(base[key]), stats.level_blocks(cur[key]))
         if gates.max_throughput_drop_pct is not None:
-            change = _change_pct(b.throughput_infer_per_s, c.throughput_infer_per_s)
-            checks.append(
-                GateCheck(
-                    key=key,
-                    gate="throughput",
-                    unit="infer/s",
-                    baseline=b.throughput_infer_per_s,
-                    current=c.throughput_infer_per_s,
-                    change_pct=change,
-                    limit=f"drop ≤ {gates.max_throughput_drop_pct:g}%",
-                    passed=change >= -gates.max_throughput_drop_pct,
-                )
-            )
+            checks.append(decide.check(
+                key, "throughput", "infer/s", b.throughput_infer_per_s, c.throughput_infer_per_s,
+                gates.max_throughput_drop_pct, False, blocks, "throughput",
+            ))  # fmt: skip
         for stat, limit in gates.max_latency_increase_pct.items():
             bv, cv = _latency_us(b, stat) / 1000.0, _latency_us(c, stat) / 1000.0
-            change = _change_pct(bv, cv)
-            checks.append(
-                GateCheck(
-                    key=key,
-                    gate=f"{stat} latency",
-                    unit="ms",
-                    baseline=bv,
-                    current=cv,
-                    change_pct=change,
-                    limit=f"increase ≤ {limit:g}%",
-                    passed=change <= limit,
-                )
-            )
+            checks.append(decide.check(
+                key, f"{stat} latency", "ms", bv, cv, limit, True, blocks, stat
+            ))  # fmt: skip
         if gates.max_error_rate_pct is not None:
             be, ce = error_rate_pct(b), error_rate_pct(c)
             checks.append(
@@ -264,11 +199,21 @@ def compare_runs(
                     current=ce,
                     change_pct=ce - be,
                     limit=f"≤ {gates.max_error_rate_pct:g}%",
-                    passed=ce <= gates.max_error_rate_pct,
+                    status="pass" if ce <= gates.max_error_rate_pct else "fail",
+                    method="absolute",
+                    confidence=confidence,
                 )
             )
     notes = []
-    if baseline.config_hash != current.config_hash:
+    if not any(m.windows for m in baseline.measurements):
+        notes.append(NO_WINDOWS_NOTE)
+    elif decide.percentage_only:
+        notes.append(
+            "some checks had too little per-window data for an interval and were compared by "
+            "percentage only: run with --repeats 3 or more (or keep the --output-dir's "
+            "profile_export.json next to results.json)"
+        )
+    if baseline.config_hash and baseline.config_hash != current.config_hash:
         notes.append(
             f"model config differs: {baseline.config_hash or '?'} -> {current.config_hash or '?'}"
         )
@@ -290,32 +235,18 @@ def compare_runs(
         only_baseline=tuple(k for k in base if k not in cur),
         only_current=tuple(k for k in cur if k not in base),
         notes=tuple(notes),
+        confidence=confidence,
     )
 
 
 # ---------------------------------------------------------------------------------------------
 # Renderings
 
-
-def _fmt(value: float, unit: str) -> str:
-    if unit == "ms":
-        return f"{value:.3f}"
-    if unit == "%":
-        return f"{value:.2f}%"
-    return f"{value:,.1f}"
-
-
-def change_text(check: GateCheck) -> str:
-    if check.gate == "error rate":
-        return f"{check.change_pct:+.2f}pp"
-    if math.isinf(check.change_pct):
-        return "new (baseline 0)"
-    return f"{check.change_pct:+.1f}%"
-
-
-def load_name(key: LevelKey) -> str:
-    mode, level, _ = key
-    return level_text(mode, level)
+_MD_RESULT = {
+    "pass": "✅ ok",
+    "fail": "❌ **regression**",
+    "inconclusive": "⚠️ inconclusive, measure more",
+}
 
 
 def table_rows(comparison: Comparison) -> list[list[str]]:
@@ -325,17 +256,37 @@ def table_rows(comparison: Comparison) -> list[list[str]]:
             load_name(c.key),
             str(c.key[2]),
             f"{c.gate} ({c.unit})",
-            _fmt(c.baseline, c.unit),
-            _fmt(c.current, c.unit),
+            fmt(c.baseline, c.unit),
+            fmt(c.current, c.unit),
             change_text(c),
+            ci_text(c),
             c.limit,
-            "ok" if c.passed else "REGRESSION",
+            c.verdict,
         ]
         for c in comparison.checks
     ]
 
 
-TABLE_HEAD = ("Load", "Batch", "Gate", "Baseline", "Current", "Change", "Limit", "Result")
+TABLE_HEAD = (
+    "Load",
+    "Batch",
+    "Gate",
+    "Baseline",
+    "Current",
+    "Change",
+    "Interval",
+    "Limit",
+    "Result",
+)
+
+
+def verdict_text(comparison: Comparison) -> str:
+    n, k = len(comparison.regressions), len(comparison.inconclusive)
+    if n:
+        return f"❌ {n} regression{'s' if n != 1 else ''}"
+    if k:
+        return f"⚠️ no regression shown, {k} inconclusive (measure more)"
+    return "✅ no regression"
 
 
 def _md_cell(text: str) -> str:
@@ -345,21 +296,21 @@ def _md_cell(text: str) -> str:
 def to_markdown(comparison: Comparison) -> str:
     """A GitHub step summary: verdict, what was compared, the table, notes."""
     c = comparison
-    n = len(c.regressions)
-    verdict = "✅ no regression" if c.passed else f"❌ {n} regression{'s' if n != 1 else ''}"
     lines = [
-        f"## perfkit compare: {verdict}",
+        f"## perfkit compare: {verdict_text(c)}",
         "",
         f"Model `{_md_cell(c.model)}`: baseline `{_md_cell(c.baseline_label)}` "
         f"({_md_cell(c.baseline_started_at)}) against current `{_md_cell(c.current_label)}` "
         f"({_md_cell(c.current_started_at)}); {len(c.matched)} load level(s) compared, "
-        f"{len(c.checks)} check(s).",
+        f"{len(c.checks)} check(s). A check fails only when its whole "
+        f"{c.confidence * 100:g}% confidence interval is past the limit; an interval across "
+        "the limit is inconclusive.",
         "",
         "| " + " | ".join(TABLE_HEAD) + " |",
-        "|---|---:|---|---:|---:|---:|---|---|",
+        "|---|---:|---|---:|---:|---:|---|---|---|",
     ]
     for row, check in zip(table_rows(c), c.checks, strict=True):
-        row[-1] = "✅ ok" if check.passed else "❌ **regression**"
+        row[-1] = _MD_RESULT[check.status]
         lines.append("| " + " | ".join(_md_cell(x) for x in row) + " |")
     extra = [
         *(f"only in baseline, not compared: {level_name(k)}" for k in c.only_baseline),
@@ -371,10 +322,12 @@ def to_markdown(comparison: Comparison) -> str:
     return "\n".join(lines) + "\n"
 
 
-def to_junit(comparison: Comparison) -> str:
-    """JUnit XML: one testcase per level x gate; a regression is a <failure>."""
+def to_junit(comparison: Comparison, *, fail_on_inconclusive: bool = False) -> str:
+    """JUnit XML: one testcase per level x gate; a regression is a <failure>, an inconclusive
+    check a <skipped> (a <failure> with `fail_on_inconclusive`)."""
     c = comparison
-    failures = len(c.regressions)
+    failures = len(c.regressions) + (len(c.inconclusive) if fail_on_inconclusive else 0)
+    skipped = 0 if fail_on_inconclusive else len(c.inconclusive)
     suites = ET.Element(
         "testsuites",
         name="perfkit compare",
@@ -390,7 +343,7 @@ def to_junit(comparison: Comparison) -> str:
         tests=str(len(c.checks)),
         failures=str(failures),
         errors="0",
-        skipped="0",
+        skipped=str(skipped),
         time="0",
     )
     props = ET.SubElement(suite, "properties")
@@ -411,13 +364,18 @@ def to_junit(comparison: Comparison) -> str:
             name=f"{check.gate} {check.limit}",
             time="0",
         )
-        if not check.passed:
-            failure = ET.SubElement(case, "failure", type="regression", message=check.describe)
-            failure.text = (
-                f"baseline {_fmt(check.baseline, check.unit)} {check.unit}, current "
-                f"{_fmt(check.current, check.unit)} {check.unit}, change {change_text(check)}, "
-                f"limit {check.limit}"
-            )
+        detail = (
+            f"baseline {fmt(check.baseline, check.unit)} {check.unit}, current "
+            f"{fmt(check.current, check.unit)} {check.unit}, change {change_text(check)} "
+            f"({ci_text(check)}), limit {check.limit}"
+        )
+        if check.status == "fail" or (check.status == "inconclusive" and fail_on_inconclusive):
+            kind = "regression" if check.status == "fail" else "inconclusive"
+            failure = ET.SubElement(case, "failure", type=kind, message=check.describe)
+            failure.text = detail
+        elif check.status == "inconclusive":
+            skip = ET.SubElement(case, "skipped", message="inconclusive, measure more")
+            skip.text = detail
     if c.notes or c.only_baseline or c.only_current:
         out = ET.SubElement(suite, "system-out")
         out.text = "\n".join(
@@ -435,6 +393,14 @@ def to_junit(comparison: Comparison) -> str:
 
 def summary_line(comparison: Comparison) -> str:
     regressions = comparison.regressions
+    k = len(comparison.inconclusive)
+    if not regressions and k:
+        shown = "; ".join(c.short for c in comparison.inconclusive[:3])
+        more = f"; and {k - 3} more" if k > 3 else ""
+        return (
+            f"no regression shown in {len(comparison.checks)} check(s), but {k} inconclusive "
+            f"(measure more, e.g. --repeats 5 or a larger --request-count): {shown}{more}"
+        )
     if not regressions:
         return f"no regression in {len(comparison.checks)} check(s)"
     shown = "; ".join(c.short for c in regressions[:3])
@@ -444,14 +410,19 @@ def summary_line(comparison: Comparison) -> str:
 
 __all__ = [
     "DEFAULT_GATES",
+    "NO_WINDOWS_NOTE",
     "Comparison",
     "GateCheck",
     "Gates",
+    "RawRequests",
     "compare_runs",
+    "error_rate_pct",
+    "level_name",
     "parse_latency_gate",
     "parse_percent",
     "summary_line",
     "table_rows",
     "to_junit",
     "to_markdown",
+    "verdict_text",
 ]
