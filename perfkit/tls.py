@@ -214,3 +214,18 @@ def is_peer_close(text: str) -> bool:
             "unexpected eof",
         )
     )
+
+
+SCHEMES = ("http", "https", "grpc")
+
+
+def check_scheme(url: str) -> None:
+    """ConfigError for a URL whose scheme perfkit does not speak (grpcs://, ftp://, ...): refused
+    with what to write instead, never dropped."""
+    scheme, sep, _ = url.partition("://")
+    if sep and scheme not in SCHEMES:  # case-sensitive, as every use of the scheme
+        raise ConfigError(
+            f"url: {url!r}: perfkit does not speak {scheme}://. Write host:port (plain text), "
+            "https://host:port for TLS (with -i grpc: gRPC over TLS, as --ssl-grpc-use-ssl), "
+            "or http://host:port."
+        )

@@ -16,6 +16,7 @@ from typing import Any
 import numpy.typing as npt
 
 from perfkit.control.errors import client_errors, error_text, map_error
+from perfkit.control.sniff import check_port
 from perfkit.control.values import (
     ServerProtocol,
     model_config,
@@ -24,7 +25,14 @@ from perfkit.control.values import (
     sum_model_stats,
 )
 from perfkit.errors import ConfigError, ModelError, PerfkitError, ServerError, ServerUnavailable
-from perfkit.tls import Header, TlsSettings, grpc_metadata, is_peer_close, is_tls_failure
+from perfkit.tls import (
+    Header,
+    TlsSettings,
+    check_scheme,
+    grpc_metadata,
+    is_peer_close,
+    is_tls_failure,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +53,9 @@ def check_protocol(protocol: str) -> ServerProtocol:
 
 
 def address(url: str) -> str:
-    """tritonclient's "host:port" form of a URL: scheme, path and trailing "/" dropped."""
+    """tritonclient's "host:port" form of a URL: scheme, path and trailing "/" dropped (a scheme
+    perfkit does not speak is refused, never dropped)."""
+    check_scheme(url)
     bare = url.split("://", 1)[-1]
     return bare.split("/", 1)[0]
 
@@ -279,7 +289,17 @@ class ControlClient:
 
     def _wait(self, *, live: bool, timeout_s: float | None) -> None:
         timeout = self.connect_timeout_s if timeout_s is None else timeout_s
-        last = wait_for(lambda: self.not_ready(live=live), timeout)
+        sniffed = self._tls is not None  # plain TCP only: is it the other protocol's port?
+
+        def probe() -> str | None:
+            nonlocal sniffed
+            reason = self.not_ready(live=live)
+            if reason is not None and not sniffed:
+                sniffed = True
+                check_port(self.url, self.protocol)  # ConfigError: -u is the other port
+            return reason
+
+        last = wait_for(probe, timeout)
         if last is not None:
             raise ServerUnavailable(
                 f"No server {'answered' if live else 'ready'} at {self.url} ({self.protocol}) "

@@ -17,6 +17,7 @@ from perfkit.errors import ConfigError
 # them too), exported here with the other specs.
 from perfkit.tls import Header as Header
 from perfkit.tls import TlsSettings as TlsSettings
+from perfkit.tls import check_scheme
 from perfkit.tls import parse_headers as parse_headers
 
 WireProtocol = Literal["http", "grpc"]
@@ -80,6 +81,7 @@ class TargetSpec:
             )
         if not self.url:
             raise ConfigError("url: a server URL is required (-u host:port).")
+        check_scheme(self.url)
         if self.tls is not None and self.url.startswith(("http://", "grpc://")):
             raise ConfigError(
                 f"url: {self.url!r} says plain text but TLS options were given: write "

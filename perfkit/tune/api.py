@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import re
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -290,6 +291,7 @@ def _server(
 
     if sweep.url is not None:
         wait_ready(sweep.url, sweep.protocol, sweep.startup_timeout_s)
+        _check_explicit(sweep)
         remote = RemoteServer(sweep.url, sweep.protocol, metrics_url=sweep.metrics_url)
         yield sweep.url, server_info(sweep.url, sweep.protocol), remote.metrics_url
         return
@@ -313,6 +315,36 @@ def _server(
                 url=url, protocol=sweep.protocol, kind=kind, version="", embedded=True
             )
         yield url, info, sweep.metrics_url or server.metrics_url
+
+
+def _check_explicit(sweep: TuneSweep) -> None:
+    """Preflight for a server perfkit did not start: the tuner loads each variant through the
+    model repository API, which only a server in explicit model-control mode allows. A plain
+    load of the model (what the first trial does anyway) tells; refused -> one ConfigError."""
+    from perfkit.control import ControlClient
+
+    assert sweep.url is not None
+    control = ControlClient(sweep.url, sweep.protocol, model=sweep.model, network_timeout_s=120.0)
+    try:
+        control.load_model(None)
+    except PerfkitError as exc:
+        text = str(exc)
+        if "not allowed" not in text:
+            raise
+        # perfkit_server names its mode; Triton says "... if polling is enabled" for NONE and POLL.
+        named = re.search(r"model-control-mode is '(\w+)'", text)
+        mode = (
+            f"is in model-control mode {named.group(1).upper()}"
+            if named
+            else "is not in explicit model-control mode"
+        )
+        raise ConfigError(
+            f"the server at {sweep.url} {mode}: it refused to load {sweep.model!r}, and "
+            "perfkit tune loads variants through the load API: start tritonserver with "
+            "--model-control-mode=explicit (or leave server.url unset to let perfkit start one)."
+        ) from exc
+    finally:
+        control.close()
 
 
 def _launch(sweep: TuneSweep) -> str:
