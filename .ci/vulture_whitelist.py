@@ -59,3 +59,6 @@ _.UNKNOWN
 _.PRIORITY_FRAME
 _.PUSH_PROMISE
 _.SETTINGS_MAX_CONCURRENT_STREAMS
+
+# The library API for users of the results in Python (issue 15); the CLI writes CSVs instead.
+_.to_pandas

@@ -9,7 +9,10 @@ Units are in the field names: `_us` microseconds, `_ns` nanoseconds, `_s` second
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 LoadMode = Literal["concurrency", "request_rate"]
 RunStatus = Literal["ok", "unstable", "interrupted", "error"]
@@ -160,6 +163,12 @@ class RunResult:
     machine: MachineInfo
     messages: tuple[str, ...] = ()
 
+    def to_pandas(self) -> pd.DataFrame:
+        """The tidy table of results.csv: one row per level, floats at their measured precision."""
+        from perfkit.report.tidy_csv import run_rows, to_dataframe  # lazy: pandas on demand
+
+        return to_dataframe(run_rows(self))
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TrialRecord:
@@ -217,6 +226,12 @@ class TuneResult:
     gain_pct: float | None = None
     # The sweep's load and measure settings, how the default was compared, deduplicated draws.
     settings: dict[str, Any] = field(default_factory=dict)
+
+    def to_pandas(self) -> pd.DataFrame:
+        """The tidy table of trials.csv: one row per trial, floats at their measured precision."""
+        from perfkit.report.tidy_csv import to_dataframe, trial_rows  # lazy: pandas on demand
+
+        return to_dataframe(trial_rows(self))
 
     def trial(self, number: int | None) -> TrialRecord | None:
         """The trial with this number (None for None or a number not among `trials`)."""

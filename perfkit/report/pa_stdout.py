@@ -70,6 +70,8 @@ def level_block(
         lines = [f"Request concurrency: {int(m.level)}"]
     else:
         lines = [f"Request Rate: {m.level:g} inference requests per second"]
+    if not m.stable:
+        lines[0] += " (UNSTABLE: not stable within the measurement windows)"
     if verbose:
         for win in m.windows:
             lines.append(
@@ -180,5 +182,6 @@ def final_table(ms: Sequence[Measurement], *, percentile: float | None) -> list[
         )
         lines.append(
             f"{head}, throughput: {m.throughput_infer_per_s:.2f} infer/sec, latency {int(lat)} usec"
+            + ("" if m.stable else " (unstable)")
         )
     return lines

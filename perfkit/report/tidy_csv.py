@@ -1,5 +1,10 @@
 """perfkit's tidy CSVs: one row per load level (results.csv) or per trial (trials.csv), the units in
-the column names, lists as JSON in one cell. Pure rows, plus the one function that writes them.
+the column names, lists as JSON in one cell. Pure rows, plus the one function that writes them and
+the one that makes them a pandas DataFrame (`RunResult.to_pandas()`, `TuneResult.to_pandas()`).
+
+Floats are rounded to what was measured (`measured_precision`): a latency in µs to the µs, a rate
+to 0.1/s, a duration to the ms, anything else to 4 significant digits, so that no row carries float
+noise such as `293.89414500000004`. The JSON keeps the full values.
 """
 
 from __future__ import annotations
@@ -9,9 +14,12 @@ import json
 import math
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from perfkit.results import LatencySummary, Measurement, RunResult, TuneResult
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 JsonDict = dict[str, Any]
 
@@ -91,6 +99,34 @@ def _extra_percentiles(measurements: Iterable[Measurement]) -> list[float]:
     return sorted(ps)
 
 
+def _sig(value: float, digits: int) -> float:
+    if value == 0 or not math.isfinite(value):
+        return value
+    return round(value, digits - 1 - math.floor(math.log10(abs(value))))
+
+
+def measured_precision(column: str, value: Any) -> Any:
+    """A cell rounded to the precision its measurement has, by the unit its column name says:
+    µs (latencies, times) to integers, rates (`_per_s`, `_rps`) to 0.1, seconds to 0.001,
+    percentages to 0.1, other floats to 4 significant digits. Non-floats are unchanged."""
+    if not isinstance(value, float) or not math.isfinite(value):
+        return value
+    name = column.split("__", 1)[0]  # a per-GPU metric column: "<metric>__<uuid>"
+    if name.endswith("_us"):
+        return float(round(value))
+    if name.endswith(("_per_s", "_rps")):
+        return round(value, 1)
+    if name.endswith("_s"):
+        return round(value, 3)
+    if name.endswith("_pct"):
+        return round(value, 1)
+    return _sig(value, 4)
+
+
+def _rounded(row: JsonDict) -> JsonDict:
+    return {k: measured_precision(k, v) for k, v in row.items()}
+
+
 def run_rows(result: RunResult) -> list[JsonDict]:
     """Tidy rows of a run: one per load level, in load order, with the run's identity first."""
     extras = _extra_percentiles(result.measurements)
@@ -101,7 +137,7 @@ def run_rows(result: RunResult) -> list[JsonDict]:
         "server_kind": result.server.kind,
         "started_at": result.started_at,
     }
-    return [{**ident, **measurement_row(m, extras)} for m in result.measurements]
+    return [_rounded({**ident, **measurement_row(m, extras)}) for m in result.measurements]
 
 
 def _cell(value: Any) -> Any:
@@ -142,7 +178,7 @@ def trial_rows(result: TuneResult) -> list[JsonDict]:
         row.update({f"constraint_{c}": t.constraints.get(c) for c in constraints})
         if t.measurement is not None:
             row.update(measurement_row(t.measurement, extras))
-        rows.append(row)
+        rows.append(_rounded(row))
     return rows
 
 
@@ -159,3 +195,13 @@ def write_csv(path: Path, rows: list[JsonDict]) -> None:
         writer.writeheader()
         for row in rows:
             writer.writerow({k: "" if v is None else _cell(v) for k, v in row.items()})
+
+
+def to_dataframe(rows: list[JsonDict]) -> pd.DataFrame:
+    """Tidy rows as a pandas DataFrame: the CSV's columns in the CSV's order, None as NaN/None."""
+    import pandas as pd  # lazy: the CSV writers do not need pandas loaded
+
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    return pd.DataFrame.from_records(rows, columns=columns)

@@ -71,7 +71,8 @@ def test_run_report_content():
     ):
         assert text in page, text
     # Axis labels are text (not paths), so they are searchable and the file stays small.
-    assert page.count("<svg") == 5 + 3  # overlaid figures + one stability figure per run
+    # Overlaid figures + per run its latency histogram, latency over time and stability windows.
+    assert page.count("<svg") == 5 + 3 * 3
     assert len(page) < 2_000_000
 
 
@@ -113,7 +114,7 @@ def test_report_renders_in_chromium_without_network(chromium, tmp_path, kind):
     assert report.errors == []
     assert report.failed_requests == []
     assert report.dom["scripts"] == 0
-    assert report.dom["svgs"] == (8 if kind == "run" else 3)
+    assert report.dom["svgs"] == (14 if kind == "run" else 3)
     assert report.dom["h1"].startswith("perfkit report")
     assert report.dom["height"] > 2000  # laid out, not an empty page
     # The screenshot is a real PNG of the page, not blank.

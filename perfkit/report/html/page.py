@@ -38,7 +38,8 @@ tr.default td { background: #f4f6fb; }
 .tag.bad { background: #fbe2e2; color: var(--bad); }
 .tag.warn { background: #fdf0c9; color: var(--warn); }
 figure { margin: 12px 0 20px; }
-figure svg.plot { max-width: 100%; height: auto; display: block; }
+figure svg.plot { width: 100%; height: auto; display: block; }
+td.delta-ok { color: var(--ok); } td.delta-bad { color: var(--bad); }
 td:not(.l), td:first-child { white-space: nowrap; }
 figcaption { color: var(--muted); font-size: 0.9em; }
 pre.diff { background: #f6f8fa; border: 1px solid var(--line); padding: 8px 12px; overflow-x: auto;

@@ -5,13 +5,73 @@ windows.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from html import escape
 
 from perfkit.report import plots
 from perfkit.report.html.parts import Figures, load, message_list, ms, num, table, tag
 from perfkit.report.schema import level_gpus
-from perfkit.results import RunResult
+from perfkit.results import Measurement, RunResult
+
+# Per result, the columns of the delta table: (heading, value getter, whether lower is better).
+_DELTAS: tuple[tuple[str, Callable[[Measurement], float], bool], ...] = (
+    ("Throughput", lambda m: m.throughput_infer_per_s, False),
+    ("p50 latency", lambda m: m.latency.p50_us, True),
+    ("p99 latency", lambda m: m.latency.p99_us, True),
+)
+
+
+def _key(m: Measurement) -> tuple[str, float, int]:
+    return (m.mode, m.level, m.batch_size)
+
+
+def _delta_cell(base: float, cur: float, lower_better: bool) -> str:
+    # Hook: perfkit.report.compare offers percentage changes only so far; when it gives a
+    # confidence interval for a change, this cell shows it ("+4.1% [+1.2, +7.0]").
+    if not base:
+        return ""
+    pct = (cur - base) / abs(base) * 100.0
+    good = (pct < 0) if lower_better else (pct > 0)
+    return tag(f"{pct:+.1f}%", "ok" if good else ("bad" if pct else "warn"))
+
+
+def delta_table(runs: Sequence[tuple[str, RunResult]]) -> str:
+    """Every result after the first against the first (the baseline), level by level: the
+    baseline's throughput, p50 and p99 and each other result's change in percent. Empty for one
+    result or no level in common."""
+    if len(runs) < 2:
+        return ""
+    (base_label, base), others = runs[0], runs[1:]
+    index = [{_key(m): m for m in run.measurements} for _, run in others]
+    keys = [k for k in (_key(m) for m in base.measurements) if any(k in i for i in index)]
+    if not keys:
+        return ""
+    head = ["Load", "Batch"]
+    head += [f"{escape(base_label)}: {name}" for name, _, _ in _DELTAS]
+    head += [f"{escape(lb)}: Δ {name}" for lb, _ in others for name, _, _ in _DELTAS]
+    rows = []
+    base_index = {_key(m): m for m in base.measurements}
+    for k in keys:
+        bm = base_index[k]
+        row = [escape(load(bm)), str(bm.batch_size)]
+        row += [
+            num(bm.throughput_infer_per_s),
+            ms(bm.latency.p50_us) + " ms",
+            ms(bm.latency.p99_us) + " ms",
+        ]
+        for i in index:
+            cm = i.get(k)
+            row += [
+                _delta_cell(get(bm), get(cm), lower) if cm else "not measured"
+                for _, get, lower in _DELTAS
+            ]
+        rows.append(row)
+    note = (
+        f'<p class="muted">Change of each result against <b>{escape(base_label)}</b> at the '
+        "same load (throughput up and latency down are green). One measurement each: a change "
+        "within the levels' noise is no regression; <code>perfkit compare</code> gates it.</p>"
+    )
+    return "<h3>Changes against the baseline</h3>" + note + table(head, rows, left=1)
 
 
 def _settings(settings: dict[str, object]) -> str:
@@ -118,7 +178,7 @@ def _gpu_section(runs: Sequence[tuple[str, RunResult]], fig: Figures) -> str:
 def runs_section(runs: Sequence[tuple[str, RunResult]], fig: Figures) -> str:
     several = len(runs) > 1
     side = " (results overlaid)" if several else ""
-    parts = ["<h2>Runs</h2>"]
+    parts = ["<h2>Runs</h2>", delta_table(runs)]
     parts.append(fig(plots.throughput_vs_load(runs), "Throughput against load" + side + "."))
     parts.append(
         fig(
@@ -153,6 +213,20 @@ def runs_section(runs: Sequence[tuple[str, RunResult]], fig: Figures) -> str:
         parts.append(_run_table(run))
         parts.append(_metrics_table(run))
         parts.append(message_list(run.messages, run.measurements))
+        parts.append(
+            fig(
+                plots.latency_histograms(label, run),
+                f"{label}: service latency histogram of each level; bins between the recorded "
+                "percentiles (min, p50, p90, p95, p99, max), bar area = share of requests.",
+            )
+        )
+        parts.append(
+            fig(
+                plots.latency_over_time(label, run),
+                f"{label}: latency of each measurement window over the run, one colour per "
+                "level; filled markers are the windows merged into the reported numbers.",
+            )
+        )
         parts.append(
             fig(
                 plots.stability_windows(label, run),

@@ -5,12 +5,13 @@ the best against the default, the config diff and every trial.
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Sequence
 from html import escape
 
 from perfkit.report import plots
 from perfkit.report.html.parts import Figures, message_list, num, table, tag
-from perfkit.report.labels import metric_axis
+from perfkit.report.labels import metric_axis, metric_name
 from perfkit.report.summary import summary_sentence
 from perfkit.results import TrialRecord, TuneResult
 
@@ -46,6 +47,33 @@ def _config_diff(tune: TuneResult) -> str:
         else ""
     )
     return '<pre class="diff">' + "".join(lines) + "</pre>" + written
+
+
+def config_params(pbtxt: str) -> dict[str, object]:
+    """The tuner's config parameters as a config.pbtxt sets them (the default trial's params hold
+    only its client load): instance count and kind of the first group, max batch size, dynamic
+    batching, preferred sizes, queue delay. Triton's defaults for fields the text omits."""
+    out: dict[str, object] = {}
+    group = re.search(r"instance_group\s*(?::\s*)?\[(.*?)\]\s*(?:\n\S|$)", pbtxt, re.S)
+    count = re.search(r"\bcount\s*:\s*(\d+)", group.group(1) if group else "")
+    out["instance_count"] = int(count.group(1)) if count else 1
+    kind = re.search(r"\bkind\s*:\s*(KIND_\w+)", pbtxt)
+    out["instance_kind"] = kind.group(1) if kind else "KIND_AUTO"
+    mbs = re.search(r"^\s*max_batch_size\s*:\s*(\d+)", pbtxt, re.M)
+    out["max_batch_size"] = int(mbs.group(1)) if mbs else 0
+    dyn = "dynamic_batching" in pbtxt
+    out["dynamic_batching"] = dyn
+    if dyn:
+        listed = re.search(r"preferred_batch_size\s*:\s*\[([^\]]*)\]", pbtxt)
+        sizes = (
+            re.findall(r"\d+", listed.group(1))
+            if listed
+            else re.findall(r"preferred_batch_size\s*:\s*(\d+)", pbtxt)
+        )
+        out["preferred_batch_sizes"] = [int(x) for x in sizes]
+        delay = re.search(r"max_queue_delay_microseconds\s*:\s*(\d+)", pbtxt)
+        out["max_queue_delay_us"] = int(delay.group(1)) if delay else 0
+    return out
 
 
 def _best_vs_default(tune: TuneResult) -> str:
@@ -93,15 +121,20 @@ def _best_vs_default(tune: TuneResult) -> str:
                     1e-3,
                     True,
                 )
-    rows.extend(
-        [
-            f"param <code>{escape(p)}</code>",
-            escape(str(default.params.get(p, ""))),
-            escape(str(best.params.get(p, ""))),
-            "",
-        ]
-        for p in sorted(set(best.params) | set(default.params))
-    )
+    # The default trial's params are its load only: its config's values come from its pbtxt.
+    from_config = config_params(default.config_pbtxt or tune.default_config_pbtxt)
+    default_params = {**from_config, **default.params}
+    for p in sorted(set(best.params) | set(default.params)):
+        dflt, value = default_params.get(p, ""), best.params.get(p, "")
+        changed = str(dflt) != str(value)
+        rows.append(
+            [
+                f"param <code>{escape(p)}</code>",
+                escape(str(dflt)),
+                escape(str(value)),
+                tag("changed", "warn") if changed else "",
+            ]
+        )
     head = [
         "",
         f"Default ({escape(default.variant_name)})",
@@ -129,6 +162,8 @@ def _reason(t: TrialRecord) -> str:
 def _trials_table(tune: TuneResult) -> str:
     objectives = list(tune.objectives)
     params = sorted({p for t in tune.trials for p in t.params})
+    # A trial of the default config records only its load: its config values from its pbtxt.
+    defaults = config_params(tune.default_config_pbtxt)
     head = [
         "#",
         "Variant",
@@ -144,7 +179,8 @@ def _trials_table(tune: TuneResult) -> str:
         for o in objectives:
             value = t.objectives.get(o)
             cells.append("" if value is None else num(value * metric_axis(o)[1], 3))
-        cells += [escape(str(t.params.get(p, ""))) for p in params]
+        given = {**defaults, **t.params} if t.variant_name.endswith("_config_default") else t.params
+        cells += [escape(str(given.get(p, ""))) for p in params]
         cells.append(num(t.duration_s))
         rows.append(cells)
         classes.append(
@@ -172,11 +208,24 @@ def tunes_section(tunes: Sequence[tuple[str, TuneResult]], fig: Figures) -> str:
         )
     )
     parts.append(
-        fig(plots.pareto_front(tunes), "Pareto front of the first two objectives" + side + ".")
+        fig(
+            plots.pareto_front(tunes),
+            "Pareto front of the first two objectives: the staircase bounds what the tune "
+            "attained; ★ = the default config, dashed red = the budget (a constraint bound)"
+            + side
+            + ".",
+        )
+    )
+    parts.append(
+        fig(
+            plots.config_curves(tunes),
+            "Throughput against p99 latency of each configuration measured at several client "
+            "loads (points labelled by load)" + side + ".",
+        )
     )
     parts.append(fig(plots.param_importances(tunes), "Parameter importances" + side + "."))
     for label, tune in tunes:
-        obj = ", ".join(f"{d} {o}" for o, d in tune.objectives.items())
+        obj = ", ".join(f"{d} {metric_name(o)}" for o, d in tune.objectives.items())
         parts.append(f"<h3>{escape(label)}: {escape(tune.model)}, {escape(obj)}</h3>")
         parts.append("<h3>Best against default</h3>")
         parts.append(_best_vs_default(tune))

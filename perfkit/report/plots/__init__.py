@@ -12,6 +12,7 @@ Times are stored in µs and drawn in ms (the report edge).
 from __future__ import annotations
 
 from perfkit.report.plots.figure import to_svg
+from perfkit.report.plots.levels import latency_histograms, latency_over_time
 from perfkit.report.plots.runs import (
     gpu_vs_load,
     latency_vs_load,
@@ -21,10 +22,18 @@ from perfkit.report.plots.runs import (
     throughput_vs_latency,
     throughput_vs_load,
 )
-from perfkit.report.plots.tunes import param_importances, pareto_front, trial_history
+from perfkit.report.plots.tunes import (
+    config_curves,
+    param_importances,
+    pareto_front,
+    trial_history,
+)
 
 __all__ = [
+    "config_curves",
     "gpu_vs_load",
+    "latency_histograms",
+    "latency_over_time",
     "latency_vs_load",
     "open_loop_latency",
     "param_importances",

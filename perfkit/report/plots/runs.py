@@ -14,7 +14,13 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from perfkit.report.plots.figure import color_at, finish, new_figure
+from perfkit.report.plots.figure import (
+    color_at,
+    finish,
+    latency_scale,
+    load_ticks,
+    new_figure,
+)
 from perfkit.report.schema import GpuLevel, level_gpus
 from perfkit.results import Measurement, RunResult
 
@@ -100,6 +106,7 @@ def throughput_vs_load(runs: Labelled) -> Figure | None:
             )
     for mode, ax in axes.items():
         ax.set_ylim(bottom=0)
+        load_ticks(ax, mode)
         finish(ax, "Throughput vs load", _MODE_AXIS[mode], "Throughput (infer/s)")
     return fig
 
@@ -111,9 +118,11 @@ def latency_vs_load(runs: Labelled) -> Figure | None:
     fig = new_figure()
     axes = _mode_axes(fig, series)
     single = len(series) == 1
+    # Several results: p50 and p99 only (two lines per result, not four), the colour the result.
+    pcts = _PCTS if single else ("p50", "p99")
     for s in series:
         ax = axes[s.mode]
-        for j, pct in enumerate(_PCTS):
+        for j, pct in enumerate(pcts):
             ax.plot(
                 [m.level for m in s.points],
                 [getattr(m.latency, f"{pct}_us") / 1000.0 for m in s.points],
@@ -123,7 +132,15 @@ def latency_vs_load(runs: Labelled) -> Figure | None:
                 label=pct if single else f"{s.label} {pct}",
             )
     for mode, ax in axes.items():
-        ax.set_ylim(bottom=0)
+        values = [
+            getattr(m.latency, f"{p}_us") / 1000.0
+            for s in series
+            if s.mode == mode
+            for m in s.points
+            for p in pcts
+        ]
+        latency_scale(ax, values)
+        load_ticks(ax, mode)
         finish(ax, "Latency percentiles vs load", _MODE_AXIS[mode], "Latency (ms)")
     return fig
 
@@ -145,10 +162,12 @@ def throughput_vs_latency(runs: Labelled, percentile: str = "p99") -> Figure | N
                 (x, y),
                 textcoords="offset points",
                 xytext=(4, 4),
-                fontsize="x-small",
+                fontsize="small",
                 color=s.color,
             )
-    ax.set_xlim(left=0)
+    latency_scale(
+        ax, [getattr(m.latency, f"{percentile}_us") / 1000.0 for s in series for m in s.points], "x"
+    )
     ax.set_ylim(bottom=0)
     finish(
         ax,
@@ -166,7 +185,7 @@ def server_breakdown(runs: Labelled) -> Figure | None:
     if not series:
         return None
     width = max(7.0, 0.5 * sum(len(s.points) for s in series) + 2.5 * len(series))
-    fig = new_figure(min(width, 16.0), 4.5)
+    fig = new_figure(max(min(width, 16.0), 12.0), 4.8)
     panels = fig.subplots(1, len(series), squeeze=False, sharey=True)[0]
     for ax, s in zip(panels, series, strict=True):
         xs = list(range(len(s.points)))
@@ -185,7 +204,7 @@ def server_breakdown(runs: Labelled) -> Figure | None:
             legend=False,
         )
     handles, labels = panels[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncols=4, fontsize="x-small")
+    fig.legend(handles, labels, loc="outside lower center", ncols=4, fontsize="medium")
     fig.suptitle("Where a request's time goes (server statistics, average per request)")
     return fig
 
@@ -193,12 +212,13 @@ def server_breakdown(runs: Labelled) -> Figure | None:
 def stability_windows(label: str, run: RunResult) -> Figure | None:
     """The measurement windows of each level: throughput and stability latency per window;
     filled markers are the windows merged into the reported numbers."""
-    levels = [m for m in run.measurements if m.windows]
+    # A level measured in one window has no stability to show (one point, no trend).
+    levels = [m for m in run.measurements if len(m.windows) > 1]
     if not levels:
         return None
     ncols = min(4, len(levels))
     nrows = math.ceil(len(levels) / ncols)
-    fig = new_figure(3.2 * ncols + 0.8, 2.6 * nrows + 0.6)
+    fig = new_figure(12.0, 3.0 * nrows + 1.0)
     grid = fig.subplots(nrows, ncols, squeeze=False)
     for ax in grid.flat[len(levels) :]:
         ax.set_visible(False)
@@ -229,8 +249,8 @@ def stability_windows(label: str, run: RunResult) -> Figure | None:
         # Headroom above the highest window so that the markers are not cut by the frame.
         ax.set_ylim(0, 1.2 * max(w.throughput_infer_per_s for w in m.windows) or 1.0)
         twin.set_ylim(0, 1.2 * max(w.latency_stability_us for w in m.windows) / 1000.0 or 1.0)
-        ax.tick_params(labelsize="x-small")
-        twin.tick_params(labelsize="x-small")
+        ax.tick_params(labelsize="small")
+        twin.tick_params(labelsize="small")
     fig.suptitle(f"Stability windows: {label} (filled = merged, shaded = merged range)")
     fig.legend(
         [
@@ -241,7 +261,7 @@ def stability_windows(label: str, run: RunResult) -> Figure | None:
         ["window throughput", "window latency", "not merged"],
         loc="outside lower center",
         ncols=3,
-        fontsize="small",
+        fontsize="medium",
     )
     return fig
 
@@ -278,7 +298,17 @@ def open_loop_latency(runs: Labelled) -> Figure | None:
                 color=s.color,
                 label=f"{s.label} corrected {pct}",
             )
-    ax.set_ylim(bottom=0)
+    latency_scale(
+        ax,
+        [
+            getattr(lat, f"{pct}_us") / 1000.0
+            for s in series
+            for m in s.points
+            for lat in (m.latency, m.corrected_latency)
+            if lat is not None
+            for pct in ("p50", "p99")
+        ],
+    )
     finish(
         ax,
         "Open loop: corrected (from intended send) vs service latency",

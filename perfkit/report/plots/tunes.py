@@ -9,8 +9,8 @@ from collections.abc import Sequence
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from perfkit.report.labels import metric_axis
-from perfkit.report.plots.figure import color_at, finish, new_figure
+from perfkit.report.labels import describe_load, metric_axis, metric_name
+from perfkit.report.plots.figure import color_at, finish, latency_scale, new_figure
 from perfkit.results import TrialRecord, TuneResult
 
 LabelledTunes = Sequence[tuple[str, TuneResult]]
@@ -39,7 +39,7 @@ def trial_history(tunes: LabelledTunes) -> Figure | None:
     tunes = [(lb, t) for lb, t in tunes if t.trials and t.objectives]
     if not tunes:
         return None
-    fig = new_figure(7.5, 4.2)
+    fig = new_figure(12.0, 4.6)
     ax = fig.subplots()
     objective, direction = next(iter(tunes[0][1].objectives.items()))
     ylabel, scale = metric_axis(objective)
@@ -108,18 +108,39 @@ def trial_history(tunes: LabelledTunes) -> Figure | None:
     ]
     ax.set_ylim(0, 1.12 * max(values, default=1.0))
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    finish(ax, f"Trial history ({direction} {objective})", "Trial number", ylabel)
+    finish(
+        ax,
+        f"Trial history ({direction.removesuffix('e')}ing {metric_name(objective)})",
+        "Trial number",
+        ylabel,
+    )
     return fig
 
 
+def _staircase(points: list[tuple[float, float]], x_max: bool) -> tuple[list[float], list[float]]:
+    """The Pareto front's attainment staircase through its points: along x from the worst x to
+    the best, each step holding the y that point guarantees."""
+    pts = sorted(points, reverse=not x_max)  # worst x first
+    xs: list[float] = []
+    ys: list[float] = []
+    for x, y in pts:
+        if xs:
+            xs.append(x)
+            ys.append(ys[-1])
+        xs.append(x)
+        ys.append(y)
+    return xs, ys
+
+
 def pareto_front(tunes: LabelledTunes) -> Figure | None:
-    """The first two objectives of every completed trial; the Pareto-optimal ones joined."""
+    """The first two objectives of every completed trial, the Pareto front as a staircase, the
+    default config marked, and the constraint bounds (the budget) on either objective drawn."""
     tunes = [(lb, t) for lb, t in tunes if len(t.objectives) >= 2]
     if not tunes:
         return None
-    fig = new_figure()
+    fig = new_figure(12.0, 5.0)
     ax = fig.subplots()
-    (ox, _), (oy, _) = list(tunes[0][1].objectives.items())[:2]
+    (ox, dx), (oy, _) = list(tunes[0][1].objectives.items())[:2]
     xlabel, xs_scale = metric_axis(ox)
     ylabel, ys_scale = metric_axis(oy)
     for i, (label, tune) in enumerate(tunes):
@@ -136,26 +157,109 @@ def pareto_front(tunes: LabelledTunes) -> Figure | None:
                     alpha=0.45,
                     label=f"{label}: {'feasible' if feasible else 'infeasible'}",
                 )
-        front = sorted(
-            (t for t in done if t.number in tune.pareto_trials), key=lambda t: t.objectives[ox]
-        )
+        front = [t for t in done if t.number in tune.pareto_trials]
         if front:
-            ax.plot(
-                [t.objectives[ox] * xs_scale for t in front],
-                [t.objectives[oy] * ys_scale for t in front],
-                "-D",
-                color=color,
-                label=f"{label}: Pareto front",
+            xs, ys = _staircase(
+                [(t.objectives[ox] * xs_scale, t.objectives[oy] * ys_scale) for t in front],
+                dx == "maximize",
             )
+            ax.plot(xs, ys, "-", color=color, lw=2, label=f"{label}: Pareto front")
             for t in front:
+                ax.plot(
+                    [t.objectives[ox] * xs_scale], [t.objectives[oy] * ys_scale], "D", color=color
+                )
                 ax.annotate(
                     f"#{t.number}",
                     (t.objectives[ox] * xs_scale, t.objectives[oy] * ys_scale),
                     textcoords="offset points",
                     xytext=(5, 4),
-                    fontsize="x-small",
+                    fontsize="small",
                 )
-    finish(ax, "Pareto front", xlabel, ylabel)
+        default = tune.trial(tune.default_trial)
+        if default is not None and ox in default.objectives and oy in default.objectives:
+            ax.plot(
+                [default.objectives[ox] * xs_scale],
+                [default.objectives[oy] * ys_scale],
+                "*",
+                color=color,
+                markersize=16,
+                markeredgecolor="black",
+                label=f"{label}: default",
+            )
+        for name, bound in tune.constraint_bounds.items():
+            if name == ox:
+                ax.axvline(
+                    bound * xs_scale,
+                    color="#c62828",
+                    ls="--",
+                    lw=1.2,
+                    label=f"budget: {metric_name(ox)}",
+                )
+            elif name == oy:
+                ax.axhline(
+                    bound * ys_scale,
+                    color="#c62828",
+                    ls="--",
+                    lw=1.2,
+                    label=f"budget: {metric_name(oy)}",
+                )
+    finish(ax, f"Pareto front: {metric_name(ox)} against {metric_name(oy)}", xlabel, ylabel)
+    return fig
+
+
+def _load_order(t: TrialRecord) -> tuple[float, float, int]:
+    p = t.params
+    return (
+        float(p.get("concurrency", 0)),
+        float(p.get("request_rate", 0)),
+        int(p.get("batch_size", 1)),
+    )
+
+
+def config_curves(tunes: LabelledTunes) -> Figure | None:
+    """Throughput against p99 latency per configuration, across the client loads it was measured
+    at (one line per config, points labelled by load); None when no config has two loads."""
+    curves: list[tuple[str, list[TrialRecord]]] = []
+    for label, tune in tunes:
+        per: dict[str, list[TrialRecord]] = {}
+        for t in tune.trials:
+            if t.measurement is not None and t.state == "complete":
+                per.setdefault(t.config_pbtxt or t.variant_name, []).append(t)
+        prefix = f"{label}: " if len(tunes) > 1 else ""
+        for trials in per.values():
+            if len({describe_load(t.params) for t in trials}) > 1:
+                trials.sort(key=_load_order)
+                curves.append((prefix + trials[0].variant_name, trials))
+    if not curves:
+        return None
+    fig = new_figure(12.0, 5.0)
+    ax = fig.subplots()
+    lat: list[float] = []
+    for i, (name, trials) in enumerate(curves):
+        pts = [
+            (t.measurement.latency.p99_us / 1000.0, t.measurement.throughput_infer_per_s, t)
+            for t in trials
+            if t.measurement is not None
+        ]
+        lat += [x for x, _, _ in pts]
+        ax.plot([x for x, _, _ in pts], [y for _, y, _ in pts], "-o", color=color_at(i), label=name)
+        for x, y, t in pts:
+            ax.annotate(
+                describe_load(t.params),
+                (x, y),
+                textcoords="offset points",
+                xytext=(4, 4),
+                fontsize="small",
+                color=color_at(i),
+            )
+    latency_scale(ax, lat, "x")
+    ax.set_ylim(0, 1.12 * max(ax.get_ylim()[1], 1.0))  # room for the load labels
+    finish(
+        ax,
+        "Throughput against p99 latency per configuration, across client loads",
+        "p99 latency (ms)",
+        "Throughput (infer/s)",
+    )
     return fig
 
 
@@ -167,7 +271,7 @@ def param_importances(tunes: LabelledTunes) -> Figure | None:
         {p for _, t in tunes for p in t.param_importances},
         key=lambda p: max(t.param_importances.get(p, 0.0) for _, t in tunes),
     )
-    fig = new_figure(7.0, 1.2 + 0.45 * len(names) * len(tunes))
+    fig = new_figure(12.0, 1.4 + 0.4 * len(names) * len(tunes))
     ax = fig.subplots()
     height = 0.8 / len(tunes)
     for i, (label, tune) in enumerate(tunes):
