@@ -22,7 +22,8 @@ resample's throughput is sum(inferences)/sum(seconds) over its blocks, its avera
 request-weighted mean, and a percentile comes from the sum of its blocks' latency histograms (log
 bins, 0.2 % wide) or, without per-request data, the mean of the blocks' own percentiles. The
 interval is the bootstrap's spread of the relative change (alpha/2 and 1-alpha/2 quantiles minus
-its median) placed around the change of the reported numbers, so the centre is always the change
+its median; each side's spread first widened by sqrt(n/(n-1)) for its n blocks, the bootstrap's
+known variance shrink with few blocks) placed around the change of the reported numbers, so the centre is always the change
 the table shows. Fewer than 2 blocks on a side: no interval (compared by percentage only).
 """
 
@@ -172,8 +173,8 @@ def change_interval(
     edges = _edges((base, cur)) if stat not in ("throughput", "avg") and both_raw else None
     if edges is None and stat not in ("throughput", "avg"):
         base, cur = _no_raw(base), _no_raw(cur)
-    b = _resampled(base, stat, _weights(base.n, resamples, rng), edges)
-    c = _resampled(cur, stat, _weights(cur.n, resamples, rng), edges)
+    b = _inflate(_resampled(base, stat, _weights(base.n, resamples, rng), edges), base.n)
+    c = _inflate(_resampled(cur, stat, _weights(cur.n, resamples, rng), edges), cur.n)
     ratio = c / np.maximum(b, 1e-12)
     alpha = 1.0 - confidence
     lo, med, hi = np.quantile(ratio, [alpha / 2, 0.5, 1 - alpha / 2])
@@ -183,6 +184,13 @@ def change_interval(
         low_pct=100.0 * (point + (lo - med)),
         high_pct=100.0 * (point + (hi - med)),
     )
+
+
+def _inflate(values: F64, n: int) -> F64:
+    """Undo the bootstrap's variance shrink with few blocks: resampling n blocks gives a mean's
+    variance times (n-1)/n, so widen the spread around the median by sqrt(n/(n-1))."""
+    med = float(np.median(values))
+    return np.asarray(med + (values - med) * math.sqrt(n / (n - 1)), dtype=np.float64)
 
 
 def _no_raw(b: Blocks) -> Blocks:
