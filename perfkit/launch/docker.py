@@ -73,7 +73,7 @@ def docker_client() -> Any:
         import docker
     except ImportError as exc:
         raise MissingDependency(
-            "DockerTriton needs the docker SDK (a perfkit dependency): pip install 'docker>=7'"
+            "--server docker needs the docker SDK: pip install 'perfkit[docker]'"
         ) from exc
     try:
         return docker.from_env()
