@@ -235,7 +235,9 @@ def compare(
     )  # fmt: skip
 
     table = Table(
-        title=f"perfkit compare: {result.model}, {b_label} -> {c_label}", title_justify="left"
+        title=f"perfkit compare: {result.model}, {b_label} -> {c_label}",
+        title_justify="left",
+        caption_justify="left",
     )
     # Compact (no vertical rules, limits below the table): fits an 80-column CI log.
     table.box = box.SIMPLE_HEAD
@@ -260,7 +262,6 @@ def compare(
              "inconclusive": "[yellow]inconclusive[/]"}[check.status],
         )  # fmt: skip
     table.caption = "limits: " + ", ".join(f"{m} {lim}" for m, lim in limits.items())
-    table.caption_justify = "left"
     out.print(table)
     for k in result.only_baseline:
         out.print(f"only in baseline, not compared: {cmp.level_name(k)}", style="yellow")
