@@ -95,7 +95,7 @@ def serve(
     allow_client_shm: bool,
 ) -> None:
     """Replace this process with `python -m perfkit_server ...`."""
-    from perfkit.launch.embedded import require_server_stack
+    from perfkit.launch import require_server_stack
 
     require_server_stack()
     args = [

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from perfkit.launch._base import ServerHandle, free_ports, log_tail
     from perfkit.launch._probe import PROTOCOLS, ServerProtocol, server_info, wait_ready
     from perfkit.launch.docker import DockerTriton
-    from perfkit.launch.embedded import EmbeddedServer
+    from perfkit.launch.embedded import EmbeddedServer, require_server_stack
     from perfkit.launch.remote import RemoteServer
     from perfkit.launch.start import launcher
     from perfkit.launch.triton import LocalTriton, find_tritonserver
@@ -46,6 +46,7 @@ __all__ = [
     "log_tail",
     "parse_env",
     "parse_gpus",
+    "require_server_stack",
     "server_info",
     "wait_ready",
 ]
@@ -60,6 +61,7 @@ _HOMES = {
     "wait_ready": "perfkit.launch._probe",
     "DockerTriton": "perfkit.launch.docker",
     "EmbeddedServer": "perfkit.launch.embedded",
+    "require_server_stack": "perfkit.launch.embedded",
     "RemoteServer": "perfkit.launch.remote",
     "launcher": "perfkit.launch.start",
     "LocalTriton": "perfkit.launch.triton",
