@@ -1,20 +1,25 @@
 """What `perfkit run` shows while it measures: the live table on a terminal (`LiveView`), or, piped
 (a CI log), perf_analyzer's blocks as each level finishes and one heartbeat line per window
 (`StreamView`). Both end with `rest(result)`: the part of the stdout summary not printed yet.
+`perfkit tune`'s progress: `TuneView`.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.live import Live
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from perfkit.cli import _console
 from perfkit.load import spec as S
 from perfkit.results import Measurement, RunResult, WindowStat
+
+if TYPE_CHECKING:
+    from perfkit.tune.progress import TuneProgress
 
 
 def _levels(load: S.LoadSpec) -> Iterator[float]:
@@ -186,3 +191,50 @@ class StreamView:
 
     def __exit__(self, *exc: object) -> None:
         _flush(_console.out, _console.err)
+
+
+class TuneView:
+    """`perfkit tune`'s progress (stderr): rich's progress bar on a terminal (trial k/N, what the
+    trial is doing, elapsed, ETA, best so far), one plain line per event when piped (a CI log),
+    flushed as written. Called with each `perfkit.tune.progress.TuneProgress`."""
+
+    def __init__(self, *, live: bool) -> None:
+        self.live = live
+        self.bar: Progress | None = None
+        self.task: TaskID | None = None
+
+    def __call__(self, p: TuneProgress) -> None:
+        from perfkit.tune.progress import clock, progress_line
+
+        if not self.live:
+            _console.err.print(progress_line(p), markup=False, highlight=False)
+            _flush(_console.err)
+            return
+        eta = "?" if p.eta_s is None else clock(p.eta_s)
+        best = f"best {p.best}" if p.best else ""
+        done = p.trial if p.doing.startswith("done") else p.trial - 1
+        what = f"trial {p.trial}/{max(p.trials, p.trial)} {p.variant}: {p.doing}"
+        if self.bar is None:
+            self.bar = Progress(
+                TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
+                TextColumn("ETA {task.fields[eta]}"), TextColumn("{task.fields[best]}"),
+                console=_console.err, transient=True,
+            )  # fmt: skip
+            self.bar.start()
+            self.task = self.bar.add_task(what, total=max(p.trials, p.trial), eta=eta, best=best)
+        assert self.task is not None
+        self.bar.update(
+            self.task, description=what, total=max(p.trials, p.trial), completed=done, eta=eta,
+            best=best,
+        )  # fmt: skip
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+    def __enter__(self) -> TuneView:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

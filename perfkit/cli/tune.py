@@ -12,6 +12,7 @@ from rich.table import Table
 from perfkit import tune as tuning
 from perfkit.cli._console import err, out
 from perfkit.cli._launch import launch_for_tune, launch_options
+from perfkit.cli.progress import TuneView
 from perfkit.report.summary import summary_sentence
 from perfkit.results import TrialRecord, TuneResult
 from perfkit.sweepfile import SAMPLERS, load_sweep
@@ -197,9 +198,16 @@ def tune(
         if window_ms is None
         else dataclasses.replace(spec.measure, window_ms=window_ms),
     )
-    tuning.run(
-        spec, dry_run=dry_run, on_trial=_progress, on_message=err.print, on_done=_print_summary
-    )
+    with TuneView(live=err.is_terminal) as view:
+
+        def done(outcome: tuning.TuneOutcome) -> None:
+            view.close()  # the progress display ends before the summary
+            _print_summary(outcome)
+
+        tuning.run(
+            spec, dry_run=dry_run, on_trial=_progress, on_message=err.print, on_done=done,
+            on_progress=view,
+        )  # fmt: skip
 
 
 def _print_summary(done: tuning.TuneOutcome) -> None:

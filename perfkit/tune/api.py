@@ -26,6 +26,7 @@ from perfkit.results import ServerInfo, TrialRecord, TuneResult
 from perfkit.sweepfile import TuneSweep
 from perfkit.tune import identity, output
 from perfkit.tune.objective import Objective
+from perfkit.tune.progress import ReportingEvaluator, Tracker, TuneProgress
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ def run(
     on_message: Callable[[str], None] | None = None,
     on_done: Callable[[TuneOutcome], None] | None = None,
     server_env: Mapping[str, str] | None = None,
+    on_progress: Callable[[TuneProgress], None] | None = None,
 ) -> TuneResult:
     """Search config.pbtxt variants of `sweep.model` on a live server and write the best one back.
 
@@ -88,6 +90,8 @@ def run(
             show what the study holds so far.
         server_env: environment variables set for the server perfkit starts on top of this
             process's and `sweep.launch.env` (e.g. CUDA_VISIBLE_DEVICES); refused with `sweep.url`.
+        on_progress: called with a `perfkit.tune.progress.TuneProgress` (trial k/N, elapsed,
+            ETA, best so far, what the trial is doing) at each phase and window of each trial.
 
     Returns:
         The study's `TuneResult`: every measured trial, the default and best trials, the gain,
@@ -113,7 +117,7 @@ def run(
             warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
             return _run(
                 sweep, dry_run=dry_run, on_trial=on_trial, note=note, on_done=on_done,
-                server_env=server_env,
+                server_env=server_env, on_progress=on_progress,
             )  # fmt: skip
     finally:
         optuna.logging.set_verbosity(verbosity)
@@ -130,6 +134,7 @@ def _run(
     note: Callable[[str], None],
     on_done: Callable[[TuneOutcome], None] | None,
     server_env: Mapping[str, str] | None = None,
+    on_progress: Callable[[TuneProgress], None] | None = None,
 ) -> TuneResult:
     from perfkit.model_repo.config import config_hash, load_config
     from perfkit.tune import storage as st
@@ -174,6 +179,7 @@ def _run(
     failure: ServerUnavailable | None = None
     messages: list[str] = []
     restarts = 0
+    tracker: Tracker | None = None
     while True:
         with _server(sweep, server_env, out_dir, restarts, note) as (url, info, metrics_url):
             # The study's identity includes the target, known once the server answers.
@@ -194,6 +200,8 @@ def _run(
                     note(line)
                 messages.extend(opened.notes)
             scrape = _metrics_to_collect(sweep, metrics_url, note)
+            if on_progress is not None and tracker is None:
+                tracker = _tracker(study, trials, objective, sweep, on_progress)
             evaluator = LiveEvaluator(
                 url=url,
                 protocol=sweep.protocol,
@@ -210,9 +218,9 @@ def _run(
                 baseline_load=space.baseline_load(sweep.load),
                 study=study,
                 created=created,
-                evaluator=evaluator,
+                evaluator=evaluator if tracker is None else ReportingEvaluator(evaluator, tracker),
                 variants_dir=out_dir / output.VARIANTS_DIR,
-                on_trial=on_trial,
+                on_trial=on_trial if tracker is None else _told(tracker, on_trial),
             )
             try:
                 tuner.run()
@@ -345,6 +353,33 @@ def _check_explicit(sweep: TuneSweep) -> None:
         ) from exc
     finally:
         control.close()
+
+
+def _tracker(
+    study: Any, trials: int, objective: Objective, sweep: TuneSweep,
+    emit: Callable[[TuneProgress], None],
+) -> Tracker:  # fmt: skip
+    """The progress of this process's trials, counted on from the study's finished ones."""
+    from perfkit.tune import records as rec
+
+    frozen = study.get_trials(deepcopy=False)
+    best = rec.best_trial(frozen, objective)
+    return Tracker(
+        trials=trials, done_before=rec.budget_used(frozen), objective=objective, emit=emit,
+        windows=sweep.measure.max_windows,
+        best=None if best is None or best.values is None else (float(best.values[0]), best.number),
+    )  # fmt: skip
+
+
+def _told(
+    tracker: Tracker, on_trial: Callable[[TrialRecord], None] | None
+) -> Callable[[TrialRecord], None]:
+    def told(record: TrialRecord) -> None:
+        tracker.finished(record)
+        if on_trial is not None:
+            on_trial(record)
+
+    return told
 
 
 def _launch(sweep: TuneSweep) -> str:

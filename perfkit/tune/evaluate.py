@@ -94,6 +94,8 @@ class LiveEvaluator:
             stability_windows=measure.stability_windows,
             warmup_request_count=measure.warmup_requests,
         )
+        # Told what each evaluation is doing ("loading", then "warming up" or "measuring").
+        self.on_phase: Callable[[str], None] | None = None
 
     def evaluate(
         self, config: ModelConfig, params: Mapping[str, Any], watch: WindowWatch
@@ -101,6 +103,8 @@ class LiveEvaluator:
         from perfkit.load import measure_level
 
         t0 = time.perf_counter_ns()
+        phase = self.on_phase or (lambda doing: None)
+        phase("loading")
         try:
             self.control.load_model(json.dumps(config_to_json(config)))
         except ServerError as exc:
@@ -108,6 +112,7 @@ class LiveEvaluator:
                 measurement=None, error=str(exc), load_s=(time.perf_counter_ns() - t0) / 1e9
             )
         load_s = (time.perf_counter_ns() - t0) / 1e9
+        phase("warming up" if self.measure_settings.warmup_requests else "measuring")
         windows: list[WindowStat] = []
 
         def on_window(w: WindowStat) -> None:
