@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from perfkit.report import html, plots
-from perfkit.report.html.tunes import config_params
+from perfkit.report.html.tunes import _violation, config_params
 from perfkit.report.plots.levels import quantile_bins
 from perfkit.results import RunResult, TuneResult
 from tests.report.builders import (
@@ -168,9 +168,14 @@ def test_no_stability_panel_for_one_window_levels():
 def test_comparison_has_a_delta_table_and_fewer_lines():
     page = unescape(_comparison_page())
     assert "Changes against the baseline" in page
-    assert "current: Δ Throughput" in page
+    assert "current: Δ throughput" in page
+    assert "current: Δ p99 latency" in page
     assert "-10.0%" in page  # throughput scaled by 0.9
     assert "+20.0%" in page  # latency scaled by 1.2
+    # compare.py's decision: a confidence interval per change (the windows' bootstrap) and
+    # the verdict against perfkit compare's default gates.
+    assert re.search(r"95% CI [-+]\d+\.\d% \.\. [-+]\d+\.\d%", page)
+    assert "regression" in page
     assert "Changes against the baseline" not in _run_page()
     runs = [("a", make_run()), ("b", make_run(scale=0.9))]
     fig = plots.latency_vs_load(runs)
@@ -235,6 +240,10 @@ def test_tune_page_default_parameters_names_pareto_and_curves():
     names = curves.axes[0].get_legend_handles_labels()[1]
     assert names == ["mlp_config_default", "mlp_config_4"]
     assert "per configuration, across client loads" in page
+
+
+def test_missed_constraint_in_words():
+    assert _violation("p99_latency_us", 2100.0) == "p99 latency (+2.1 ms)"
 
 
 def test_config_curves_absent_with_one_load_per_config():

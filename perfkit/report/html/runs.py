@@ -5,73 +5,106 @@ windows.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from html import escape
 
-from perfkit.report import plots
+from perfkit.errors import ConfigError
+from perfkit.report import compare, plots
+from perfkit.report.gates import (
+    DEFAULT_LATENCY_INCREASE,
+    DEFAULT_THROUGHPUT_DROP_PCT,
+    Comparison,
+    GateCheck,
+    Gates,
+    change_text,
+    ci_text,
+    fmt,
+    load_name,
+)
 from perfkit.report.html.parts import Figures, load, message_list, ms, num, table, tag
 from perfkit.report.schema import level_gpus
-from perfkit.results import Measurement, RunResult
+from perfkit.results import RunResult
 
-# Per result, the columns of the delta table: (heading, value getter, whether lower is better).
-_DELTAS: tuple[tuple[str, Callable[[Measurement], float], bool], ...] = (
-    ("Throughput", lambda m: m.throughput_infer_per_s, False),
-    ("p50 latency", lambda m: m.latency.p50_us, True),
-    ("p99 latency", lambda m: m.latency.p99_us, True),
+# The delta table's gates: perfkit compare's defaults (throughput drop, p99 increase) plus p50.
+_TABLE_GATES = Gates(
+    max_throughput_drop_pct=DEFAULT_THROUGHPUT_DROP_PCT,
+    max_latency_increase_pct={"p50": DEFAULT_LATENCY_INCREASE["p99"], **DEFAULT_LATENCY_INCREASE},
 )
+_VERDICT = {
+    "pass": ("ok", "ok"),
+    "fail": ("regression", "bad"),
+    "inconclusive": ("inconclusive", "warn"),
+}
 
 
-def _key(m: Measurement) -> tuple[str, float, int]:
-    return (m.mode, m.level, m.batch_size)
+def _change_cell(check: GateCheck) -> str:
+    """The change, coloured by direction (green better, red worse), over its confidence interval
+    and the gate's verdict."""
+    worse = check.change_pct > 0 if check.gate != "throughput" else check.change_pct < 0
+    kind = "bad" if worse else "ok" if check.change_pct else "warn"
+    verdict, vkind = _VERDICT[check.status]
+    return (
+        f"{tag(change_text(check), kind)} {tag(verdict, vkind)}"
+        f'<br><span class="muted">{escape(ci_text(check))}</span>'
+    )
 
 
-def _delta_cell(base: float, cur: float, lower_better: bool) -> str:
-    # Hook: perfkit.report.compare offers percentage changes only so far; when it gives a
-    # confidence interval for a change, this cell shows it ("+4.1% [+1.2, +7.0]").
-    if not base:
-        return ""
-    pct = (cur - base) / abs(base) * 100.0
-    good = (pct < 0) if lower_better else (pct > 0)
-    return tag(f"{pct:+.1f}%", "ok" if good else ("bad" if pct else "warn"))
+def _verdict(comparison: Comparison) -> str:
+    n, k = len(comparison.regressions), len(comparison.inconclusive)
+    if n:
+        return tag(f"{n} regression{'s' if n != 1 else ''}", "bad")
+    if k:
+        return tag(f"no regression shown, {k} inconclusive (measure more)", "warn")
+    return tag("no regression", "ok")
+
+
+def _pair_table(base_label: str, base: RunResult, label: str, run: RunResult) -> str:
+    try:
+        comparison = compare.compare_runs(
+            base, run, _TABLE_GATES, baseline_label=base_label, current_label=label
+        )
+    except ConfigError as exc:  # another model, or no level in common
+        return (
+            f'<p class="muted">{escape(label)} against {escape(base_label)}: {escape(str(exc))}</p>'
+        )
+    gates = list(dict.fromkeys(c.gate for c in comparison.checks))
+    units = {c.gate: c.unit for c in comparison.checks}
+    head = ["Load", *(f"{escape(base_label)}: {escape(g)} ({escape(units[g])})" for g in gates)]
+    head += [f"{escape(label)}: Δ {escape(g)}" for g in gates]
+    rows = []
+    for key in comparison.matched:
+        checks = {c.gate: c for c in comparison.checks if c.key == key}
+        row = [escape(load_name(key))]
+        row += [
+            escape(fmt(checks[g].baseline, checks[g].unit)) if g in checks else "" for g in gates
+        ]
+        row += [_change_cell(checks[g]) if g in checks else "" for g in gates]
+        rows.append(row)
+    notes = "".join(f"<li>{escape(n)}</li>" for n in comparison.notes)
+    return (
+        f'<p class="muted"><b>{escape(label)}</b> against <b>{escape(base_label)}</b>: '
+        f"{_verdict(comparison)}</p>"
+        + table(head, rows, left=1)
+        + (f'<ul class="messages">{notes}</ul>' if notes else "")
+    )
 
 
 def delta_table(runs: Sequence[tuple[str, RunResult]]) -> str:
-    """Every result after the first against the first (the baseline), level by level: the
-    baseline's throughput, p50 and p99 and each other result's change in percent. Empty for one
-    result or no level in common."""
+    """Every result after the first against the first (the baseline), level by level, as
+    `perfkit compare` decides it: the change of throughput, p50 and p99 with its confidence
+    interval (a bootstrap over repeats, windows or requests) and the gate's verdict. Empty for one
+    result."""
     if len(runs) < 2:
         return ""
     (base_label, base), others = runs[0], runs[1:]
-    index = [{_key(m): m for m in run.measurements} for _, run in others]
-    keys = [k for k in (_key(m) for m in base.measurements) if any(k in i for i in index)]
-    if not keys:
-        return ""
-    head = ["Load", "Batch"]
-    head += [f"{escape(base_label)}: {name}" for name, _, _ in _DELTAS]
-    head += [f"{escape(lb)}: Δ {name}" for lb, _ in others for name, _, _ in _DELTAS]
-    rows = []
-    base_index = {_key(m): m for m in base.measurements}
-    for k in keys:
-        bm = base_index[k]
-        row = [escape(load(bm)), str(bm.batch_size)]
-        row += [
-            num(bm.throughput_infer_per_s),
-            ms(bm.latency.p50_us) + " ms",
-            ms(bm.latency.p99_us) + " ms",
-        ]
-        for i in index:
-            cm = i.get(k)
-            row += [
-                _delta_cell(get(bm), get(cm), lower) if cm else "not measured"
-                for _, get, lower in _DELTAS
-            ]
-        rows.append(row)
-    note = (
-        f'<p class="muted">Change of each result against <b>{escape(base_label)}</b> at the '
-        "same load (throughput up and latency down are green). One measurement each: a change "
-        "within the levels' noise is no regression; <code>perfkit compare</code> gates it.</p>"
+    intro = (
+        '<p class="muted">Changes at the same load, decided as <code>perfkit compare</code> does '
+        f"with its default gates (throughput drop ≤ {DEFAULT_THROUGHPUT_DROP_PCT:g}%, p50 and "
+        f"p99 increase ≤ {DEFAULT_LATENCY_INCREASE['p99']:g}%): green is better, red worse; a "
+        "regression only when the whole confidence interval is past the gate.</p>"
     )
-    return "<h3>Changes against the baseline</h3>" + note + table(head, rows, left=1)
+    tables = [_pair_table(base_label, base, lb, run) for lb, run in others]
+    return "<h3>Changes against the baseline</h3>" + intro + "".join(tables)
 
 
 def _settings(settings: dict[str, object]) -> str:

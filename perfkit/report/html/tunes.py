@@ -150,10 +150,17 @@ def _state_tag(t: TrialRecord) -> str:
     return tag("feasible", "ok") if t.feasible else tag("infeasible", "warn")
 
 
+def _violation(name: str, excess: float) -> str:
+    """A constraint missed, in words and display units: "p99 latency (+2.1 ms)"."""
+    label, scale = metric_axis(name)
+    unit = label.rsplit("(", 1)[1].rstrip(")") if "(" in label else ""
+    return f"{metric_name(name)} ({excess * scale:+.3g} {unit})".replace(" )", ")")
+
+
 def _reason(t: TrialRecord) -> str:
     if t.reason:
         return t.reason
-    violated = [f"{k} ({v:+.3g})" for k, v in t.constraints.items() if v > 0]
+    violated = [_violation(k, v) for k, v in t.constraints.items() if v > 0]
     if t.state == "complete" and not t.feasible and violated:
         return "violates " + ", ".join(violated)
     return ""
