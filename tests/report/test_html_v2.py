@@ -268,3 +268,16 @@ def test_screenshots_of_run_comparison_and_tune(chromium, tmp_path):
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         shutil.copy(shot, SCREENS / shot.name)
         shutil.copy(path, SCREENS / path.name)
+
+
+def test_repeats_kept_apart_in_the_level_figures():
+    run = _sequential(make_run(levels=(1, 2)))
+    a, b = run.measurements
+    interleaved = (a, b, replace(a, repeat=1), replace(b, repeat=1))
+    run = _sequential(replace(run, measurements=interleaved))
+    hist = plots.latency_histograms("r", run)
+    assert hist is not None
+    assert "concurrency 1, repeat 2" in _titles(hist)
+    over = plots.latency_over_time("r", run)
+    assert over is not None
+    assert [t.get_text() for t in over.legends[0].get_texts()] == ["concurrency 1", "concurrency 2"]

@@ -37,9 +37,15 @@ def quantile_bins(lat: LatencySummary) -> list[tuple[float, float, float]]:
     return bins
 
 
-def _label(m: Measurement) -> str:
+def _label(m: Measurement, repeats: bool = False) -> str:
     text = level_text(m.mode, m.level) + (f", batch {m.batch_size}" if m.batch_size != 1 else "")
+    if repeats:  # --repeats: each repeat of a level is its own measurement, kept apart
+        text += f", repeat {m.repeat + 1}"
     return text + ("" if m.stable else " (unstable)")
+
+
+def _has_repeats(run: RunResult) -> bool:
+    return any(m.repeat > 0 for m in run.measurements)
 
 
 def latency_histograms(label: str, run: RunResult) -> Figure | None:
@@ -63,7 +69,7 @@ def latency_histograms(label: str, run: RunResult) -> Figure | None:
         ax.axvline(m.latency.p99_us / 1000.0, color=color_at(3), lw=1.2, ls="--", label="p99")
         if wide_range([bins[0][0], bins[-1][1]]):
             log_axis(ax, "x")
-        ax.set_title(_label(m), fontsize="medium")
+        ax.set_title(_label(m, _has_repeats(run)), fontsize="medium")
         ax.set_xlabel("Latency (ms)", fontsize="small")
         ax.set_ylabel("% of requests per ms", fontsize="small")
         ax.tick_params(labelsize="small")
@@ -84,13 +90,19 @@ def latency_over_time(label: str, run: RunResult) -> Figure | None:
     fig = new_figure(12.0, 4.2)
     ax = fig.subplots()
     values: list[float] = []
-    for i, m in enumerate(levels):
-        color = color_at(i)
+    # One colour per level: the repeats of a level (--repeats, interleaved in time) share it.
+    keys = list(dict.fromkeys((m.mode, m.level, m.batch_size) for m in levels))
+    labelled: set[tuple[str, float, int]] = set()
+    for m in levels:
+        key = (m.mode, m.level, m.batch_size)
+        color = color_at(keys.index(key))
+        name = "_nolegend_" if key in labelled else _label(m)
+        labelled.add(key)
         xs = [(w.start_ns + w.duration_ns / 2 - t0) / 1e9 for w in m.windows]
         avg = [w.latency_avg_us / 1000.0 for w in m.windows]
         stab = [w.latency_stability_us / 1000.0 for w in m.windows]
         values += avg + stab
-        ax.plot(xs, avg, "-", color=color, lw=1.5, label=_label(m))
+        ax.plot(xs, avg, "-", color=color, lw=1.5, label=name)
         ax.plot(xs, stab, "--", color=color, lw=1)
         for x, y, w in zip(xs, avg, m.windows, strict=True):
             ax.plot([x], [y], "o", color=color, fillstyle="full" if w.merged else "none")
