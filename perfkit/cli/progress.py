@@ -213,19 +213,21 @@ class TuneView:
         eta = "?" if p.eta_s is None else clock(p.eta_s)
         best = f"best {p.best}" if p.best else ""
         done = p.trial if p.doing.startswith("done") else p.trial - 1
-        what = f"trial {p.trial}/{max(p.trials, p.trial)} {p.variant}: {p.doing}"
+        what = f"trial {p.trial}/{max(p.trials, p.trial)}: {p.doing}"
         if self.bar is None:
             self.bar = Progress(
                 TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
                 TextColumn("ETA {task.fields[eta]}"), TextColumn("{task.fields[best]}"),
-                console=_console.err, transient=True,
+                TextColumn("{task.fields[variant]}"), console=_console.err, transient=True,
             )  # fmt: skip
             self.bar.start()
-            self.task = self.bar.add_task(what, total=max(p.trials, p.trial), eta=eta, best=best)
+            self.task = self.bar.add_task(
+                what, total=max(p.trials, p.trial), eta=eta, best=best, variant=p.variant
+            )
         assert self.task is not None
         self.bar.update(
             self.task, description=what, total=max(p.trials, p.trial), completed=done, eta=eta,
-            best=best,
+            best=best, variant=p.variant,
         )  # fmt: skip
 
     def close(self) -> None:

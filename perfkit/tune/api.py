@@ -218,7 +218,9 @@ def _run(
                 baseline_load=space.baseline_load(sweep.load),
                 study=study,
                 created=created,
-                evaluator=evaluator if tracker is None else ReportingEvaluator(evaluator, tracker),
+                evaluator=evaluator
+                if tracker is None
+                else ReportingEvaluator(evaluator, tracker, base),
                 variants_dir=out_dir / output.VARIANTS_DIR,
                 on_trial=on_trial if tracker is None else _told(tracker, on_trial),
             )

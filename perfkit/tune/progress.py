@@ -114,9 +114,14 @@ class Tracker:
             )
         )  # fmt: skip
 
-    def start(self, params: Mapping[str, Any]) -> None:
+    def start(self, params: Mapping[str, Any], *, default: bool = False) -> None:
         self.trial_started = time.monotonic()
-        self.variant = describe(params)  # the evaluator tells the phases, "loading" first
+        what = describe(params)
+        if default:
+            at_best = self.done >= self.trials  # after the search, on top of the budget
+            extra = " at the best's load, on top of the budget" if at_best else ""
+            what = f"default config{extra}: {what}"
+        self.variant = what  # the evaluator tells the phases, "loading" first
 
     def window(self, w: WindowStat) -> None:
         self.phase(f"window {w.index + 1}/{self.windows}")
@@ -150,16 +155,19 @@ class ReportingEvaluator:
     """An `Evaluator` that tells `tracker` which variant it measures and each window, and lets
     the evaluator it wraps tell its phases (`LiveEvaluator.on_phase`)."""
 
-    def __init__(self, inner: Evaluator, tracker: Tracker) -> None:
+    def __init__(
+        self, inner: Evaluator, tracker: Tracker, default: ModelConfig | None = None
+    ) -> None:
         self.inner = inner
         self.tracker = tracker
+        self.default = default
         if hasattr(inner, "on_phase"):
             inner.on_phase = tracker.phase
 
     def evaluate(
         self, config: ModelConfig, params: Mapping[str, Any], watch: WindowWatch
     ) -> Outcome:
-        self.tracker.start(params)
+        self.tracker.start(params, default=self.default is not None and config == self.default)
 
         def watched(w: WindowStat) -> None:
             self.tracker.window(w)

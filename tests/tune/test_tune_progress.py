@@ -41,6 +41,7 @@ def test_piped_tune_prints_progress_lines_as_it_goes(tmp_path: Path) -> None:
     # The first trial's progress comes before the tune's summary, phase by phase.
     assert first[1].group(1, 2) == ("1", "2"), text
     assert first[1].group(7) == "loading", text
+    assert first[1].group(6).startswith("default config: concurrency 8"), text
     assert first[0] < end
     doing1 = [m.group(7) for _, m in progress if m.group(1) == "1"]
     assert doing1[:2] == ["loading", "warming up"], doing1
