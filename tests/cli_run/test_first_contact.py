@@ -8,6 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from tests.fixtures.triton import write_identity
 from tests.tune.conftest import run_perfkit, write_identity_model, write_sweep
 
 
@@ -88,3 +91,26 @@ def test_tune_url_to_a_server_not_in_explicit_mode_is_a_preflight_error(
     assert "start tritonserver with --model-control-mode=explicit" in line
     assert "resume" not in p.stdout + p.stderr
     assert "trial" not in p.stdout  # no trial was tried
+
+
+@pytest.mark.triton
+def test_real_triton_wrong_port_and_wrong_mode(triton_server, tmp_path: Path) -> None:
+    """The same first contacts against a real tritonserver (its evhtp HTTP/1.1 and grpc++ ports,
+    Triton's own 'not allowed if polling is enabled' for a load in mode NONE)."""
+    repo = tmp_path / "repo"
+    write_identity(repo)
+    server = triton_server(repo, model_control_mode="none", load_models=())
+    p = perfkit_run("-m", "identity", "-u", server.http_url, "-i", "grpc", "--request-count", "5")
+    assert p.returncode == 3, p.stderr
+    assert "answers HTTP/1.1; it looks like the HTTP port" in error_line(p)
+    p = perfkit_run("-m", "identity", "-u", server.grpc_url, "-i", "http", "--request-count", "5")
+    assert p.returncode == 3, p.stderr
+    assert "answers HTTP/2 (gRPC); it looks like the gRPC port" in error_line(p)
+    sweep = write_sweep(tmp_path / "s.toml", repo, model="identity", trials=2)
+    p = run_perfkit(
+        "tune", str(sweep), "-u", server.http_url, "-i", "http", "-o", str(tmp_path / "o")
+    )
+    assert p.returncode == 3, p.stdout + p.stderr
+    line = error_line(p)
+    assert f"the server at {server.http_url} is not in explicit model-control mode" in line
+    assert "--model-control-mode=explicit" in line
