@@ -124,7 +124,11 @@ def report(
         else:
             out.print(_tune_table(label, r))
             out.print(summary_sentence(r), style="bold")
-    page = html.build_report(labelled, title=title)
+    from perfkit.report import pa_import
+
+    # Each run's profile_export.json, when kept next to its results: real histograms, intervals.
+    raws = [None if pa_import.is_pa_csv(p) else pa_import.requests_next_to(p) for p in results]
+    page = html.build_report(labelled, title=title, requests=raws)
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(page, encoding="utf-8")

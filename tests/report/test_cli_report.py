@@ -104,6 +104,8 @@ def test_real_run_then_report_and_compare(tmp_path, monkeypatch, capsys):
     # --request-count 200: one window per level, so latency over time and no stability panel.
     page = (tmp_path / "r.html").read_text()
     assert "Latency over time: run" in page
+    # --output-dir keeps profile_export.json: the histograms are the requests' own.
+    assert "per-request latencies" in page
     code, output = perfkit_main(
         monkeypatch, capsys, "compare", out, out, "--junit", tmp_path / "j.xml"
     )

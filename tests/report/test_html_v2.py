@@ -281,3 +281,25 @@ def test_repeats_kept_apart_in_the_level_figures():
     over = plots.latency_over_time("r", run)
     assert over is not None
     assert [t.get_text() for t in over.legends[0].get_texts()] == ["concurrency 1", "concurrency 2"]
+
+
+def test_histograms_of_the_requests_when_the_profile_export_is_there():
+    import numpy as np
+
+    run = _sequential(make_run(levels=(1, 2)))
+    rng = np.random.default_rng(0)
+    raws = []
+    for m in run.measurements:
+        lat = rng.lognormal(np.log(m.latency.p50_us), 0.3, 400)
+        done = np.cumsum(lat) / 1e6
+        raws.append((lat, done, 0.0))
+    hist = plots.latency_histograms("r", run, raws)
+    assert hist is not None
+    assert "per-request latencies" in _titles(hist)[-1]
+    assert len(hist.axes[0].patches) == 40
+    # Not aligned with the measurements: the recorded quantiles, not a wrong level's requests.
+    fallback = plots.latency_histograms("r", run, raws[:1])
+    assert fallback is not None
+    assert "recorded percentiles" in _titles(fallback)[-1]
+    page = html.build_report([("r", run)], generated_at=NOW, requests=[raws])
+    assert "per-request latencies" in page

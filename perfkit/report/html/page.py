@@ -12,6 +12,7 @@ from perfkit import __version__
 from perfkit.report.html.parts import Figures, table, tag
 from perfkit.report.html.runs import runs_section
 from perfkit.report.html.tunes import tunes_section
+from perfkit.report.stats import RawRequests
 from perfkit.results import RunResult, TuneResult
 
 AnyResult = RunResult | TuneResult
@@ -111,8 +112,14 @@ def build_report(
     *,
     title: str | None = None,
     generated_at: datetime | None = None,
+    requests: Sequence[Sequence[RawRequests | None] | None] | None = None,
 ) -> str:
-    """The whole report for labelled results (runs and tunes may be mixed) as one HTML page."""
+    """The whole report for labelled results (runs and tunes may be mixed) as one HTML page.
+    `requests`, aligned with `results`: a run's per-request data (`pa_import.requests_next_to`)
+    or None; with it the histograms are the requests' own and the delta table's percentile
+    intervals bootstrap over requests."""
+    raws = list(requests) if requests is not None else [None] * len(results)
+    run_raws = [raw for (_, r), raw in zip(results, raws, strict=True) if isinstance(r, RunResult)]
     runs = [(lb, r) for lb, r in results if isinstance(r, RunResult)]
     tunes = [(lb, r) for lb, r in results if isinstance(r, TuneResult)]
     models = sorted({r.model for _, r in results})
@@ -126,7 +133,7 @@ def build_report(
         _overview(results),
     ]
     if runs:
-        body.append(runs_section(runs, fig))
+        body.append(runs_section(runs, fig, run_raws))
     if tunes:
         body.append(tunes_section(tunes, fig))
     return (

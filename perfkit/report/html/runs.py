@@ -23,6 +23,7 @@ from perfkit.report.gates import (
 )
 from perfkit.report.html.parts import Figures, load, message_list, ms, num, table, tag
 from perfkit.report.schema import level_gpus
+from perfkit.report.stats import RawRequests
 from perfkit.results import RunResult
 
 # The delta table's gates: perfkit compare's defaults (throughput drop, p99 increase) plus p50.
@@ -58,10 +59,23 @@ def _verdict(comparison: Comparison) -> str:
     return tag("no regression", "ok")
 
 
-def _pair_table(base_label: str, base: RunResult, label: str, run: RunResult) -> str:
+def _pair_table(
+    base_label: str,
+    base: RunResult,
+    label: str,
+    run: RunResult,
+    base_raw: Sequence[RawRequests | None] | None,
+    raw: Sequence[RawRequests | None] | None,
+) -> str:
     try:
         comparison = compare.compare_runs(
-            base, run, _TABLE_GATES, baseline_label=base_label, current_label=label
+            base,
+            run,
+            _TABLE_GATES,
+            baseline_label=base_label,
+            current_label=label,
+            baseline_requests=base_raw,
+            current_requests=raw,
         )
     except ConfigError as exc:  # another model, or no level in common
         return (
@@ -89,7 +103,10 @@ def _pair_table(base_label: str, base: RunResult, label: str, run: RunResult) ->
     )
 
 
-def delta_table(runs: Sequence[tuple[str, RunResult]]) -> str:
+def delta_table(
+    runs: Sequence[tuple[str, RunResult]],
+    requests: Sequence[Sequence[RawRequests | None] | None] = (),
+) -> str:
     """Every result after the first against the first (the baseline), level by level, as
     `perfkit compare` decides it: the change of throughput, p50 and p99 with its confidence
     interval (a bootstrap over repeats, windows or requests) and the gate's verdict. Empty for one
@@ -103,7 +120,11 @@ def delta_table(runs: Sequence[tuple[str, RunResult]]) -> str:
         f"p99 increase ≤ {DEFAULT_LATENCY_INCREASE['p99']:g}%): green is better, red worse; a "
         "regression only when the whole confidence interval is past the gate.</p>"
     )
-    tables = [_pair_table(base_label, base, lb, run) for lb, run in others]
+    raws = list(requests) or [None] * len(runs)
+    tables = [
+        _pair_table(base_label, base, lb, run, raws[0], raw)
+        for (lb, run), raw in zip(others, raws[1:], strict=True)
+    ]
     return "<h3>Changes against the baseline</h3>" + intro + "".join(tables)
 
 
@@ -208,10 +229,17 @@ def _gpu_section(runs: Sequence[tuple[str, RunResult]], fig: Figures) -> str:
     return f"<h3>GPU metrics</h3>{gpus}{figure}"
 
 
-def runs_section(runs: Sequence[tuple[str, RunResult]], fig: Figures) -> str:
+def runs_section(
+    runs: Sequence[tuple[str, RunResult]],
+    fig: Figures,
+    requests: Sequence[Sequence[RawRequests | None] | None] | None = None,
+) -> str:
+    """`requests`, aligned with `runs`: each run's per-request data (its profile export, one
+    entry per measurement) or None."""
+    raws = list(requests) if requests is not None else [None] * len(runs)
     several = len(runs) > 1
     side = " (results overlaid)" if several else ""
-    parts = ["<h2>Runs</h2>", delta_table(runs)]
+    parts = ["<h2>Runs</h2>", delta_table(runs, raws)]
     parts.append(fig(plots.throughput_vs_load(runs), "Throughput against load" + side + "."))
     parts.append(
         fig(
@@ -240,7 +268,7 @@ def runs_section(runs: Sequence[tuple[str, RunResult]], fig: Figures) -> str:
         )
     )
     parts.append(_gpu_section(runs, fig))
-    for label, run in runs:
+    for (label, run), raw in zip(runs, raws, strict=True):
         parts.append(f"<h3>{escape(label)}: {escape(run.model)} on {escape(run.server.kind)}</h3>")
         parts.append(_settings(run.settings))
         parts.append(_run_table(run))
@@ -248,7 +276,7 @@ def runs_section(runs: Sequence[tuple[str, RunResult]], fig: Figures) -> str:
         parts.append(message_list(run.messages, run.measurements))
         parts.append(
             fig(
-                plots.latency_histograms(label, run),
+                plots.latency_histograms(label, run, raw),
                 f"{label}: service latency histogram of each level; bins between the recorded "
                 "percentiles (min, p50, p90, p95, p99, max), bar area = share of requests.",
             )

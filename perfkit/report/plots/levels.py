@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
 
+import numpy as np
+import numpy.typing as npt
 from matplotlib.figure import Figure
 
 from perfkit.report.labels import level_text
 from perfkit.report.plots.figure import color_at, finish, log_axis, new_figure, wide_range
+from perfkit.report.stats import RawRequests
 from perfkit.results import LatencySummary, Measurement, RunResult
 
 
@@ -48,9 +52,37 @@ def _has_repeats(run: RunResult) -> bool:
     return any(m.repeat > 0 for m in run.measurements)
 
 
-def latency_histograms(label: str, run: RunResult) -> Figure | None:
-    """One panel per level: the service latency histogram over its recorded quantiles."""
-    levels = [(m, b) for m in run.measurements if (b := quantile_bins(m.latency))]
+def request_bins(latencies_us: npt.NDArray[np.float64]) -> list[tuple[float, float, float]]:
+    """(low ms, high ms, share of requests) of 40 bins over a level's per-request latencies,
+    spaced logarithmically when their range is wide (empty without requests)."""
+    ms = np.asarray(latencies_us, dtype=np.float64) / 1000.0
+    ms = ms[ms > 0]
+    if ms.size == 0:
+        return []
+    lo, hi = float(ms.min()), float(ms.max())
+    if hi <= lo:
+        return [(lo * 0.99, hi * 1.01, 1.0)]
+    edges = np.geomspace(lo, hi, 41) if wide_range([lo, hi]) else np.linspace(lo, hi, 41)
+    counts, _ = np.histogram(ms, bins=edges)
+    total = float(counts.sum())
+    return [
+        (float(a), float(b), float(c) / total)
+        for a, b, c in zip(edges[:-1], edges[1:], counts, strict=True)
+    ]
+
+
+def latency_histograms(
+    label: str, run: RunResult, requests: Sequence[RawRequests | None] | None = None
+) -> Figure | None:
+    """One panel per level: the service latency histogram of its requests when `requests` (the
+    run's profile export, one entry per measurement) has them, else over its recorded quantiles."""
+    raw = requests if requests is not None and len(requests) == len(run.measurements) else None
+    levels = []
+    for i, m in enumerate(run.measurements):
+        r = raw[i] if raw is not None else None
+        bins = request_bins(r[0]) if r is not None else quantile_bins(m.latency)
+        if bins:
+            levels.append((m, bins))
     if not levels:
         return None
     ncols = min(4, len(levels))
@@ -76,7 +108,8 @@ def latency_histograms(label: str, run: RunResult) -> Figure | None:
         ax.grid(True, alpha=0.3)
     handles, names = grid.flat[0].get_legend_handles_labels()
     fig.legend(handles, names, loc="outside lower center", ncols=2, fontsize="medium")
-    fig.suptitle(f"Latency histogram per level: {label} (bins between recorded percentiles)")
+    how = "per-request latencies" if raw is not None else "bins between recorded percentiles"
+    fig.suptitle(f"Latency histogram per level: {label} ({how})")
     return fig
 
 
