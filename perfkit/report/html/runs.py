@@ -277,8 +277,13 @@ def runs_section(
         parts.append(
             fig(
                 plots.latency_histograms(label, run, raw),
-                f"{label}: service latency histogram of each level; bins between the recorded "
-                "percentiles (min, p50, p90, p95, p99, max), bar area = share of requests.",
+                f"{label}: service latency histogram of each level; "
+                + (
+                    "the requests of its profile_export.json"
+                    if raw
+                    else "bins between the recorded percentiles (min, p50, p90, p95, p99, max)"
+                )
+                + ", bar area = share of requests.",
             )
         )
         parts.append(

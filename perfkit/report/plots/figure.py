@@ -13,7 +13,7 @@ from collections.abc import Iterable
 import matplotlib
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, MaxNLocator
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
 # Figures are drawn at the page's width (CSS scales the SVG to 100%): 12 in at ~1.4 px/pt on a
 # 1280 px page, so the fonts below read at about 13-15 px.
@@ -42,12 +42,11 @@ def wide_range(values: Iterable[float]) -> bool:
 def log_axis(ax: Axes, axis: str = "y") -> None:
     """A log axis labelled in plain numbers (0.1, 1, 10, 100), not powers of ten."""
     plain = FuncFormatter(lambda v, _: f"{v:g}")
-    if axis == "y":
-        ax.set_yscale("log")
-        ax.yaxis.set_major_formatter(plain)
-    else:
-        ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(plain)
+    (ax.set_yscale if axis == "y" else ax.set_xscale)("log")
+    scale = ax.yaxis if axis == "y" else ax.xaxis
+    scale.set_major_formatter(plain)
+    # Under a decade matplotlib labels the minor ticks too ("2×10⁻¹", ...), overprinting.
+    scale.set_minor_formatter(NullFormatter())
 
 
 def latency_scale(ax: Axes, values: Iterable[float], axis: str = "y") -> None:
