@@ -124,6 +124,9 @@ class StreamView:
         self._levels = iter(_levels(spec.load))
         self.level = next(self._levels, 0.0)
         self.mode = "concurrency" if isinstance(spec.load, S.ConcurrencyLoad) else "request rate"
+        load = spec.load
+        self.per_pass = len(load.levels if isinstance(load, S.ConcurrencyLoad) else load.rates)
+        self.started = 0  # levels started so far (each --repeats pass starts them all again)
 
     def _out(self, lines: list[str]) -> None:
         if not self.printed:
@@ -160,8 +163,14 @@ class StreamView:
         return text + (", stable" if ok else ", not yet stable")
 
     def on_window(self, w: WindowStat) -> None:
+        if not self.printed:
+            self._out([])  # the settings block, before the first level's first heartbeat
         if w.index == 0 and not self.spec.binary_search:  # a binary search picks its levels
-            _console.err.print(f"{self.mode} {self.level:g}:", markup=False, highlight=False)
+            self.started += 1
+            repeats = self.spec.repeats
+            npass = (self.started - 1) // max(self.per_pass, 1) + 1
+            which = f" (repeat {npass}/{repeats})" if repeats > 1 else ""
+            _console.err.print(f"{self.mode} {self.level:g}{which}:", markup=False, highlight=False)
         _console.err.print(self.heartbeat(w), markup=False, highlight=False)
         _flush(_console.err)
 

@@ -51,6 +51,7 @@ def test_piped_run_prints_each_level_before_the_next_starts(run_server):
     table = _index(lines, lambda s: s.startswith("Inferences/Second vs. Client"))
     # The first level's block is out before the second level measures its first window.
     assert settings < level1 < level1_done < level2_starts < level2_first_window < level2 < table
+    assert settings < _index(lines, lambda s: bool(HEARTBEAT.match(s)))  # settings come first
     # Level 1's windows came before its block, one heartbeat each, the last one stable.
     beats = [HEARTBEAT.match(s) for s in lines[:level1]]
     beats1 = [m for m in beats if m]
@@ -82,3 +83,15 @@ def test_piped_fixed_request_count_has_no_stability_claim(run_server):
     beats = [s for s in lines if s.startswith("  window ")]
     assert beats, "\n".join(lines)
     assert all("stable" not in s and "/" not in s.split(":")[0] for s in beats)
+
+
+def test_piped_repeats_name_their_pass(run_server):
+    lines, code = _stream(
+        "-m", "fast", "-u", run_server.http_url, "--repeats", "2",
+        "-p", "200", "-s", "1000", "-r", "3",
+    )  # fmt: skip
+    assert code == 0, "\n".join(lines)
+    first = _index(lines, lambda s: s == "concurrency 1 (repeat 1/2):")
+    block = _index(lines, lambda s: s == "Request concurrency: 1", first)
+    second = _index(lines, lambda s: s == "concurrency 1 (repeat 2/2):", block)
+    assert _index(lines, lambda s: s == "Request concurrency: 1", second) > second
