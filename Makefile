@@ -35,7 +35,7 @@ lint: $(STAMP)
 	$(BIN)/vulture
 
 test: $(STAMP) lint
-	$(BIN)/python -m pytest -m "not gpu and not docker" -q
+	$(BIN)/python -m pytest -m "not gpu and not docker" -q -n auto --dist loadfile
 
 # The HTTP/2 fuzz tests with a larger budget (2,000 hypothesis examples instead of 50).
 fuzz: $(STAMP)

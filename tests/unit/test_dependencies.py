@@ -50,6 +50,7 @@ KNOWN_IMPORTS = {
 USED_WITHOUT_IMPORT = {
     "pytest-timeout": ("pyproject.toml", "\ntimeout = "),
     "pytest-asyncio": ("pyproject.toml", "\nasyncio_mode = "),
+    "pytest-xdist": ("Makefile", "-n auto --dist loadfile"),
     # SQLAlchemy's driver for optuna's postgresql:// storage URLs (the shared-study tests).
     "psycopg2-binary": ("tests/fixtures/postgres.py", "postgresql://"),
     # The tritonserver binary in the wheel, found by perfkit.launch.triton.
