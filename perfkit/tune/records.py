@@ -38,6 +38,9 @@ A_OVERHEAD = "overhead_s"
 A_WINDOW = "window_s"
 # On a measurement of the default config at the best's load: the number of that best trial.
 A_FAIR = "default_at_load_of"
+# True while a trial holds the claim to measure its variant (`Tuner._find_same`); False once it
+# gave the claim up to a lower-numbered peer.
+A_CLAIM = "measuring"
 
 INTERRUPTED = "interrupted (Ctrl-C); measured again on resume"
 

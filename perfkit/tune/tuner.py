@@ -43,6 +43,7 @@ from perfkit.model_repo.repository import write_text_atomic
 from perfkit.results import TrialRecord, WindowStat
 from perfkit.tune import records as rec
 from perfkit.tune import storage as st
+from perfkit.tune.claim import claim_or_copy
 from perfkit.tune.evaluate import Evaluator, Outcome, PruneTrial
 from perfkit.tune.objective import MissingGpuMetrics, Objective, metrics_of
 from perfkit.tune.samplers import LoopSettings, TaggingSampler, ask, make_sampler
@@ -125,26 +126,9 @@ class Tuner:
         return None if best is None or best.values is None else float(best.values[0])
 
     def _find_same(self, key: str, number: int, trial: optuna.Trial) -> FrozenTrial | None:
-        """A finished trial that measured `key`; waits while a lower-numbered peer measures it."""
-        deadline = time.monotonic() + WAIT_FOR_PEER_S
-        while True:
-            waiting = False
-            for t in self._trials():
-                if (
-                    t.number == number
-                    or t.user_attrs.get(rec.A_KEY) != key
-                    or rec.A_DUP in t.user_attrs
-                ):
-                    continue
-                if t.state.is_finished() and t.user_attrs.get(rec.A_MEASURED):
-                    return t
-                if t.state == TrialState.RUNNING and t.number < number:
-                    waiting = True
-            if not waiting or time.monotonic() > deadline:
-                return None
-            st.record_heartbeat(self.study, trial)
-            st.recover_orphans(self.study)
-            time.sleep(0.25)
+        """A finished trial that measured `key`, or None once this trial may measure it itself
+        (`perfkit.tune.claim`)."""
+        return claim_or_copy(self.study, trial, key, deadline_s=WAIT_FOR_PEER_S)
 
     # -- the loop ------------------------------------------------------------------------------
     def run(self) -> None:
