@@ -16,7 +16,7 @@ The slowed candidate of trial i is compared with trial i's baseline (baseline ru
 run, as in CI). Targets: 0/10 false alarms at the default confidence, 10/10 detections. Prints
 each trial's verdicts and both rates; exit 0 when both targets hold.
 
-    .venv/bin/python benchmarks/gate_noise.py [--trials 10] [--requests 300] [--repeats 5]
+    .venv/bin/python benchmarks/gate_noise.py [--trials 10] [--requests 1000] [--repeats 5]
 """
 
 from __future__ import annotations
@@ -96,8 +96,8 @@ def main() -> int:
     p.add_argument("--trials", type=int, default=10)
     p.add_argument("--delay-us", type=int, default=2000, help="Baseline sleep per execution.")
     p.add_argument("--levels", default="1:2", help="--concurrency-range of the recipe.")
-    p.add_argument("--requests", type=int, default=300, help="--request-count per repeat.")
-    p.add_argument("--warmup", type=int, default=100, help="--warmup-request-count.")
+    p.add_argument("--requests", type=int, default=1000, help="--request-count per repeat (the README's).")
+    p.add_argument("--warmup", type=int, default=200, help="--warmup-request-count (the README's).")
     p.add_argument("--repeats", type=int, default=5)
     a = p.parse_args()
     started = time.monotonic()

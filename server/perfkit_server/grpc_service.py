@@ -83,6 +83,12 @@ def _param(params: Any, key: str) -> int | None:
     raise InvalidInput(f"parameter '{key}' must be an integer")
 
 
+def _param_value(p: Any) -> Any:
+    """An InferParameter's value (bool, int, float or str); None when none is set."""
+    which = p.WhichOneof("parameter_choice")
+    return None if which is None else getattr(p, which)
+
+
 def _typed_contents(name: str, datatype: str, shape: tuple[int, ...], tensor: Any) -> Any:
     field = _CONTENTS_FIELD.get(datatype)
     if field is None or datatype not in NP_BY_V2:
@@ -169,9 +175,13 @@ def decode_request(request: Any, shm: SharedMemory | None = None) -> InferReques
         raise InvalidInput("the inference request has no inputs")
     params = request.parameters
     priority = timeout = None
+    extra: dict[str, Any] | None = None
     if params:
         priority = _param(params, "priority")
         timeout = _param(params, "timeout")
+        extra = {
+            key: _param_value(params[key]) for key in params if key not in ("priority", "timeout")
+        } or None
     decoded = InferRequest(
         model_name=request.model_name,
         model_version=request.model_version,
@@ -180,6 +190,7 @@ def decode_request(request: Any, shm: SharedMemory | None = None) -> InferReques
         outputs=[RequestedOutput(o.name) for o in request.outputs],
         priority=priority or 0,
         timeout_us=timeout,
+        parameters=extra,
     )
     if shm is not None:
         slots = {}

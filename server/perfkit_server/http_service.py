@@ -106,8 +106,12 @@ class _Header:
     binary_default: bool
     cacheable: bool
     shm_outputs: tuple[tuple[str, ShmRef], ...] = ()
+    params: dict[str, Any] | None = None
 
 
+# Request parameters the transport and scheduler read themselves; the rest go to
+# InferRequest.parameters.
+_TRANSPORT_PARAMS = frozenset({"priority", "timeout", "binary_data_output"})
 _HEADERS: dict[bytes, _Header] = {}
 _MAX_HEADERS = 256
 _MAX_CACHED_HEADER = 4096
@@ -182,6 +186,12 @@ def _parse_header(raw: bytes | memoryview) -> _Header:
     timeout = params.get("timeout")
     if not isinstance(priority, int) or (timeout is not None and not isinstance(timeout, int)):
         raise InvalidInput("parameters 'priority' and 'timeout' must be integers")
+    extra = {k: v for k, v in params.items() if k not in _TRANSPORT_PARAMS}
+    for key, value in extra.items():
+        if not isinstance(value, bool | int | float | str):
+            raise InvalidInput(
+                f"parameter '{key}' must be a bool, number or string, got {type(value).__name__}"
+            )
     return _Header(
         tuple(inputs),
         outputs,
@@ -191,6 +201,7 @@ def _parse_header(raw: bytes | memoryview) -> _Header:
         bool(params.get("binary_data_output", False)),
         cacheable,
         tuple(shm_outputs),
+        extra or None,
     )
 
 
@@ -270,6 +281,7 @@ def decode_infer_request(
         header.priority,
         header.timeout_us,
         signature,
+        parameters=header.params,
     )
     if header.shm_outputs:
         if shm is None:

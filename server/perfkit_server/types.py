@@ -61,6 +61,10 @@ class InferRequest:
     signature: object | None = None
     # Requested outputs that go to shared memory: name -> perfkit_server.shm.OutputSlot.
     shm_outputs: dict[str, Any] | None = None
+    # The request-level parameters other than priority and timeout (and HTTP's
+    # binary_data_output), as Python values: sequence_id (int or str), sequence_start,
+    # sequence_end, and any custom parameter. None: there were none.
+    parameters: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
