@@ -43,6 +43,9 @@ class DataPlane:
     def __init__(self, settings: ServerSettings, registry: Registry) -> None:
         self._settings = settings
         self._registry = registry
+        # Requests a model makes from inside the server (ensemble steps, a Python model's BLS
+        # calls) go through the same path as a client's.
+        registry.internal_infer = self.infer
         self._ready = False
         self.shm = SharedMemory(settings.allow_client_shm, settings.max_shared_memory_regions)
 
@@ -139,7 +142,9 @@ class DataPlane:
         lv, inputs, batch_size, wanted = self._prepare(request)
         start = time.perf_counter_ns()
         try:
-            future = lv.scheduler.submit(inputs, batch_size, request.priority, request.timeout_us)
+            future = lv.scheduler.submit(
+                inputs, batch_size, request.priority, request.timeout_us, request.parameters
+            )
             outputs, times = await future
         except ServerError as exc:
             reason = "REJECTED" if isinstance(exc, Unavailable) else "BACKEND"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ from perfkit_server.placement import placed_groups, resolve_groups, slots
 from perfkit_server.scheduler import BatcherSpec, Scheduler
 from perfkit_server.settings import ServerSettings
 from perfkit_server.stats import ModelStats
+from perfkit_server.types import InferRequest, InferResponse
 from perfkit_server.warmup import Warmup, run_warmup, warmup_requests
 
 logger = logging.getLogger(__name__)
@@ -152,6 +154,8 @@ class Registry:
         self._models: dict[str, ModelEntry] = {}
         self._poll_task: asyncio.Task[None] | None = None
         self._poll_seen: dict[str, tuple[Any, ...]] = {}
+        # Set by DataPlane: run an InferRequest as a client's (awaited on the serving loop).
+        self.internal_infer: Callable[[InferRequest], Awaitable[InferResponse]] | None = None
 
     # -- lookups ------------------------------------------------------------------------------
 

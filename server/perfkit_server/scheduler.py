@@ -108,8 +108,11 @@ class Scheduler:
         batch_size: int,
         priority: int = 0,
         timeout_us: int | None = None,
+        params: dict[str, Any] | None = None,
     ) -> asyncio.Future[tuple[Outputs, RequestTimes]]:
-        """Queue one request; the future gives its outputs (sliced from the batch) and times."""
+        """Queue one request; the future gives its outputs (sliced from the batch) and times.
+        `params` are the request's parameters (`InferRequest.parameters`): schedulers that read
+        them (the sequence batcher: sequence_id, sequence_start, sequence_end) take the same call."""
         if self._closing:
             raise Unavailable(f"model '{self._stats.name}' is unloading")
         spec = self._spec
