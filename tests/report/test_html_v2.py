@@ -303,3 +303,16 @@ def test_histograms_of_the_requests_when_the_profile_export_is_there():
     assert "recorded percentiles" in _titles(fallback)[-1]
     page = html.build_report([("r", run)], generated_at=NOW, requests=[raws])
     assert "per-request latencies" in page
+
+
+def test_repeats_pooled_into_one_point_per_level_in_the_load_figures():
+    run = _sequential(make_run(levels=(1, 2)))
+    a, b = run.measurements
+    slower = replace(a, repeat=1, throughput_infer_per_s=a.throughput_infer_per_s / 2)
+    run = _sequential(replace(run, measurements=(a, b, slower, replace(b, repeat=1))))
+    fig = plots.throughput_vs_load([("r", run)])
+    assert fig is not None
+    line = fig.axes[0].get_lines()[0]
+    # One point per level (not a zig-zag 1, 2, 1, 2), level 1 at its repeats' time-weighted mean.
+    assert list(line.get_xdata()) == [1.0, 2.0]
+    assert line.get_ydata()[0] == pytest.approx(0.75 * a.throughput_infer_per_s)

@@ -22,6 +22,7 @@ from perfkit.report.plots.figure import (
     new_figure,
 )
 from perfkit.report.schema import GpuLevel, level_gpus
+from perfkit.report.stats import pooled
 from perfkit.results import Measurement, RunResult
 
 Labelled = Sequence[tuple[str, RunResult]]
@@ -58,16 +59,21 @@ class _Series:
 
 
 def _series(runs: Labelled) -> list[_Series]:
-    """One series per (result, mode, batch size), points sorted by load level for lines."""
+    """One series per (result, mode, batch size), one point per load level sorted for lines: the
+    repeats of a level (`perfkit run --repeats`) pooled into one point (`stats.pooled`), as the
+    summary and `compare` see them, not a zig-zag through each repeat."""
     out: list[_Series] = []
     for i, (label, run) in enumerate(runs):
         keys = sorted({(m.mode, m.batch_size) for m in run.measurements})
         several_batches = len({b for _, b in keys}) > 1
         for mode, batch in keys:
-            pts = sorted(
-                (m for m in run.measurements if (m.mode, m.batch_size) == (mode, batch)),
-                key=lambda m: m.level,
-            )
+            by_level: dict[float, list[Measurement]] = {}
+            for m in run.measurements:  # a level measured again without --repeats: the last
+                if (m.mode, m.batch_size) == (mode, batch):
+                    if m.repeat == 0:
+                        by_level[m.level] = []
+                    by_level.setdefault(m.level, []).append(m)
+            pts = [pooled([(m, None) for m in ms]) for _, ms in sorted(by_level.items())]
             name = f"{label} (batch {batch})" if several_batches else label
             out.append(_Series(name, mode, batch, color_at(i), tuple(pts)))
     return out
