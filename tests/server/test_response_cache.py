@@ -6,6 +6,7 @@ the statistics' cache_hit / cache_miss and in the nv_cache_* metrics as Triton r
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from perfkit_server.__main__ import main
 from perfkit_server.response_cache import entry_size
 from tritonclient.utils import InferenceServerException
 
+from tests.fixtures.server import start_server
 from tests.server.helpers import metrics, stats
 from tests.server.models import write_config
 
@@ -224,3 +226,22 @@ def test_bad_cache_flags_are_refused_with_a_message(tmp_path, capsys, flags, mes
         main(["--model-repository", str(tmp_path), *flags])
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_perfkit_serve_passes_the_cache_and_rate_limit_flags(tmp_path):
+    identity(tmp_path, "cached")
+    handle = start_server(
+        tmp_path,
+        "--cache-config=local,size=65536",
+        "--rate-limit=execution_count",
+        "--rate-limit-resource=R:1",
+        command=[sys.executable, "-m", "perfkit", "serve"],
+        log_path=tmp_path / "serve.log",
+    )
+    try:
+        x = np.ones((1, 16), dtype=np.float32)
+        for _ in range(2):
+            infer(handle.http_url, "cached", x)
+        assert cache_stats(handle.http_url, "cached") == (1, 1, 2, 1, 1)
+    finally:
+        handle.stop()
