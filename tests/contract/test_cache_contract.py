@@ -151,7 +151,10 @@ def test_model_cache_on_a_server_without_one_is_not_cached(start, kind, tmp_path
     s = statistics(http, "cached")
     assert s["execution_count"] == 2
     assert s["inference_stats"]["cache_hit"]["count"] == 0
-    assert "nv_cache_num_entries" not in scrape(metrics_url)
+    m = scrape(metrics_url)
+    assert "nv_cache_num_entries" not in m
+    # Triton still reports the per-model counters of a model whose config enables the cache.
+    assert m['nv_cache_num_hits_per_model{model="cached",version="1"}'] == 0
 
 
 @pytest.mark.parametrize(
