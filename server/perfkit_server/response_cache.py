@@ -15,6 +15,9 @@ key (each response picks its own from the entry).
 
 Only successful responses are stored; an entry larger than the whole cache is not stored (as the
 local cache refuses it); inserting evicts least recently used entries until the new one fits.
+Entries outlive a model's reload or unload, as in Triton's local cache (its key has no load
+generation either): a model reloaded with other weights under the same version can be answered
+from entries of the old one until they are evicted.
 The byte count of an entry is its tensors' bytes plus their names, datatypes and shapes, plus a
 fixed per-entry overhead, so the number of entries is bounded too: memory stays within the size.
 
