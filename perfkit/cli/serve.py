@@ -76,6 +76,28 @@ _CONTROL_MODES = ["none", "explicit", "poll"]
     show_default=True,
     help="Let clients register system/CUDA shared-memory regions (perfkit run --shared-memory).",
 )
+@click.option(
+    "--cache-config",
+    "cache_configs",
+    multiple=True,
+    metavar="<cache>,<key>=<value>",
+    help="The response cache, as tritonserver: local,size=<bytes> (models opt in with "
+    "response_cache { enable: true }).",
+)
+@click.option(
+    "--rate-limit",
+    default="off",
+    show_default=True,
+    metavar="execution_count|off",
+    help="execution_count: instances run only while they hold their rate_limiter resources.",
+)
+@click.option(
+    "--rate-limit-resource",
+    "rate_limit_resources",
+    multiple=True,
+    metavar="<name>:<count>[:<device>]",
+    help="Copies of a rate-limiter resource (no device: every device); repeatable.",
+)
 def serve(
     model_repository: Path,
     http_port: int,
@@ -93,6 +115,9 @@ def serve(
     exit_timeout_secs: float,
     http_max_input_size: int,
     allow_client_shm: bool,
+    cache_configs: tuple[str, ...],
+    rate_limit: str,
+    rate_limit_resources: tuple[str, ...],
 ) -> None:
     """Replace this process with `python -m perfkit_server ...`."""
     from perfkit.launch import require_server_stack
@@ -117,6 +142,10 @@ def serve(
         f"--http-max-input-size={http_max_input_size}",
         f"--allow-client-shm={str(allow_client_shm).lower()}",
         *(f"--load-model={name}" for name in load_models),
+        # Checked by the server, which says what is wrong with a value.
+        *(f"--cache-config={value}" for value in cache_configs),
+        f"--rate-limit={rate_limit}",
+        *(f"--rate-limit-resource={value}" for value in rate_limit_resources),
     ]
     if disable_auto_complete_config:
         args.append("--disable-auto-complete-config")

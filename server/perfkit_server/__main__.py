@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from perfkit_server.app import serve
+from perfkit_server.rate_limiter import parse_mode, parse_resource
+from perfkit_server.response_cache import parse_cache_config
 from perfkit_server.settings import ServerSettings
 from perfkit_server.tls import from_flags
 
@@ -137,7 +139,39 @@ def build_parser() -> argparse.ArgumentParser:
         help="most shared-memory regions registered at once (both kinds)",
     )
     _tls_flags(p)
+    _cache_and_rate_limit_flags(p)
     return p
+
+
+def _cache_and_rate_limit_flags(p: argparse.ArgumentParser) -> None:
+    """tritonserver's response cache and rate limiter flags (perfkit_server.response_cache,
+    perfkit_server.rate_limiter check their values)."""
+    p.add_argument(
+        "--cache-config",
+        action="append",
+        default=[],
+        metavar="<cache>,<key>=<value>",
+        help="the response cache: local,size=<bytes> (models opt in with response_cache)",
+    )
+    p.add_argument(
+        "--response-cache-byte-size",
+        type=int,
+        default=None,
+        help="deprecated (as in tritonserver): --cache-config=local,size=<bytes>",
+    )
+    p.add_argument(
+        "--rate-limit",
+        default="off",
+        metavar="execution_count|off",
+        help="execution_count: instances execute only with their rate_limiter resources",
+    )
+    p.add_argument(
+        "--rate-limit-resource",
+        action="append",
+        default=[],
+        metavar="<name>:<count>[:<device>]",
+        help="copies of a rate-limiter resource (no device: every device); repeatable",
+    )
 
 
 def _tls_flags(p: argparse.ArgumentParser) -> None:
@@ -204,6 +238,9 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
             server_key=args.grpc_server_key,
             root_cert=args.grpc_root_cert,
         ),
+        response_cache_bytes=parse_cache_config(args.cache_config, args.response_cache_byte_size),
+        rate_limit=parse_mode(args.rate_limit),
+        rate_limit_resources=tuple(parse_resource(a) for a in args.rate_limit_resource),
         http_tls=from_flags(
             "http",
             use_ssl=args.http_use_ssl,

@@ -35,6 +35,7 @@ EXTENSIONS = [
 
 # Request signatures remembered per model version (a load generator sends one or a few).
 _MAX_CHECKED = 256
+_NO_TIMES = RequestTimes()  # a cache hit's: no compute
 
 
 class DataPlane:
@@ -141,6 +142,13 @@ class DataPlane:
         """Validate, queue, wait for the batch, and build the response (on the loop)."""
         lv, inputs, batch_size, wanted = self._prepare(request)
         start = time.perf_counter_ns()
+        cache = lv.response_cache
+        if cache is not None:  # a hit never reaches the scheduler (perfkit_server.response_cache)
+            key = cache.key(lv.name, lv.version, request.inputs)
+            queued = time.perf_counter_ns() - start
+            cached, lookup_ns = cache.lookup(key)
+            if cached is not None:
+                return _respond(lv, request, wanted, cached, _NO_TIMES, start, (queued, lookup_ns))
         try:
             future = lv.scheduler.submit(
                 inputs, batch_size, request.priority, request.timeout_us, request.parameters
@@ -153,6 +161,8 @@ class DataPlane:
         except asyncio.CancelledError:  # the client reset or dropped the call (Triton: CANCELED)
             lv.stats.record_failure(time.perf_counter_ns() - start, "CANCELED")
             raise
+        if cache is not None:
+            lv.stats.cache_miss.add(lookup_ns + cache.insert(key, outputs))
         return _respond(lv, request, wanted, outputs, times, start)
 
     def infer_direct(self, request: InferRequest) -> InferResponse | None:
@@ -161,6 +171,8 @@ class DataPlane:
         See `Scheduler.try_direct` for when it runs. Validation errors raise as from `infer`.
         """
         lv, inputs, batch_size, wanted = self._prepare(request)
+        if lv.response_cache is not None:
+            return None  # `infer` looks the cache up first
         start = time.perf_counter_ns()
         try:
             done = lv.scheduler.try_direct(inputs, batch_size)
@@ -200,7 +212,10 @@ def _respond(
     outputs: dict[str, Any],
     times: RequestTimes,
     start: int,
+    hit: tuple[int, int] | None = None,
 ) -> InferResponse:
+    """The response with the `wanted` outputs (all when none named); counts the success.
+    `hit`: served from the response cache, (queue ns before the lookup, lookup ns)."""
     names = wanted or [n for n in lv.outputs if n in outputs] or list(outputs)
     result: list[InferOutput] = []
     for out in names:
@@ -218,7 +233,10 @@ def _respond(
             except ServerError:
                 lv.stats.record_failure(time.perf_counter_ns() - start, "BACKEND")
                 raise
-    lv.stats.record_success(time.perf_counter_ns() - start, times)
+    if hit is None:
+        lv.stats.record_success(time.perf_counter_ns() - start, times)
+    else:
+        lv.stats.record_cache_hit(time.perf_counter_ns() - start, *hit)
     return InferResponse(lv.name, str(lv.version), request.id, result)
 
 

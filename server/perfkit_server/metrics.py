@@ -12,7 +12,8 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from perfkit_server.registry import Registry
+from perfkit_server.registry import LoadedVersion, Registry
+from perfkit_server.response_cache import ResponseCache
 from perfkit_server.stats import ModelStats
 from perfkit_server.system_metrics import COUNTER_FAMILIES, SystemMetrics
 
@@ -60,6 +61,52 @@ _COUNTERS: list[tuple[str, str, Callable[[ModelStats], int] | None]] = [
         lambda s: s.compute_output.ns // 1000,
     ),
 ]
+# Per-model response cache counters, only for models whose config enables the cache (as Triton).
+_CACHE_COUNTERS: list[tuple[str, str, Callable[[ModelStats], int]]] = [
+    ("nv_cache_num_hits_per_model", "Number of cache hits per model", lambda s: s.cache_hit.count),
+    (
+        "nv_cache_num_misses_per_model",
+        "Number of cache misses per model",
+        lambda s: s.cache_miss.count,
+    ),
+    (
+        "nv_cache_hit_duration_per_model",
+        "Total cache hit duration per model, in microseconds",
+        lambda s: s.cache_hit.ns // 1000,
+    ),
+    (
+        "nv_cache_miss_duration_per_model",
+        "Total cache miss (insert+lookup) duration per model, in microseconds",
+        lambda s: s.cache_miss.ns // 1000,
+    ),
+]
+# The local cache's server-wide gauges (no labels), while the server has a cache.
+_CACHE_GAUGES: list[tuple[str, str, Callable[[ResponseCache], float]]] = [
+    ("nv_cache_num_entries", "Number of responses stored in response cache", len),
+    (
+        "nv_cache_num_lookups",
+        "Number of cache lookups in response cache",
+        lambda c: c.hits + c.misses,
+    ),
+    ("nv_cache_num_hits", "Number of cache hits in response cache", lambda c: c.hits),
+    ("nv_cache_num_misses", "Number of cache misses in response cache", lambda c: c.misses),
+    (
+        "nv_cache_num_evictions",
+        "Number of cache evictions in response cache",
+        lambda c: c.evictions,
+    ),
+    (
+        "nv_cache_lookup_duration",
+        "Total cache lookup duration (hit and miss), in microseconds",
+        lambda c: c.lookup_ns // 1000,
+    ),
+    (
+        "nv_cache_insertion_duration",
+        "Total cache insertion duration, in microseconds",
+        lambda c: c.insert_ns // 1000,
+    ),
+    ("nv_cache_util", "Cache utilization [0.0 - 1.0]", lambda c: c.used / c.size),
+]
 FAILURE_REASONS = ("REJECTED", "CANCELED", "BACKEND", "OTHER")
 PENDING = "nv_inference_pending_request_count"
 
@@ -68,7 +115,7 @@ PENDING = "nv_inference_pending_request_count"
 # keep Triton's names, so those two lines are given Triton's family names back.
 _HEADER_NAMES = [
     (f"# {kind} {name}_total ".encode(), f"# {kind} {name} ".encode())
-    for name in [*(n for n, _, _ in _COUNTERS), *COUNTER_FAMILIES]
+    for name in [*(n for n, _, _ in _COUNTERS + _CACHE_COUNTERS), *COUNTER_FAMILIES]
     for kind in ("HELP", "TYPE")
 ]
 
@@ -103,6 +150,23 @@ class StatsCollector(Collector):
                 PENDING, {"model": lv.name, "version": str(lv.version)}, lv.scheduler.pending
             )
         yield gauge
+        yield from _cache_families(self._registry, versions)
+
+
+def _cache_families(registry: Registry, versions: list[LoadedVersion]) -> Iterator[Metric]:
+    cached = [lv for lv in versions if lv.config.response_cache.enable]
+    for name, help_text, value in _CACHE_COUNTERS if cached else ():
+        family = Metric(name, help_text, "counter")
+        for lv in cached:
+            family.add_sample(name, {"model": lv.name, "version": str(lv.version)}, value(lv.stats))
+        yield family
+    cache = registry.response_cache
+    if cache is None:
+        return
+    for name, help_text, read in _CACHE_GAUGES:
+        family = Metric(name, help_text, "gauge")
+        family.add_sample(name, {}, read(cache))
+        yield family
 
 
 class _Page(Collector):

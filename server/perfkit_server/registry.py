@@ -42,6 +42,8 @@ from perfkit_server.errors import (
 from perfkit_server.load_limits import LoadLimits, check_load
 from perfkit_server.modelconfig import normalize
 from perfkit_server.placement import placed_groups, resolve_groups, slots
+from perfkit_server.rate_limiter import ModelLimits, RateLimiter, log_ignored
+from perfkit_server.response_cache import ResponseCache, model_cache
 from perfkit_server.scheduler import BatcherSpec, Scheduler
 from perfkit_server.settings import ServerSettings
 from perfkit_server.stats import ModelStats
@@ -80,6 +82,8 @@ class LoadedVersion:
     platform: str
     # Signatures of requests already checked against this version: (batch size, outputs wanted).
     checked: dict[object, tuple[int, list[str]]] = field(default_factory=dict)
+    # The server's response cache when the config enables it (and the server has one), else None.
+    response_cache: ResponseCache | None = None
 
 
 @dataclass(slots=True, eq=False)
@@ -154,6 +158,11 @@ class Registry:
         self._models: dict[str, ModelEntry] = {}
         self._poll_task: asyncio.Task[None] | None = None
         self._poll_seen: dict[str, tuple[Any, ...]] = {}
+        size, mode = settings.response_cache_bytes, settings.rate_limit
+        self.response_cache = ResponseCache(size) if size else None
+        self.rate_limiter = (
+            RateLimiter(settings.rate_limit_resources) if mode == "execution_count" else None
+        )
         # Set by DataPlane: run an InferRequest as a client's (awaited on the serving loop).
         self.internal_infer: Callable[[InferRequest], Awaitable[InferResponse]] | None = None
 
@@ -413,6 +422,9 @@ class Registry:
         outputs = _signatures(config.output, source, "output")
         placed = slots(placed_groups(config))
         spec = BatcherSpec.from_config(config)
+        cache = model_cache(config, self.response_cache, source)
+        if self.rate_limiter is None:
+            log_ignored(config)
         # Triton reports the platform of a backend: "onnxruntime" models as onnxruntime_onnx.
         platform = platform_of(config)
         warmups = await asyncio.to_thread(warmup_requests, config, model_dir, source)
@@ -439,12 +451,19 @@ class Registry:
                 )
                 good = [x for x in loaded if not isinstance(x, BaseException)]
                 errors = [x for x in loaded if isinstance(x, BaseException)]
+                limits: ModelLimits | None = None
+                if not errors and self.rate_limiter is not None:
+                    where = [(slot.group_index, slot.device_id) for slot in placed]
+                    try:
+                        limits = self.rate_limiter.register(name, version, config, where, good)
+                    except ValueError as exc:
+                        errors.append(exc)
                 if errors:
                     for backend in good:
                         backend.close()
                     raise errors[0]
                 stats = ModelStats(name, str(version))
-                scheduler = Scheduler(spec, good, stats)
+                scheduler = Scheduler(spec, good, stats, limits)
                 scheduler.start()
                 result[version] = LoadedVersion(
                     name=name,
@@ -456,6 +475,7 @@ class Registry:
                     outputs=outputs,
                     max_batch_size=int(config.max_batch_size),
                     platform=platform,
+                    response_cache=cache,
                 )
         except BaseException:
             for lv in result.values():

@@ -32,6 +32,7 @@ from perfkit_server.batching import BatcherSpec as BatcherSpec
 from perfkit_server.batching import QueuePolicy as QueuePolicy
 from perfkit_server.errors import InferenceFailed, Unavailable
 from perfkit_server.instances import InstancePool
+from perfkit_server.rate_limiter import ModelLimits
 from perfkit_server.stats import ModelStats, RequestTimes
 
 logger = logging.getLogger(__name__)
@@ -66,8 +67,17 @@ class _Pending:
 class Scheduler:
     """Queues requests for one model version and runs batches on its instances."""
 
-    def __init__(self, spec: BatcherSpec, instances: Sequence[Backend], stats: ModelStats) -> None:
+    def __init__(
+        self,
+        spec: BatcherSpec,
+        instances: Sequence[Backend],
+        stats: ModelStats,
+        limits: ModelLimits | None = None,
+    ) -> None:
         self._spec = spec
+        # The rate limiter (--rate-limit=execution_count): every execution holds its instance's
+        # resources. None: off, and nothing on the hot path looks at it.
+        self._limits = limits
         self._stats = stats
         self._instances = list(instances)
         self._executor = ThreadPoolExecutor(
@@ -82,7 +92,10 @@ class Scheduler:
         self._wake = asyncio.Event()
         self._pool = InstancePool(self._instances, asyncio.get_running_loop())
         self._closing = False
-        self._may_inline = not any(getattr(inst, "may_block", True) for inst in self._instances)
+        # Inline executions skip `_execute`, where the rate limiter's resources are taken.
+        self._may_inline = limits is None and not any(
+            getattr(inst, "may_block", True) for inst in self._instances
+        )
         self._inline = False
         self._fast_share = 0.0
         self._calls = 0
@@ -179,6 +192,8 @@ class Scheduler:
         for inst in self._instances:
             await loop.run_in_executor(self._executor, inst.close)
         self._executor.shutdown(wait=False)
+        if self._limits is not None:
+            self._limits.close()
 
     # -- batch forming -------------------------------------------------------------------------
 
@@ -355,6 +370,9 @@ class Scheduler:
 
     async def _execute(self, inst: Backend, batch: list[_Pending]) -> None:
         loop = asyncio.get_running_loop()
+        limits = self._limits
+        if limits is not None:
+            await limits.acquire(inst)  # the instance's rate-limiter resources, in priority order
         try:
             if self._inline:
                 result = self._run_batch(inst, batch)
@@ -364,6 +382,8 @@ class Scheduler:
             self._fail(batch, exc)
             return
         finally:
+            if limits is not None:
+                limits.release(inst)
             self._pool.release(inst)
         self._complete(batch, result)
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from perfkit_server.rate_limiter import RateLimitMode
 from perfkit_server.tls import ServerTls
 
 ModelControlMode = Literal["none", "explicit", "poll"]
@@ -69,6 +70,12 @@ class ServerSettings:
     # plain text.
     grpc_tls: ServerTls | None = None
     http_tls: ServerTls | None = None
+    # Triton's response cache (--cache-config local,size=<bytes>): its size in bytes; 0: none.
+    response_cache_bytes: int = 0
+    # Triton's rate limiter: --rate-limit (off or execution_count) and --rate-limit-resource
+    # values as (name, count, device; -1: every device).
+    rate_limit: RateLimitMode = "off"
+    rate_limit_resources: tuple[tuple[str, int, int], ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("http_port", "grpc_port", "metrics_port"):
@@ -102,5 +109,13 @@ class ServerSettings:
             )
         if self.metrics_interval_ms < 1:
             raise ValueError(f"--metrics-interval-ms must be >= 1, got {self.metrics_interval_ms}")
+        if self.rate_limit not in ("off", "execution_count"):
+            raise ValueError(
+                f"--rate-limit must be execution_count or off, got {self.rate_limit!r}"
+            )
+        if self.response_cache_bytes < 0:
+            raise ValueError(
+                f"the response cache size must be >= 0, got {self.response_cache_bytes}"
+            )
         if self.repository_poll_secs <= 0:
             raise ValueError(f"--repository-poll-secs must be > 0, got {self.repository_poll_secs}")

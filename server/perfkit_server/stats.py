@@ -65,6 +65,10 @@ class ModelStats:
     batch: dict[int, BatchStat] = field(default_factory=dict)
     # Failures by Triton's metric `reason` label (REJECTED, CANCELED, BACKEND, OTHER).
     fail_reasons: dict[str, int] = field(default_factory=dict)
+    # Response cache (perfkit_server.response_cache): hits (lookup time) and misses (lookup +
+    # insertion time).
+    cache_hit: Duration = field(default_factory=Duration)
+    cache_miss: Duration = field(default_factory=Duration)
 
     def record_success(self, duration_ns: int, times: RequestTimes) -> None:
         self.success.add(duration_ns)
@@ -73,6 +77,14 @@ class ModelStats:
         self.compute_infer.add(times.compute_infer_ns)
         self.compute_output.add(times.compute_output_ns)
         self.last_inference_ms = time.time_ns() // 1_000_000
+
+    def record_cache_hit(self, duration_ns: int, queue_ns: int, lookup_ns: int) -> None:
+        """A response served from the cache (Triton's UpdateSuccessCacheHit): a success with its
+        queue time before the lookup; no compute time, inference or execution, last_inference
+        unchanged."""
+        self.success.add(duration_ns)
+        self.queue.add(queue_ns)
+        self.cache_hit.add(lookup_ns)
 
     def record_failure(self, duration_ns: int, reason: str) -> None:
         self.fail.add(duration_ns)
@@ -92,7 +104,6 @@ class ModelStats:
 
     def to_json(self) -> dict[str, Any]:
         """Triton's `model_stats[]` entry (HTTP JSON; gRPC parses the same dict)."""
-        empty = {"count": 0, "ns": 0}
         return {
             "name": self.name,
             "version": self.version,
@@ -106,8 +117,8 @@ class ModelStats:
                 "compute_input": self.compute_input.to_json(),
                 "compute_infer": self.compute_infer.to_json(),
                 "compute_output": self.compute_output.to_json(),
-                "cache_hit": dict(empty),
-                "cache_miss": dict(empty),
+                "cache_hit": self.cache_hit.to_json(),
+                "cache_miss": self.cache_miss.to_json(),
             },
             "response_stats": {},
             "batch_stats": [
