@@ -21,15 +21,21 @@ PLATFORMS = {
     "tensorrt_plan": "tensorrt",
 }
 # The model file a version directory holds for each backend (`default_model_filename` overrides).
-DEFAULT_FILENAMES = {"onnxruntime": "model.onnx", "pytorch": "model.pt", "tensorrt": "model.plan"}
+DEFAULT_FILENAMES = {
+    "onnxruntime": "model.onnx",
+    "pytorch": "model.pt",
+    "tensorrt": "model.plan",
+    "python": "model.py",
+}
 
 
 def backend_name(config: Any, model_dir: Path | None = None) -> str:
-    """Normalized backend name of a config: "onnxruntime", "pytorch", "tensorrt" or
+    """Normalized backend name of a config: "onnxruntime", "pytorch", "tensorrt", "python" or
     "perfkit_identity".
 
     With neither `backend` nor `platform` set, a version directory holding a model.onnx,
-    model.pt or model.plan names the backend (Triton infers it from the model file the same way).
+    model.pt, model.plan or model.py names the backend (Triton infers it from the model file the
+    same way, in that order).
     """
     if config.backend:
         return str(config.backend)
@@ -68,6 +74,10 @@ def check_parameters(config: Any, name: str, source: str) -> None:
         from perfkit_server.backends.onnxruntime_options import parse
 
         parse(config, source)
+    if name == "python":
+        from perfkit_server.backends.python.backend import check_parameters as check_python
+
+        check_python(config, source)
     if config.HasField("model_operations") and config.model_operations.op_library_filename:
         raise ValueError(
             f"{source}: model_operations.op_library_filename: custom operation libraries are not "
@@ -95,6 +105,8 @@ def _torch_cuda_missing(backend: str) -> str | None:
 def gpu_unavailable_reason(backend: str) -> str | None:
     """Why `backend` cannot run an instance on a GPU here (what is missing and how to get it), or
     None when it can. Imports the backend's library; a visible GPU is checked apart (probe_host)."""
+    if backend == "python":
+        return None  # as Triton's: the model's own code uses the device it is given
     if backend == "onnxruntime":
         import onnxruntime as ort
 
@@ -149,7 +161,7 @@ def probe_host(config: Any, backend: str) -> Host:
     )
 
 
-BACKENDS = ("onnxruntime", "pytorch", "tensorrt", "perfkit_identity")
+BACKENDS = ("onnxruntime", "pytorch", "tensorrt", "python", "perfkit_identity")
 
 
 def known_backend(name: str) -> bool:
@@ -173,6 +185,10 @@ def create_backend(spec: InstanceSpec) -> Backend:
         from perfkit_server.backends.tensorrt import TensorRTBackend
 
         return TensorRTBackend(spec)
+    if name == "python":
+        from perfkit_server.backends.python.backend import PythonBackend
+
+        return PythonBackend(spec)
     if name == "perfkit_identity":
         from perfkit_server.backends.identity import IdentityBackend
 

@@ -1,0 +1,5 @@
+"""Triton's python backend: a `model.py` defining TritonPythonModel, one stub process per instance.
+
+backend.py is the server side (PythonBackend), stub.py the child process, ipc.py the framed
+protocol between them; the API models import is server/triton_python_backend_utils.py.
+"""
