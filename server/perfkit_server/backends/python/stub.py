@@ -5,7 +5,8 @@ interpreter and import path; FD is its end of a socketpair (ipc.Channel). A read
 frames from the server: commands (init, execute, finalize) go to the main thread, which runs the
 model; BLS results wake the model thread waiting in `InferenceRequest.exec()`. When the server's
 end closes (unload, or the server died however it died) the reader ends the process at once, so
-no stub outlives its server. SIGINT is ignored: a Ctrl-C reaches the server, which stops its stubs.
+no stub outlives its server. SIGINT and SIGTERM are ignored: sent to the process group, they reach
+the server, which finalizes its stubs.
 """
 
 from __future__ import annotations
@@ -296,7 +297,10 @@ class Stub:
 
 
 def main() -> None:
+    # The server owns this process: a signal to the whole process group (Ctrl-C, a supervisor's
+    # SIGTERM) reaches the server, which finalizes its stubs; its death closes the channel.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if len(sys.argv) != 2:
         sys.stderr.write("usage: python -m perfkit_server.backends.python.stub FD\n")
         raise SystemExit(2)
