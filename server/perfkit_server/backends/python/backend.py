@@ -401,7 +401,17 @@ class PythonBackend:
     def _reply_bls(self, header: Header, result: Any) -> None:
         buffers: list[Any] = []
         reply: Header = {"op": "bls_result", "id": header.get("id")}
-        if isinstance(result, Exception):
+        if isinstance(result, ModelNotFound | InvalidInput):
+            # Refused before it ran (Triton's request executor): INTERNAL, with its prefix.
+            name = header.get("model_name", "")
+            why = (
+                f"Failed for execute the inference request. Model '{name}' is not ready."
+                if isinstance(result, ModelNotFound)
+                else str(result)
+            )
+            message = f"Model {name} - Error when running inference: {why}"
+            reply["error"] = {"message": message, "code": 1}
+        elif isinstance(result, Exception):
             reply["error"] = {"message": str(result), "code": _code_of(result)}
         else:
             reply["outputs"] = encode_tensors(((o.name, o.data) for o in result.outputs), buffers)

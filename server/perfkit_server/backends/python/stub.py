@@ -54,8 +54,10 @@ def load_utils() -> ModuleType:
 
 
 def error_text(exc: BaseException) -> str:
-    """An exception as Triton's stub reports it (pybind11's form): type, message, frames."""
-    frames = traceback.extract_tb(exc.__traceback__)
+    """An exception as Triton's stub reports it (pybind11's form): type, message, the model's
+    frames innermost first (the stub's own frames are C++ in Triton, so they are left out)."""
+    here = os.path.abspath(__file__)
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename != here]
     where = "".join(f"  {f.filename}({f.lineno}): {f.name}\n" for f in reversed(frames))
     text = f"{type(exc).__name__}: {exc}"
     return f"{text}\n\nAt:\n{where}" if where else text
