@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
+import struct
 import textwrap
 import threading
 import time
@@ -21,6 +23,7 @@ import pytest
 import tritonclient.grpc.aio as grpcaio
 import tritonclient.http as httpclient
 from perfkit_server.backends.base import InstanceSpec
+from perfkit_server.backends.python import ipc
 from perfkit_server.backends.python.backend import PythonBackend
 from tritonclient.utils import InferenceServerException
 
@@ -401,3 +404,49 @@ def test_the_stub_exits_when_the_server_closes_its_end(tmp_path):
     assert _gone({backend.pid})
     backend.close()
     assert os.getpid() != backend.pid
+
+
+def test_an_output_of_another_datatype_than_its_config_fails_its_request(tmp_path):
+    (tmp_path / "f64" / "1").mkdir(parents=True)
+    (tmp_path / "f64" / "1" / "model.py").write_text(
+        "import triton_python_backend_utils as pb\n"
+        "class TritonPythonModel:\n"
+        "    def execute(self, requests):\n"
+        "        return [pb.InferenceResponse([pb.Tensor('OUTPUT0', "
+        "pb.get_input_tensor_by_name(r, 'INPUT0').as_numpy().astype('float64'))]) "
+        "for r in requests]\n"
+    )
+    config = parse_config(
+        _config("f64", 'instance_group [ { name: "f64_0" count: 1 } ]',
+                outputs='output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 4 ] } ]')
+    )  # fmt: skip
+    backend = PythonBackend(
+        InstanceSpec("f64", 1, tmp_path / "f64" / "1", config, 0, 1, "KIND_CPU", 0)
+    )
+    try:
+        [result] = backend.execute([{"INPUT0": _row(1.0)}])
+    finally:
+        backend.close()
+    assert isinstance(result, Exception)
+    assert "output 'OUTPUT0' is FP64 but its config data_type is TYPE_FP32" in str(result)
+
+
+def test_the_channel_refuses_frames_over_its_caps_before_allocating():
+    a, b = socket.socketpair()
+    sender, receiver = ipc.Channel(a), ipc.Channel(b)
+    try:
+        tensors = [("X", np.arange(6, dtype=np.int16).reshape(2, 3)),
+                   ("S", np.array([b"ab", b""], dtype=np.object_))]  # fmt: skip
+        buffers: list[Any] = []
+        sender.send({"t": ipc.encode_tensors(tensors, buffers)}, buffers)
+        header, got = receiver.recv()
+        decoded = dict(ipc.decode_tensors(header["t"], got))
+        np.testing.assert_array_equal(decoded["X"], tensors[0][1])
+        assert decoded["S"].tolist() == [b"ab", b""]
+        # A peer announcing a frame over the cap is refused from its 12-byte prefix alone.
+        a.sendall(struct.pack("<4sII", b"PKPY", 2, 1) + struct.pack("<Q", ipc.MAX_FRAME_BYTES + 1))
+        with pytest.raises(ipc.ProtocolError, match="over the"):
+            receiver.recv()
+    finally:
+        sender.close()
+        receiver.close()

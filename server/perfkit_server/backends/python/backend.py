@@ -25,12 +25,13 @@ import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import Any
 
-from perfkit.model_repo.config import config_to_json
+from perfkit.datatypes import NP_BY_V2
+from perfkit.model_repo.config import config_to_json, v2_datatype
 from perfkit_server.backends.base import Array, InstanceSpec, check_file_name
+from perfkit_server.backends.python.bls import CODE_ERRORS, bls_reply, run_bls
 from perfkit_server.backends.python.ipc import (
     Channel,
     Closed,
@@ -42,11 +43,10 @@ from perfkit_server.backends.python.ipc import (
 from perfkit_server.errors import (
     InferenceFailed,
     InvalidInput,
-    ModelNotFound,
     ServerError,
     Unavailable,
 )
-from perfkit_server.types import InferInput, InferRequest, RequestedOutput, v2_of_array
+from perfkit_server.types import v2_of_array
 
 logger = logging.getLogger(__name__)
 
@@ -54,14 +54,11 @@ DEFAULT_FILENAME = "model.py"
 FINALIZE_TIMEOUT_S = 10.0  # finalize() may release resources; then the stub is killed
 MAX_BLS_IN_FLIGHT = 64  # BLS requests one instance may have waiting on the server
 _BLS_THREADS = 4
-_POLL_S = 0.5  # how often a BLS wait checks whether the instance is closing
 # Python-backend parameters that change how Triton runs the stub, which this server cannot honor.
 _REFUSED_PARAMETERS = {
     "EXECUTION_ENV_PATH": "stubs here run in the server's own Python environment; install the "
     "model's packages there and remove the parameter",
 }
-# TritonError codes (TRITONSERVER_Error_Code) <-> this server's errors.
-_CODE_ERRORS: dict[int, type[ServerError]] = {2: ModelNotFound, 3: InvalidInput, 4: Unavailable}
 _LOG_LEVELS = {0: logging.INFO, 1: logging.WARNING, 2: logging.ERROR, 3: logging.DEBUG}
 
 Send = Callable[[int, dict[str, Array] | None, Exception | None, bool], None]
@@ -131,6 +128,7 @@ class PythonBackend:
         self.name = _instance_name(spec)
         self._decoupled = bool(config.model_transaction_policy.decoupled)
         self._outputs = [o.name for o in config.output]
+        self._datatypes = {o.name: v2_datatype(o.data_type) for o in config.output}
         self._internal_infer = spec.internal_infer
         self._lock = threading.Lock()
         self._calls: dict[int, Future[tuple[Header, list[bytearray]]]] = {}
@@ -256,11 +254,23 @@ class PythonBackend:
     def _outcome(self, entry: Header, buffers: list[bytearray]) -> dict[str, Array] | Exception:
         if "error" in entry:
             err = entry["error"]
-            return _CODE_ERRORS.get(int(err.get("code", 1)), InferenceFailed)(str(err["message"]))
+            return CODE_ERRORS.get(int(err.get("code", 1)), InferenceFailed)(str(err["message"]))
         # Outputs the config does not declare are pruned, as Triton prunes to the requested ones.
-        return {
-            n: a for n, a in decode_tensors(entry.get("outputs"), buffers) if n in self._outputs
+        outputs = {
+            n: a for n, a in decode_tensors(entry.get("outputs"), buffers) if n in self._datatypes
         }
+        for name, array in outputs.items():
+            want = self._datatypes[name]
+            got = v2_of_array(array)
+            if got != want:
+                # Triton would send the array's own datatype; a response here carries the config's.
+                kind = "bytes objects" if want == "BYTES" else str(NP_BY_V2[want])
+                return InferenceFailed(
+                    f"model '{self._model}': output '{name}' is {got} but its config data_type "
+                    f"is TYPE_{'STRING' if want == 'BYTES' else want}: return a numpy array of "
+                    f"{kind} for it"
+                )
+        return outputs
 
     # -- the channel ---------------------------------------------------------------------------
 
@@ -370,53 +380,15 @@ class PythonBackend:
 
     def _serve_bls(self, header: Header, buffers: list[bytearray]) -> None:
         try:
-            self._reply_bls(header, self._run_bls(header, buffers))
+            result = run_bls(self._internal_infer, header, buffers, lambda: self._closing)
+            self._reply_bls(header, result)
         finally:
             with self._lock:
                 self._bls_in_flight -= 1
 
-    def _run_bls(self, header: Header, buffers: list[bytearray]) -> Any:
-        if self._internal_infer is None:
-            return Unavailable("BLS needs the server: this instance runs outside one")
-        try:
-            request = _bls_request(header, buffers)
-        except (ProtocolError, KeyError, TypeError, ValueError) as exc:
-            return InvalidInput(f"BLS request from model '{self._model}': {exc}")
-        try:
-            future = self._internal_infer(request)
-        except ServerError as exc:
-            return exc
-        while True:
-            try:
-                return future.result(timeout=_POLL_S)
-            except FutureTimeout:
-                if self._closing:
-                    future.cancel()
-                    return Unavailable(f"model '{self._model}' is unloading")
-            except ServerError as exc:
-                return exc
-            except Exception as exc:  # the server's request boundary, as a client would see it
-                return InferenceFailed(str(exc))
-
     def _reply_bls(self, header: Header, result: Any) -> None:
-        buffers: list[Any] = []
-        reply: Header = {"op": "bls_result", "id": header.get("id")}
-        if isinstance(result, ModelNotFound | InvalidInput):
-            # Refused before it ran (Triton's request executor): INTERNAL, with its prefix.
-            name = header.get("model_name", "")
-            why = (
-                f"Failed for execute the inference request. Model '{name}' is not ready."
-                if isinstance(result, ModelNotFound)
-                else str(result)
-            )
-            message = f"Model {name} - Error when running inference: {why}"
-            reply["error"] = {"message": message, "code": 1}
-        elif isinstance(result, Exception):
-            reply["error"] = {"message": str(result), "code": _code_of(result)}
-        else:
-            reply["outputs"] = encode_tensors(((o.name, o.data) for o in result.outputs), buffers)
         with contextlib.suppress(ProtocolError):
-            self._chan.send(reply, buffers)
+            self._chan.send(*bls_reply(header, result))
 
     # -- death and close -----------------------------------------------------------------------
 
@@ -427,16 +399,15 @@ class PythonBackend:
         return InferenceFailed(self._dead)
 
     def _on_death(self, exc: Exception) -> None:
+        try:
+            code = self._proc.wait(timeout=2)  # the channel closes as the stub exits
+            how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+        except subprocess.TimeoutExpired:
+            how = f"channel failed: {exc}"
         with self._lock:
             if self._dead:
                 return
             closing = self._closing
-            how = ""
-            try:
-                code = self._proc.wait(timeout=2)
-                how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
-            except subprocess.TimeoutExpired:
-                how = f"channel failed: {exc}"
             self._dead = (
                 f"Stub process '{self.name}' is not healthy: the python model's process "
                 f"(pid {self.pid}) ended ({how}); load the model again to restart it"
@@ -467,39 +438,3 @@ class PythonBackend:
         self._chan.close()
         self._reader.join(timeout=5)
         self._bls_pool.shutdown(wait=False, cancel_futures=True)
-
-
-def _bls_request(header: Header, buffers: list[bytearray]) -> InferRequest:
-    version = int(header.get("model_version", -1))
-    inputs = [
-        InferInput(name, v2_of_array(array), tuple(array.shape), array)
-        for name, array in decode_tensors(header["inputs"], buffers)
-    ]
-    parameters: dict[str, Any] = json.loads(header.get("parameters") or "{}")
-    if not isinstance(parameters, dict):
-        raise ValueError("parameters must be a JSON object")
-    correlation = header.get("correlation_id", 0)
-    if correlation:
-        parameters["sequence_id"] = correlation
-    flags = int(header.get("flags", 0))
-    if flags & 1:
-        parameters["sequence_start"] = True
-    if flags & 2:
-        parameters["sequence_end"] = True
-    timeout_us = int(header.get("timeout", 0))
-    return InferRequest(
-        model_name=str(header["model_name"]),
-        model_version="" if version < 0 else str(version),
-        id=str(header.get("request_id", "")),
-        inputs=inputs,
-        outputs=[RequestedOutput(str(n)) for n in header.get("requested_output_names", [])],
-        timeout_us=timeout_us or None,
-        parameters=parameters or None,
-    )
-
-
-def _code_of(exc: Exception) -> int:
-    for code, cls in _CODE_ERRORS.items():
-        if isinstance(exc, cls):
-            return code
-    return 1  # INTERNAL
