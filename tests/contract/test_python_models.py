@@ -27,11 +27,12 @@ from tests.fixtures.triton import triton_available
 
 pytestmark = pytest.mark.timeout(180)
 
-PRE, BLS = "preprocess", "bls_pipeline"
+PRE, BLS, CRASHY = "preprocess", "bls_pipeline", "crashy"
 
 PRE_PY = '''
 """Pre-processing: RAW (UINT8 pixels) -> NORM (FP32), LABEL (BYTES) -> UPPER, ARGS (what
-initialize got). LABEL b"bad" is an INVALID_ARG response error; b"boom" makes execute raise."""
+initialize got). LABEL b"bad" is an INVALID_ARG response error; b"boom" makes execute raise;
+b"die" ends the stub process."""
 import json
 import os
 
@@ -64,6 +65,8 @@ class TritonPythonModel:
         for request in requests:
             raw = pb_utils.get_input_tensor_by_name(request, "RAW").as_numpy()
             labels = pb_utils.get_input_tensor_by_name(request, "LABEL").as_numpy()
+            if labels[0, 0] == b"die":
+                os._exit(3)
             if labels[0, 0] == b"boom":
                 raise ValueError("boom")
             if labels[0, 0] == b"bad":
@@ -148,7 +151,9 @@ def server(
         pytest.skip("no tritonserver: neither on PATH nor the nvidia-pytriton wheel")
     base = tmp_path_factory.mktemp(f"contract-python-{kind}")
     repo = base / "repo"
-    for name, source, config in ((PRE, PRE_PY, PRE_CONFIG), (BLS, BLS_PY, BLS_CONFIG)):
+    crashy = PRE_CONFIG.replace(f'"{PRE}"', f'"{CRASHY}"').replace("count: 2", "count: 1")
+    models = ((PRE, PRE_PY, PRE_CONFIG), (BLS, BLS_PY, BLS_CONFIG), (CRASHY, PRE_PY, crashy))
+    for name, source, config in models:
         (repo / name / "1").mkdir(parents=True)
         (repo / name / "1" / "model.py").write_text(source)
         (repo / name / "config.pbtxt").write_text(config)
@@ -246,3 +251,16 @@ def test_a_bls_error_is_the_called_servers_error(server: Server, protocol: str) 
         "Model absent - Error when running inference: Failed for execute the inference request. "
         "Model 'absent' is not ready."
     )
+
+
+def test_a_dead_stub_fails_its_requests_and_the_model_stays_listed_ready(server: Server) -> None:
+    client = server.client("http")
+    for label in (b"die", b"x"):  # the request that ended it, and every later one
+        with pytest.raises(InferenceServerException) as exc:
+            client.infer(CRASHY, _inputs("http", _raw(1), [label]))
+        message = expect_error("http", exc, "500")
+        assert message.startswith("Stub process 'crashy_0_0' is not healthy."), message
+    assert client.is_server_live()
+    assert client.is_model_ready(CRASHY)  # as Triton 2.51: readiness does not ask the stub
+    result = client.infer(PRE, _inputs("http", _raw(1), [b"ok"]))
+    assert result.as_numpy("UPPER").tolist() == [[b"OK"]]

@@ -301,7 +301,7 @@ def test_a_stub_that_dies_fails_its_requests_clearly_and_the_server_stays_up(ser
     pid = int(_infer(server, "crash", _row(1.0)).as_numpy("PID")[0, 0])
     with pytest.raises(InferenceServerException) as exc:
         _infer(server, "crash", _row(666.0))
-    assert "Stub process 'crash_0' is not healthy" in exc.value.message()
+    assert "Stub process 'crash_0' is not healthy." in exc.value.message()
     assert "exit code 3" in exc.value.message()
     assert _gone({pid})
     with pytest.raises(InferenceServerException) as again:  # and every later request
@@ -312,7 +312,7 @@ def test_a_stub_that_dies_fails_its_requests_clearly_and_the_server_stays_up(ser
     np.testing.assert_array_equal(
         _infer(server, "pre_plain", _row(2.0)).as_numpy("OUTPUT0"), (_row(2.0) - 1) * 2
     )
-    assert "Stub process 'crash_0' is not healthy" in server.log()
+    assert "Stub process 'crash_0' is not healthy." in server.log()
 
 
 async def test_unloading_a_model_ends_its_stub_processes(server):

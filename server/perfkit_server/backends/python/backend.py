@@ -409,8 +409,8 @@ class PythonBackend:
                 return
             closing = self._closing
             self._dead = (
-                f"Stub process '{self.name}' is not healthy: the python model's process "
-                f"(pid {self.pid}) ended ({how}); load the model again to restart it"
+                f"Stub process '{self.name}' is not healthy. The python model's process "
+                f"(pid {self.pid}) ended ({how}); load the model again to restart it."
             )
             calls, self._calls = self._calls, {}
             streams = list(self._streams)
