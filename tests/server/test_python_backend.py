@@ -114,7 +114,7 @@ class TritonPythonModel:
 """
 
 # Decoupled: for INPUT0 = [n], sends n responses OUT = [0], [1], ... then FINAL without one, from
-# a thread after execute returned (as decoupled models do).
+# a thread after execute returned (as decoupled models do); n < 0 makes execute raise.
 DECOUPLED_PY = """
 import threading
 
@@ -126,6 +126,8 @@ class TritonPythonModel:
     def execute(self, requests):
         for request in requests:
             n = int(pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy()[0])
+            if n < 0:
+                raise ValueError("negative count")
             sender = request.get_response_sender()
             threading.Thread(target=self._stream, args=(sender, n)).start()
         return None
@@ -370,6 +372,12 @@ def test_a_decoupled_model_sends_its_responses_through_send(tmp_path):
             (0, None, None, True),
         ]  # fmt: skip
         assert [s for s in sent if s[0] == 1] == [(1, [0], None, False), (1, None, None, True)]
+        sent.clear()
+        backend.execute_decoupled([{"INPUT0": np.array([-1], dtype=np.int32)}], send)
+        assert finals.acquire(timeout=30)
+        [(index, outputs, error, final)] = sent  # execute raised: one error ends the request
+        assert (index, outputs, final) == (0, None, True)
+        assert "message: ValueError: negative count" in str(error)
         unary = backend.execute([{"INPUT0": np.array([1], dtype=np.int32)}])
         assert "decoupled" in str(unary[0])  # a unary request is refused, as Triton refuses it
     finally:

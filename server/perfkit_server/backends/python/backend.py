@@ -204,7 +204,7 @@ class PythonBackend:
             return [InferenceFailed(str(reply["error"]))] * len(requests)
         try:
             return self._results(reply, buffers, len(requests))
-        except ProtocolError as exc:
+        except (ProtocolError, KeyError, TypeError, ValueError) as exc:
             return [self._broken(exc)] * len(requests)
 
     def execute_decoupled(self, requests: Sequence[dict[str, Array]], send: Send) -> None:
@@ -292,8 +292,9 @@ class PythonBackend:
         except ProtocolError as exc:
             with self._lock:
                 self._calls.pop(header["id"], None)
-            if self._dead:
-                raise InferenceFailed(self._dead) from None
+            if isinstance(exc, Closed):  # the stub is exiting: its reader says how it ended
+                self._stopped.wait(5)
+                raise InferenceFailed(self._dead or str(exc)) from None
             raise InvalidInput(f"model '{self._model}': {exc}") from None
         return future.result()
 

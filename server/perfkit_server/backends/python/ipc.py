@@ -151,7 +151,8 @@ def encode_tensors(tensors: Iterable[tuple[str, Array]], buffers: list[Any]) -> 
             native = array.dtype.newbyteorder("=")
             if native.str not in _DTYPES:
                 raise TypeError(f"tensor '{name}' has unsupported dtype {array.dtype}")
-            data = np.ascontiguousarray(array, dtype=native)
+            # As flat bytes (a 0-d or bool array too), without a copy when already contiguous.
+            data = np.ascontiguousarray(array, dtype=native).reshape(-1).view(np.uint8)
             dtype = native.str
         out.append({"name": name, "dtype": dtype, "shape": list(array.shape), "buf": len(buffers)})
         buffers.append(data)
