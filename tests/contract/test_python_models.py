@@ -32,7 +32,7 @@ PRE, BLS, CRASHY = "preprocess", "bls_pipeline", "crashy"
 PRE_PY = '''
 """Pre-processing: RAW (UINT8 pixels) -> NORM (FP32), LABEL (BYTES) -> UPPER, ARGS (what
 initialize got). LABEL b"bad" is an INVALID_ARG response error; b"boom" makes execute raise;
-b"die" ends the stub process."""
+b"die" ends the stub process; b"sender" answers through the response sender."""
 import json
 import os
 
@@ -76,11 +76,16 @@ class TritonPythonModel:
             norm = ((raw.astype(np.float32) / 255.0 - 0.5) / 0.25).astype(self.norm_dtype)
             upper = np.array([[x.upper()] for x in labels[:, 0]], dtype=np.object_)
             args = np.array([[self.seen]] * raw.shape[0], dtype=np.object_)
-            responses.append(pb_utils.InferenceResponse(output_tensors=[
+            response = pb_utils.InferenceResponse(output_tensors=[
                 pb_utils.Tensor("NORM", norm),
                 pb_utils.Tensor("UPPER", upper),
                 pb_utils.Tensor("ARGS", args),
-            ]))
+            ])
+            if labels[0, 0] == b"sender":  # answered through the request's sender instead
+                request.get_response_sender().send(
+                    response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+                response = None
+            responses.append(response)
         return responses
 '''
 
@@ -211,6 +216,13 @@ def test_initialize_gets_tritons_args(server: Server) -> None:
     assert seen["inputs"] == [["RAW", "TYPE_UINT8", [4]], ["LABEL", "TYPE_STRING", [1]]]
     assert seen["decoupled"] is False
     assert seen["group"] == [["preprocess_0", 2, "KIND_CPU"]]
+
+
+def test_a_response_sent_through_the_sender_of_a_non_decoupled_model(server: Server) -> None:
+    raw = _raw(2)
+    result = server.client("http").infer(PRE, _inputs("http", raw, [b"sender", b"y"]))
+    np.testing.assert_array_equal(result.as_numpy("NORM"), _norm(raw))
+    assert result.as_numpy("UPPER").tolist() == [[b"SENDER"], [b"Y"]]
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)

@@ -458,3 +458,13 @@ def test_the_channel_refuses_frames_over_its_caps_before_allocating():
     finally:
         sender.close()
         receiver.close()
+
+
+def test_a_parameter_this_server_cannot_honor_is_refused_at_load():
+    from perfkit_server.backends import check_parameters
+
+    config = parse_config(
+        _config("envy", 'parameters { key: "EXECUTION_ENV_PATH" value { string_value: "e.tgz" } }')
+    )
+    with pytest.raises(ValueError, match=r"parameters\['EXECUTION_ENV_PATH'\]: not supported"):
+        check_parameters(config, "python", "model 'envy'")

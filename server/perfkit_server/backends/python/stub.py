@@ -267,8 +267,9 @@ class Stub:
                 f"size is:{len(returned)}\n"
             )
         out: list[Header | None] = []
-        for request, response in zip(requests, returned, strict=True):
-            if response is None:
+        for request, returned_response, sent in zip(requests, returned, captured, strict=True):
+            response = sent if returned_response is None else returned_response
+            if response is None:  # neither returned nor sent: the server fails the request
                 out.append(None)
                 continue
             if not isinstance(response, pb.InferenceResponse):
