@@ -202,6 +202,14 @@ def test_preprocessing_model_outputs(server: Server, protocol: str) -> None:
     assert result.as_numpy("UPPER").tolist() == [[b"CAT"], [b"DOG"], [b"X"]]
 
 
+def test_metadata_and_config_of_a_python_model(server: Server) -> None:
+    metadata = server.client("http").get_model_metadata(PRE)
+    assert metadata["platform"] == "python"
+    config = server.client("http").get_model_config(PRE)
+    assert (config["backend"], config["platform"]) == ("python", "")
+    assert config["default_model_filename"] == "model.py"
+
+
 def test_initialize_gets_tritons_args(server: Server) -> None:
     result = server.client("http").infer(PRE, _inputs("http", _raw(1), [b"a"]))
     seen = json.loads(result.as_numpy("ARGS")[0, 0])
