@@ -468,3 +468,45 @@ def test_a_parameter_this_server_cannot_honor_is_refused_at_load():
     )
     with pytest.raises(ValueError, match=r"parameters\['EXECUTION_ENV_PATH'\]: not supported"):
         check_parameters(config, "python", "model 'envy'")
+
+
+def test_async_execute_and_finalize_run_in_the_stub(tmp_path):
+    (tmp_path / "am" / "1").mkdir(parents=True)
+    (tmp_path / "am" / "1" / "model.py").write_text(
+        textwrap.dedent(
+            """
+            import asyncio
+            import os
+
+            import triton_python_backend_utils as pb_utils
+
+
+            class TritonPythonModel:
+                def initialize(self, args):
+                    self.done = os.path.join(args["model_repository"], "finalized")
+
+                async def execute(self, requests):
+                    await asyncio.sleep(0)
+                    return [pb_utils.InferenceResponse([pb_utils.Tensor(
+                        "OUTPUT0", pb_utils.get_input_tensor_by_name(r, "INPUT0").as_numpy() + 1
+                    )]) for r in requests]
+
+                def finalize(self):
+                    open(self.done, "w").close()
+            """
+        )
+    )
+    config = parse_config(
+        _config("am", 'instance_group [ { name: "am_0" count: 1 } ]',
+                outputs='output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 4 ] } ]')
+    )  # fmt: skip
+    backend = PythonBackend(
+        InstanceSpec("am", 1, tmp_path / "am" / "1", config, 0, 1, "KIND_CPU", 0)
+    )
+    try:
+        [result] = backend.execute([{"INPUT0": _row(1.0)}])
+        assert not isinstance(result, Exception)
+        np.testing.assert_array_equal(result["OUTPUT0"], _row(2.0))
+    finally:
+        backend.close()
+    assert (tmp_path / "am" / "finalized").exists()  # close waited for finalize()
