@@ -396,6 +396,9 @@ def test_a_model_that_fails_to_initialize_fails_its_load(tmp_path):
     spec = InstanceSpec("bad", 1, tmp_path / "bad" / "1", config, 0, 1, "KIND_CPU", 0)
     with pytest.raises(RuntimeError, match="ValueError: no weights here"):
         PythonBackend(spec)
+    (tmp_path / "bad" / "1" / "model.py").unlink()
+    with pytest.raises(ValueError, match=r"no python model file model\.py in "):
+        PythonBackend(spec)
 
 
 def test_the_stub_exits_when_the_server_closes_its_end(tmp_path):

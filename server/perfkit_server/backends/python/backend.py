@@ -88,8 +88,8 @@ def _instance_name(spec: InstanceSpec) -> str:
     """Triton's instance name: '<group name>_<c>', c counting the group's `count`."""
     config = spec.config
     group = config.instance_group[spec.group_index] if config.instance_group else None
-    if group is None:
-        return f"{spec.model_name}_0_{spec.index}"
+    if group is None:  # an unnormalized config: Triton's default group is named after the model
+        return f"{spec.model_name}_{spec.index}"
     before = sum(
         g.count * (len(g.gpus) if g.kind == 1 and g.gpus else 1)  # 1: KIND_GPU
         for g in config.instance_group[: spec.group_index]
