@@ -349,16 +349,18 @@ def get_output_tensor_by_name(inference_response: InferenceResponse, name: str) 
 
 
 def get_input_config_by_name(model_config: dict[str, Any], name: str) -> dict[str, Any] | None:
-    for properties in model_config.get("input", []):
+    tensors: list[dict[str, Any]] = model_config.get("input", [])
+    for properties in tensors:
         if properties["name"] == name:
-            return dict(properties)
+            return properties
     return None
 
 
 def get_output_config_by_name(model_config: dict[str, Any], name: str) -> dict[str, Any] | None:
-    for properties in model_config.get("output", []):
+    tensors: list[dict[str, Any]] = model_config.get("output", [])
+    for properties in tensors:
         if properties["name"] == name:
-            return dict(properties)
+            return properties
     return None
 
 
