@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from perfkit.nvml import visible_gpus
 from perfkit_server.backends.base import Backend, InstanceSpec
-from perfkit_server.placement import Host
+
+if TYPE_CHECKING:  # placement imports tritonclient.grpc: ~0.4 s a python stub need not pay
+    from perfkit_server.placement import Host
 
 # Triton's platforms and the backends that serve them (and the platform a backend reports).
 PLATFORMS = {
@@ -145,6 +147,8 @@ def probe_host(config: Any, backend: str) -> Host:
     """What this host offers `backend` for `config`'s instance groups: NVML is read once, and the
     backend's GPU support is asked for (importing its library) only when a group may need it."""
     from tritonclient.grpc import model_config_pb2 as mc
+
+    from perfkit_server.placement import Host
 
     gpus, no_gpu = _visible()
     kinds = {g.kind for g in config.instance_group} or {mc.ModelInstanceGroup.KIND_AUTO}
