@@ -27,7 +27,7 @@ from tests.fixtures.triton import triton_available
 
 pytestmark = pytest.mark.timeout(180)
 
-PRE, BLS, CRASHY = "preprocess", "bls_pipeline", "crashy"
+PRE, BLS, CRASHY, BATCHED = "preprocess", "bls_pipeline", "crashy", "batched"
 
 PRE_PY = '''
 """Pre-processing: RAW (UINT8 pixels) -> NORM (FP32), LABEL (BYTES) -> UPPER, ARGS (what
@@ -147,6 +147,41 @@ instance_group [ { count: 1 kind: KIND_CPU } ]
 """
 
 
+BATCHED_PY = '''
+"""Y = X * 2 and COUNT = how many requests this execute call got; X < 0 fails its request."""
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            x = pb_utils.get_input_tensor_by_name(request, "X").as_numpy()
+            if (x < 0).any():
+                responses.append(pb_utils.InferenceResponse(
+                    error=pb_utils.TritonError("X must not be negative")))
+                continue
+            count = np.full((x.shape[0], 1), len(requests), dtype=np.int32)
+            responses.append(pb_utils.InferenceResponse(output_tensors=[
+                pb_utils.Tensor("Y", x * 2), pb_utils.Tensor("COUNT", count)]))
+        return responses
+'''
+
+# Four requests wait (up to 10 s) for the preferred batch of 4: one execute call gets them all.
+BATCHED_CONFIG = """name: "batched"
+backend: "python"
+max_batch_size: 8
+input [ { name: "X" data_type: TYPE_FP32 dims: [ 1 ] } ]
+output [
+  { name: "Y" data_type: TYPE_FP32 dims: [ 1 ] },
+  { name: "COUNT" data_type: TYPE_INT32 dims: [ 1 ] }
+]
+instance_group [ { count: 1 kind: KIND_CPU } ]
+dynamic_batching { preferred_batch_size: [ 4 ] max_queue_delay_microseconds: 10000000 }
+"""
+
+
 @pytest.fixture(scope="module", params=[PERFKIT, pytest.param(TRITON, marks=pytest.mark.triton)])
 def server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
@@ -157,7 +192,12 @@ def server(
     base = tmp_path_factory.mktemp(f"contract-python-{kind}")
     repo = base / "repo"
     crashy = PRE_CONFIG.replace(f'"{PRE}"', f'"{CRASHY}"').replace("count: 2", "count: 1")
-    models = ((PRE, PRE_PY, PRE_CONFIG), (BLS, BLS_PY, BLS_CONFIG), (CRASHY, PRE_PY, crashy))
+    models = (
+        (PRE, PRE_PY, PRE_CONFIG),
+        (BLS, BLS_PY, BLS_CONFIG),
+        (CRASHY, PRE_PY, crashy),
+        (BATCHED, BATCHED_PY, BATCHED_CONFIG),
+    )
     for name, source, config in models:
         (repo / name / "1").mkdir(parents=True)
         (repo / name / "1" / "model.py").write_text(source)
@@ -284,3 +324,29 @@ def test_a_dead_stub_fails_its_requests_and_the_model_stays_listed_ready(server:
     assert client.is_model_ready(CRASHY)  # as Triton 2.51: readiness does not ask the stub
     result = client.infer(PRE, _inputs("http", _raw(1), [b"ok"]))
     assert result.as_numpy("UPPER").tolist() == [[b"OK"]]
+
+
+def test_a_batch_reaches_execute_as_separate_requests_with_their_own_results(
+    server: Server,
+) -> None:
+    client = httpclient.InferenceServerClient(server.http_url, concurrency=4)
+    try:
+        pending = []
+        for value in (1.0, -1.0, 3.0, 4.0):
+            x = httpclient.InferInput("X", [1, 1], "FP32")
+            x.set_data_from_numpy(np.array([[value]], dtype=np.float32))
+            pending.append(client.async_infer(BATCHED, [x]))
+        outcomes: list[Any] = []
+        for request in pending:
+            try:
+                outcomes.append(request.get_result(timeout=60))
+            except InferenceServerException as exc:
+                outcomes.append(exc)
+    finally:
+        client.close()
+    failed = outcomes[1]
+    assert isinstance(failed, InferenceServerException)
+    assert (failed.status(), failed.message()) == ("500", "X must not be negative")
+    for value, result in zip((1.0, 3.0, 4.0), (outcomes[0], *outcomes[2:]), strict=True):
+        assert result.as_numpy("Y").tolist() == [[value * 2]]
+        assert result.as_numpy("COUNT").tolist() == [[4]]  # one execute call got all four
