@@ -170,6 +170,7 @@ def _write(repo: Path, name: str, source: str, config: str) -> None:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
     repo = tmp_path_factory.mktemp("python-repo")
     barrier = tmp_path_factory.mktemp("barrier")
+    barrier_2 = tmp_path_factory.mktemp("barrier")
     # Requests wait up to 10 s for a batch of 4 (the preferred size): four concurrent requests
     # form one batch without the test depending on timing.
     _write(repo, "pre", PRE_PY, _config(
@@ -184,7 +185,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
     ))  # fmt: skip
     _write(repo, "crash", PRE_PY, _config("crash"))
     _write(repo, "unload_me", PRE_PY, _config(
-        "unload_me", "instance_group [ { count: 2 kind: KIND_CPU } ]"
+        "unload_me",
+        "instance_group [ { count: 2 kind: KIND_CPU } ]",
+        f'parameters {{ key: "barrier_dir" value {{ string_value: "{barrier_2}" }} }}',
     ))  # fmt: skip
     for name, target in (("bls", "pre_plain"), ("bls_missing", "no_such_model")):
         _write(repo, name, BLS_PY, _config(
@@ -318,8 +321,9 @@ def test_a_stub_that_dies_fails_its_requests_clearly_and_the_server_stays_up(ser
 
 
 async def test_unloading_a_model_ends_its_stub_processes(server):
-    results = await _concurrent(server, "unload_me", [1.0] * 8)
+    results = await _concurrent(server, "unload_me", [1.0, 2.0])  # both instances, at once
     pids = {int(r.as_numpy("PID")[0, 0]) for r in results}
+    assert len(pids) == 2
     client = httpclient.InferenceServerClient(server.http_url)
     client.unload_model("unload_me")
     assert _gone(pids)
