@@ -62,3 +62,9 @@ _.SETTINGS_MAX_CONCURRENT_STREAMS
 
 # The library API for users of the results in Python (issue 15); the CLI writes CSVs instead.
 _.to_pandas
+
+# The python backend (issue 13): the scheduler calls execute_decoupled for a decoupled model; the
+# stub is triton_python_backend_utils' `_runtime` (exec_request) and sets each request's sender.
+_.execute_decoupled
+_.exec_request
+_._sender

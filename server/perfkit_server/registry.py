@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 from collections.abc import Awaitable, Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -165,6 +166,7 @@ class Registry:
         )
         # Set by DataPlane: run an InferRequest as a client's (awaited on the serving loop).
         self.internal_infer: Callable[[InferRequest], Awaitable[InferResponse]] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the serving loop, seen at a load
 
     # -- lookups ------------------------------------------------------------------------------
 
@@ -381,7 +383,8 @@ class Registry:
             raise InvalidConfig(
                 f"{source}: backend: unsupported backend {backend or '(none)'!r}; this server "
                 'runs backends "onnxruntime" (platform onnxruntime_onnx), "pytorch" (platform '
-                'pytorch_libtorch), "tensorrt" (platform tensorrt_plan) and "perfkit_identity"'
+                'pytorch_libtorch), "tensorrt" (platform tensorrt_plan), "python" and '
+                '"perfkit_identity"'
             )
         try:
             # Where the instances run (NVML read once), then before anything is read: model file
@@ -428,6 +431,7 @@ class Registry:
         # Triton reports the platform of a backend: "onnxruntime" models as onnxruntime_onnx.
         platform = platform_of(config)
         warmups = await asyncio.to_thread(warmup_requests, config, model_dir, source)
+        self._loop = asyncio.get_running_loop()
         result: dict[int, LoadedVersion] = {}
         try:
             for version, version_dir in chosen.items():
@@ -442,6 +446,7 @@ class Registry:
                         slot.kind,
                         slot.device_id,
                         slot.group_index,
+                        self._submit_internal,
                     )
                     for i, slot in enumerate(placed)
                 ]
@@ -482,6 +487,18 @@ class Registry:
                 await lv.scheduler.close()
             raise
         return result
+
+    def _submit_internal(self, request: InferRequest) -> Future[InferResponse]:
+        """internal_infer for a backend's own threads (a python model's BLS): the request runs
+        on the serving loop; the caller waits on the future (never call this from the loop)."""
+        infer, loop = self.internal_infer, self._loop
+        if infer is None or loop is None:
+            raise Unavailable("the server does not serve requests from inside it yet")
+
+        async def run() -> InferResponse:
+            return await infer(request)
+
+        return asyncio.run_coroutine_threadsafe(run(), loop)
 
     @staticmethod
     def _load_instance(spec: InstanceSpec, warmups: list[Warmup]) -> Backend:

@@ -30,7 +30,7 @@ import numpy as np
 from perfkit_server.backends.base import Array, Backend
 from perfkit_server.batching import BatcherSpec as BatcherSpec
 from perfkit_server.batching import QueuePolicy as QueuePolicy
-from perfkit_server.errors import InferenceFailed, Unavailable
+from perfkit_server.errors import InferenceFailed, ServerError, Unavailable
 from perfkit_server.instances import InstancePool
 from perfkit_server.rate_limiter import ModelLimits
 from perfkit_server.stats import ModelStats, RequestTimes
@@ -396,11 +396,15 @@ class Scheduler:
             self._finish(p, err)
 
     def _complete(
-        self, batch: list[_Pending], result: tuple[list[Outputs], int, int, int, int]
+        self, batch: list[_Pending], result: tuple[list[Outputs | Exception], int, int, int, int]
     ) -> None:
         per_request, t0, t1, t2, t3 = result
         self._stats.record_execution(sum(p.batch_size for p in batch), t1 - t0, t2 - t1, t3 - t2)
         for p, outputs in zip(batch, per_request, strict=True):
+            if isinstance(outputs, Exception):  # [py helper, issue 13] takes_requests hook
+                err = outputs if isinstance(outputs, ServerError) else InferenceFailed(str(outputs))
+                self._finish(p, err)
+                continue
             times = RequestTimes(max(0, t0 - p.enqueue_ns), t1 - t0, t2 - t1, t3 - t2)
             self._finish(p, (outputs, times))
 
@@ -423,8 +427,16 @@ class Scheduler:
 
     def _run_batch(
         self, inst: Backend, batch: list[_Pending]
-    ) -> tuple[list[Outputs], int, int, int, int]:
+    ) -> tuple[list[Outputs | Exception], int, int, int, int]:
         t0 = time.perf_counter_ns()
+        # [py helper, issue 13] minimal `takes_requests` hook until the stream helper's lands:
+        # the backend gets the batch's requests as they are and answers each (outputs or error).
+        if getattr(inst, "takes_requests", False):
+            results: list[Outputs | Exception] = getattr(inst, "execute")(  # noqa: B009
+                [p.inputs for p in batch]
+            )
+            t2 = time.perf_counter_ns()
+            return results, t0, t0, t2, t2
         if len(batch) == 1:
             inputs = batch[0].inputs
         else:
@@ -435,7 +447,7 @@ class Scheduler:
         outputs = self._infer(inst, inputs)
         t2 = time.perf_counter_ns()
         if len(batch) == 1:
-            per_request = [outputs]
+            per_request: list[Outputs | Exception] = [outputs]
         else:
             total = sum(p.batch_size for p in batch)
             for name, value in outputs.items():

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from perfkit.nvml import visible_gpus
 from perfkit_server.backends.base import Backend, InstanceSpec
-from perfkit_server.placement import Host
+
+if TYPE_CHECKING:  # placement imports tritonclient.grpc: ~0.4 s a python stub need not pay
+    from perfkit_server.placement import Host
 
 # Triton's platforms and the backends that serve them (and the platform a backend reports).
 PLATFORMS = {
@@ -21,15 +23,21 @@ PLATFORMS = {
     "tensorrt_plan": "tensorrt",
 }
 # The model file a version directory holds for each backend (`default_model_filename` overrides).
-DEFAULT_FILENAMES = {"onnxruntime": "model.onnx", "pytorch": "model.pt", "tensorrt": "model.plan"}
+DEFAULT_FILENAMES = {
+    "onnxruntime": "model.onnx",
+    "pytorch": "model.pt",
+    "tensorrt": "model.plan",
+    "python": "model.py",
+}
 
 
 def backend_name(config: Any, model_dir: Path | None = None) -> str:
-    """Normalized backend name of a config: "onnxruntime", "pytorch", "tensorrt" or
+    """Normalized backend name of a config: "onnxruntime", "pytorch", "tensorrt", "python" or
     "perfkit_identity".
 
     With neither `backend` nor `platform` set, a version directory holding a model.onnx,
-    model.pt or model.plan names the backend (Triton infers it from the model file the same way).
+    model.pt, model.plan or model.py names the backend (Triton infers it from the model file the
+    same way, in that order).
     """
     if config.backend:
         return str(config.backend)
@@ -68,6 +76,10 @@ def check_parameters(config: Any, name: str, source: str) -> None:
         from perfkit_server.backends.onnxruntime_options import parse
 
         parse(config, source)
+    if name == "python":
+        from perfkit_server.backends.python.backend import check_parameters as check_python
+
+        check_python(config, source)
     if config.HasField("model_operations") and config.model_operations.op_library_filename:
         raise ValueError(
             f"{source}: model_operations.op_library_filename: custom operation libraries are not "
@@ -95,6 +107,8 @@ def _torch_cuda_missing(backend: str) -> str | None:
 def gpu_unavailable_reason(backend: str) -> str | None:
     """Why `backend` cannot run an instance on a GPU here (what is missing and how to get it), or
     None when it can. Imports the backend's library; a visible GPU is checked apart (probe_host)."""
+    if backend == "python":
+        return None  # as Triton's: the model's own code uses the device it is given
     if backend == "onnxruntime":
         import onnxruntime as ort
 
@@ -134,6 +148,8 @@ def probe_host(config: Any, backend: str) -> Host:
     backend's GPU support is asked for (importing its library) only when a group may need it."""
     from tritonclient.grpc import model_config_pb2 as mc
 
+    from perfkit_server.placement import Host
+
     gpus, no_gpu = _visible()
     kinds = {g.kind for g in config.instance_group} or {mc.ModelInstanceGroup.KIND_AUTO}
     wants = (
@@ -149,7 +165,7 @@ def probe_host(config: Any, backend: str) -> Host:
     )
 
 
-BACKENDS = ("onnxruntime", "pytorch", "tensorrt", "perfkit_identity")
+BACKENDS = ("onnxruntime", "pytorch", "tensorrt", "python", "perfkit_identity")
 
 
 def known_backend(name: str) -> bool:
@@ -173,6 +189,10 @@ def create_backend(spec: InstanceSpec) -> Backend:
         from perfkit_server.backends.tensorrt import TensorRTBackend
 
         return TensorRTBackend(spec)
+    if name == "python":
+        from perfkit_server.backends.python.backend import PythonBackend
+
+        return PythonBackend(spec)
     if name == "perfkit_identity":
         from perfkit_server.backends.identity import IdentityBackend
 

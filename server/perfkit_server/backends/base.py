@@ -7,12 +7,16 @@ provider fit here later: `InstanceSpec.kind`/`device_id` say where the instance 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from perfkit_server.types import InferRequest, InferResponse
 
 Array = npt.NDArray[Any]
 
@@ -30,6 +34,9 @@ class InstanceSpec:
     kind: str  # "KIND_CPU", "KIND_GPU", ...
     device_id: int  # GPU id for KIND_GPU, else 0
     group_index: int = 0  # its instance group: config.instance_group[group_index]
+    # Runs a request from inside the server (a python model's BLS call) on the serving loop, from
+    # any other thread: the caller waits on the future, never the loop. Filled by the registry.
+    internal_infer: Callable[[InferRequest], Future[InferResponse]] | None = None
 
 
 class Backend(Protocol):
