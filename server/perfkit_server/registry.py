@@ -78,6 +78,8 @@ class LoadedVersion:
     outputs: dict[str, TensorSignature]
     max_batch_size: int
     platform: str
+    # model_transaction_policy { decoupled: true }: answered only on a stream (infer_stream).
+    decoupled: bool = False
     # Signatures of requests already checked against this version: (batch size, outputs wanted).
     checked: dict[object, tuple[int, list[str]]] = field(default_factory=dict)
 
@@ -372,7 +374,8 @@ class Registry:
             raise InvalidConfig(
                 f"{source}: backend: unsupported backend {backend or '(none)'!r}; this server "
                 'runs backends "onnxruntime" (platform onnxruntime_onnx), "pytorch" (platform '
-                'pytorch_libtorch), "tensorrt" (platform tensorrt_plan) and "perfkit_identity"'
+                'pytorch_libtorch), "tensorrt" (platform tensorrt_plan), "perfkit_identity" and '
+                '"perfkit_repeat"'
             )
         try:
             # Where the instances run (NVML read once), then before anything is read: model file
@@ -456,6 +459,7 @@ class Registry:
                     outputs=outputs,
                     max_batch_size=int(config.max_batch_size),
                     platform=platform,
+                    decoupled=spec.decoupled,
                 )
         except BaseException:
             for lv in result.values():

@@ -1,0 +1,441 @@
+"""Decoupled models and gRPC streaming with several responses per request, and the scheduler's
+execution modes (takes_requests, decoupled) on their own.
+
+End to end: perfkit_server serves Triton's `repeat_int32` test model (backend perfkit_repeat);
+tritonclient's gRPC stream (start_stream / async_stream_infer) collects every response in a
+callback, and the test waits on a queue with a deadline, never on a sleep. In process: the
+scheduler with tiny fake backends defined here (the Backend seam), and the ResponseStream bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from perfkit_server import decoupled
+from perfkit_server.decoupled import MAX_UNDELIVERED, ResponseStream
+from perfkit_server.errors import InferenceFailed, InvalidInput
+from perfkit_server.scheduler import BatcherSpec, Scheduler
+from perfkit_server.stats import ModelStats
+from tritonclient.utils import InferenceServerException
+
+from tests.fixtures.server import ServerHandle, start_server
+from tests.server import models
+from tests.server.helpers import stats
+
+WAIT_S = 30.0
+
+REPEAT = """name: "{name}"
+backend: "perfkit_repeat"
+max_batch_size: 0
+model_transaction_policy {{ decoupled: true }}
+input [
+  {{ name: "IN" data_type: TYPE_INT32 dims: [ -1 ] }},
+  {{ name: "DELAY" data_type: TYPE_UINT32 dims: [ -1 ] }},
+  {{ name: "WAIT" data_type: TYPE_UINT32 dims: [ 1 ] }}
+]
+output [
+  {{ name: "OUT" data_type: TYPE_INT32 dims: [ 1 ] }},
+  {{ name: "IDX" data_type: TYPE_UINT32 dims: [ 1 ] }}
+]
+instance_group [ {{ count: 1 kind: KIND_CPU }} ]
+"""
+REPEAT_MODELS = ("repeat_int32", "repeat_stats", "repeat_cancel")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
+    repo = tmp_path_factory.mktemp("repo")
+    for name in REPEAT_MODELS:
+        models.write_config(repo, name, REPEAT.format(name=name))
+        (repo / name / "1").mkdir()
+    models.slow_identity(repo, "plain", delay_us=0)
+    log = tmp_path_factory.mktemp("log") / "server.log"
+    with start_server(repo, log_path=log) as handle:
+        yield handle
+
+
+def _inputs(values: list[int], delays: list[int] | None = None, wait: int = 0) -> list[Any]:
+    delays = delays if delays is not None else [0] * len(values)
+    arrays = (
+        ("IN", np.array(values, dtype=np.int32), "INT32"),
+        ("DELAY", np.array(delays, dtype=np.uint32), "UINT32"),
+        ("WAIT", np.array([wait], dtype=np.uint32), "UINT32"),
+    )
+    inputs = []
+    for name, array, datatype in arrays:
+        inp = grpcclient.InferInput(name, list(array.shape), datatype)
+        inp.set_data_from_numpy(array)
+        inputs.append(inp)
+    return inputs
+
+
+class Stream:
+    """A tritonclient gRPC stream whose callback queues (result, error) pairs."""
+
+    def __init__(self, url: str) -> None:
+        self.client = grpcclient.InferenceServerClient(url)
+        self.results: queue.Queue[tuple[Any, Any]] = queue.Queue()
+        self.client.start_stream(lambda result, error: self.results.put((result, error)))
+
+    def send(
+        self, model: str, inputs: list[Any], request_id: str, empty_final: bool = True
+    ) -> None:
+        self.client.async_stream_infer(
+            model, inputs, request_id=request_id, enable_empty_final_response=empty_final
+        )
+
+    def take(self, n: int) -> list[tuple[Any, Any]]:
+        """The next `n` stream messages (bounded wait)."""
+        deadline = time.monotonic() + WAIT_S
+        return [self.results.get(timeout=max(0.0, deadline - time.monotonic())) for _ in range(n)]
+
+    def close(self, cancel: bool = False) -> None:
+        self.client.stop_stream(cancel_requests=cancel)
+        self.client.close()
+
+
+def _final(result: Any) -> bool:
+    return bool(result.get_response().parameters["triton_final_response"].bool_param)
+
+
+def _row(result: Any) -> tuple[str, int | None, int | None, bool]:
+    """(id, OUT, IDX, final) of a response (OUT/IDX None in an empty final response)."""
+    out, idx = result.as_numpy("OUT"), result.as_numpy("IDX")
+    return (
+        result.get_response().id,
+        None if out is None else int(out[0]),
+        None if idx is None else int(idx[0]),
+        _final(result),
+    )
+
+
+@pytest.fixture
+def stream(server: ServerHandle) -> Iterator[Stream]:
+    s = Stream(server.grpc_url)
+    yield s
+    s.close(cancel=True)  # what a test left in flight (a minute-long delay) is cancelled
+
+
+def test_n_responses_in_order_with_ids_and_final_flag(stream: Stream) -> None:
+    stream.send("repeat_int32", _inputs([10, 11, 12]), "r1")
+    rows = [_row(result) for result, error in stream.take(4) if error is None]
+    assert rows == [
+        ("r1", 10, 0, False),
+        ("r1", 11, 1, False),
+        ("r1", 12, 2, False),
+        ("r1", None, None, True),  # FINAL without outputs: sent because the client asked
+    ]
+
+
+def test_no_empty_final_response_unless_asked(stream: Stream) -> None:
+    stream.send("repeat_int32", _inputs([1, 2]), "quiet", empty_final=False)
+    stream.send("repeat_int32", _inputs([]), "marker")  # no responses, then its empty final
+    rows = [_row(result) for result, _ in stream.take(3)]
+    assert rows[-1] == ("marker", None, None, True)
+    assert sorted(rows[:2]) == [("quiet", 1, 0, False), ("quiet", 2, 1, False)]
+    assert stream.results.empty()
+
+
+def test_several_requests_interleave_on_one_stream(stream: Stream) -> None:
+    # "slow" holds its second response for a minute: the other requests on the stream are
+    # answered meanwhile, so they are not queued behind it.
+    stream.send("repeat_int32", _inputs([7, 8], [0, 60_000]), "slow")
+    for i in range(4):
+        stream.send("repeat_int32", _inputs([100 * i + j for j in range(3)]), f"q{i}")
+    rows = [_row(result) for result, _ in stream.take(1 + 4 * 4)]
+    by_id: dict[str, list[tuple[int | None, int | None, bool]]] = {}
+    for rid, out, idx, final in rows:
+        by_id.setdefault(rid, []).append((out, idx, final))
+    assert by_id.pop("slow") == [(7, 0, False)]
+    for i in range(4):
+        values = [100 * i + j for j in range(3)]
+        assert by_id[f"q{i}"] == [(v, j, False) for j, v in enumerate(values)] + [
+            (None, None, True)
+        ]
+
+
+def test_an_error_is_a_message_and_the_stream_goes_on(stream: Stream) -> None:
+    stream.send("repeat_int32", _inputs([1]), "before")
+    bad = _inputs([1, 2], [0, 0, 0])
+    stream.send("repeat_int32", bad, "bad")
+    stream.send("repeat_int32", [_inputs([1])[0]], "missing")  # fails validation
+    stream.send("repeat_int32", _inputs([2]), "after")
+    messages = stream.take(2 + 2 + 2)
+    errors = [str(error) for _, error in messages if error is not None]
+    assert len(errors) == 2
+    assert any("expected IN and DELAY shape to match, got [2] and [3]" in e for e in errors)
+    assert any("expected 3 inputs but got 1 inputs" in e for e in errors)
+    rows = [_row(result) for result, error in messages if error is None]
+    assert [r for r in rows if r[0] == "before"] == [
+        ("before", 1, 0, False),
+        ("before", None, None, True),
+    ]
+    assert [r for r in rows if r[0] == "after"] == [
+        ("after", 2, 0, False),
+        ("after", None, None, True),
+    ]
+
+
+def test_a_model_that_is_not_decoupled_answers_once_and_final(stream: Stream) -> None:
+    x = np.arange(16, dtype=np.float32).reshape(1, 16)
+    inp = grpcclient.InferInput("INPUT0", [1, 16], "FP32")
+    inp.set_data_from_numpy(x)
+    stream.client.async_stream_infer("plain", [inp], request_id="p")
+    [(result, error)] = stream.take(1)
+    assert error is None
+    np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), x)
+    assert result.get_response().id == "p"
+    assert _final(result)
+
+
+def test_unary_inference_is_refused_as_triton_refuses_it(server: ServerHandle) -> None:
+    grpc = grpcclient.InferenceServerClient(server.grpc_url)
+    with pytest.raises(InferenceServerException) as grpc_error:
+        grpc.infer("repeat_int32", _inputs([1]))
+    assert "ModelInfer RPC doesn't support models with decoupled transaction policy" in str(
+        grpc_error.value
+    )
+    assert grpc_error.value.status() == "StatusCode.UNIMPLEMENTED"
+    http = httpclient.InferenceServerClient(server.http_url)
+    inputs = []
+    for inp in _inputs([1]):
+        shape = [int(d) for d in inp.shape()]
+        h = httpclient.InferInput(inp.name(), shape, inp.datatype())
+        h.set_data_from_numpy(
+            np.zeros(shape, dtype=np.int32 if inp.datatype() == "INT32" else np.uint32)
+        )
+        inputs.append(h)
+    with pytest.raises(InferenceServerException) as http_error:
+        http.infer("repeat_int32", inputs)
+    assert "HTTP end point doesn't support models with decoupled transaction policy" in str(
+        http_error.value
+    )
+    assert http_error.value.status() == "501"
+
+
+def test_a_client_that_cancels_mid_stream_leaves_the_server_healthy(server: ServerHandle) -> None:
+    s = Stream(server.grpc_url)
+    # Thousands of responses, far more than the client reads before it goes away.
+    s.send("repeat_cancel", _inputs(list(range(20_000))), "big")
+    first = s.take(3)
+    assert [_row(r)[2] for r, _ in first] == [0, 1, 2]
+    s.close(cancel=True)
+    # The request is counted as a failure once the server sees the stream go (Triton: CANCELED).
+    deadline = time.monotonic() + WAIT_S
+    while stats(server.http_url, "repeat_cancel")["inference_stats"]["fail"]["count"] < 1:
+        assert time.monotonic() < deadline, "the cancelled request was never counted"
+        time.sleep(0.01)
+    # The model's responder let go and the server serves the next stream as before.
+    after = Stream(server.grpc_url)
+    try:
+        after.send("repeat_cancel", _inputs([5]), "next")
+        assert [_row(r) for r, _ in after.take(2)] == [
+            ("next", 5, 0, False),
+            ("next", None, None, True),
+        ]
+    finally:
+        after.close()
+
+
+def test_response_stats_per_response_index(server: ServerHandle) -> None:
+    s = Stream(server.grpc_url)
+    try:
+        for values in ([1, 2, 3], [4]):
+            s.send("repeat_stats", _inputs(values), f"n{len(values)}")
+            s.take(len(values) + 1)
+    finally:
+        s.close()
+    model = stats(server.http_url, "repeat_stats")
+    responses = model["response_stats"]
+    counts = {
+        index: {kind: value["count"] for kind, value in entry.items()}
+        for index, entry in responses.items()
+    }
+    success = {"compute_infer": 1, "compute_output": 1, "success": 1}
+    empty = {"compute_infer": 1, "empty_response": 1}
+    blank = dict.fromkeys(
+        ("compute_infer", "compute_output", "success", "fail", "empty_response", "cancel"), 0
+    )
+    assert counts == {
+        "0": blank | {"compute_infer": 2, "compute_output": 2, "success": 2},
+        "1": blank | {"compute_infer": 2, "compute_output": 1, "success": 1, "empty_response": 1},
+        "2": blank | success,
+        "3": blank | empty,
+    }
+    assert model["inference_stats"]["success"]["count"] == 2
+    assert model["execution_count"] == 2
+    # gRPC's statistics carry the same map.
+    grpc = grpcclient.InferenceServerClient(server.grpc_url)
+    by_grpc = grpc.get_inference_statistics("repeat_stats", as_json=True)["model_stats"][0]
+    assert set(by_grpc["response_stats"]) == {"0", "1", "2", "3"}
+
+
+# -- the scheduler's execution modes, in process ---------------------------------------------
+
+
+class PerRequestBackend:
+    """takes_requests: one input dict per request; a request whose value is negative fails."""
+
+    takes_requests = True
+    may_block = True
+
+    def __init__(self) -> None:
+        self.calls: list[list[tuple[int, ...]]] = []
+
+    def infer(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        raise AssertionError("a takes_requests backend is never called with a whole batch")
+
+    def execute(self, requests: list[dict[str, Any]]) -> list[dict[str, Any] | Exception]:
+        self.calls.append([r["INPUT0"].shape for r in requests])
+        return [
+            InvalidInput("negative input")
+            if r["INPUT0"][0, 0] < 0
+            else {"OUTPUT0": r["INPUT0"] * 2}
+            for r in requests
+        ]
+
+    def close(self) -> None:
+        pass
+
+
+async def test_takes_requests_gets_each_request_and_fails_only_its_own() -> None:
+    backend = PerRequestBackend()
+    spec = BatcherSpec(max_batch_size=8, dynamic=True, preferred=(4,), max_queue_delay_ns=10**12)
+    scheduler = Scheduler(spec, [backend], ModelStats("m", "1"))
+    scheduler.start()
+    try:
+        values = [(1.0, 1), (-1.0, 2), (3.0, 1)]
+        futures = [
+            scheduler.submit({"INPUT0": np.full((n, 2), v, dtype=np.float32)}, n) for v, n in values
+        ]
+        done = await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), WAIT_S)
+    finally:
+        await scheduler.close()
+    assert backend.calls == [[(1, 2), (2, 2), (1, 2)]]  # one batch, each request its own dims
+    np.testing.assert_array_equal(done[0][0]["OUTPUT0"], np.full((1, 2), 2.0))
+    assert isinstance(done[1], InvalidInput)
+    assert str(done[1]) == "negative input"
+    np.testing.assert_array_equal(done[2][0]["OUTPUT0"], np.full((1, 2), 6.0))
+
+
+class CountingDecoupled:
+    """Decoupled: answers each request with `n` responses from a thread, then FINAL; a request
+    whose value is negative raises from execute_decoupled."""
+
+    may_block = True
+
+    def __init__(self) -> None:
+        self.threads: list[threading.Thread] = []
+
+    def infer(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        raise AssertionError("decoupled")
+
+    def execute_decoupled(self, requests: list[dict[str, Any]], send: Any) -> None:
+        for index, r in enumerate(requests):
+            n = int(r["N"][0])
+            if n < 0:
+                raise RuntimeError("bad count")
+
+            def respond(index: int = index, n: int = n) -> None:
+                for i in range(n):
+                    send(index, {"I": np.array([i])}, None, False)
+                send(index, None, None, True)
+
+            thread = threading.Thread(target=respond)
+            self.threads.append(thread)
+            thread.start()
+
+    def close(self) -> None:
+        for thread in self.threads:
+            thread.join()
+
+
+async def test_decoupled_responses_arrive_in_order_and_final_ends_the_stream() -> None:
+    backend = CountingDecoupled()
+    scheduler = Scheduler(BatcherSpec(0, False, decoupled=True), [backend], ModelStats("d", "1"))
+    scheduler.start()
+    try:
+        async with asyncio.timeout(WAIT_S):
+            got = [
+                (None if r.outputs is None else int(r.outputs["I"][0]), r.final)
+                async for r in scheduler.submit_stream({"N": np.array([500])}, 1)
+            ]
+        failing = scheduler.submit_stream({"N": np.array([-1])}, 1)
+        async with asyncio.timeout(WAIT_S):
+            [error] = [r async for r in failing]
+        with pytest.raises(InvalidInput, match="not decoupled"):
+            Scheduler(BatcherSpec(0, False), [backend], ModelStats("x", "1")).submit_stream({}, 1)
+    finally:
+        await scheduler.close()
+    assert got == [(i, False) for i in range(500)] + [(None, True)]
+    assert isinstance(error.error, InferenceFailed)
+    assert "bad count" in str(error.error)
+    assert error.final
+
+
+async def test_undelivered_responses_are_bounded_and_a_closed_stream_lets_the_sender_go() -> None:
+    stream = ResponseStream("m", asyncio.get_running_loop())
+    sent = []
+
+    def produce() -> None:
+        for i in range(10 * MAX_UNDELIVERED):
+            stream.send({"I": np.array([i])}, None, False)
+            sent.append(i)
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    async with asyncio.timeout(WAIT_S):
+        while len(sent) < MAX_UNDELIVERED:  # noqa: ASYNC110 (the producer's progress)
+            await asyncio.sleep(0.001)
+    # The producer is held at the bound until the consumer takes one.
+    assert stream.undelivered == MAX_UNDELIVERED
+    first = await anext(stream)
+    assert first.outputs is not None
+    assert int(first.outputs["I"][0]) == 0
+    async with asyncio.timeout(WAIT_S):
+        while len(sent) < MAX_UNDELIVERED + 1:  # noqa: ASYNC110
+            await asyncio.sleep(0.001)
+    assert stream.undelivered <= MAX_UNDELIVERED
+    stream.close()  # the consumer goes: the held producer returns, the rest is dropped
+    await asyncio.to_thread(producer.join, WAIT_S)
+    assert not producer.is_alive()
+    assert stream.undelivered == 0
+
+
+async def test_sending_past_the_bound_from_the_loop_fails_the_request() -> None:
+    stream = ResponseStream("m", asyncio.get_running_loop())
+    for i in range(MAX_UNDELIVERED + 1):
+        stream.send({"I": np.array([i])}, None, False)
+    items = [r async for r in stream]
+    assert len(items) == MAX_UNDELIVERED + 1
+    assert items[-1].final
+    assert "has not read yet" in str(items[-1].error)
+    assert decoupled.MAX_UNDELIVERED == MAX_UNDELIVERED
+
+
+async def test_a_send_after_final_is_the_models_bug() -> None:
+    stream = ResponseStream("m", asyncio.get_running_loop())
+    stream.send(None, None, True)
+    with pytest.raises(RuntimeError, match="after the FINAL"):
+        stream.send({"I": np.array([1])}, None, False)
+
+
+def test_decoupled_needs_a_backend_that_can(tmp_path: Path) -> None:
+    from perfkit_server.backends import check_decoupled
+
+    from perfkit.model_repo.config import parse_config
+
+    config = parse_config('name: "m"\nmodel_transaction_policy { decoupled: true }\n')
+    with pytest.raises(ValueError, match=r"model_transaction_policy\.decoupled: backend 'onnx"):
+        check_decoupled(config, "onnxruntime", "m")
+    check_decoupled(config, "perfkit_repeat", "m")
