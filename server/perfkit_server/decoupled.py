@@ -72,6 +72,8 @@ class ResponseStream:
         self._last_ns = 0
         # The scheduler's future of the queued request: closing the stream cancels it.
         self.request: asyncio.Future[Any] | None = None
+        # Whether its responses count in response_stats (the backend's `response_statistics`).
+        self.report = False
 
     # -- producer side (any thread) ------------------------------------------------------------
 

@@ -46,6 +46,7 @@ class ExecutionModes:
     _pool: InstancePool
     _executor: ThreadPoolExecutor
     _decoupled: bool
+    _response_stats: bool
     _may_inline: bool
     _inline: bool
     _calls: int
@@ -85,6 +86,7 @@ class ExecutionModes:
                 f"model '{self._stats.name}' is not decoupled: it sends one response per request"
             )
         stream = ResponseStream(self._stats.name, asyncio.get_running_loop())
+        stream.report = self._response_stats
         fut = self.submit(inputs, batch_size, priority, timeout_us, params)
         stream.request = fut
         self._streams[fut] = stream

@@ -95,6 +95,7 @@ class Scheduler(ExecutionModes):
         # Execution modes (see the module docstring); a decoupled model never runs on the loop.
         self._takes_requests = any(getattr(i, "takes_requests", False) for i in self._instances)
         self._decoupled = spec.decoupled
+        self._response_stats = any(getattr(i, "response_statistics", False) for i in instances)
         self._streams: dict[asyncio.Future[tuple[Outputs, RequestTimes]], ResponseStream] = {}
         self._may_inline = not spec.decoupled and not any(
             getattr(inst, "may_block", True) for inst in self._instances
@@ -404,8 +405,9 @@ class Scheduler(ExecutionModes):
     ) -> None:
         per_request, t0, t1, t2, t3 = result
         self._stats.record_execution(sum(p.batch_size for p in batch), t1 - t0, t2 - t1, t3 - t2)
+        each = self._takes_requests  # its results may be one request's error
         for p, outputs in zip(batch, per_request, strict=True):
-            if self._takes_requests and isinstance(outputs, Exception):
+            if each and isinstance(outputs, Exception):
                 self._finish(p, self._request_error(outputs))
                 continue
             times = RequestTimes(max(0, t0 - p.enqueue_ns), t1 - t0, t2 - t1, t3 - t2)

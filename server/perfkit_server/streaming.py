@@ -4,8 +4,10 @@ Triton's rules (its gRPC stream handler and statistics): every response the mode
 the client in order, an error response as an error (the stream goes on); a FINAL sent without
 outputs (a flags-only response) reaches the client as an empty final response only when the
 request asked for it with the parameter `triton_enable_empty_final_response` (a bool), which is
-the server's, not the model's. The request counts as a success or failure once its FINAL is in;
-each response counts in `response_stats` under its index (stats.py).
+the server's, not the model's. The request counts as a success or failure once its FINAL is in.
+Each response counts in `response_stats` under its index (stats.py) when the backend says it
+reports them (`response_statistics = True`): in Triton a backend reports them itself
+(TRITONBACKEND_ModelInstanceReportResponseStatistics), and the python and repeat backends do not.
 """
 
 from __future__ import annotations
@@ -68,7 +70,8 @@ async def decoupled_responses(
                 failed = True
             else:
                 kind = "success" if r.outputs is not None else "empty_response"
-            lv.stats.record_response(index, kind, r.start_ns, r.end_ns)
+            if stream.report:
+                lv.stats.record_response(index, kind, r.start_ns, r.end_ns)
             index += 1
             if r.final:
                 complete = True

@@ -55,6 +55,9 @@ class Backend(Protocol):
       complete once `final=True` was sent for it (with or without outputs), and a send after that
       raises. The instance is free again when execute_decoupled returns. `send` may block while
       the client has not read that request's earlier responses (decoupled.MAX_UNDELIVERED).
+      A decoupled backend that defines `response_statistics = True` has each response counted in
+      the statistics' response_stats, as a Triton backend that reports them (Triton's python
+      backend does not: its models' response_stats stay empty).
     """
 
     def infer(self, inputs: Mapping[str, Array]) -> dict[str, Array]:

@@ -9,6 +9,9 @@ The execution returns after WAIT ms while the responses may still be on their wa
 instance serves several requests at once and their responses interleave. A request whose IN and
 DELAY shapes differ, or whose WAIT is not one element, gets one error response (FINAL).
 
+Unlike Triton's repeat backend, it reports its response statistics (`response_statistics`), as
+Triton's square test backend does, so the statistics' response_stats can be tested with it.
+
 Responses are sent from a thread per request, at most MAX_RESPONDERS per instance at once (a
 further execution waits for one to finish, holding its instance: the backend never runs more
 threads than that). Closing the instance cuts the delays short: requests still being answered
@@ -38,6 +41,7 @@ class RepeatBackend:
     """Sends each element of IN back as its own response (module docstring)."""
 
     may_block = True
+    response_statistics = True
 
     def __init__(self, spec: InstanceSpec) -> None:
         config = spec.config
