@@ -26,13 +26,17 @@ from perfkit_server.decoupled import MAX_UNDELIVERED, ResponseStream
 from perfkit_server.errors import InferenceFailed, InvalidInput
 from perfkit_server.scheduler import BatcherSpec, Scheduler
 from perfkit_server.stats import ModelStats
+from tritonclient.grpc import service_pb2 as pb
 from tritonclient.utils import InferenceServerException
 
+from perfkit.http2 import DATA, RST_STREAM, U32, frame
 from tests.fixtures.server import ServerHandle, start_server
 from tests.server import models
+from tests.server.h2_client import RawH2, message
 from tests.server.helpers import stats
 
 WAIT_S = 30.0
+_CANCEL = 8  # RST_STREAM error code
 
 REPEAT = """name: "{name}"
 backend: "perfkit_repeat"
@@ -49,7 +53,7 @@ output [
 ]
 instance_group [ {{ count: 1 kind: KIND_CPU }} ]
 """
-REPEAT_MODELS = ("repeat_int32", "repeat_stats", "repeat_cancel")
+REPEAT_MODELS = ("repeat_int32", "repeat_stats", "repeat_cancel", "repeat_bound")
 
 
 @pytest.fixture(scope="module")
@@ -247,6 +251,56 @@ def test_a_client_that_cancels_mid_stream_leaves_the_server_healthy(server: Serv
         after.close()
 
 
+def _repeat_request(model: str, n: int) -> bytes:
+    req = pb.ModelInferRequest(model_name=model, id="many")
+    for name, datatype, array in (
+        ("IN", "INT32", np.arange(n, dtype=np.int32)),
+        ("DELAY", "UINT32", np.zeros(n, dtype=np.uint32)),
+        ("WAIT", "UINT32", np.zeros(1, dtype=np.uint32)),
+    ):
+        tensor = req.inputs.add()
+        tensor.name, tensor.datatype = name, datatype
+        tensor.shape.extend(array.shape)
+        req.raw_input_contents.append(array.tobytes())
+    return bytes(req.SerializeToString())
+
+
+def test_a_client_that_does_not_read_holds_the_model_back(server: ServerHandle) -> None:
+    """Flow control holds a decoupled request's responses: with the client's 64 KiB window used
+    up, the server takes no more responses from the model (it blocks at its bound) instead of
+    queueing the 200,000 the request asks for."""
+    with RawH2(server.grpc_url).open() as h2:  # never sends WINDOW_UPDATE: a 65,535-byte window
+        request = message(_repeat_request("repeat_bound", 200_000))
+        h2.send(h2.headers(1, "ModelStreamInfer") + frame(DATA, 0, 1, request))
+        received = 0
+        while received < 65_535:
+            f = h2.until(lambda f: f.ftype == DATA and f.sid == 1)
+            received += len(f.payload)
+        h2.ping()
+        # Other work goes through meanwhile (the loop is not spinning on the held stream) ...
+        for _ in range(20):
+            assert stats(server.http_url, "repeat_bound")["name"] == "repeat_bound"
+        taken = len(stats(server.http_url, "repeat_bound")["response_stats"])
+        # ... and the model's responses were taken only as far as the window let them go.
+        one = pb.ModelStreamInferResponse(
+            infer_response=pb.ModelInferResponse(
+                model_name="repeat_bound", model_version="1", id="many"
+            )
+        )
+        for name, datatype in (("OUT", "INT32"), ("IDX", "UINT32")):
+            out = one.infer_response.outputs.add()
+            out.name, out.datatype = name, datatype
+            out.shape.append(1)
+            one.infer_response.raw_output_contents.append(bytes(4))
+        one.infer_response.parameters["triton_final_response"].bool_param = False
+        assert taken <= 65_535 // (len(one.SerializeToString()) + 5) + 2
+        h2.send(frame(RST_STREAM, 0, 1, U32.pack(_CANCEL)))  # the client goes: the model lets go
+    deadline = time.monotonic() + WAIT_S
+    while stats(server.http_url, "repeat_bound")["inference_stats"]["fail"]["count"] < 1:
+        assert time.monotonic() < deadline, "the reset request was never counted as cancelled"
+        time.sleep(0.01)
+
+
 def test_response_stats_per_response_index(server: ServerHandle) -> None:
     s = Stream(server.grpc_url)
     try:
@@ -322,10 +376,13 @@ async def test_takes_requests_gets_each_request_and_fails_only_its_own() -> None
     finally:
         await scheduler.close()
     assert backend.calls == [[(1, 2), (2, 2), (1, 2)]]  # one batch, each request its own dims
-    np.testing.assert_array_equal(done[0][0]["OUTPUT0"], np.full((1, 2), 2.0))
-    assert isinstance(done[1], InvalidInput)
-    assert str(done[1]) == "negative input"
-    np.testing.assert_array_equal(done[2][0]["OUTPUT0"], np.full((1, 2), 6.0))
+    first, failed, third = done
+    assert isinstance(first, tuple)
+    assert isinstance(third, tuple)
+    np.testing.assert_array_equal(first[0]["OUTPUT0"], np.full((1, 2), 2.0))
+    assert isinstance(failed, InvalidInput)
+    assert str(failed) == "negative input"
+    np.testing.assert_array_equal(third[0]["OUTPUT0"], np.full((1, 2), 6.0))
 
 
 class CountingDecoupled:
