@@ -67,6 +67,7 @@ class ResponseStream:
         self._wake_scheduled = False
         self._final = False  # FINAL queued: the request is complete
         self._closed = False  # the consumer went away
+        self._unbounded = False  # the model is unloading: senders are no longer held
         self.enqueue_ns = time.perf_counter_ns()
         self._start_ns = 0  # execution start (0: not started)
         self._last_ns = 0
@@ -107,7 +108,12 @@ class ResponseStream:
                 raise RuntimeError(
                     f"model '{self._model}' sent a response after the FINAL one of its request"
                 )
-            while not force and len(self._items) >= MAX_UNDELIVERED and not self._closed:
+            while (
+                not force
+                and not self._unbounded
+                and len(self._items) >= MAX_UNDELIVERED
+                and not self._closed
+            ):
                 if threading.get_ident() == self._loop_thread:
                     # The loop cannot wait for itself: fail the request rather than grow.
                     outputs, final = None, True
@@ -144,6 +150,12 @@ class ResponseStream:
             self.send(None, error, True, force=True)
         except RuntimeError:  # FINAL raced in between: the request is complete
             pass
+
+    def unhold(self) -> None:
+        """Stop holding senders at the bound (the model is unloading and must finish)."""
+        with self._cond:
+            self._unbounded = True
+            self._cond.notify_all()
 
     # -- consumer side (the loop) --------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +52,7 @@ class ExecutionModes:
     _inline: bool
     _calls: int
     _streams: dict[asyncio.Future[Outcome], ResponseStream]
+    _running: weakref.WeakSet[ResponseStream]  # executed, perhaps not complete
 
     if TYPE_CHECKING:
 
@@ -118,6 +120,7 @@ class ExecutionModes:
             stream.started(t0)
             self._finish(p, STARTED)
             streams.append(stream)
+            self._running.add(stream)
             requests.append(p.inputs)
             batch_size += p.batch_size
         if not streams:
@@ -139,6 +142,12 @@ class ExecutionModes:
         finally:
             self._pool.release(inst)
         self._stats.record_execution(batch_size, 0, time.perf_counter_ns() - t0, 0)
+
+    def _unhold_streams(self) -> None:
+        """Unloading: senders held at a stream's bound (a client that does not read) go on, so
+        the backend's close, which waits for its senders, cannot wait on a client."""
+        for stream in list(self._running):
+            stream.unhold()
 
     # -- takes_requests ------------------------------------------------------------------------
 

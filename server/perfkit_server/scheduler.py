@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -97,6 +98,7 @@ class Scheduler(ExecutionModes):
         self._decoupled = spec.decoupled
         self._response_stats = any(getattr(i, "response_statistics", False) for i in instances)
         self._streams: dict[asyncio.Future[tuple[Outputs, RequestTimes]], ResponseStream] = {}
+        self._running: weakref.WeakSet[ResponseStream] = weakref.WeakSet()
         self._may_inline = not spec.decoupled and not any(
             getattr(inst, "may_block", True) for inst in self._instances
         )
@@ -192,6 +194,7 @@ class Scheduler(ExecutionModes):
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._pool.drain()  # executions still running in the executor
+        self._unhold_streams()  # a decoupled model's senders held by clients that do not read
         loop = asyncio.get_running_loop()
         for inst in self._instances:
             await loop.run_in_executor(self._executor, inst.close)

@@ -440,6 +440,20 @@ async def test_decoupled_responses_arrive_in_order_and_final_ends_the_stream() -
     assert error.final
 
 
+async def test_unloading_lets_a_sender_held_by_a_client_that_does_not_read_go() -> None:
+    backend = CountingDecoupled()
+    scheduler = Scheduler(BatcherSpec(0, False, decoupled=True), [backend], ModelStats("d", "1"))
+    scheduler.start()
+    stream = scheduler.submit_stream({"N": np.array([10 * MAX_UNDELIVERED])}, 1)
+    async with asyncio.timeout(WAIT_S):
+        while stream.undelivered < MAX_UNDELIVERED:  # noqa: ASYNC110 (the sender's progress)
+            await asyncio.sleep(0.001)
+    assert backend.threads[0].is_alive()  # held at the bound: nobody reads
+    async with asyncio.timeout(WAIT_S):
+        await scheduler.close()  # closes the backend, which joins its sender
+    assert not backend.threads[0].is_alive()
+
+
 async def test_undelivered_responses_are_bounded_and_a_closed_stream_lets_the_sender_go() -> None:
     stream = ResponseStream("m", asyncio.get_running_loop())
     sent = []

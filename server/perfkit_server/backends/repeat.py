@@ -112,7 +112,7 @@ class RepeatBackend:
     def _respond(self, index: int, values: Array, delays: Array, send: Send) -> None:
         try:
             for i, (value, delay) in enumerate(zip(values.tolist(), delays.tolist(), strict=True)):
-                if delay and self._stop.wait(delay / 1000):
+                if self._stop.is_set() or (delay and self._stop.wait(delay / 1000)):
                     send(index, None, Unavailable(f"model '{self._name}' is unloading"), True)
                     return
                 outputs = {
