@@ -347,9 +347,9 @@ class Scheduler(ExecutionModes):
             else:
                 outputs = self._infer(inst, inputs)
             t1 = time.perf_counter_ns()
-        except ServerError:  # a takes_requests backend's error for this request, as it is
-            raise
         except Exception as exc:  # the backend boundary, as in _execute
+            if self._takes_requests and isinstance(exc, ServerError):
+                raise  # this request's own error (exec_modes: _request_error)
             raise InferenceFailed(
                 f"model '{self._stats.name}' failed to execute the batch: {exc}"
             ) from None

@@ -385,6 +385,34 @@ async def test_takes_requests_gets_each_request_and_fails_only_its_own() -> None
     np.testing.assert_array_equal(third[0]["OUTPUT0"], np.full((1, 2), 6.0))
 
 
+class FastPerRequestBackend(PerRequestBackend):
+    may_block = False  # may run on the loop: the inline and direct paths
+
+
+async def test_takes_requests_on_the_inline_and_direct_paths() -> None:
+    backend = FastPerRequestBackend()
+    scheduler = Scheduler(
+        BatcherSpec(max_batch_size=8, dynamic=False), [backend], ModelStats("m", "1")
+    )
+    scheduler.start()
+    x = np.ones((1, 2), dtype=np.float32)
+    try:
+        direct = None
+        for _ in range(1000):  # until its executions are measured short enough to run inline
+            outputs, _times = await asyncio.wait_for(scheduler.submit({"INPUT0": x}, 1), WAIT_S)
+            np.testing.assert_array_equal(outputs["OUTPUT0"], x * 2)
+            direct = scheduler.try_direct({"INPUT0": x}, 1)
+            if direct is not None:
+                break
+        assert direct is not None, "the direct path never took a request"
+        np.testing.assert_array_equal(direct[0]["OUTPUT0"], x * 2)
+        with pytest.raises(InvalidInput, match=r"^negative input$"):
+            scheduler.try_direct({"INPUT0": -x}, 1)
+    finally:
+        await scheduler.close()
+    assert all(len(call) == 1 for call in backend.calls)
+
+
 class CountingDecoupled:
     """Decoupled: answers each request with `n` responses from a thread, then FINAL; a request
     whose value is negative raises from execute_decoupled."""
