@@ -190,6 +190,52 @@ def test_an_error_is_a_message_and_the_stream_goes_on(stream: Stream) -> None:
     ]
 
 
+def test_an_error_after_responses_ends_the_request_alone(
+    perfkit_server: Any, tmp_path: Path
+) -> None:
+    """A request answered in part, then failed (its model unloads mid-request): the error is a
+    stream message flagged final, after the responses already sent."""
+    models.write_config(tmp_path, "repeat_int32", REPEAT.format(name="repeat_int32"))
+    (tmp_path / "repeat_int32" / "1").mkdir()
+    server = perfkit_server(tmp_path, "--model-control-mode=explicit", "--load-model=*")
+    s = Stream(server.grpc_url)
+    try:
+        s.send("repeat_int32", _inputs([1, 2], [0, 60_000]), "cut")
+        [(first, _)] = s.take(1)
+        assert _row(first) == ("cut", 1, 0, False)
+        grpcclient.InferenceServerClient(server.grpc_url).unload_model("repeat_int32")
+        [(result, error)] = s.take(1)
+        assert result is None
+        assert "model 'repeat_int32' is unloading" in str(error)
+    finally:
+        s.close(cancel=True)
+
+
+def test_error_messages_carry_the_request_id(server: ServerHandle) -> None:
+    """As Triton: a request refused before it runs names its id; a model's error response also
+    its model and the triton_final_response flag."""
+    import grpc
+    from tritonclient.grpc import service_pb2_grpc
+
+    bad_shape = pb.ModelInferRequest()
+    bad_shape.ParseFromString(_repeat_request("repeat_int32", 2))
+    bad_shape.id = "shape"
+    bad_shape.inputs[1].shape[:] = [3]
+    bad_shape.raw_input_contents[1] = bytes(12)
+    unknown = pb.ModelInferRequest(model_name="no_such_model", id="unknown")
+    with grpc.insecure_channel(server.grpc_url) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        replies = list(stub.ModelStreamInfer(iter([unknown, bad_shape]), timeout=WAIT_S))
+    assert [(r.infer_response.id, bool(r.error_message)) for r in replies] == [
+        ("unknown", True),
+        ("shape", True),
+    ]
+    failed = replies[1].infer_response
+    assert failed.model_name == "repeat_int32"
+    assert failed.parameters["triton_final_response"].bool_param
+    assert "triton_final_response" not in replies[0].infer_response.parameters
+
+
 def test_a_model_that_is_not_decoupled_answers_once_and_final(stream: Stream) -> None:
     x = np.arange(16, dtype=np.float32).reshape(1, 16)
     inp = grpcclient.InferInput("INPUT0", [1, 16], "FP32")
