@@ -68,6 +68,7 @@ class ResponseStream:
         self._final = False  # FINAL queued: the request is complete
         self._closed = False  # the consumer went away
         self._unbounded = False  # the model is unloading: senders are no longer held
+        self._overflowed = False  # failed at the bound (sent from the loop): later sends dropped
         self.enqueue_ns = time.perf_counter_ns()
         self._start_ns = 0  # execution start (0: not started)
         self._last_ns = 0
@@ -102,7 +103,7 @@ class ResponseStream:
                 else InferenceFailed(f"model '{self._model}' failed to execute: {error}")
             )
         with self._cond:
-            if self._closed:
+            if self._closed or self._overflowed:
                 return
             if self._final:
                 raise RuntimeError(
@@ -116,7 +117,7 @@ class ResponseStream:
             ):
                 if threading.get_ident() == self._loop_thread:
                     # The loop cannot wait for itself: fail the request rather than grow.
-                    outputs, final = None, True
+                    outputs, final, self._overflowed = None, True, True
                     err = InferenceFailed(
                         f"model '{self._model}' sent more than {MAX_UNDELIVERED} responses that "
                         "the client has not read yet, from the event loop (where it cannot be "
@@ -139,7 +140,10 @@ class ResponseStream:
             if wake:
                 self._wake_scheduled = True
         if wake:
-            self._loop.call_soon_threadsafe(self._wake)
+            try:
+                self._loop.call_soon_threadsafe(self._wake)
+            except RuntimeError:  # the loop is closed (the server stopped): nobody reads
+                pass
 
     def fail(self, error: ServerError) -> None:
         """End the request with `error` unless it is complete already (thread-safe)."""

@@ -233,12 +233,13 @@ def test_request_statistics(server: Any, stream: _Stream) -> None:
     def count(model: dict[str, Any], key: str) -> int:
         return int(model["inference_stats"].get(key, {}).get("count", 0))
 
-    # Triton counts a request once its execution returns, which may be after its FINAL response
-    # reached the client: poll (bounded) until it is counted.
+    # Triton counts a request, and either server an execution, once the execution returns, which
+    # may be after its FINAL response reached the client: poll (bounded) until they are counted.
     deadline = time.monotonic() + WAIT_S
     while True:
         after = client.get_inference_statistics(MODEL, as_json=True)["model_stats"][0]
-        if count(after, "success") - count(before, "success") >= 3:
+        executions = int(after.get("execution_count", 0)) - int(before.get("execution_count", 0))
+        if count(after, "success") - count(before, "success") >= 3 and executions >= 3:
             break
         assert time.monotonic() < deadline, f"3 requests never counted: {after}"
         time.sleep(0.01)

@@ -141,13 +141,31 @@ def test_n_responses_in_order_with_ids_and_final_flag(stream: Stream) -> None:
     ]
 
 
-def test_no_empty_final_response_unless_asked(stream: Stream) -> None:
+def test_no_empty_final_response_unless_asked(server: ServerHandle, stream: Stream) -> None:
+    done = _count(server, "repeat_int32", "success")
     stream.send("repeat_int32", _inputs([1, 2]), "quiet", empty_final=False)
+    assert [_row(result) for result, _ in stream.take(2)] == [
+        ("quiet", 1, 0, False),
+        ("quiet", 2, 1, False),
+    ]
+    # Its FINAL is in once the request counts as a success; anything sent for it went before.
+    _until_count(server, "repeat_int32", "success", done + 1)
     stream.send("repeat_int32", _inputs([]), "marker")  # no responses, then its empty final
-    rows = [_row(result) for result, _ in stream.take(3)]
-    assert rows[-1] == ("marker", None, None, True)
-    assert sorted(rows[:2]) == [("quiet", 1, 0, False), ("quiet", 2, 1, False)]
+    assert [_row(result) for result, _ in stream.take(1)] == [("marker", None, None, True)]
     assert stream.results.empty()
+
+
+def _count(server: ServerHandle, model: str, key: str) -> int:
+    entry = stats(server.http_url, model)
+    return int(entry[key] if key.endswith("_count") else entry["inference_stats"][key]["count"])
+
+
+def _until_count(server: ServerHandle, model: str, key: str, at_least: int) -> None:
+    """Poll (bounded) until the model's statistics count `key` reaches `at_least`."""
+    deadline = time.monotonic() + WAIT_S
+    while _count(server, model, key) < at_least:
+        assert time.monotonic() < deadline, f"{model}: {key} never reached {at_least}"
+        time.sleep(0.01)
 
 
 def test_several_requests_interleave_on_one_stream(stream: Stream) -> None:
@@ -281,10 +299,7 @@ def test_a_client_that_cancels_mid_stream_leaves_the_server_healthy(server: Serv
     assert [_row(r)[2] for r, _ in first] == [0, 1, 2]
     s.close(cancel=True)
     # The request is counted as a failure once the server sees the stream go (Triton: CANCELED).
-    deadline = time.monotonic() + WAIT_S
-    while stats(server.http_url, "repeat_cancel")["inference_stats"]["fail"]["count"] < 1:
-        assert time.monotonic() < deadline, "the cancelled request was never counted"
-        time.sleep(0.01)
+    _until_count(server, "repeat_cancel", "fail", 1)
     # The model's responder let go and the server serves the next stream as before.
     after = Stream(server.grpc_url)
     try:
@@ -341,10 +356,7 @@ def test_a_client_that_does_not_read_holds_the_model_back(server: ServerHandle) 
         one.infer_response.parameters["triton_final_response"].bool_param = False
         assert taken <= 65_535 // (len(one.SerializeToString()) + 5) + 2
         h2.send(frame(RST_STREAM, 0, 1, U32.pack(_CANCEL)))  # the client goes: the model lets go
-    deadline = time.monotonic() + WAIT_S
-    while stats(server.http_url, "repeat_bound")["inference_stats"]["fail"]["count"] < 1:
-        assert time.monotonic() < deadline, "the reset request was never counted as cancelled"
-        time.sleep(0.01)
+    _until_count(server, "repeat_bound", "fail", 1)  # the reset request: CANCELED
 
 
 def test_response_stats_per_response_index(server: ServerHandle) -> None:
@@ -355,6 +367,8 @@ def test_response_stats_per_response_index(server: ServerHandle) -> None:
             s.take(len(values) + 1)
     finally:
         s.close()
+    # An execution is counted when it returns, which may be after its responses reached us.
+    _until_count(server, "repeat_stats", "execution_count", 2)
     model = stats(server.http_url, "repeat_stats")
     responses = model["response_stats"]
     counts = {
@@ -561,6 +575,7 @@ async def test_sending_past_the_bound_from_the_loop_fails_the_request() -> None:
     stream = ResponseStream("m", asyncio.get_running_loop())
     for i in range(MAX_UNDELIVERED + 1):
         stream.send({"I": np.array([i])}, None, False)
+    stream.send({"I": np.array([0])}, None, False)  # the request is over: dropped
     items = [r async for r in stream]
     assert len(items) == MAX_UNDELIVERED + 1
     assert items[-1].final
