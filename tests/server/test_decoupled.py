@@ -590,6 +590,23 @@ async def test_a_send_after_final_is_the_models_bug() -> None:
         stream.send({"I": np.array([1])}, None, False)
 
 
+def test_a_decoupled_config_for_a_backend_that_cannot_is_refused_at_load(
+    perfkit_server: Any, tmp_path: Path
+) -> None:
+    models.slow_identity(tmp_path, "plain", delay_us=0)
+    server = perfkit_server(tmp_path, "--model-control-mode=explicit")
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    override = (
+        '{"backend": "perfkit_identity", "max_batch_size": 8,'
+        ' "model_transaction_policy": {"decoupled": true},'
+        ' "input": [{"name": "INPUT0", "data_type": "TYPE_FP32", "dims": [16]}],'
+        ' "output": [{"name": "OUTPUT0", "data_type": "TYPE_FP32", "dims": [16]}]}'
+    )
+    with pytest.raises(InferenceServerException) as refused:
+        client.load_model("plain", config=override)
+    assert "model_transaction_policy.decoupled: backend 'perfkit_identity'" in str(refused.value)
+
+
 def test_decoupled_needs_a_backend_that_can(tmp_path: Path) -> None:
     from perfkit_server.backends import check_decoupled
 
