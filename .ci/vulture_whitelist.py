@@ -68,3 +68,5 @@ _.to_pandas
 _.execute_decoupled
 _.exec_request
 _._sender
+# What a decoupled request holds for its consumer: the bound the tests check (tests/server/test_decoupled.py).
+_.undelivered

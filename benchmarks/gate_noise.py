@@ -96,7 +96,9 @@ def main() -> int:
     p.add_argument("--trials", type=int, default=10)
     p.add_argument("--delay-us", type=int, default=2000, help="Baseline sleep per execution.")
     p.add_argument("--levels", default="1:4:3", help="--concurrency-range (the README's).")
-    p.add_argument("--requests", type=int, default=1000, help="--request-count per repeat (the README's).")
+    p.add_argument(
+        "--requests", type=int, default=1000, help="--request-count per repeat (the README's)."
+    )
     p.add_argument("--warmup", type=int, default=200, help="--warmup-request-count (the README's).")
     p.add_argument("--repeats", type=int, default=5)
     a = p.parse_args()

@@ -28,13 +28,17 @@ class BatcherSpec:
     priority_levels: int = 0
     default_priority: int = 0
     policies: tuple[QueuePolicy, ...] = field(default_factory=lambda: (QueuePolicy(),))
+    # model_transaction_policy { decoupled: true }: any number of responses per request
+    # (`decoupled.ResponseStream`), served over gRPC streaming only.
+    decoupled: bool = False
 
     @classmethod
     def from_config(cls, config: Any) -> BatcherSpec:
         """Read max_batch_size and dynamic_batching from a ModelConfig."""
         mbs = int(config.max_batch_size)
+        decoupled = bool(config.model_transaction_policy.decoupled)
         if not config.HasField("dynamic_batching") or mbs == 0:
-            return cls(max_batch_size=mbs, dynamic=False)
+            return cls(max_batch_size=mbs, dynamic=False, decoupled=decoupled)
         db = config.dynamic_batching
 
         def policy(p: Any) -> QueuePolicy:
@@ -60,4 +64,5 @@ class BatcherSpec:
             priority_levels=levels,
             default_priority=int(db.default_priority_level) or (1 if levels else 0),
             policies=policies,
+            decoupled=decoupled,
         )

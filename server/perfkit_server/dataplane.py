@@ -8,15 +8,23 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from perfkit_server import SERVER_NAME, __version__
-from perfkit_server.errors import InvalidInput, ModelNotFound, ServerError, Unavailable
+from perfkit_server.errors import (
+    DecoupledUnary,
+    InvalidInput,
+    ModelNotFound,
+    ServerError,
+    Unavailable,
+)
 from perfkit_server.modelconfig import config_json
 from perfkit_server.registry import LoadedVersion, Registry
 from perfkit_server.settings import ServerSettings
 from perfkit_server.shm import SharedMemory, write_output
 from perfkit_server.stats import RequestTimes
+from perfkit_server.streaming import decoupled_responses
 from perfkit_server.types import InferInput, InferOutput, InferRequest, InferResponse, v2_of_array
 
 # Only what this server implements (no sequences, classification or logging API). CUDA shared
@@ -141,6 +149,8 @@ class DataPlane:
     async def infer(self, request: InferRequest) -> InferResponse:
         """Validate, queue, wait for the batch, and build the response (on the loop)."""
         lv, inputs, batch_size, wanted = self._prepare(request)
+        if lv.decoupled:
+            raise DecoupledUnary()
         start = time.perf_counter_ns()
         cache = lv.response_cache
         if cache is not None:  # a hit never reaches the scheduler (perfkit_server.response_cache)
@@ -171,6 +181,8 @@ class DataPlane:
         See `Scheduler.try_direct` for when it runs. Validation errors raise as from `infer`.
         """
         lv, inputs, batch_size, wanted = self._prepare(request)
+        if lv.decoupled:  # the transports word Triton's refusal for themselves
+            raise DecoupledUnary()
         if lv.response_cache is not None:
             return None  # `infer` looks the cache up first
         start = time.perf_counter_ns()
@@ -182,6 +194,20 @@ class DataPlane:
         if done is None:
             return None
         return _respond(lv, request, wanted, done[0], done[1], start)
+
+    def infer_stream(self, request: InferRequest) -> AsyncIterator[InferResponse]:
+        """Every response of `request`, in order: exactly one for a model that is not decoupled;
+        for a decoupled model each response it sends (an error response carries `error`; the
+        last is `final`), as `streaming.decoupled_responses` says. gRPC ModelStreamInfer.
+
+        A request that fails validation raises here, before any iteration."""
+        lv, inputs, batch_size, wanted = self._prepare(request)
+        if not lv.decoupled:
+            return self._one_response(request)
+        return decoupled_responses(lv, request, inputs, batch_size, wanted)
+
+    async def _one_response(self, request: InferRequest) -> AsyncIterator[InferResponse]:
+        yield await self.infer(request)
 
     def _prepare(
         self, request: InferRequest

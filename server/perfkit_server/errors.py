@@ -6,6 +6,7 @@ ServerError
 ├── ModelNotFound       HTTP 404 / NOT_FOUND: unknown model or version
 ├── Unavailable         HTTP 503 / UNAVAILABLE: model not ready, queue full, timeout, shutting down
 └── InferenceFailed     HTTP 500 / INTERNAL: the backend raised while executing
+DecoupledUnary          HTTP 501 / UNIMPLEMENTED: one-response inference on a decoupled model
 """
 
 from __future__ import annotations
@@ -40,3 +41,12 @@ class InternalError(ServerError):
 
 class InferenceFailed(InternalError):
     """The backend failed while executing a batch."""
+
+
+class DecoupledUnary(ServerError):
+    """A one-response inference (HTTP infer, gRPC ModelInfer, a request from inside the server)
+    on a decoupled model. Triton refuses it (UNSUPPORTED) with a message that names the endpoint;
+    each transport re-raises it with its own name, as Triton words it."""
+
+    def __init__(self, endpoint: str = "a one-response inference") -> None:
+        super().__init__(f"{endpoint} doesn't support models with decoupled transaction policy")

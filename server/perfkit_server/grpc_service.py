@@ -7,12 +7,19 @@ anything else is awaited. Messages are tritonclient's generated classes (upb pro
 vendored protos. Inputs come as `raw_input_contents` (or typed `contents`); outputs always go
 back as `raw_output_contents`. ServerError subclasses map to INVALID_ARGUMENT, NOT_FOUND,
 UNAVAILABLE and INTERNAL.
+
+ModelStreamInfer answers as Triton's stream handler: a model that is not decoupled gets one
+response per request, in request order; a decoupled model's responses (`DataPlane.infer_stream`)
+go out as the model sends them, interleaved with other requests' responses. Every response
+carries the request's id and the parameter `triton_final_response`; an error is a message with
+`error_message` (and the id), and the stream goes on. ModelInfer on a decoupled model is refused
+with Triton's words.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 import numpy as np
@@ -22,6 +29,7 @@ from tritonclient.grpc import service_pb2 as pb
 from perfkit.datatypes import DATATYPES, NP_BY_V2
 from perfkit_server.dataplane import DataPlane
 from perfkit_server.errors import (
+    DecoupledUnary,
     InternalError,
     InvalidInput,
     ModelNotFound,
@@ -56,6 +64,7 @@ SERVICE = "inference.GRPCInferenceService"
 _ALREADY_EXISTS = 6
 _CODES = {
     AlreadyExists: _ALREADY_EXISTS,
+    DecoupledUnary: UNIMPLEMENTED,
     Unsupported: UNIMPLEMENTED,
     InvalidInput: INVALID_ARGUMENT,
     ModelNotFound: NOT_FOUND,
@@ -222,6 +231,20 @@ def encode_response(response: InferResponse, request: InferRequest | None = None
 Unary = Callable[[Any], Coroutine[Any, Any, Any]]
 
 
+def _stream_message(response: Any, final: bool) -> Any:
+    """A stream's response message: the parameter triton_final_response says whether it is the
+    request's last (Triton sets it on every stream response)."""
+    response.parameters["triton_final_response"].bool_param = final
+    return pb.ModelStreamInferResponse(infer_response=response)
+
+
+def _stream_error(request_id: str, exc: ServerError) -> Any:
+    """A request's error on a stream: the message, and the id so the client knows which."""
+    return pb.ModelStreamInferResponse(
+        error_message=str(exc), infer_response=pb.ModelInferResponse(id=request_id)
+    )
+
+
 def error_status(exc: Exception) -> GrpcError | None:
     """A ServerError's gRPC status; None for anything else (a server bug: INTERNAL, logged)."""
     if isinstance(exc, ServerError):
@@ -264,7 +287,10 @@ class GrpcService:
     def _infer(self, request: Any) -> Any:
         """ModelInfer: answered at once when the model can run it now, else an awaitable."""
         decoded = decode_request(request, self._dp.shm)
-        response = self._dp.infer_direct(decoded)
+        try:
+            response = self._dp.infer_direct(decoded)
+        except DecoupledUnary:
+            raise DecoupledUnary("ModelInfer RPC") from None
         if response is None:
             return self._infer_queued(decoded)
         return encode_response(response, decoded)
@@ -273,20 +299,51 @@ class GrpcService:
         return encode_response(await self._dp.infer(decoded), decoded)
 
     def _stream_infer(self, request: Any) -> Any:
-        """ModelStreamInfer: each request answered in order; an error is a message, not the end."""
+        """ModelStreamInfer: one response per request, in order, or a decoupled model's feed of
+        responses; an error is a message, not the end."""
         try:
-            result = self._infer(request)
+            decoded = decode_request(request, self._dp.shm)
+            response = self._dp.infer_direct(decoded)
+        except DecoupledUnary:
+            return self._stream_decoupled(decoded)
         except ServerError as exc:
-            return pb.ModelStreamInferResponse(error_message=str(exc))
-        if isinstance(result, pb.ModelInferResponse):
-            return pb.ModelStreamInferResponse(infer_response=result)
-        return self._stream_queued(result)
+            return _stream_error(request.id, exc)
+        if response is None:
+            return self._stream_queued(decoded)
+        return _stream_message(encode_response(response, decoded), True)
 
-    async def _stream_queued(self, pending: Coroutine[Any, Any, Any]) -> Any:
+    async def _stream_queued(self, decoded: InferRequest) -> Any:
         try:
-            return pb.ModelStreamInferResponse(infer_response=await pending)
+            response = await self._dp.infer(decoded)
         except ServerError as exc:
-            return pb.ModelStreamInferResponse(error_message=str(exc))
+            return _stream_error(decoded.id, exc)
+        return _stream_message(encode_response(response, decoded), True)
+
+    async def _stream_decoupled(self, decoded: InferRequest) -> AsyncIterator[Any]:
+        """Each response of a decoupled model's request, as it comes (grpc_wire sends a feed)."""
+        try:
+            responses = self._dp.infer_stream(decoded)
+        except ServerError as exc:
+            yield _stream_error(decoded.id, exc)
+            return
+        try:
+            async for response in responses:
+                if response.error is not None:
+                    failed = pb.ModelInferResponse(
+                        model_name=response.model_name,
+                        model_version=response.model_version,
+                        id=response.id,
+                    )
+                    failed.parameters["triton_final_response"].bool_param = response.final
+                    yield pb.ModelStreamInferResponse(
+                        error_message=str(response.error), infer_response=failed
+                    )
+                else:
+                    yield _stream_message(encode_response(response, decoded), response.final)
+        except ServerError as exc:  # refused before it ran (queue full, timeout, unloading)
+            yield _stream_error(decoded.id, exc)
+        finally:
+            await responses.aclose()  # type: ignore[attr-defined]
 
     # -- the other RPCs ------------------------------------------------------------------------
 

@@ -9,7 +9,10 @@ the dynamic table as it was, the steady state of every gRPC client, is looked up
 constant response header blocks (literals without indexing: no encoder state). A call runs when
 its request message is complete: the handler answers at once (no task) or with an awaitable.
 
-Unary and bidirectional-streaming methods; messages are length-prefixed, gzip/deflate requests
+Unary and bidirectional-streaming methods. A streaming method answers each request with one
+message (at once or awaited, in request order) or with an async iterator of messages (a "feed":
+a decoupled model's responses), sent as they come while the stream's next requests go on.
+Messages are length-prefixed, gzip/deflate requests
 decompressed within the size limit (`grpc_compression`), answers uncompressed. Errors go
 back as trailers (grpc-status, grpc-message), as every gRPC server does. On `stop` each
 connection gets a GOAWAY, in-flight calls are drained, then connections close.
@@ -19,7 +22,10 @@ unary message past its declared length or the size limit ends the call (RESOURCE
 header block past the header-list limit ends the connection (GOAWAY ENHANCE_YOUR_CALM), streams
 past the advertised SETTINGS_MAX_CONCURRENT_STREAMS are refused, a reset stream's queued call is
 cancelled and resets past a rate end the connection, and a connection whose replies are not being
-read is not read either (pause_writing). Frames RFC 9113 calls errors are answered as such.
+read is not read either (pause_writing). A feed takes its next message only once the last one
+left (flow control and pause_writing hold it, and so the model behind it), and a connection runs
+at most MAX_FEEDS of them: further requests wait in the bounded queue above. Frames RFC 9113
+calls errors are answered as such.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ import inspect
 import logging
 import struct
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from ssl import SSLContext
 from typing import Any, cast
@@ -107,6 +113,8 @@ _NO_PREFIX = 4
 # allowed size is always taken).
 MAX_QUEUED_MESSAGES = 1024
 MAX_QUEUED_BYTES = 16 << 20
+# Feeds (requests answered with several messages) running at once, per connection.
+MAX_FEEDS = 256
 # Why a connection is not being read (bits of `_Connection._paused`).
 _UNREAD_REPLIES, _QUEUE_FULL = 1, 2
 
@@ -129,7 +137,8 @@ class GrpcError(Exception):
 class Method:
     """One RPC: parse a request message, answer it (a message or an awaitable of one).
 
-    A streaming method gets `call` once per request message and answers each in order.
+    A streaming method gets `call` once per request message and answers each in order, or
+    answers it with an async iterator of messages (a feed, sent as they come; see the module doc).
     """
 
     parse: Callable[[bytes], Any]
@@ -212,6 +221,7 @@ class _Stream:
         "closed",
         "encoding",
         "ended",
+        "feeds",
         "method",
         "need",
         "out",
@@ -238,6 +248,7 @@ class _Stream:
         self.closed = False  # our side is done (trailers queued or sent, or reset)
         self.started = False  # response headers sent
         self.busy = False  # a streaming call is being answered
+        self.feeds: set[asyncio.Future[None]] | None = None  # streaming: feeds being sent
         self.pending: deque[tuple[Any, int]] = deque()  # streaming: (request, size) in turn
         self.pending_bytes = 0
         self.out: deque[bytes] = deque()  # DATA payload held back by flow control
@@ -272,6 +283,9 @@ class _Connection(asyncio.Protocol):
         self._paused = 0  # _UNREAD_REPLIES | _QUEUE_FULL while reading is paused
         self._queued = 0  # streaming requests waiting, over all streams
         self._queued_bytes = 0
+        self._feeding = 0  # feeds running, over all streams (MAX_FEEDS)
+        self._feed_waiting: set[_Stream] = set()  # streams whose requests wait for a feed slot
+        self._send_waiters: list[asyncio.Future[None]] = []  # feeds waiting to send more
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
 
@@ -300,7 +314,10 @@ class _Connection(asyncio.Protocol):
         for stream in self._streams.values():  # nobody is left to answer: queued calls never run
             if stream.task is not None:
                 stream.task.cancel()
+            _cancel_feeds(stream)
         self._streams.clear()
+        self._feed_waiting.clear()
+        self._wake_senders()
         self._blocked.clear()
         self._buf = bytearray()
         self._headers = None
@@ -311,6 +328,7 @@ class _Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._resume(_UNREAD_REPLIES)
+        self._wake_senders()
 
     def _pause(self, why: int) -> None:
         self._paused = pause_reading(self._transport, self._paused, why)
@@ -494,6 +512,7 @@ class _Connection(asyncio.Protocol):
         self._blocked.pop(stream.sid, None)
         if stream.task is not None:
             stream.task.cancel()
+        _cancel_feeds(stream)
 
     def _stream_error(self, sid: int, code: int) -> None:
         """A stream error (RFC 9113 section 5.4.2): RST_STREAM with `code`; the stream is over."""
@@ -634,7 +653,7 @@ class _Connection(asyncio.Protocol):
         if method.streaming:
             if stream.buf:
                 self._finish(stream, GrpcError(INTERNAL, "the stream ended inside a message"))
-            elif not stream.busy and not stream.pending:
+            elif not stream.busy and not stream.pending and not stream.feeds:
                 self._finish(stream, None)
             return
         buf = stream.buf
@@ -693,13 +712,22 @@ class _Connection(asyncio.Protocol):
         """Streaming: answer the waiting requests in order, one at a time."""
         method = cast(Method, stream.method)
         while stream.pending and not stream.busy and not stream.closed:
+            if self._feeding >= MAX_FEEDS:  # taken up again when a feed ends
+                self._feed_waiting.add(stream)
+                return
             request, size = stream.pending.popleft()
             stream.pending_bytes -= size
             self._queued -= 1
             self._queued_bytes -= size
             self._queue_drained()
             self._call(stream, method, request)
-        if stream.ended and not stream.busy and not stream.pending and not stream.closed:
+        if (
+            stream.ended
+            and not stream.busy
+            and not stream.pending
+            and not stream.feeds
+            and not stream.closed
+        ):
             self._finish(stream, None)
 
     # -- calls ---------------------------------------------------------------------------------
@@ -711,6 +739,9 @@ class _Connection(asyncio.Protocol):
             self._failed(stream, exc)
             return
         if not inspect.isawaitable(result):
+            if method.streaming and hasattr(result, "__anext__"):
+                self._feed(stream, result)
+                return
             self._answer(stream, result)
             return
         stream.busy = True
@@ -732,6 +763,57 @@ class _Connection(asyncio.Protocol):
         self._answer(stream, task.result())
         if cast(Method, stream.method).streaming:
             self._next(stream)
+
+    # -- feeds: several messages for one request ------------------------------------------------
+
+    def _feed(self, stream: _Stream, feed: AsyncIterator[Any]) -> None:
+        task = asyncio.ensure_future(self._pump(stream, feed))
+        self._server.tasks.add(task)
+        if stream.feeds is None:
+            stream.feeds = set()
+        stream.feeds.add(task)
+        self._feeding += 1
+        task.add_done_callback(lambda t: self._feed_done(t, stream))
+
+    async def _pump(self, stream: _Stream, feed: AsyncIterator[Any]) -> None:
+        """Send the feed's messages as they come, each once the last one has left."""
+        try:
+            async for message in feed:
+                if stream.closed or self._transport is None:
+                    return
+                self._answer(stream, message)
+                while (
+                    (stream.out or self._paused & _UNREAD_REPLIES)
+                    and not stream.closed
+                    and self._transport is not None
+                ):
+                    waiter = asyncio.get_running_loop().create_future()
+                    self._send_waiters.append(waiter)
+                    await waiter
+        finally:
+            close = getattr(feed, "aclose", None)
+            if close is not None:
+                await close()
+
+    def _feed_done(self, task: asyncio.Future[None], stream: _Stream) -> None:
+        self._server.tasks.discard(task)
+        self._feeding -= 1
+        if stream.feeds is not None:
+            stream.feeds.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self._failed(stream, cast(BaseException, task.exception()))
+        if self._feed_waiting:
+            for waiting in list(self._feed_waiting):
+                self._feed_waiting.discard(waiting)
+                self._next(waiting)
+        self._next(stream)
+
+    def _wake_senders(self) -> None:
+        """Feeds waiting for their last message to leave look again."""
+        waiters, self._send_waiters = self._send_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     def _failed(self, stream: _Stream, exc: BaseException) -> None:
         status = self._server.error_status(exc) if isinstance(exc, Exception) else None
@@ -831,6 +913,8 @@ class _Connection(asyncio.Protocol):
             stream.window -= len(chunk)
             self._write(frame(DATA, 0, stream.sid, chunk))
         self._blocked.pop(stream.sid, None)
+        if self._send_waiters:
+            self._wake_senders()
         if stream.trailers is not None:
             self._write(frame(HEADERS, END_HEADERS | END_STREAM, stream.sid, stream.trailers))
             self._close_stream(stream)
@@ -846,6 +930,13 @@ class _Connection(asyncio.Protocol):
         logger.debug("closing a gRPC connection: %s", why)
         self._write(frame(GOAWAY, 0, 0, U32.pack(self._last_sid) + U32.pack(code) + why.encode()))
         self.close()
+
+
+def _cancel_feeds(stream: _Stream) -> None:
+    """The stream is over: its feeds stop (their models' responses are dropped)."""
+    if stream.feeds:
+        for task in stream.feeds:
+            task.cancel()
 
 
 def _unpad(payload: bytes) -> bytes:

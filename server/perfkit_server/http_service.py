@@ -19,6 +19,7 @@ import numpy as np
 
 from perfkit_server.dataplane import DataPlane
 from perfkit_server.errors import (
+    DecoupledUnary,
     InternalError,
     InvalidInput,
     ModelNotFound,
@@ -46,6 +47,7 @@ logger = logging.getLogger(__name__)
 HEADER_LENGTH = "Inference-Header-Content-Length"
 _STATUS = {
     AlreadyExists: 400,
+    DecoupledUnary: 501,
     InvalidInput: 400,
     ModelNotFound: 404,
     Unavailable: 503,
@@ -470,7 +472,10 @@ class HttpService:
             )
         except RecursionError:  # tensor data nested deeper than the decoder can follow
             raise InvalidInput("the inference request's tensor data is nested too deeply") from None
-        response = self._dp.infer_direct(infer_request)
+        try:
+            response = self._dp.infer_direct(infer_request)
+        except DecoupledUnary:  # Triton's words for this endpoint
+            raise DecoupledUnary("HTTP end point") from None
         if response is None:
             return self._infer_queued(infer_request, binary_default)
         return encode_infer_response(response, infer_request, binary_default)

@@ -81,6 +81,8 @@ class LoadedVersion:
     outputs: dict[str, TensorSignature]
     max_batch_size: int
     platform: str
+    # model_transaction_policy { decoupled: true }: answered only on a stream (infer_stream).
+    decoupled: bool = False
     # Signatures of requests already checked against this version: (batch size, outputs wanted).
     checked: dict[object, tuple[int, list[str]]] = field(default_factory=dict)
     # The server's response cache when the config enables it (and the server has one), else None.
@@ -383,8 +385,8 @@ class Registry:
             raise InvalidConfig(
                 f"{source}: backend: unsupported backend {backend or '(none)'!r}; this server "
                 'runs backends "onnxruntime" (platform onnxruntime_onnx), "pytorch" (platform '
-                'pytorch_libtorch), "tensorrt" (platform tensorrt_plan), "python" and '
-                '"perfkit_identity"'
+                'pytorch_libtorch), "tensorrt" (platform tensorrt_plan), "python", '
+                '"perfkit_identity" and "perfkit_repeat"'
             )
         try:
             # Where the instances run (NVML read once), then before anything is read: model file
@@ -481,6 +483,7 @@ class Registry:
                     max_batch_size=int(config.max_batch_size),
                     platform=platform,
                     response_cache=cache,
+                    decoupled=spec.decoupled,
                 )
         except BaseException:
             for lv in result.values():

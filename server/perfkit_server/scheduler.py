@@ -12,6 +12,13 @@ what is pending.
 Queue policies: max_queue_size rejects at arrival; a request past its timeout is rejected or, with
 timeout_action DELAY, served after the requests still within their timeouts. With
 preserve_ordering, responses complete in arrival order. Clocks: time.perf_counter_ns (monotonic).
+
+Three execution modes (see backends/base.py): the default runs `backend.infer` on the batch's
+concatenated inputs and slices the outputs; a `takes_requests` backend gets one input dict per
+request and returns one result (or Exception) each; a decoupled model
+(`model_transaction_policy { decoupled: true }`) gets `execute_decoupled(requests, send)` and its
+requests are queued with `submit_stream`, each answered on its own `decoupled.ResponseStream`
+(both in exec_modes.py).
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -30,7 +38,9 @@ import numpy as np
 from perfkit_server.backends.base import Array, Backend
 from perfkit_server.batching import BatcherSpec as BatcherSpec
 from perfkit_server.batching import QueuePolicy as QueuePolicy
+from perfkit_server.decoupled import ResponseStream
 from perfkit_server.errors import InferenceFailed, ServerError, Unavailable
+from perfkit_server.exec_modes import ExecutionModes
 from perfkit_server.instances import InstancePool
 from perfkit_server.rate_limiter import ModelLimits
 from perfkit_server.stats import ModelStats, RequestTimes
@@ -64,8 +74,9 @@ class _Pending:
     outcome: tuple[Outputs, RequestTimes] | BaseException | None = None
 
 
-class Scheduler:
-    """Queues requests for one model version and runs batches on its instances."""
+class Scheduler(ExecutionModes):
+    """Queues requests for one model version and runs batches on its instances (the other
+    execution modes, takes_requests and decoupled, in `exec_modes.ExecutionModes`)."""
 
     def __init__(
         self,
@@ -92,9 +103,17 @@ class Scheduler:
         self._wake = asyncio.Event()
         self._pool = InstancePool(self._instances, asyncio.get_running_loop())
         self._closing = False
+        # Execution modes (see the module docstring); a decoupled model never runs on the loop.
+        self._takes_requests = any(getattr(i, "takes_requests", False) for i in self._instances)
+        self._decoupled = spec.decoupled
+        self._response_stats = any(getattr(i, "response_statistics", False) for i in instances)
+        self._streams: dict[asyncio.Future[tuple[Outputs, RequestTimes]], ResponseStream] = {}
+        self._running: weakref.WeakSet[ResponseStream] = weakref.WeakSet()
         # Inline executions skip `_execute`, where the rate limiter's resources are taken.
-        self._may_inline = limits is None and not any(
-            getattr(inst, "may_block", True) for inst in self._instances
+        self._may_inline = (
+            limits is None
+            and not spec.decoupled
+            and not any(getattr(inst, "may_block", True) for inst in self._instances)
         )
         self._inline = False
         self._fast_share = 0.0
@@ -188,6 +207,7 @@ class Scheduler:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._pool.drain()  # executions still running in the executor
+        self._unhold_streams()  # a decoupled model's senders held by clients that do not read
         loop = asyncio.get_running_loop()
         for inst in self._instances:
             await loop.run_in_executor(self._executor, inst.close)
@@ -337,9 +357,14 @@ class Scheduler:
             return None
         t0 = time.perf_counter_ns()
         try:
-            outputs = self._infer(inst, inputs)
+            if self._takes_requests:
+                outputs = self._one_request(inst, inputs)
+            else:
+                outputs = self._infer(inst, inputs)
             t1 = time.perf_counter_ns()
         except Exception as exc:  # the backend boundary, as in _execute
+            if self._takes_requests and isinstance(exc, ServerError):
+                raise  # this request's own error (exec_modes: _request_error)
             raise InferenceFailed(
                 f"model '{self._stats.name}' failed to execute the batch: {exc}"
             ) from None
@@ -369,10 +394,17 @@ class Scheduler:
         return fut
 
     async def _execute(self, inst: Backend, batch: list[_Pending]) -> None:
-        loop = asyncio.get_running_loop()
         limits = self._limits
         if limits is not None:
             await limits.acquire(inst)  # the instance's rate-limiter resources, in priority order
+        if self._decoupled:
+            try:
+                await self._execute_decoupled(inst, batch)
+            finally:
+                if limits is not None:
+                    limits.release(inst)
+            return
+        loop = asyncio.get_running_loop()
         try:
             if self._inline:
                 result = self._run_batch(inst, batch)
@@ -396,14 +428,14 @@ class Scheduler:
             self._finish(p, err)
 
     def _complete(
-        self, batch: list[_Pending], result: tuple[list[Outputs | Exception], int, int, int, int]
+        self, batch: list[_Pending], result: tuple[list[Outputs], int, int, int, int]
     ) -> None:
         per_request, t0, t1, t2, t3 = result
         self._stats.record_execution(sum(p.batch_size for p in batch), t1 - t0, t2 - t1, t3 - t2)
+        each = self._takes_requests  # its results may be one request's error
         for p, outputs in zip(batch, per_request, strict=True):
-            if isinstance(outputs, Exception):  # [py helper, issue 13] takes_requests hook
-                err = outputs if isinstance(outputs, ServerError) else InferenceFailed(str(outputs))
-                self._finish(p, err)
+            if each and isinstance(outputs, Exception):
+                self._finish(p, self._request_error(outputs))
                 continue
             times = RequestTimes(max(0, t0 - p.enqueue_ns), t1 - t0, t2 - t1, t3 - t2)
             self._finish(p, (outputs, times))
@@ -417,26 +449,23 @@ class Scheduler:
             return inst.infer(inputs)
         c0, w0 = time.thread_time_ns(), time.perf_counter_ns()
         outputs = inst.infer(inputs)
-        cpu_ns, wall_ns = time.thread_time_ns() - c0, time.perf_counter_ns() - w0
+        self._sampled(time.thread_time_ns() - c0, time.perf_counter_ns() - w0)
+        return outputs
+
+    def _sampled(self, cpu_ns: int, wall_ns: int) -> None:
+        """One timed execution's part in the inline decision."""
         # The wall-clock bar catches backends whose work runs on their own threads (ONNX Runtime's
         # intra-op pool): the caller's CPU clock barely moves while it waits for them.
         fast = 1.0 if cpu_ns < INLINE_BELOW_NS and wall_ns < INLINE_WALL_BELOW_NS else 0.0
         self._fast_share += _EWMA_WEIGHT * (fast - self._fast_share)  # a lost update is harmless
         self._inline = self._fast_share > 0.5
-        return outputs
 
     def _run_batch(
         self, inst: Backend, batch: list[_Pending]
-    ) -> tuple[list[Outputs | Exception], int, int, int, int]:
+    ) -> tuple[list[Outputs], int, int, int, int]:
+        if self._takes_requests:
+            return self._run_requests(inst, batch)
         t0 = time.perf_counter_ns()
-        # [py helper, issue 13] minimal `takes_requests` hook until the stream helper's lands:
-        # the backend gets the batch's requests as they are and answers each (outputs or error).
-        if getattr(inst, "takes_requests", False):
-            results: list[Outputs | Exception] = getattr(inst, "execute")(  # noqa: B009
-                [p.inputs for p in batch]
-            )
-            t2 = time.perf_counter_ns()
-            return results, t0, t0, t2, t2
         if len(batch) == 1:
             inputs = batch[0].inputs
         else:
@@ -447,7 +476,7 @@ class Scheduler:
         outputs = self._infer(inst, inputs)
         t2 = time.perf_counter_ns()
         if len(batch) == 1:
-            per_request: list[Outputs | Exception] = [outputs]
+            per_request = [outputs]
         else:
             total = sum(p.batch_size for p in batch)
             for name, value in outputs.items():

@@ -4,6 +4,10 @@ Accounting follows Triton: `success`/`fail`/`queue`/`compute_*` in inference_sta
 (a request in a batch of 8 adds the whole batch's compute time to its own count), batch_stats are per
 execution keyed by batch size, inference_count sums the batch sizes of executed requests, and
 execution_count counts executions. Every update and every read happens on the event loop.
+
+`response_stats` (decoupled models) are per response index within a request, as Triton keeps
+them: "0" for every request's first response, "1" for its second, ...; each response counts as
+success (it has outputs), fail (an error) or empty_response (a FINAL without outputs).
 """
 
 from __future__ import annotations
@@ -35,6 +39,33 @@ class BatchStat:
     compute_input: Duration = field(default_factory=Duration)
     compute_infer: Duration = field(default_factory=Duration)
     compute_output: Duration = field(default_factory=Duration)
+
+
+# Response indexes kept in response_stats: a request may make a decoupled model send any number of
+# responses, the statistics stay bounded (responses past this index are not counted there).
+MAX_RESPONSE_INDEXES = 1024
+
+
+@dataclass(slots=True)
+class ResponseStat:
+    """Triton's InferResponseStatistics of one response index."""
+
+    compute_infer: Duration = field(default_factory=Duration)
+    compute_output: Duration = field(default_factory=Duration)
+    success: Duration = field(default_factory=Duration)
+    fail: Duration = field(default_factory=Duration)
+    empty_response: Duration = field(default_factory=Duration)
+    cancel: Duration = field(default_factory=Duration)
+
+    def to_json(self) -> dict[str, dict[str, int]]:
+        return {
+            "compute_infer": self.compute_infer.to_json(),
+            "compute_output": self.compute_output.to_json(),
+            "success": self.success.to_json(),
+            "fail": self.fail.to_json(),
+            "empty_response": self.empty_response.to_json(),
+            "cancel": self.cancel.to_json(),
+        }
 
 
 @dataclass(slots=True)
@@ -69,6 +100,8 @@ class ModelStats:
     # insertion time).
     cache_hit: Duration = field(default_factory=Duration)
     cache_miss: Duration = field(default_factory=Duration)
+    # Decoupled models: per response index (see the module docstring).
+    responses: dict[int, ResponseStat] = field(default_factory=dict)
 
     def record_success(self, duration_ns: int, times: RequestTimes) -> None:
         self.success.add(duration_ns)
@@ -89,6 +122,21 @@ class ModelStats:
     def record_failure(self, duration_ns: int, reason: str) -> None:
         self.fail.add(duration_ns)
         self.fail_reasons[reason] = self.fail_reasons.get(reason, 0) + 1
+
+    def record_response(self, index: int, kind: str, start_ns: int, end_ns: int) -> None:
+        """One response of a decoupled request: `kind` is "success", "fail" or "empty_response";
+        `start_ns`..`end_ns` the work behind it (Triton: from the response's start to its end;
+        there is no separate output phase here, so compute_output adds 0 ns)."""
+        if index >= MAX_RESPONSE_INDEXES:
+            return
+        stat = self.responses.get(index)
+        if stat is None:
+            stat = self.responses[index] = ResponseStat()
+        ns = max(0, end_ns - start_ns)
+        stat.compute_infer.add(ns)
+        if kind == "success":
+            stat.compute_output.add(0)
+        getattr(stat, kind).add(ns)
 
     def record_execution(
         self, batch_size: int, input_ns: int, infer_ns: int, output_ns: int
@@ -120,7 +168,9 @@ class ModelStats:
                 "cache_hit": self.cache_hit.to_json(),
                 "cache_miss": self.cache_miss.to_json(),
             },
-            "response_stats": {},
+            "response_stats": {
+                str(index): stat.to_json() for index, stat in sorted(self.responses.items())
+            },
             "batch_stats": [
                 {
                     "batch_size": size,

@@ -85,6 +85,10 @@ class InferResponse:
     model_version: str
     id: str
     outputs: list[InferOutput]
+    # Decoupled models (`DataPlane.infer_stream`): a response may be an error instead of outputs,
+    # and only the last response of a request is final.
+    error: Exception | None = None
+    final: bool = True
 
 
 def check_shape(name: str, shape: Any) -> tuple[int, ...]:

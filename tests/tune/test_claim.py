@@ -5,7 +5,6 @@ its heartbeat (it beats each time it decides to wait), never through time."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 
 import optuna
 import pytest
@@ -18,7 +17,7 @@ KEY = "cfg/batch_size=1,concurrency=4"
 
 
 @pytest.fixture
-def waits(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[int, threading.Event]]:
+def waits(monkeypatch: pytest.MonkeyPatch) -> dict[int, threading.Event]:
     """trial number -> an event set when that trial decides to wait for a peer."""
     events: dict[int, threading.Event] = {}
 
@@ -27,7 +26,7 @@ def waits(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[int, threading.Event
 
     monkeypatch.setattr(st, "record_heartbeat", beat)
     monkeypatch.setattr(claim, "POLL_S", 0.001)
-    yield events
+    return events
 
 
 def waiting(events: dict[int, threading.Event], number: int) -> bool:

@@ -32,8 +32,8 @@ DEFAULT_FILENAMES = {
 
 
 def backend_name(config: Any, model_dir: Path | None = None) -> str:
-    """Normalized backend name of a config: "onnxruntime", "pytorch", "tensorrt", "python" or
-    "perfkit_identity".
+    """Normalized backend name of a config: "onnxruntime", "pytorch", "tensorrt", "python",
+    "perfkit_identity" or "perfkit_repeat".
 
     With neither `backend` nor `platform` set, a version directory holding a model.onnx,
     model.pt, model.plan or model.py names the backend (Triton infers it from the model file the
@@ -84,6 +84,22 @@ def check_parameters(config: Any, name: str, source: str) -> None:
         raise ValueError(
             f"{source}: model_operations.op_library_filename: custom operation libraries are not "
             "loaded by this server (a config may not name code to load)"
+        )
+    check_decoupled(config, name, source)
+
+
+# Backends whose models may be decoupled (they implement `execute_decoupled`, see base.py).
+DECOUPLED_BACKENDS = frozenset({"perfkit_repeat", "python"})
+
+
+def check_decoupled(config: Any, name: str, source: str) -> None:
+    """Refuse `model_transaction_policy { decoupled: true }` for a backend that answers each
+    request once (naming the field, never ignoring it)."""
+    if config.model_transaction_policy.decoupled and name not in DECOUPLED_BACKENDS:
+        raise ValueError(
+            f"{source}: model_transaction_policy.decoupled: backend '{name}' sends one response "
+            f"per request and cannot serve a decoupled model (backends that can: "
+            f"{', '.join(sorted(DECOUPLED_BACKENDS))})"
         )
 
 
@@ -165,7 +181,7 @@ def probe_host(config: Any, backend: str) -> Host:
     )
 
 
-BACKENDS = ("onnxruntime", "pytorch", "tensorrt", "python", "perfkit_identity")
+BACKENDS = ("onnxruntime", "pytorch", "tensorrt", "python", "perfkit_identity", "perfkit_repeat")
 
 
 def known_backend(name: str) -> bool:
@@ -197,6 +213,10 @@ def create_backend(spec: InstanceSpec) -> Backend:
         from perfkit_server.backends.identity import IdentityBackend
 
         return IdentityBackend(spec)
+    if name == "perfkit_repeat":
+        from perfkit_server.backends.repeat import RepeatBackend
+
+        return RepeatBackend(spec)
     raise ValueError(f"unsupported backend {name!r}; this server runs {', '.join(BACKENDS)}")
 
 

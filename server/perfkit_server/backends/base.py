@@ -45,6 +45,26 @@ class Backend(Protocol):
     A backend may define `may_block = False` to say that `infer` never sleeps or waits on I/O;
     the scheduler then runs very short executions (under ~100 us, measured) on the event loop
     instead of paying a thread hand-off. Without the attribute, every execution runs in a thread.
+
+    Execution modes (scheduler.py, exec_modes.py); `infer` is the default:
+    - `infer(inputs)` gets the batch's inputs concatenated along the batch dimension and returns
+      outputs the scheduler slices back into the requests.
+    - `takes_requests = True` (class attribute): the scheduler calls
+      `execute(requests: list[dict[str, Array]]) -> list[dict[str, Array] | Exception]` instead,
+      one input dict per request (each with its own batch dimension when max_batch_size > 0),
+      one result per request in the same order; an Exception is that request's error alone (a
+      perfkit_server.errors.ServerError reaches the client as it is, anything else is named as
+      the model's failure). Triton's python backend works this way.
+    - decoupled models (`model_transaction_policy { decoupled: true }`, only for the backends in
+      `backends.DECOUPLED_BACKENDS`): the scheduler calls `execute_decoupled(requests, send)`,
+      where `send(index, outputs | None, error | None, final)` answers requests[index]. `send`
+      is thread-safe and may be called from any thread, during or after the call; a request is
+      complete once `final=True` was sent for it (with or without outputs), and a send after that
+      raises. The instance is free again when execute_decoupled returns. `send` may block while
+      the client has not read that request's earlier responses (decoupled.MAX_UNDELIVERED).
+      A decoupled backend that defines `response_statistics = True` has each response counted in
+      the statistics' response_stats, as a Triton backend that reports them (Triton's python
+      backend does not: its models' response_stats stay empty).
     """
 
     def infer(self, inputs: Mapping[str, Array]) -> dict[str, Array]:
