@@ -24,6 +24,23 @@ from tests.server.models import write_config
 CACHED = "response_cache { enable: true }"
 
 
+# Triton's repeat_int32 test model (backend perfkit_repeat), with `extra` config lines.
+REPEAT = """name: "refused"
+backend: "perfkit_repeat"
+max_batch_size: 0
+input [
+  {{ name: "IN" data_type: TYPE_INT32 dims: [ -1 ] }},
+  {{ name: "DELAY" data_type: TYPE_UINT32 dims: [ -1 ] }},
+  {{ name: "WAIT" data_type: TYPE_UINT32 dims: [ 1 ] }}
+]
+output [
+  {{ name: "OUT" data_type: TYPE_INT32 dims: [ 1 ] }},
+  {{ name: "IDX" data_type: TYPE_UINT32 dims: [ 1 ] }}
+]
+{extra}
+"""
+
+
 def identity(
     repo: Path, name: str, *, dims: str = "16", extra: str = CACHED, pairs: int = 1
 ) -> None:
@@ -189,7 +206,11 @@ def test_model_cache_without_server_cache_is_not_cached(perfkit_server, tmp_path
 def test_cache_with_decoupled_or_sequence_model_fails_its_load(
     perfkit_server, tmp_path, extra, why
 ):
-    identity(tmp_path, "refused", extra=f"{CACHED}\n{extra}")
+    if "decoupled" in extra:  # a backend that can be decoupled (perfkit_identity is refused)
+        write_config(tmp_path, "refused", REPEAT.format(extra=f"{CACHED}\n{extra}"))
+        (tmp_path / "refused" / "1").mkdir()
+    else:
+        identity(tmp_path, "refused", extra=f"{CACHED}\n{extra}")
     server = perfkit_server(
         tmp_path, "--cache-config=local,size=1048576", "--model-control-mode=explicit"
     )
