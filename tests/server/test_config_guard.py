@@ -380,7 +380,9 @@ def test_field_is_served_with_effect_or_refused(server, field, index):
             with pytest.raises(InferenceServerException) as info:
                 client.load_model(model, config=json.dumps(config))
             assert field in str(info.value), str(info.value)
-            if FIELDS[field].status == REFUSED:  # the guard's own words: both ways out
+            # The guard's own words: both ways out (model_operations is refused before the guard
+            # runs, by backends.check_parameters: a config may not name code to load).
+            if FIELDS[field].status == REFUSED and field != "model_operations":
                 assert "remove" in str(info.value), str(info.value)
                 assert "perfkit run -u" in str(info.value), str(info.value)
             return
