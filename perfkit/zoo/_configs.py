@@ -53,6 +53,9 @@ class ZooModel:
                 f"zoo model {self.name!r}: give one of graph, torchscript, python (or, for an "
                 "ensemble, none and its config_text)"
             )
+        if self.python is not None and self.config_text is None:
+            # No generated config for these: `platform` names only the ONNX and TorchScript ones.
+            raise ValueError(f"zoo model {self.name!r}: a python model needs its config_text")
 
     @property
     def platform(self) -> str:

@@ -325,20 +325,29 @@ class TritonPythonModel:
 '''
 
 
-def reference(
-    image: npt.NDArray[np.uint8],
-) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int32]]:
-    """The pipeline's outputs computed here (numpy + ONNX weights): (SCORES, CLASSES) for a
-    UINT8 [batch, 4, 4, 3] image batch. Tests compare served outputs with it."""
+def preprocess(image: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
+    """pipeline_pre's PIXELS for a UINT8 [batch, 4, 4, 3] image batch, computed here."""
     mean = np.array(MEAN, dtype=np.float32).reshape(1, 3, 1, 1)
     std = np.array(STD, dtype=np.float32).reshape(1, 3, 1, 1)
     pixels = image.astype(np.float32).transpose(0, 3, 1, 2) / np.float32(255.0)
-    pixels = (pixels - mean) / std
-    model = classifier()
-    weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    logits = pixels.reshape(len(image), -1) @ weights["weight"] + weights["bias"]
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return np.ascontiguousarray((pixels - mean) / std, dtype=np.float32)
+
+
+def logits(pixels: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """pipeline_classifier's OUTPUT0 for a PIXELS batch, from the graph's weights."""
+    weights = {t.name: numpy_helper.to_array(t) for t in classifier().graph.initializer}
+    out = pixels.reshape(len(pixels), -1) @ weights["weight"] + weights["bias"]
+    return np.asarray(out, dtype=np.float32)
+
+
+def reference(
+    image: npt.NDArray[np.uint8],
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int32]]:
+    """The pipeline's outputs computed here (numpy + the ONNX graph's weights): (SCORES, CLASSES)
+    for a UINT8 [batch, 4, 4, 3] image batch. Tests compare served outputs with it."""
+    scores = logits(preprocess(image))
+    shifted = np.exp(scores - scores.max(axis=1, keepdims=True))
     probs = shifted / shifted.sum(axis=1, keepdims=True)
     classes = np.argsort(-probs, axis=1, kind="stable")[:, :TOP_K]
-    scores = np.take_along_axis(probs, classes, axis=1)
-    return scores.astype(np.float32), classes.astype(np.int32)
+    top = np.take_along_axis(probs, classes, axis=1)
+    return top.astype(np.float32), classes.astype(np.int32)

@@ -166,6 +166,21 @@ def test_accumulator_keeps_a_sum_per_sequence(serve, tmp_path):
     assert _accumulate(client, 11, 5, start=True, end=True) == 5
 
 
+def test_the_onnx_step_serves_on_perfkit_server_now(perfkit_server, tmp_path):
+    """The pipeline's ONNX step and its user config (dynamic batching, an instance group) load on
+    perfkit_server as it is today, and compute the reference logits."""
+    zoo.build("pipeline_classifier", tmp_path)
+    server = perfkit_server(
+        tmp_path, "--model-control-mode=explicit", "--load-model=pipeline_classifier"
+    )
+    client = httpclient.InferenceServerClient(server.http_url)
+    pixels = _pipeline.preprocess(_images(4))
+    inp = httpclient.InferInput("INPUT0", list(pixels.shape), "FP32")
+    inp.set_data_from_numpy(pixels)
+    out = client.infer("pipeline_classifier", [inp]).as_numpy("OUTPUT0")
+    np.testing.assert_allclose(out, _pipeline.logits(pixels), rtol=1e-5, atol=1e-5)
+
+
 def test_zoo_lists_and_builds_the_pipeline_models(tmp_path):
     listed = CliRunner().invoke(cli, ["models", "list"], terminal_width=250)
     assert listed.exit_code == 0, listed.output
