@@ -235,3 +235,15 @@ def test_tune_the_pipeline_ensemble_on_the_embedded_server(repo: Path, tmp_path:
     if not known_backend("python"):
         pytest.skip("perfkit_server has no python backend yet (issue #13, merged separately)")
     _tune_and_check(repo, tmp_path, None)
+
+
+def test_the_shipped_pipeline_sweep_searches_each_composing_model(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[2]
+    sweep = load_sweep(root / "sweeps" / "pipeline-ensemble-cpu.toml", base_dir=tmp_path)
+    assert (sweep.model, sweep.zoo) == (ENSEMBLE, ENSEMBLE)
+    zoo.build(ENSEMBLE, sweep.repository)
+    pipeline = load_pipeline(sweep.repository, sweep.model)
+    assert pipeline is not None
+    names = {d.name for d in pipeline_space(pipeline, sweep.space, sweep.load).dims}
+    assert {f"{step}.instance_count" for step in STEPS} <= names
+    assert {f"{step}.dynamic_batching" for step in STEPS} <= names
