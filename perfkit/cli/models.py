@@ -23,7 +23,11 @@ def _tensor(t: zoo.TensorSpec) -> str:
 @models.command("list")
 def list_models() -> None:
     """List the zoo models."""
-    table = Table("model", "max batch", "inputs", "outputs", "description", box=None)
+    table = Table(box=None)
+    # The name is what `perfkit run -m` takes: never wrapped or cut, however narrow the terminal.
+    table.add_column("model", no_wrap=True)
+    for column in ("max batch", "inputs", "outputs", "description"):
+        table.add_column(column)
     for name, spec in zoo.SPECS.items():
         table.add_row(
             name,

@@ -137,6 +137,7 @@ def _run(
     on_progress: Callable[[TuneProgress], None] | None = None,
 ) -> TuneResult:
     from perfkit.model_repo.config import config_hash, load_config
+    from perfkit.tune import ensemble
     from perfkit.tune import storage as st
     from perfkit.tune.evaluate import LiveEvaluator
     from perfkit.tune.space import SearchSpace, check_instances
@@ -147,15 +148,20 @@ def _run(
         base = load_config(model_dir / "config.pbtxt")
     except ModelRepoError as exc:  # the pure module's own error: a ConfigError to perfkit's users
         raise ConfigError(str(exc)) from exc
-    default_text = (model_dir / "config.pbtxt").read_text(encoding="utf-8")
+    # An ensemble is tuned as one unit: its composing models' configs (perfkit.tune.ensemble).
+    pipeline = ensemble.load_pipeline(sweep.repository, sweep.model)
+    default_text = ensemble.default_text(pipeline, model_dir)
     out_dir = (sweep.output or Path("tune-results") / sweep.model).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     if server_env is not None and sweep.url is not None:
         raise ConfigError(
             "server_env is for a server perfkit starts; this sweep names a server.url"
         )
-    space = SearchSpace.from_specs(sweep.space, sweep.load)
-    check_instances(base, sweep.space)
+    if pipeline is None:
+        space = SearchSpace.from_specs(sweep.space, sweep.load)
+        check_instances(base, sweep.space)
+    else:
+        space = ensemble.pipeline_space(pipeline, sweep.space, sweep.load)
     objective = Objective(sweep.objectives, sweep.constraints)
     trials = sweep.trials
     if sweep.search.sampler == "grid":
@@ -190,7 +196,9 @@ def _run(
             st.set_worker_attrs({identity.TARGET_ATTR: target.as_attr()})
             if opened is None:
                 opened = identity.open_target_study(
-                    rdb, sweep, config_hash(base), target, objective.directions(),
+                    rdb, sweep,
+                    config_hash(base) if pipeline is None else ensemble.pipeline_hash(pipeline),
+                    target, objective.directions(),
                     make_sampler(settings, space),
                 )  # fmt: skip
                 study, created = opened.study, opened.created
@@ -202,27 +210,29 @@ def _run(
             scrape = _metrics_to_collect(sweep, metrics_url, note)
             if on_progress is not None and tracker is None:
                 tracker = _tracker(study, trials, objective, sweep, on_progress)
-            evaluator = LiveEvaluator(
+            evaluator = (LiveEvaluator if pipeline is None else ensemble.PipelineEvaluator)(
                 url=url,
                 protocol=sweep.protocol,
                 model=sweep.model,
                 load=sweep.load,
                 measure=sweep.measure,
                 metrics_url=scrape,
+                **({} if pipeline is None else {"pipeline": pipeline}),
             )
             tuner = Tuner(
                 settings=settings,
                 space=space,
                 objective=objective,
-                base_config=base,
+                base_config=base if pipeline is None else pipeline,
                 baseline_load=space.baseline_load(sweep.load),
                 study=study,
                 created=created,
                 evaluator=evaluator
                 if tracker is None
-                else ReportingEvaluator(evaluator, tracker, base),
+                else ReportingEvaluator(evaluator, tracker, pipeline or base),
                 variants_dir=out_dir / output.VARIANTS_DIR,
                 on_trial=on_trial if tracker is None else _told(tracker, on_trial),
+                variants=None if pipeline is None else ensemble.PipelineVariants(),
             )
             try:
                 tuner.run()
@@ -261,11 +271,12 @@ def _run(
             )
             stopped = interrupted or failure is not None
             wb = output.WriteBack("", None, None, "stopped early: nothing written")
+            write, reload = ensemble.finishers(pipeline, output.write_back, _reload)
             if not stopped:
-                wb = output.write_back(result, model_dir, dry_run=dry_run)
+                wb = write(result, model_dir, dry_run=dry_run)
             result = output.with_written(result, wb)
             paths = output.write_outputs(result, out_dir)
-            reload_note = "" if stopped else _reload(url, sweep)
+            reload_note = "" if stopped else reload(url, sweep)
             evaluator.close()
         break
     if on_done is not None:

@@ -106,7 +106,7 @@ class LiveEvaluator:
         phase = self.on_phase or (lambda doing: None)
         phase("loading")
         try:
-            self.control.load_model(json.dumps(config_to_json(config)))
+            self.load_variant(config)
         except ServerError as exc:
             return Outcome(
                 measurement=None, error=str(exc), load_s=(time.perf_counter_ns() - t0) / 1e9
@@ -192,6 +192,10 @@ class LiveEvaluator:
             window_s=measured_s,
             load_s=load_s,
         )
+
+    def load_variant(self, config: ModelConfig) -> None:
+        """Serve `config` as the model: a load with its config override (ServerError if refused)."""
+        self.control.load_model(json.dumps(config_to_json(config)))
 
     def _measure_scraped(
         self,

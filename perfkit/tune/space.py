@@ -65,6 +65,13 @@ def decode_sizes(text: str) -> tuple[int, ...]:
     return tuple(int(s) for s in text.split(",") if s)
 
 
+def split_dim(name: str) -> tuple[str, str]:
+    """(prefix, dimension) of a dimension name: a composing model's dimension of an ensemble is
+    named `<model>.<dimension>` (prefix "<model>."), a model's own has prefix ""."""
+    model, dot, dim = name.rpartition(".")
+    return model + dot, dim
+
+
 @dataclass(frozen=True, slots=True)
 class Dim:
     name: str
@@ -72,7 +79,7 @@ class Dim:
 
     @property
     def categorical(self) -> bool:
-        return self.name in _CATEGORICAL
+        return split_dim(self.name)[1] in _CATEGORICAL
 
     @property
     def param_name(self) -> str:
@@ -82,14 +89,14 @@ class Dim:
         """The Optuna values of this dimension (indexes for ordered ones)."""
         if not self.categorical:
             return list(range(len(self.values)))
-        if self.name == "preferred_batch_sizes":
+        if split_dim(self.name)[1] == "preferred_batch_sizes":
             return [encode_sizes(v) for v in self.values]
         return list(self.values)
 
     def decode(self, raw: Any) -> Any:
         if not self.categorical:
             return self.values[int(raw)]
-        if self.name == "preferred_batch_sizes":
+        if split_dim(self.name)[1] == "preferred_batch_sizes":
             return decode_sizes(str(raw))
         return raw
 
@@ -97,7 +104,7 @@ class Dim:
         """The Optuna value of a decoded `value` (the inverse of `decode`)."""
         if not self.categorical:
             return self.values.index(value)
-        if self.name == "preferred_batch_sizes":
+        if split_dim(self.name)[1] == "preferred_batch_sizes":
             return encode_sizes(tuple(value))
         return value
 
@@ -148,11 +155,7 @@ class SearchSpace:
         batching is on (fewer duplicate variants for TPE); grid search asks every dimension."""
         params: Params = dict(self.fixed)
         for dim in self.dims:
-            if (
-                conditional
-                and dim.name in _BATCHER_DIMS
-                and params.get("dynamic_batching") is False
-            ):
+            if conditional and _batcher_off(params, dim.name):
                 continue
             params[dim.name] = dim.suggest(trial)
         return params
@@ -171,11 +174,10 @@ class SearchSpace:
     def point_key(self, params: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
         """What identifies a point of the space: its searched values, without the batcher's when
         dynamic batching is off (they change nothing then)."""
-        off = params.get("dynamic_batching") is False
         return tuple(
             (d.name, _hashable(params[d.name]))
             for d in self.dims
-            if d.name in params and not (off and d.name in _BATCHER_DIMS)
+            if d.name in params and not _batcher_off(params, d.name)
         )
 
     def optuna_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -234,6 +236,13 @@ class SearchSpace:
                     if d.name == name:
                         params[name] = d.values[0]
         return params
+
+
+def _batcher_off(params: Mapping[str, Any], name: str) -> bool:
+    """Whether `name` is a batcher dimension of a model whose dynamic batching `params` turn off
+    (then its value changes nothing)."""
+    prefix, dim = split_dim(name)
+    return dim in _BATCHER_DIMS and params.get(f"{prefix}dynamic_batching") is False
 
 
 def _hashable(value: Any) -> Any:
@@ -303,7 +312,18 @@ def variant_key(config: ModelConfig, params: Mapping[str, Any]) -> str:
 
 
 def describe(params: Mapping[str, Any]) -> str:
-    """Short human description of a point, e.g. "2xKIND_CPU mbs=16 dyn[4,8]@100us c=8"."""
+    """Short human description of a point, e.g. "2xKIND_CPU mbs=16 dyn[4,8]@100us c=8"; an
+    ensemble's composing models each in brackets: "pre[2xKIND_CPU] post[no-dyn] c=8"."""
+    models: dict[str, dict[str, Any]] = {}
+    for name, value in params.items():
+        prefix, dim = split_dim(name)
+        models.setdefault(prefix, {})[dim] = value
+    own = _describe_one(models.pop("", {}))
+    parts = [f"{prefix[:-1]}[{_describe_one(sub)}]" for prefix, sub in sorted(models.items())]
+    return " ".join([*parts, own] if own else parts)
+
+
+def _describe_one(params: Mapping[str, Any]) -> str:
     parts: list[str] = []
     if "instance_count" in params or "instance_kind" in params:
         parts.append(

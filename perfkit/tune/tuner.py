@@ -31,8 +31,9 @@ import logging
 import random
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any, Protocol
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -58,7 +59,7 @@ from perfkit.tune.space import (
 )
 
 # LoopSettings and make_sampler are re-exported: a Tuner is built from this module alone.
-__all__ = ["LoopSettings", "Tuner", "make_sampler"]
+__all__ = ["LoopSettings", "ModelVariants", "Tuner", "Variants", "make_sampler"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +70,30 @@ MAX_CONSECUTIVE_DUPLICATES = 60
 NEIGHBOUR_SAMPLERS = ("tpe", "nsga2")
 NEIGHBOUR_AFTER = 3
 WAIT_FOR_PEER_S = 900.0
+
+
+class Variants(Protocol):
+    """How the tuner makes, identifies and shows a variant of its base: one model's config
+    (`ModelVariants`), or an ensemble's composing models' configs (perfkit.tune.ensemble)."""
+
+    def build(self, base: Any, params: Mapping[str, Any]) -> Any: ...
+
+    def key(self, variant: Any, params: Mapping[str, Any]) -> str: ...
+
+    def text(self, variant: Any) -> str: ...
+
+
+class ModelVariants:
+    """A model's config variants: `build_variant`, `variant_key`, its config.pbtxt text."""
+
+    def build(self, base: ModelConfig, params: Mapping[str, Any]) -> ModelConfig:
+        return build_variant(base, params)
+
+    def key(self, variant: ModelConfig, params: Mapping[str, Any]) -> str:
+        return variant_key(variant, params)
+
+    def text(self, variant: ModelConfig) -> str:
+        return format_config(variant)
 
 
 class Tuner:
@@ -87,6 +112,7 @@ class Tuner:
         evaluator: Evaluator,
         variants_dir: Path | None = None,
         on_trial: Callable[[TrialRecord], None] | None = None,
+        variants: Variants | None = None,
     ) -> None:
         self.settings = settings
         self.space = space
@@ -98,6 +124,7 @@ class Tuner:
         self.evaluator = evaluator
         self.variants_dir = variants_dir
         self.on_trial = on_trial
+        self.variants: Variants = variants or ModelVariants()
         self.single = len(objective.targets) == 1
         # Seconds each trial of this worker spent outside its windows, ask to tell (benchmarks).
         self.overheads_s: list[float] = []
@@ -232,7 +259,7 @@ class Tuner:
         if best is None:
             return None
         load = load_params(best.user_attrs.get(rec.A_PARAMS) or {})
-        key = variant_key(self.base, load)
+        key = self.variants.key(self.base, load)
         where = describe_load(load) or "the same load"
         if best.user_attrs.get(rec.A_KEY) == key:
             return f"the best trial is the default config itself (at {where})"
@@ -293,17 +320,17 @@ class Tuner:
         trial.set_user_attr(rec.A_PARAMS, rec.json_safe(params))
         trial.set_user_attr(rec.A_DEFAULT, is_default)
         try:
-            config = self.base if is_default else build_variant(self.base, params)
+            config = self.base if is_default else self.variants.build(self.base, params)
         except ConfigError as exc:
             return self._fail(study, trial, f"invalid variant: {exc}", t0, measured=True)
-        key = variant_key(config, params)
+        key = self.variants.key(config, params)
         trial.set_user_attr(rec.A_KEY, key)
         same = self._find_same(key, trial.number, trial)
         if same is not None:
             rec.tell_copy(study, trial, same, single=self.single)
             return False
         trial.set_user_attr(rec.A_NAME, name)
-        text = format_config(config)
+        text = self.variants.text(config)
         trial.set_user_attr(rec.A_CONFIG, text)
         if self.variants_dir is not None:
             write_text_atomic(self.variants_dir / name / "config.pbtxt", text)

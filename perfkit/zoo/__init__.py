@@ -70,7 +70,7 @@ def cache_root(cache_dir: Path | None = None) -> Path:
 
 def cached_model_path(name: str, cache_dir: Path | None = None) -> Path:
     """Where the cached model file of a zoo model lives (it may not exist yet)."""
-    filename = SPECS[name].filename if name in SPECS else "model.onnx"
+    filename = (SPECS[name].filename if name in SPECS else None) or "model.onnx"
     return cache_root(cache_dir) / "zoo" / f"{name}-v{BUILDER_VERSION}" / filename
 
 
@@ -140,18 +140,23 @@ def build(name: str, repo_dir: Path, *, cache_dir: Path | None = None) -> Path:
     """Write zoo model `name` into the Triton model repository `repo_dir`; returns `<repo_dir>/<name>`.
 
     Writes `<repo_dir>/<name>/config.pbtxt` and `<repo_dir>/<name>/1/model.onnx` (model.pt for a
-    TorchScript model), replacing what was there. Raises `ModelError` for an unknown name and
-    `ConfigError` when a directory is not writable or a TorchScript model's torch is missing.
+    TorchScript model, model.py for a python model, nothing for an ensemble), replacing what was
+    there, and the zoo models it runs (an ensemble's steps, a BLS model's calls) beside it. Raises
+    `ModelError` for an unknown name and `ConfigError` when a directory is not writable or a
+    TorchScript model's torch is missing.
     """
     model = spec(name)
+    for required in model.requires:
+        build(required, repo_dir, cache_dir=cache_dir)
     model_dir = Path(repo_dir) / name
-    target = model_dir / "1" / model.filename
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if model.cached:
-            _link_or_copy(_ensure_cached(model, cache_dir), target)
+        (model_dir / "1").mkdir(parents=True, exist_ok=True)
+        if model.filename is None:
+            pass  # an ensemble: the version directory Triton requires, empty
+        elif model.cached:
+            _link_or_copy(_ensure_cached(model, cache_dir), model_dir / "1" / model.filename)
         else:
-            _write_atomic(target, model.serialize())
+            _write_atomic(model_dir / "1" / model.filename, model.serialize())
         config_text = model.config_text or format_config(model_config(model))
         _write_atomic(model_dir / "config.pbtxt", config_text.encode())
     except OSError as exc:

@@ -10,7 +10,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from perfkit.datatypes import by_v2
 from perfkit.model_repo.config import parse_config
-from perfkit.zoo import _graphs, _torch
+from perfkit.zoo import _graphs, _pipeline, _torch
 
 # Bump when a graph, its weights or its config change: the cache is keyed by name and this version.
 BUILDER_VERSION = 1
@@ -39,32 +39,122 @@ class ZooModel:
     torchscript: Callable[[], bytes] | None = None
     # Built once into the cache and hard-linked (or copied) into repositories; small ones are built in place.
     cached: bool = False
+    # A python-backend model's model.py source (its config_text says backend "python").
+    python: str | None = None
     # A config.pbtxt written as is, in place of the generated one.
     config_text: str | None = None
+    # Other zoo models this one runs (an ensemble's steps, a BLS model's calls): built with it.
+    requires: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if (self.graph is None) == (self.torchscript is None):
-            raise ValueError(f"zoo model {self.name!r}: give exactly one of graph, torchscript")
+        given = [x for x in (self.graph, self.torchscript, self.python) if x is not None]
+        if len(given) > 1 or (not given and self.config_text is None):
+            raise ValueError(
+                f"zoo model {self.name!r}: give one of graph, torchscript, python (or, for an "
+                "ensemble, none and its config_text)"
+            )
+        if self.python is not None and self.config_text is None:
+            # No generated config for these: `platform` names only the ONNX and TorchScript ones.
+            raise ValueError(f"zoo model {self.name!r}: a python model needs its config_text")
 
     @property
     def platform(self) -> str:
         return "pytorch_libtorch" if self.torchscript is not None else "onnxruntime_onnx"
 
     @property
-    def filename(self) -> str:
-        """The model file in the version directory."""
-        return "model.pt" if self.torchscript is not None else "model.onnx"
+    def filename(self) -> str | None:
+        """The model file in the version directory (None: an ensemble has none)."""
+        if self.torchscript is not None:
+            return "model.pt"
+        if self.python is not None:
+            return "model.py"
+        return "model.onnx" if self.graph is not None else None
 
     def serialize(self) -> bytes:
-        """The model file's bytes."""
+        """The model file's bytes (b"" for an ensemble)."""
         if self.torchscript is not None:
             return self.torchscript()
-        assert self.graph is not None  # __post_init__
-        return self.graph().SerializeToString()
+        if self.python is not None:
+            return self.python.encode()
+        return b"" if self.graph is None else self.graph().SerializeToString()
 
 
 def _vec(name: str, size: int = 16) -> TensorSpec:
     return TensorSpec(name=name, dims=(size,))
+
+
+def _pipeline_specs() -> tuple[ZooModel, ...]:
+    """The pipeline (Python pre -> ONNX -> Python post, as an ensemble and as BLS) and the
+    sequence-batched accumulator: perfkit.zoo._pipeline."""
+    p = _pipeline
+    image = TensorSpec(name="IMAGE", dims=p.IMAGE_HWC, datatype="UINT8")
+    pixels = p.PIXELS_CHW
+    top = (
+        TensorSpec(name="SCORES", dims=(p.TOP_K,)),
+        TensorSpec(name="CLASSES", dims=(p.TOP_K,), datatype="INT32"),
+    )
+    mbs = p.MAX_BATCH_SIZE
+    count = TensorSpec(name="INPUT0", dims=(1,), datatype="INT32")
+    return (
+        ZooModel(
+            name="pipeline_pre",
+            description="pipeline step 1 (python): UINT8 HWC image -> normalized FP32 CHW",
+            inputs=(image,),
+            outputs=(TensorSpec(name="PIXELS", dims=pixels),),
+            max_batch_size=mbs,
+            python=p.PRE_MODEL_PY,
+            config_text=p.PRE_CONFIG,
+        ),
+        ZooModel(
+            name="pipeline_classifier",
+            description="pipeline step 2 (onnx): FP32 [3,4,4] -> 10 logits (Flatten + Gemm)",
+            inputs=(TensorSpec(name="INPUT0", dims=pixels),),
+            outputs=(_vec("OUTPUT0", p.CLASSES),),
+            max_batch_size=mbs,
+            graph=p.classifier,
+            config_text=p.CLASSIFIER_CONFIG,
+        ),
+        ZooModel(
+            name="pipeline_post",
+            description="pipeline step 3 (python): logits -> top-3 softmax scores and classes",
+            inputs=(_vec("LOGITS", p.CLASSES),),
+            outputs=top,
+            max_batch_size=mbs,
+            python=p.POST_MODEL_PY,
+            config_text=p.POST_CONFIG,
+        ),
+        ZooModel(
+            name="pipeline_ensemble",
+            description="ensemble: pipeline_pre -> pipeline_classifier -> pipeline_post",
+            inputs=(image,),
+            outputs=top,
+            max_batch_size=mbs,
+            config_text=p.ENSEMBLE_CONFIG,
+            requires=p.STEPS,
+        ),
+        ZooModel(
+            name="pipeline_bls",
+            description="BLS (python): calls pipeline_pre, pipeline_classifier, pipeline_post",
+            inputs=(image,),
+            outputs=top,
+            max_batch_size=mbs,
+            python=p.BLS_MODEL_PY,
+            config_text=p.BLS_CONFIG,
+            requires=p.STEPS,
+        ),
+        ZooModel(
+            name="accumulator",
+            description=(
+                "stateful (python, sequence batcher): OUTPUT0 = running sum of INPUT0 over the "
+                "sequence (START/END/READY/CORRID)"
+            ),
+            inputs=(count,),
+            outputs=(TensorSpec(name="OUTPUT0", dims=(1,), datatype="INT32"),),
+            max_batch_size=mbs,
+            python=p.ACCUMULATOR_MODEL_PY,
+            config_text=p.ACCUMULATOR_CONFIG,
+        ),
+    )
 
 
 SPECS: dict[str, ZooModel] = {
@@ -131,6 +221,7 @@ SPECS: dict[str, ZooModel] = {
             torchscript=_torch.fc_model_pt,
             config_text=_torch.FC_MODEL_PT_CONFIG,
         ),
+        *_pipeline_specs(),
     )
 }
 

@@ -33,6 +33,7 @@ from perfkit_server.backends import (
     platform_of,
     probe_host,
 )
+from perfkit_server.config_guard import check_fields
 from perfkit_server.errors import (
     InternalError,
     InvalidConfig,
@@ -393,6 +394,7 @@ class Registry:
             # names, backend parameters, caps (instances as placed), warmup names.
             groups = resolve_groups(config, backend, probe_host(config, backend))
             check_load(config, backend, self._limits, source, groups)
+            check_fields(config, backend, source, groups, model_dir)
         except ValueError as exc:
             raise InvalidConfig(str(exc)) from None
         if not config.backend and not config.platform:
