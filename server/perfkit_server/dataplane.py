@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 from perfkit_server import SERVER_NAME, __version__
+from perfkit_server.ensemble import REQUESTED_OUTPUTS
 from perfkit_server.errors import InvalidInput, ModelNotFound, ServerError, Unavailable
 from perfkit_server.modelconfig import config_json
 from perfkit_server.registry import LoadedVersion, Registry
@@ -141,6 +142,7 @@ class DataPlane:
         """Validate, queue, wait for the batch, and build the response (on the loop)."""
         lv, inputs, batch_size, wanted = self._prepare(request)
         start = time.perf_counter_ns()
+        REQUESTED_OUTPUTS.set(wanted)  # an ensemble runs only the steps these need
         try:
             future = lv.scheduler.submit(
                 inputs, batch_size, request.priority, request.timeout_us, request.parameters

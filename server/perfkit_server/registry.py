@@ -32,6 +32,19 @@ from perfkit_server.backends import (
     platform_of,
     probe_host,
 )
+from perfkit_server.ensemble import (
+    EnsembleScheduler,
+    composing_configs,
+    dependents,
+    load_composing,
+)
+from perfkit_server.ensemble_config import (
+    check_composing,
+    check_scheduling,
+    composing_models,
+    is_ensemble,
+    plan_of,
+)
 from perfkit_server.errors import (
     InternalError,
     InvalidConfig,
@@ -72,7 +85,7 @@ class LoadedVersion:
     name: str
     version: int
     config: Any
-    scheduler: Scheduler
+    scheduler: Scheduler | EnsembleScheduler
     stats: ModelStats
     inputs: dict[str, TensorSignature]
     outputs: dict[str, TensorSignature]
@@ -95,6 +108,9 @@ class ModelEntry:
     # Versions last served (or tried), for the index entries of an unavailable model.
     last_versions: list[str] = field(default_factory=list)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # An ensemble unloaded because a composing model was: it loads again with that model
+    # (Triton keeps it in its dependency graph; an ensemble unloaded itself does not come back).
+    awaiting_composing: bool = False
 
 
 def _fingerprint(model_dir: Path) -> tuple[Any, ...]:
@@ -267,7 +283,10 @@ class Registry:
                 return
             try:
                 config = await asyncio.to_thread(self._resolve_config, name, model_dir, override)
-                versions = await self._build_versions(name, model_dir, config)
+                if is_ensemble(config):
+                    versions = await self._build_ensemble(name, model_dir, config)
+                else:
+                    versions = await self._build_versions(name, model_dir, config)
             except Exception as exc:  # load boundary: any backend error fails only this model
                 message = str(exc) or type(exc).__name__
                 if not entry.versions:
@@ -280,11 +299,13 @@ class Registry:
             entry.versions, entry.config = versions, config
             entry.state, entry.reason, entry.fingerprint = "READY", "", fingerprint
             entry.last_versions = [str(v) for v in sorted(versions)]
+            entry.awaiting_composing = False
             logger.info(
                 "loaded model '%s' versions %s", name, ", ".join(str(v) for v in sorted(versions))
             )
             for lv in old.values():
                 await lv.scheduler.close()
+        await self._reload_dependents(name)
 
     async def unload(self, name: str) -> None:
         """Unload every version of a model; queued requests are served first."""
@@ -298,9 +319,14 @@ class Registry:
         async with entry.lock:
             old, entry.versions = entry.versions, {}
             entry.state, entry.reason = "UNAVAILABLE", "unloaded"
+            entry.awaiting_composing = False
             for lv in old.values():
                 await lv.scheduler.close()
             logger.info("unloaded model '%s'", name)
+        # As Triton: an ensemble whose composing model goes is unloaded too, until it comes back.
+        for dependent in dependents(self._configs(loaded=True), name):
+            await self.unload(dependent)
+            self._models[dependent].awaiting_composing = True
 
     async def close(self) -> None:
         """Stop polling and unload everything (serving what is queued)."""
@@ -335,6 +361,58 @@ class Registry:
             await asyncio.sleep(self._settings.repository_poll_secs)
             await self.poll_once()
 
+    # -- ensembles ----------------------------------------------------------------------------
+
+    def _configs(self, loaded: bool) -> dict[str, Any]:
+        """Each model's config: of the loaded models, or of those awaiting a composing model."""
+        return {
+            n: e.config
+            for n, e in self._models.items()
+            if (bool(e.versions) if loaded else e.awaiting_composing)
+        }
+
+    async def _build_ensemble(
+        self, name: str, model_dir: Path, config: Any
+    ) -> dict[int, LoadedVersion]:
+        """An ensemble's versions, its composing models loaded (and it checked against them)."""
+        check_composing(config, await load_composing(self, config))
+        source = f"model '{name}'"
+        inputs = _signatures(config.input, source, "input")
+        outputs = _signatures(config.output, source, "output")
+        plan = plan_of(config)
+        result: dict[int, LoadedVersion] = {}
+        for version in _select_versions(config, model_dir, str(model_dir / CONFIG_FILE)):
+            stats = ModelStats(name, str(version))
+            result[version] = LoadedVersion(
+                name=name,
+                version=version,
+                config=config,
+                scheduler=EnsembleScheduler(plan, self, stats),
+                stats=stats,
+                inputs=inputs,
+                outputs=outputs,
+                max_batch_size=int(config.max_batch_size),
+                platform=str(config.platform),
+            )
+        return result
+
+    async def _reload_dependents(self, name: str) -> None:
+        """After `name` (re)loaded: ensembles waiting for it load again; loaded ones that it no
+        longer fits are unloaded (as Triton re-checks an ensemble whose composing model changed)."""
+        for dependent, config in self._configs(loaded=False).items():
+            if dependents({dependent: config}, name) and all(
+                self.ready(m) for m in composing_models(config)
+            ):
+                await self._load_logged(dependent)
+        for dependent in dependents(self._configs(loaded=True), name):
+            config = self._models[dependent].config
+            try:
+                check_composing(config, composing_configs(self, config))
+            except InvalidConfig as exc:
+                logger.error("ensemble '%s' unloaded: %s", dependent, exc)
+                await self.unload(dependent)
+                self._models[dependent].reason = str(exc)
+
     # -- building -----------------------------------------------------------------------------
 
     def _resolve_config(
@@ -361,6 +439,12 @@ class Registry:
                 f"{source}: name: '{config.name}' does not match the model directory '{name}'"
             )
         config.name = name
+        if is_ensemble(config):
+            check_scheduling(config, source)
+            validate_config(config, source)
+            if not config.HasField("version_policy"):
+                config.version_policy.latest.num_versions = 1
+            return config
         backend = backend_name(config, model_dir)
         if not backend and override is not None and config_path.is_file():
             # Like Triton, fill the backend in from the model's files: here its config.pbtxt.

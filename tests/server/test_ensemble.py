@@ -1,0 +1,307 @@
+"""Ensembles: a request flows through three composing models (each with its own scheduler and
+statistics), independent steps run at once, the load-time checks refuse bad step graphs with
+Triton's words, and unloading a composing model takes the ensemble with it until it returns.
+
+The composing models are tiny ONNX graphs whose results prove the order: add_one then
+scale_two gives (x + 1) * 2, never x * 2 + 1; negate runs on its own branch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.grpc.aio as grpcaio
+import tritonclient.http as httpclient
+from onnx import TensorProto, helper, numpy_helper
+from tritonclient.utils import InferenceServerException
+
+from tests.fixtures.server import ServerHandle, start_server
+from tests.server import models
+from tests.server.helpers import HOOK_ENV, Gate, fp32_input, metrics, stats
+
+SIZE = 4
+_OPS = {"add_one": ("Add", 1.0), "scale_two": ("Mul", 2.0), "negate": ("Neg", None)}
+
+
+def unary(repo: Path, name: str, op: str, *, dims: str = str(SIZE), mbs: int = 8) -> None:
+    """An onnxruntime model OUTPUT0 = op(INPUT0), FP32 [batch, SIZE]."""
+    kind, const = _OPS[op]
+    inputs = ["INPUT0"] if const is None else ["INPUT0", "c"]
+    init = [] if const is None else [numpy_helper.from_array(np.float32(const), "c")]
+    t = TensorProto.FLOAT
+    graph = helper.make_graph(
+        [helper.make_node(kind, inputs, ["OUTPUT0"])],
+        name,
+        [helper.make_tensor_value_info("INPUT0", t, ["batch", SIZE])],
+        [helper.make_tensor_value_info("OUTPUT0", t, ["batch", SIZE])],
+        initializer=init,
+    )
+    models._save(
+        helper.make_model(graph, opset_imports=models._opset()), repo / name / "1" / "model.onnx"
+    )
+    models.write_config(
+        repo,
+        name,
+        f'name: "{name}"\nbackend: "onnxruntime"\nmax_batch_size: {mbs}\n'
+        f'input [ {{ name: "INPUT0" data_type: TYPE_FP32 dims: [ {dims} ] }} ]\n'
+        f'output [ {{ name: "OUTPUT0" data_type: TYPE_FP32 dims: [ {dims} ] }} ]\n'
+        'instance_group [ { count: 1 kind: KIND_CPU } ]\n',
+    )
+
+
+def step(model: str, inputs: dict[str, str], outputs: dict[str, str], version: int = -1) -> str:
+    maps = "".join(f' input_map {{ key: "{k}" value: "{v}" }}' for k, v in inputs.items())
+    maps += "".join(f' output_map {{ key: "{k}" value: "{v}" }}' for k, v in outputs.items())
+    return f'{{ model_name: "{model}" model_version: {version}{maps} }}'
+
+
+def ensemble(
+    repo: Path,
+    name: str,
+    steps: list[str],
+    *,
+    inputs: tuple[str, ...] = ("IN",),
+    outputs: tuple[str, ...] = ("OUT",),
+    mbs: int = 8,
+    dims: str = str(SIZE),
+    dtype: str = "TYPE_FP32",
+    extra: str = "",
+) -> None:
+    def tensors(kind: str, names: tuple[str, ...]) -> str:
+        body = ", ".join(
+            f'{{ name: "{n}" data_type: {dtype} dims: [ {dims} ] }}' for n in names
+        )
+        return f"{kind} [ {body} ]\n"
+
+    (repo / name / "1").mkdir(parents=True, exist_ok=True)
+    models.write_config(
+        repo,
+        name,
+        f'name: "{name}"\nplatform: "ensemble"\nmax_batch_size: {mbs}\n'
+        + tensors("input", inputs)
+        + tensors("output", outputs)
+        + f"ensemble_scheduling {{ step [ {', '.join(steps)} ] }}\n{extra}",
+    )
+
+
+PIPE = [
+    step("add_one", {"INPUT0": "IN"}, {"OUTPUT0": "MID"}),
+    step("scale_two", {"INPUT0": "MID"}, {"OUTPUT0": "OUT"}),
+    step("negate", {"INPUT0": "IN"}, {"OUTPUT0": "NEG"}),
+]
+
+
+def pipeline_repo(repo: Path) -> Path:
+    for op in _OPS:
+        unary(repo, op, op)
+    ensemble(repo, "pipe", PIPE, outputs=("OUT", "NEG"))
+    return repo
+
+
+def _infer(client: Any, module: Any, model: str, x: np.ndarray, outputs: tuple[str, ...] = ()) -> Any:
+    wanted = [module.InferRequestedOutput(o) for o in outputs] or None
+    return client.infer(model, [fp32_input(module, "IN", x)], outputs=wanted)
+
+
+def _count(model_stats: dict[str, Any], key: str) -> int:
+    return int(model_stats["inference_stats"][key]["count"])
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
+    """The pipeline, every model loaded (explicit mode: `pipe` alone loads its composing models)."""
+    repo = pipeline_repo(tmp_path_factory.mktemp("ensemble") / "repo")
+    handle = start_server(repo, "--model-control-mode=explicit", "--load-model=pipe")
+    try:
+        yield handle
+    finally:
+        handle.stop()
+
+
+# -- serving -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_outputs_prove_the_step_order(served, protocol):
+    module: Any = httpclient if protocol == "http" else grpcclient
+    url = served.http_url if protocol == "http" else served.grpc_url
+    client = module.InferenceServerClient(url)
+    x = np.arange(2 * SIZE, dtype=np.float32).reshape(2, SIZE)
+    result = _infer(client, module, "pipe", x)
+    np.testing.assert_array_equal(result.as_numpy("OUT"), (x + 1) * 2)
+    np.testing.assert_array_equal(result.as_numpy("NEG"), -x)
+    assert client.is_model_ready("pipe")
+    meta = client.get_model_metadata("pipe")
+    platform = meta["platform"] if protocol == "http" else meta.platform
+    assert platform == "ensemble"
+
+
+def test_loading_the_ensemble_loaded_its_composing_models(served):
+    index = httpclient.InferenceServerClient(served.http_url).get_model_repository_index()
+    assert {e["name"]: e.get("state") for e in index} == dict.fromkeys(
+        ["add_one", "negate", "pipe", "scale_two"], "READY"
+    )
+
+
+def test_statistics_count_each_composing_model(served):
+    names = ["pipe", *_OPS]
+    before = {m: stats(served.http_url, m) for m in names}
+    client = httpclient.InferenceServerClient(served.http_url)
+    x = np.ones((3, SIZE), dtype=np.float32)
+    n = 5
+    for _ in range(n):
+        _infer(client, httpclient, "pipe", x)
+    after = {m: stats(served.http_url, m) for m in names}
+    for m in names:
+        assert _count(after[m], "success") - _count(before[m], "success") == n, m
+        assert after[m]["inference_count"] - before[m]["inference_count"] == 3 * n, m
+        assert after[m]["execution_count"] - before[m]["execution_count"] == n, m
+    pipe = after["pipe"]
+    by_size = {b["batch_size"]: b for b in pipe["batch_stats"]}
+    assert by_size[3]["compute_infer"]["count"] == n  # only this test sends batches of 3
+    # Triton: the ensemble's compute times are its composing requests' summed, exactly.
+    for key in ("compute_input", "compute_infer", "compute_output"):
+
+        def ns(m: str, key: str = key) -> int:
+            return int(after[m]["inference_stats"][key]["ns"]) - int(
+                before[m]["inference_stats"][key]["ns"]
+            )
+
+        assert ns("pipe") == sum(ns(m) for m in _OPS), key
+    text = metrics(served.metrics_url)
+    assert text['nv_inference_request_success{model="pipe",version="1"}'] == _count(pipe, "success")
+    assert text['nv_inference_exec_count{model="pipe",version="1"}'] == pipe["execution_count"]
+
+
+def test_requested_outputs_run_only_the_steps_they_need(served):
+    before = {m: _count(stats(served.http_url, m), "success") for m in _OPS}
+    client = httpclient.InferenceServerClient(served.http_url)
+    x = np.full((1, SIZE), 3, dtype=np.float32)
+    result = _infer(client, httpclient, "pipe", x, outputs=("NEG",))
+    np.testing.assert_array_equal(result.as_numpy("NEG"), -x)
+    assert result.as_numpy("OUT") is None
+    after = {m: _count(stats(served.http_url, m), "success") for m in _OPS}
+    assert after == {"add_one": before["add_one"], "scale_two": before["scale_two"],
+                     "negate": before["negate"] + 1}  # fmt: skip
+
+
+def test_a_failing_step_fails_the_request_naming_its_model(tmp_path, perfkit_server):
+    repo = tmp_path / "repo"
+    unary(repo, "add_one", "add_one")
+    unary(repo, "scale_two", "scale_two")
+    # The ensemble takes any length; its composing models take SIZE, so the check happens there.
+    ensemble(repo, "loose", PIPE[:2], dims="-1")
+    server = perfkit_server(repo)
+    client = httpclient.InferenceServerClient(server.http_url)
+    x = np.ones((1, SIZE + 1), dtype=np.float32)
+    with pytest.raises(InferenceServerException) as exc:
+        _infer(client, httpclient, "loose", x)
+    assert exc.value.status() == "400"
+    assert exc.value.message().startswith("in ensemble 'loose', unexpected shape for input")
+    assert "for model 'add_one'" in exc.value.message()
+    assert _count(stats(server.http_url, "loose"), "fail") == 1
+    assert _count(stats(server.http_url, "add_one"), "success") == 0
+    ok = _infer(client, httpclient, "loose", np.ones((1, SIZE), dtype=np.float32))
+    np.testing.assert_array_equal(ok.as_numpy("OUT"), np.full((1, SIZE), 4, dtype=np.float32))
+
+
+# -- concurrency and propagation ---------------------------------------------------------------
+
+
+async def test_independent_steps_run_at_the_same_time(tmp_path, perfkit_server, monkeypatch):
+    """Both branches' executions start before either is released: they run concurrently."""
+    monkeypatch.setenv(HOOK_ENV, str(tmp_path))
+    repo = tmp_path / "repo"
+    with Gate(tmp_path, "left") as left, Gate(tmp_path, "right") as right:
+        for name in ("left", "right"):
+            models.slow_identity(repo, name, delay_us=0, max_batch_size=8)
+        ensemble(
+            repo,
+            "fork",
+            [
+                step("left", {"INPUT0": "IN"}, {"OUTPUT0": "L"}),
+                step("right", {"INPUT0": "IN"}, {"OUTPUT0": "R"}),
+            ],
+            outputs=("L", "R"),
+            dims="16",
+        )
+        server = perfkit_server(repo)
+        client = grpcaio.InferenceServerClient(server.grpc_url)
+        try:
+            x = np.full((1, 16), 7, dtype=np.float32)
+            call = asyncio.ensure_future(client.infer("fork", [fp32_input(grpcaio, "IN", x)]))
+            await asyncio.gather(left.started(), right.started())
+            left.release()
+            right.release()
+            result = await asyncio.wait_for(call, 30)
+            np.testing.assert_array_equal(result.as_numpy("L"), x)
+            np.testing.assert_array_equal(result.as_numpy("R"), x)
+        finally:
+            await client.close()
+
+
+async def test_timeout_reaches_the_composing_model(tmp_path, perfkit_server, monkeypatch):
+    """The ensemble request's timeout is the composing request's: queued behind a held
+    execution past it, the step (and so the ensemble request) is rejected."""
+    monkeypatch.setenv(HOOK_ENV, str(tmp_path))
+    repo = tmp_path / "repo"
+    with Gate(tmp_path, "held") as gate:
+        models.slow_identity(repo, "held", delay_us=0, max_batch_size=8)
+        ensemble(repo, "wrap", [step("held", {"INPUT0": "IN"}, {"OUTPUT0": "OUT"})], dims="16")
+        server = perfkit_server(repo)
+        client = grpcaio.InferenceServerClient(server.grpc_url)
+        try:
+            x = np.ones((1, 16), dtype=np.float32)
+            first = asyncio.ensure_future(client.infer("wrap", [fp32_input(grpcaio, "IN", x)]))
+            await gate.started()
+            second = asyncio.ensure_future(
+                client.infer("wrap", [fp32_input(grpcaio, "IN", x)], timeout=1)
+            )
+            pending = 'nv_inference_pending_request_count{model="held",version="1"}'
+            await _until(lambda: metrics(server.metrics_url).get(pending) == 1)
+            gate.release()
+            await asyncio.wait_for(first, 30)
+            with pytest.raises(InferenceServerException) as exc:
+                await asyncio.wait_for(second, 30)
+            assert "in ensemble 'wrap', Request timeout expired" in exc.value.message()
+        finally:
+            await client.close()
+
+
+async def _until(condition: Any, timeout_s: float = 30.0) -> None:
+    """Poll `condition` until it holds (bounded)."""
+    async with asyncio.timeout(timeout_s):
+        while not condition():
+            await asyncio.sleep(0.02)
+
+
+# -- unload and reload -------------------------------------------------------------------------
+
+
+def test_unloading_a_composing_model_takes_the_ensemble_until_it_returns(tmp_path, perfkit_server):
+    repo = pipeline_repo(tmp_path / "repo")
+    server = perfkit_server(repo, "--model-control-mode=explicit", "--load-model=pipe")
+    client = httpclient.InferenceServerClient(server.http_url)
+    client.unload_model("add_one")
+    assert not client.is_model_ready("pipe")
+    index = {e["name"]: e for e in client.get_model_repository_index()}
+    assert index["pipe"]["state"] == "UNAVAILABLE"
+    assert index["pipe"]["reason"] == "unloaded"
+    assert client.is_model_ready("negate")
+    client.load_model("add_one")
+    assert client.is_model_ready("pipe")
+    x = np.zeros((1, SIZE), dtype=np.float32)
+    np.testing.assert_array_equal(_infer(client, httpclient, "pipe", x).as_numpy("OUT"), x + 2)
+    client.unload_model("pipe")
+    assert not client.is_model_ready("pipe")
+    assert all(client.is_model_ready(m) for m in _OPS)
+    # An ensemble unloaded itself stays unloaded when a composing model loads again.
+    client.unload_model("add_one")
+    client.load_model("add_one")
+    assert not client.is_model_ready("pipe")
