@@ -33,7 +33,9 @@ def unary(repo: Path, name: str, op: str, *, dims: str = str(SIZE), mbs: int = 8
     """An onnxruntime model OUTPUT0 = op(INPUT0), FP32 [batch, SIZE]."""
     kind, const = _OPS[op]
     inputs = ["INPUT0"] if const is None else ["INPUT0", "c"]
-    init = [] if const is None else [numpy_helper.from_array(np.float32(const), "c")]
+    init = (
+        [] if const is None else [numpy_helper.from_array(np.array(const, dtype=np.float32), "c")]
+    )
     t = TensorProto.FLOAT
     graph = helper.make_graph(
         [helper.make_node(kind, inputs, ["OUTPUT0"])],
@@ -51,7 +53,7 @@ def unary(repo: Path, name: str, op: str, *, dims: str = str(SIZE), mbs: int = 8
         f'name: "{name}"\nbackend: "onnxruntime"\nmax_batch_size: {mbs}\n'
         f'input [ {{ name: "INPUT0" data_type: TYPE_FP32 dims: [ {dims} ] }} ]\n'
         f'output [ {{ name: "OUTPUT0" data_type: TYPE_FP32 dims: [ {dims} ] }} ]\n'
-        'instance_group [ { count: 1 kind: KIND_CPU } ]\n',
+        "instance_group [ { count: 1 kind: KIND_CPU } ]\n",
     )
 
 
@@ -74,9 +76,7 @@ def ensemble(
     extra: str = "",
 ) -> None:
     def tensors(kind: str, names: tuple[str, ...]) -> str:
-        body = ", ".join(
-            f'{{ name: "{n}" data_type: {dtype} dims: [ {dims} ] }}' for n in names
-        )
+        body = ", ".join(f'{{ name: "{n}" data_type: {dtype} dims: [ {dims} ] }}' for n in names)
         return f"{kind} [ {body} ]\n"
 
     (repo / name / "1").mkdir(parents=True, exist_ok=True)
@@ -104,7 +104,9 @@ def pipeline_repo(repo: Path) -> Path:
     return repo
 
 
-def _infer(client: Any, module: Any, model: str, x: np.ndarray, outputs: tuple[str, ...] = ()) -> Any:
+def _infer(
+    client: Any, module: Any, model: str, x: np.ndarray[Any, Any], outputs: tuple[str, ...] = ()
+) -> Any:
     wanted = [module.InferRequestedOutput(o) for o in outputs] or None
     return client.infer(model, [fp32_input(module, "IN", x)], outputs=wanted)
 
@@ -277,7 +279,9 @@ async def test_timeout_reaches_the_composing_model(tmp_path, perfkit_server, mon
 async def _until(condition: Any, timeout_s: float = 30.0) -> None:
     """Poll `condition` until it holds (bounded)."""
     async with asyncio.timeout(timeout_s):
-        while not condition():
+        while True:
+            if condition():
+                return
             await asyncio.sleep(0.02)
 
 
@@ -305,3 +309,142 @@ def test_unloading_a_composing_model_takes_the_ensemble_until_it_returns(tmp_pat
     client.unload_model("add_one")
     client.load_model("add_one")
     assert not client.is_model_ready("pipe")
+
+
+# -- load-time checks (one explicit-mode server; each case loads its own ensemble) -------------
+
+
+@pytest.fixture(scope="module")
+def loader(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerHandle, Path]]:
+    repo = tmp_path_factory.mktemp("ensemble-checks") / "repo"
+    for op in ("add_one", "scale_two"):
+        unary(repo, op, op)
+    unary(repo, "small", "add_one", mbs=2)
+    models.add_sub(repo, "add_sub")
+    models.write_config(repo, "broken", 'name: "broken"\nbackend: "onnxruntime"\n')
+    (repo / "broken" / "1").mkdir()
+    handle = start_server(repo, "--model-control-mode=explicit")
+    try:
+        yield handle, repo
+    finally:
+        handle.stop()
+
+
+ADD = step("add_one", {"INPUT0": "IN"}, {"OUTPUT0": "OUT"})
+CASES: dict[str, tuple[dict[str, Any], str]] = {
+    "missing_model": (
+        dict(steps=[step("ghost", {"INPUT0": "IN"}, {"OUTPUT0": "OUT"})]),
+        "ensemble missing_model contains models that are not available or ambiguous: ghost",
+    ),
+    "unconnected_input": (
+        dict(steps=[step("add_one", {"INPUT0": "NOWHERE"}, {"OUTPUT0": "OUT"})],
+             inputs=("IN", "NOWHERE2")),
+        "ensemble input 'IN' for ensemble unconnected_input' is not used",
+    ),
+    "step_input_from_nowhere": (
+        dict(steps=[ADD, step("scale_two", {"INPUT0": "NOWHERE"}, {"OUTPUT0": "OUT2"})],
+             outputs=("OUT", "OUT2")),
+        "output 'OUT2' for ensemble 'step_input_from_nowhere' is not written: at least one of its "
+        "depending tensors, 'NOWHERE', is not connected",
+    ),
+    "output_not_produced": (
+        dict(steps=[ADD], outputs=("OUT", "EXTRA")),
+        "ensemble output 'EXTRA' for ensemble output_not_produced' is not used",
+    ),
+    "written_twice": (
+        dict(steps=[ADD, step("scale_two", {"INPUT0": "IN"}, {"OUTPUT0": "OUT"})]),
+        "ensemble tensor 'OUT' can appear in an output map only once for ensemble 'written_twice' "
+        "step 1 (step 0 already writes it",
+    ),
+    "step_cycle": (
+        dict(steps=[
+            step("add_sub", {"INPUT0": "IN", "INPUT1": "B"}, {"OUTPUT0": "A", "OUTPUT1": "OUT"}),
+            step("add_one", {"INPUT0": "A"}, {"OUTPUT0": "B"}),
+        ], dims="16"),
+        "output 'OUT' for ensemble 'step_cycle' is not written: at least one of its depending "
+        "tensors, 'A', is not connected",
+    ),
+    "unused_tensor": (
+        dict(steps=[step("add_sub", {"INPUT0": "IN", "INPUT1": "IN"},
+                         {"OUTPUT0": "OUT", "OUTPUT1": "SPARE"})], dims="16"),
+        "ensemble tensor 'SPARE' is unused in ensemble 'unused_tensor' (written by step 0",
+    ),
+    "batch_too_large": (
+        dict(steps=[step("small", {"INPUT0": "IN"}, {"OUTPUT0": "OUT"})], mbs=8),
+        "ensemble batch_too_large allows maximum batch size 8, but it contains model small which "
+        "only allows maximum batch size to be 2 (step 0 (model 'small')",
+    ),
+    "dtype_mismatch": (
+        dict(steps=[ADD], dtype="TYPE_INT32"),
+        "in ensemble dtype_mismatch, ensemble tensor IN: inconsistent data type: TYPE_INT32 is "
+        "inferred from model dtype_mismatch while TYPE_FP32 is inferred from model add_one "
+        "(step 0 (model 'add_one'), input 'INPUT0'",
+    ),
+    "shape_mismatch": (
+        dict(steps=[ADD], dims="5"),
+        "in ensemble shape_mismatch, ensemble tensor IN: inconsistent shape: [-1,5] is inferred "
+        "from model shape_mismatch while [-1,4] is inferred from model add_one",
+    ),
+    "input_not_mapped": (
+        dict(steps=[step("add_sub", {"INPUT0": "IN"}, {"OUTPUT0": "OUT"})], dims="16"),
+        "in ensemble input_not_mapped, input INPUT1 in model add_sub is not mapped to any "
+        "ensemble tensors (step 0 (model 'add_sub')",
+    ),
+    "no_such_input": (
+        dict(steps=[step("add_one", {"INPUT9": "IN"}, {"OUTPUT0": "OUT"})]),
+        "in ensemble no_such_input, ensemble tensor IN is mapping to non-existing input INPUT9 in "
+        "model add_one",
+    ),
+    "instance_group": (
+        dict(steps=[ADD], extra="instance_group [ { count: 1 kind: KIND_CPU } ]\n"),
+        "instance group should not be specified for ensemble 'instance_group'",
+    ),
+    "composing_load_fails": (
+        dict(steps=[step("broken", {"INPUT0": "IN"}, {"OUTPUT0": "OUT"})]),
+        "ensemble 'composing_load_fails' depends on 'broken' which has no loaded version. Model "
+        "'broken' loading failed with error:",
+    ),
+    "version_not_served": (
+        dict(steps=[step("add_one", {"INPUT0": "IN"}, {"OUTPUT0": "OUT"}, version=3)]),
+        "ensemble 'version_not_served' depends on 'add_one' whose required version 3 is not loaded",
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_load_refuses(loader, case):
+    server, repo = loader
+    kwargs, expected = CASES[case]
+    ensemble(repo, case, **kwargs)
+    client = httpclient.InferenceServerClient(server.http_url)
+    with pytest.raises(InferenceServerException) as exc:
+        client.load_model(case)
+    assert exc.value.status() == "400"
+    assert expected in exc.value.message()
+    index = {e["name"]: e for e in client.get_model_repository_index()}
+    assert index[case]["state"] == "UNAVAILABLE"
+    assert expected in index[case]["reason"]
+
+
+def test_load_refuses_a_cycle_between_ensembles(loader):
+    server, repo = loader
+    ensemble(repo, "ouro", [step("boros", {"IN": "IN"}, {"OUT": "OUT"})])
+    ensemble(repo, "boros", [step("ouro", {"IN": "IN"}, {"OUT": "OUT"})])
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    with pytest.raises(InferenceServerException) as exc:
+        client.load_model("ouro")
+    assert exc.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert "circular dependency between ensembles: ouro -> boros -> ouro" in exc.value.message()
+    assert not client.is_model_ready("boros")
+
+
+def test_an_ensemble_of_an_ensemble_serves(loader):
+    server, repo = loader
+    ensemble(repo, "inner", [step("add_one", {"INPUT0": "IN"}, {"OUTPUT0": "OUT"})])
+    ensemble(repo, "outer", [step("inner", {"IN": "IN"}, {"OUT": "MID"}),
+                             step("scale_two", {"INPUT0": "MID"}, {"OUTPUT0": "OUT"})])  # fmt: skip
+    client = httpclient.InferenceServerClient(server.http_url)
+    client.load_model("outer")
+    x = np.ones((2, SIZE), dtype=np.float32)
+    np.testing.assert_array_equal(_infer(client, httpclient, "outer", x).as_numpy("OUT"), x * 4)
+    assert _count(stats(server.http_url, "inner"), "success") == 1
