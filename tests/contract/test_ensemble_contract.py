@@ -1,0 +1,261 @@
+"""Contract: the same ensemble on perfkit_server and a real tritonserver: same outputs, same
+statistics (the ensemble's and each composing model's), same pruning, same unload semantics.
+
+Composing models compute add_one, scale_two and negate: python-backend models on Triton (the
+only backend its wheel carries), onnxruntime graphs on perfkit_server; the ensemble configs are
+the same file. Ensembles are Triton core, so the real server runs all of it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from tests.contract._client import PROTOCOLS, STAT_KEYS, index, statistics
+from tests.contract._models import PERFKIT, TRITON
+from tests.contract._server import Server
+from tests.fixtures.server import start_server
+from tests.fixtures.triton import triton_available
+from tests.server.test_ensemble import PIPE, SIZE, ensemble, step, unary
+
+pytestmark = pytest.mark.timeout(180)
+
+OPS = ("add_one", "scale_two", "negate")
+
+_MODEL_PY = textwrap.dedent(
+    '''
+    """perfkit contract: OUTPUT0 = op(INPUT0) for Triton's python backend."""
+    import json
+
+    import numpy as np
+    import triton_python_backend_utils as pb_utils
+
+    OPS = {"add_one": lambda x: x + 1, "scale_two": lambda x: x * 2, "negate": lambda x: -x}
+
+
+    class TritonPythonModel:
+        def initialize(self, args):
+            config = json.loads(args["model_config"])
+            self.op = OPS[config["parameters"]["op"]["string_value"]]
+
+        def execute(self, requests):
+            responses = []
+            for request in requests:
+                x = pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy()
+                out = pb_utils.Tensor("OUTPUT0", self.op(x).astype(np.float32))
+                responses.append(pb_utils.InferenceResponse(output_tensors=[out]))
+            return responses
+    '''
+)
+
+
+def _python_model(repo: Path, name: str, op: str, mbs: int = 8) -> None:
+    (repo / name / "1").mkdir(parents=True, exist_ok=True)
+    (repo / name / "1" / "model.py").write_text(_MODEL_PY)
+    (repo / name / "config.pbtxt").write_text(
+        f'name: "{name}"\nbackend: "python"\nmax_batch_size: {mbs}\n'
+        f'input [ {{ name: "INPUT0" data_type: TYPE_FP32 dims: [ {SIZE} ] }} ]\n'
+        f'output [ {{ name: "OUTPUT0" data_type: TYPE_FP32 dims: [ {SIZE} ] }} ]\n'
+        "instance_group [ { count: 1 kind: KIND_CPU } ]\n"
+        f'parameters {{ key: "op" value {{ string_value: "{op}" }} }}\n'
+    )
+
+
+def _write_composing(repo: Path, kind: str, name: str, op: str, mbs: int = 8) -> None:
+    if kind == TRITON:
+        _python_model(repo, name, op, mbs)
+    else:
+        unary(repo, name, op, mbs=mbs)
+
+
+def _write_repo(repo: Path, kind: str) -> None:
+    for op in OPS:
+        _write_composing(repo, kind, op, op)
+    _write_composing(repo, kind, "small", "add_one", mbs=2)
+    ensemble(repo, "pipe", PIPE, outputs=("OUT", "NEG"))
+    # Any length at the ensemble, SIZE at its composing models: a request can fail in a step.
+    ensemble(repo, "loose", PIPE[:2], dims="-1")
+
+
+@contextlib.contextmanager
+def _launch(kind: str, repo: Path, base: Path, cache: Path) -> Iterator[tuple[str, str, str, Path]]:
+    models = ("pipe", "loose")  # explicit mode: each loads its composing models
+    if kind == PERFKIT:
+        log = base / "perfkit.log"
+        handle = start_server(
+            repo, "--model-control-mode=explicit", *(f"--load-model={m}" for m in models),
+            log_path=log,
+        )  # fmt: skip
+        try:
+            yield handle.http_url, handle.grpc_url, handle.metrics_url, log
+        finally:
+            handle.stop()
+        return
+    from perfkit.launch import LocalTriton
+
+    log = base / "triton.log"
+    triton = LocalTriton(
+        repo,
+        load_models=models,
+        disable_auto_complete_config=True,
+        cache_dir=cache,
+        log_path=log,
+        extra_args=("--exit-timeout-secs=3",),
+    )
+    triton.start()
+    try:
+        yield triton.http_url, triton.grpc_url, triton.metrics_url.removesuffix("/metrics"), log
+    finally:
+        triton.stop()
+
+
+@pytest.fixture(scope="module", params=[PERFKIT, pytest.param(TRITON, marks=pytest.mark.triton)])
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:  # fmt: skip
+    kind: str = request.param
+    if kind == TRITON and not triton_available():
+        pytest.skip("no tritonserver: neither on PATH nor the nvidia-pytriton wheel")
+    base = tmp_path_factory.mktemp(f"ensemble-{kind}")
+    repo = base / "repo"
+    _write_repo(repo, kind)
+    cache = request.getfixturevalue("triton_cache_dir") if kind == TRITON else base
+    with _launch(kind, repo, base, cache) as (http_url, grpc_url, metrics_url, log):
+        srv = Server(kind, repo, http_url, grpc_url, metrics_url, log, {})
+        try:
+            yield srv
+        finally:
+            srv.close()
+            if request.session.testsfailed:
+                sys.stderr.write(f"----- {kind} log ({log}) -----\n{srv.log()[-20000:]}\n")
+
+
+def _infer(server: Server, protocol: str, model: str, x: Any, outputs: tuple[str, ...] = ()) -> Any:
+    module: Any = httpclient if protocol == "http" else grpcclient
+    inp = module.InferInput("IN", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    wanted = [module.InferRequestedOutput(o) for o in outputs] or None
+    return server.client(protocol).infer(model, [inp], outputs=wanted)
+
+
+def _successes(server: Server, models: tuple[str, ...]) -> dict[str, int]:
+    return {m: statistics(server, "http", m)["inference_stats"]["success"]["count"] for m in models}
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_outputs(server, protocol):
+    x = np.arange(2 * SIZE, dtype=np.float32).reshape(2, SIZE)
+    result = _infer(server, protocol, "pipe", x)
+    np.testing.assert_array_equal(result.as_numpy("OUT"), (x + 1) * 2)
+    np.testing.assert_array_equal(result.as_numpy("NEG"), -x)
+
+
+def test_loading_the_ensemble_loads_its_composing_models(server):
+    entries = index(server, "http")
+    for model in ("pipe", "loose", *OPS):
+        assert entries[model]["state"] == "READY", model
+    assert "small" not in entries or entries["small"].get("state") != "READY"
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_statistics(server, protocol):
+    names = ("pipe", *OPS)
+    before = {m: statistics(server, protocol, m) for m in names}
+    n, rows = 4, 3
+    for _ in range(n):
+        _infer(server, protocol, "pipe", np.ones((rows, SIZE), dtype=np.float32))
+    after = {m: statistics(server, protocol, m) for m in names}
+    for m in names:
+        stats = after[m]["inference_stats"]
+        assert set(STAT_KEYS) <= set(stats), m
+        for key in ("success", "queue", "compute_input", "compute_infer", "compute_output"):
+            assert stats[key]["count"] - before[m]["inference_stats"][key]["count"] == n, (m, key)
+        assert after[m]["inference_count"] - before[m]["inference_count"] == n * rows, m
+        assert after[m]["execution_count"] - before[m]["execution_count"] == n, m
+        sizes = {b["batch_size"]: b for b in after[m]["batch_stats"]}
+        assert sizes[rows]["compute_infer"]["count"] >= n, m
+
+
+def test_the_ensemble_compute_time_is_its_steps(server):
+    """Triton adds each composing request's compute times to its ensemble request's."""
+    names = ("pipe", *OPS)
+    before = {m: statistics(server, "http", m)["inference_stats"] for m in names}
+    _infer(server, "http", "pipe", np.ones((1, SIZE), dtype=np.float32))
+    after = {m: statistics(server, "http", m)["inference_stats"] for m in names}
+    for key in ("compute_input", "compute_infer", "compute_output"):
+        delta = {m: after[m][key]["ns"] - before[m][key]["ns"] for m in names}
+        assert delta["pipe"] == sum(delta[m] for m in OPS), key
+
+
+def test_requested_outputs_prune_the_other_steps(server):
+    before = _successes(server, OPS)
+    x = np.full((1, SIZE), 3, dtype=np.float32)
+    result = _infer(server, "http", "pipe", x, outputs=("NEG",))
+    np.testing.assert_array_equal(result.as_numpy("NEG"), -x)
+    assert result.as_numpy("OUT") is None
+    after = _successes(server, OPS)
+    assert after == {**before, "negate": before["negate"] + 1}
+
+
+def _fail_loose(server: Server, protocol: str) -> InferenceServerException:
+    with pytest.raises(InferenceServerException) as exc:
+        _infer(server, protocol, "loose", np.ones((1, SIZE + 1), dtype=np.float32))
+    return exc.value
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_a_failing_step_fails_the_request(server, protocol):
+    error = _fail_loose(server, protocol)
+    assert error.status() == ("400" if protocol == "http" else "StatusCode.INVALID_ARGUMENT")
+    message = error.message()
+    assert message.startswith("in ensemble 'loose', ")
+    assert "unexpected shape for input 'INPUT0' for model 'add_one'" in message
+
+
+@pytest.mark.diverges(
+    "Triton counts a failed ensemble request twice in fail (RespondIfError reports it, then its "
+    "request tracker again); perfkit_server counts it once"
+)
+def test_a_failed_request_counts_twice_in_the_ensemble_fail(server):
+    before = statistics(server, "http", "loose")["inference_stats"]["fail"]["count"]
+    _fail_loose(server, "http")
+    after = statistics(server, "http", "loose")["inference_stats"]["fail"]["count"]
+    assert after == before + 2
+
+
+def test_load_refuses_a_batch_larger_than_a_composing_model(server):
+    ensemble(server.repo, "too_wide", [step("small", {"INPUT0": "IN"}, {"OUTPUT0": "OUT"})])
+    with pytest.raises(InferenceServerException) as exc:
+        server.client("http").load_model("too_wide")
+    assert exc.value.status() == "400"
+    assert (
+        "ensemble too_wide allows maximum batch size 8, but it contains model small which only "
+        "allows maximum batch size to be 2"
+    ) in exc.value.message()
+
+
+def test_unload_semantics(server):
+    client = server.client("http")
+    x = np.zeros((1, SIZE), dtype=np.float32)
+    client.unload_model("add_one")
+    assert not client.is_model_ready("pipe")
+    entry = index(server, "http")["pipe"]
+    assert (entry["state"], entry.get("reason")) == ("UNAVAILABLE", "unloaded")
+    assert client.is_model_ready("negate")
+    client.load_model("add_one")  # the ensemble comes back with it
+    assert client.is_model_ready("pipe")
+    np.testing.assert_array_equal(_infer(server, "http", "pipe", x).as_numpy("OUT"), x + 2)
+    client.unload_model("pipe")  # its composing models stay
+    assert not client.is_model_ready("pipe")
+    for model in OPS:
+        assert client.is_model_ready(model), model
+    client.load_model("pipe")
+    assert client.is_model_ready("pipe")
