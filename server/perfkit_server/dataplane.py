@@ -149,7 +149,10 @@ class DataPlane:
             )
             outputs, times = await future
         except ServerError as exc:
-            reason = "REJECTED" if isinstance(exc, Unavailable) else "BACKEND"
+            # An ensemble's failure carries its own reason (Triton's OTHER), whatever the step's.
+            reason = getattr(exc, "failure_reason", "") or (
+                "REJECTED" if isinstance(exc, Unavailable) else "BACKEND"
+            )
             lv.stats.record_failure(time.perf_counter_ns() - start, reason)
             raise
         except asyncio.CancelledError:  # the client reset or dropped the call (Triton: CANCELED)

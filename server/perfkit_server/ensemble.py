@@ -274,9 +274,10 @@ def _reshaped(data: Array, config_dims: Sequence[int], batching: bool, batch_siz
 def _in_ensemble(name: str, error: BaseException) -> ServerError:
     """The step's error, same kind (same status), naming the ensemble as Triton does."""
     message = f"in ensemble '{name}', {error}"
-    if isinstance(error, ServerError):
-        return type(error)(message)
-    return InternalError(message)
+    wrapped = type(error)(message) if isinstance(error, ServerError) else InternalError(message)
+    # The ensemble's own failure metric: Triton reports every failed ensemble request as OTHER.
+    wrapped.failure_reason = "OTHER"  # type: ignore[attr-defined]
+    return wrapped
 
 
 # -- loading -----------------------------------------------------------------------------------

@@ -23,7 +23,16 @@ from tritonclient.utils import InferenceServerException
 
 from tests.fixtures.server import ServerHandle, start_server
 from tests.server import models
-from tests.server.helpers import HOOK_ENV, Gate, fp32_input, metrics, stats
+from tests.server.helpers import (
+    HOOK_ENV,
+    Gate,
+    fp32_input,
+    metrics,
+    overlapping,
+    span_log,
+    spans,
+    stats,
+)
 
 SIZE = 4
 _OPS = {"add_one": ("Add", 1.0), "scale_two": ("Mul", 2.0), "negate": ("Neg", None)}
@@ -74,6 +83,7 @@ def ensemble(
     dims: str = str(SIZE),
     dtype: str = "TYPE_FP32",
     extra: str = "",
+    max_inflight: int = 0,
 ) -> None:
     def tensors(kind: str, names: tuple[str, ...]) -> str:
         body = ", ".join(f'{{ name: "{n}" data_type: {dtype} dims: [ {dims} ] }}' for n in names)
@@ -86,7 +96,9 @@ def ensemble(
         f'name: "{name}"\nplatform: "ensemble"\nmax_batch_size: {mbs}\n'
         + tensors("input", inputs)
         + tensors("output", outputs)
-        + f"ensemble_scheduling {{ step [ {', '.join(steps)} ] }}\n{extra}",
+        + "ensemble_scheduling { "
+        + (f"max_inflight_requests: {max_inflight} " if max_inflight else "")
+        + f"step [ {', '.join(steps)} ] }}\n{extra}",
     )
 
 
@@ -208,6 +220,8 @@ def test_a_failing_step_fails_the_request_naming_its_model(tmp_path, perfkit_ser
     assert exc.value.message().startswith("in ensemble 'loose', unexpected shape for input")
     assert "for model 'add_one'" in exc.value.message()
     assert _count(stats(server.http_url, "loose"), "fail") == 1
+    failed = 'nv_inference_request_failure{{model="{}",reason="{}",version="1"}}'
+    assert metrics(server.metrics_url)[failed.format("loose", "OTHER")] == 1
     assert _count(stats(server.http_url, "add_one"), "success") == 0
     ok = _infer(client, httpclient, "loose", np.ones((1, SIZE), dtype=np.float32))
     np.testing.assert_array_equal(ok.as_numpy("OUT"), np.full((1, SIZE), 4, dtype=np.float32))
@@ -283,6 +297,34 @@ async def _until(condition: Any, timeout_s: float = 30.0) -> None:
             if condition():
                 return
             await asyncio.sleep(0.02)
+
+
+async def test_max_inflight_requests_limits_each_step(tmp_path, perfkit_server, monkeypatch):
+    """With max_inflight_requests: 1, two requests never execute the step at once, even on a
+    model with two instances: the second starts only after the first is released."""
+    monkeypatch.setenv(HOOK_ENV, str(tmp_path))
+    repo = tmp_path / "repo"
+    with Gate(tmp_path, "two") as gate:
+        models.slow_identity(repo, "two", delay_us=0, instances=2)
+        ensemble(
+            repo, "narrow", [step("two", {"INPUT0": "IN"}, {"OUTPUT0": "OUT"})], dims="16",
+            max_inflight=1,
+        )  # fmt: skip
+        server = perfkit_server(repo)
+        client = grpcaio.InferenceServerClient(server.grpc_url)
+        try:
+            x = np.ones((1, 16), dtype=np.float32)
+            calls = [
+                asyncio.ensure_future(client.infer("narrow", [fp32_input(grpcaio, "IN", x)]))
+                for _ in range(2)
+            ]
+            for _ in calls:
+                await gate.started()
+                gate.release()
+            await asyncio.wait_for(asyncio.gather(*calls), 30)
+        finally:
+            await client.close()
+        assert not overlapping(spans(span_log(tmp_path, "two")))
 
 
 # -- unload and reload -------------------------------------------------------------------------
