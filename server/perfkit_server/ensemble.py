@@ -67,7 +67,7 @@ class EnsembleScheduler:
         self._plan = plan
         self._registry = registry
         self._stats = stats
-        self._spec = BatcherSpec(max_batch_size=1 if plan.batching else 0, dynamic=False)
+        self._spec = BatcherSpec(max_batch_size=plan.max_batch_size, dynamic=False)
         limit = plan.max_inflight_requests
         # Triton's per-step in-flight limit, shared by all requests of this ensemble.
         self._limits = [asyncio.Semaphore(limit) if limit > 0 else None for _ in plan.steps]

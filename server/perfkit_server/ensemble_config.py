@@ -43,13 +43,17 @@ class EnsemblePlan:
     """The step graph of one ensemble, as its scheduler walks it."""
 
     name: str
-    batching: bool  # max_batch_size > 0: the ensemble's tensors carry a batch dimension
+    max_batch_size: int  # > 0: the ensemble's tensors carry a batch dimension
     steps: tuple[Step, ...]
     inputs: tuple[str, ...]
     optional_inputs: frozenset[str]
     outputs: dict[str, tuple[int, ...]]  # ensemble output -> dims (reshape if set)
     producer: dict[str, int]  # ensemble tensor -> the step that writes it
     max_inflight_requests: int  # per step, across requests; 0: unlimited
+
+    @property
+    def batching(self) -> bool:
+        return self.max_batch_size > 0
 
     def needed_steps(self, wanted: Iterable[str]) -> list[Step]:
         """The steps that the wanted outputs depend on (all steps when `wanted` is empty).
@@ -83,7 +87,7 @@ def plan_of(config: Any) -> EnsemblePlan:
     )
     return EnsemblePlan(
         name=str(config.name),
-        batching=int(config.max_batch_size) > 0,
+        max_batch_size=int(config.max_batch_size),
         steps=steps,
         inputs=tuple(str(t.name) for t in config.input),
         optional_inputs=frozenset(str(t.name) for t in config.input if t.optional),

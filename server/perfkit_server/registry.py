@@ -444,6 +444,7 @@ class Registry:
             validate_config(config, source)
             if not config.HasField("version_policy"):
                 config.version_policy.latest.num_versions = 1
+            config.model_transaction_policy.SetInParent()  # Triton fills in decoupled: false
             return config
         backend = backend_name(config, model_dir)
         if not backend and override is not None and config_path.is_file():

@@ -259,3 +259,30 @@ def test_unload_semantics(server):
         assert client.is_model_ready(model), model
     client.load_model("pipe")
     assert client.is_model_ready("pipe")
+
+
+def test_config_and_metadata(server):
+    """The served config as Triton normalizes an ensemble's (no instance groups, no optimization,
+    decoupled false, each step's model_namespace), and the same metadata."""
+    client = server.client("http")
+    config = client.get_model_config("pipe")
+    # Triton 2.51's proto predates max_inflight_requests; newer ones print it as 0.
+    config["ensemble_scheduling"].pop("max_inflight_requests", None)
+    assert config["platform"] == "ensemble"
+    assert config["backend"] == ""
+    assert config["instance_group"] == []
+    assert "optimization" not in config
+    assert config["model_transaction_policy"] == {"decoupled": False}
+    assert config["version_policy"] == {"latest": {"num_versions": 1}}
+    assert config["ensemble_scheduling"]["step"][0] == {
+        "model_name": "add_one",
+        "model_version": -1,
+        "input_map": {"INPUT0": "IN"},
+        "output_map": {"OUTPUT0": "MID"},
+        "model_namespace": "",
+    }
+    meta = client.get_model_metadata("pipe")
+    assert meta["platform"] == "ensemble"
+    assert meta["versions"] == ["1"]
+    assert [o["name"] for o in meta["outputs"]] == ["OUT", "NEG"]
+    assert all(o["shape"] == [-1, SIZE] for o in meta["outputs"] + meta["inputs"])
