@@ -290,6 +290,44 @@ async def test_timeout_reaches_the_composing_model(tmp_path, perfkit_server, mon
             await client.close()
 
 
+async def test_priority_reaches_the_composing_model(tmp_path, perfkit_server, monkeypatch):
+    """Queued behind a held execution, the ensemble request sent later with the higher priority
+    runs first at the composing model's dynamic batcher."""
+    monkeypatch.setenv(HOOK_ENV, str(tmp_path))
+    repo = tmp_path / "repo"
+    with Gate(tmp_path, "ranked") as gate:
+        batching = "dynamic_batching { priority_levels: 2 default_priority_level: 2 }"
+        models.slow_identity(repo, "ranked", delay_us=0, max_batch_size=1, batching=batching)
+        ensemble(
+            repo, "ranks", [step("ranked", {"INPUT0": "IN"}, {"OUTPUT0": "OUT"})], dims="16",
+            mbs=1,
+        )  # fmt: skip
+        server = perfkit_server(repo)
+        client = grpcaio.InferenceServerClient(server.grpc_url)
+
+        def send(value: float, priority: int = 0) -> asyncio.Future[Any]:
+            x = np.full((1, 16), value, dtype=np.float32)
+            inputs = [fp32_input(grpcaio, "IN", x)]
+            return asyncio.ensure_future(client.infer("ranks", inputs, priority=priority))
+
+        try:
+            held = send(0)
+            await gate.started()
+            low, high = send(1, priority=2), send(2, priority=1)
+            pending = 'nv_inference_pending_request_count{model="ranked",version="1"}'
+            await _until(lambda: metrics(server.metrics_url).get(pending) == 2)
+            gate.release()
+            await asyncio.wait_for(held, 30)
+            await gate.started()
+            gate.release()
+            done, _ = await asyncio.wait({low, high}, return_when=asyncio.FIRST_COMPLETED)
+            assert done == {high}
+            gate.release()
+            await asyncio.wait_for(low, 30)
+        finally:
+            await client.close()
+
+
 async def _until(condition: Any, timeout_s: float = 30.0) -> None:
     """Poll `condition` until it holds (bounded)."""
     async with asyncio.timeout(timeout_s):
