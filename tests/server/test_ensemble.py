@@ -305,7 +305,7 @@ async def test_priority_reaches_the_composing_model(tmp_path, perfkit_server, mo
         server = perfkit_server(repo)
         client = grpcaio.InferenceServerClient(server.grpc_url)
 
-        def send(value: float, priority: int = 0) -> asyncio.Future[Any]:
+        def send(value: float, priority: int = 0) -> Any:
             x = np.full((1, 16), value, dtype=np.float32)
             inputs = [fp32_input(grpcaio, "IN", x)]
             return asyncio.ensure_future(client.infer("ranks", inputs, priority=priority))
