@@ -142,7 +142,7 @@ class DataPlane:
         """Validate, queue, wait for the batch, and build the response (on the loop)."""
         lv, inputs, batch_size, wanted = self._prepare(request)
         start = time.perf_counter_ns()
-        REQUESTED_OUTPUTS.set(wanted)  # an ensemble runs only the steps these need
+        REQUESTED_OUTPUTS.set((inputs, wanted))  # an ensemble runs only the steps these need
         try:
             future = lv.scheduler.submit(
                 inputs, batch_size, request.priority, request.timeout_us, request.parameters

@@ -43,9 +43,13 @@ if TYPE_CHECKING:
 
 Outputs = dict[str, Array]
 
-# The outputs the client asked for (empty: all), set by the dataplane right before it submits
-# the request, so that an ensemble runs only the steps they need.
-REQUESTED_OUTPUTS: ContextVar[Sequence[str]] = ContextVar("perfkit_requested_outputs", default=())
+# (the request's inputs, the outputs the client asked for; empty: all), set by the dataplane
+# right before it submits the request, so that an ensemble runs only the steps they need. Read
+# only when its inputs are the very dict submitted: a value left from another request in the
+# same task (a path that does not set it) never prunes this one.
+REQUESTED_OUTPUTS: ContextVar[tuple[object, Sequence[str]]] = ContextVar(
+    "perfkit_requested_outputs", default=(None, ())
+)
 # Ensembles whose load is under way in this task, outermost first: a composing model among them
 # is a cycle between ensembles (each would wait for the other's load forever).
 _LOADING: ContextVar[tuple[str, ...]] = ContextVar("perfkit_ensembles_loading", default=())
@@ -110,7 +114,7 @@ class EnsembleScheduler:
             priority=priority,
             timeout_us=timeout_us,
             params=params,
-            wanted=tuple(REQUESTED_OUTPUTS.get()),
+            wanted=_wanted(inputs),
             arrived_ns=time.perf_counter_ns(),
         )
         task = asyncio.get_running_loop().create_task(self._run(request))
@@ -246,6 +250,11 @@ class _Request:
     params: dict[str, Any] | None
     wanted: tuple[str, ...]
     arrived_ns: int
+
+
+def _wanted(inputs: dict[str, Array]) -> tuple[str, ...]:
+    owner, wanted = REQUESTED_OUTPUTS.get()
+    return tuple(wanted) if owner is inputs else ()
 
 
 def _ready(step: Step, tensors: dict[str, _Tensor]) -> bool:
