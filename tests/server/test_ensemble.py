@@ -328,6 +328,33 @@ async def test_priority_reaches_the_composing_model(tmp_path, perfkit_server, mo
             await client.close()
 
 
+async def test_a_cancelled_request_cancels_its_running_step(tmp_path, perfkit_server, monkeypatch):
+    """The client resets the call while a step runs: the ensemble request and its step's request
+    both end CANCELED (as Triton propagates the cancellation to the step)."""
+    monkeypatch.setenv(HOOK_ENV, str(tmp_path))
+    repo = tmp_path / "repo"
+    with Gate(tmp_path, "held") as gate:
+        models.slow_identity(repo, "held", delay_us=0, max_batch_size=8)
+        ensemble(repo, "wrap", [step("held", {"INPUT0": "IN"}, {"OUTPUT0": "OUT"})], dims="16")
+        server = perfkit_server(repo)
+        client = grpcaio.InferenceServerClient(server.grpc_url)
+        try:
+            x = np.ones((1, 16), dtype=np.float32)
+            call = asyncio.ensure_future(client.infer("wrap", [fp32_input(grpcaio, "IN", x)]))
+            await gate.started()
+            call.cancel()
+            cancelled = 'nv_inference_request_failure{{model="{}",reason="CANCELED",version="1"}}'
+
+            def both() -> bool:
+                text = metrics(server.metrics_url)
+                return all(text.get(cancelled.format(m)) == 1 for m in ("wrap", "held"))
+
+            await _until(both)
+            gate.release()
+        finally:
+            await client.close()
+
+
 async def _until(condition: Any, timeout_s: float = 30.0) -> None:
     """Poll `condition` until it holds (bounded)."""
     async with asyncio.timeout(timeout_s):
@@ -528,3 +555,8 @@ def test_an_ensemble_of_an_ensemble_serves(loader):
     x = np.ones((2, SIZE), dtype=np.float32)
     np.testing.assert_array_equal(_infer(client, httpclient, "outer", x).as_numpy("OUT"), x * 4)
     assert _count(stats(server.http_url, "inner"), "success") == 1
+    client.unload_model("add_one")  # takes inner, and outer with it
+    assert not client.is_model_ready("inner")
+    assert not client.is_model_ready("outer")
+    client.load_model("add_one")
+    assert client.is_model_ready("outer")
