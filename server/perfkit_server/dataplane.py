@@ -124,9 +124,9 @@ class DataPlane:
         self._check_explicit("load")
         await self._registry.load(name, config)
 
-    async def unload_model(self, name: str) -> None:
+    async def unload_model(self, name: str, unload_dependents: bool = False) -> None:
         self._check_explicit("unload")
-        await self._registry.unload(name)
+        await self._registry.unload(name, unload_dependents)
 
     def _check_explicit(self, what: str) -> None:
         mode = self._settings.model_control_mode

@@ -340,7 +340,7 @@ def composing_configs(registry: Registry, config: Any) -> dict[str, Any]:
 
 async def _load_one(registry: Registry, ensemble: str, model: str) -> None:
     try:
-        await registry.load(model)
+        await registry.load(model, explicit=False)
     except InternalError:
         raise InvalidConfig(
             f"ensemble {ensemble} contains models that are not available or ambiguous: {model} "

@@ -111,6 +111,9 @@ class ModelEntry:
     # An ensemble unloaded because a composing model was: it loads again with that model
     # (Triton keeps it in its dependency graph; an ensemble unloaded itself does not come back).
     awaiting_composing: bool = False
+    # Loaded by a request for it (or at startup), not only as an ensemble's composing model: an
+    # unload with unload_dependents leaves it loaded (Triton's explicitly_load_).
+    explicit: bool = False
 
 
 def _fingerprint(model_dir: Path) -> tuple[Any, ...]:
@@ -251,14 +254,17 @@ class Registry:
         if mode == "poll":
             self._poll_task = asyncio.get_running_loop().create_task(self._poll_forever())
 
-    async def _load_logged(self, name: str) -> None:
+    async def _load_logged(self, name: str, explicit: bool = True) -> None:
         try:
-            await self.load(name)
+            await self.load(name, explicit=explicit)
         except (InvalidInput, ModelNotFound, Unavailable):
             pass  # load() logged it with the file and field; the other models keep loading
 
-    async def load(self, name: str, override: dict[str, Any] | str | None = None) -> None:
+    async def load(
+        self, name: str, override: dict[str, Any] | str | None = None, *, explicit: bool = True
+    ) -> None:
         """(Re)load a model, optionally with a JSON config override (Triton's load API).
+        `explicit` False: loaded as an ensemble's composing model.
 
         Raises InvalidInput for a bad name or config, ModelNotFound if the repository has no such
         model. On failure the previously served versions keep serving.
@@ -275,6 +281,7 @@ class Registry:
                 f"directory '{model_dir}'"
             )
         entry = self._models.setdefault(name, ModelEntry(name))
+        entry.explicit = entry.explicit or explicit
         async with entry.lock:
             fingerprint = _fingerprint(model_dir)
             if override is None and entry.versions and entry.fingerprint == fingerprint:
@@ -307,8 +314,11 @@ class Registry:
                 await lv.scheduler.close()
         await self._reload_dependents(name)
 
-    async def unload(self, name: str) -> None:
-        """Unload every version of a model; queued requests are served first."""
+    async def unload(self, name: str, unload_dependents: bool = False) -> None:
+        """Unload every version of a model; queued requests are served first.
+
+        With `unload_dependents` (Triton's unload parameter), an ensemble's composing models go
+        too, unless loaded on their own or still used by another loaded ensemble."""
         try:
             check_model_name(name)
         except ModelRepoError as exc:
@@ -319,10 +329,20 @@ class Registry:
         async with entry.lock:
             old, entry.versions = entry.versions, {}
             entry.state, entry.reason = "UNAVAILABLE", "unloaded"
-            entry.awaiting_composing = False
+            entry.awaiting_composing = entry.explicit = False
             for lv in old.values():
                 await lv.scheduler.close()
             logger.info("unloaded model '%s'", name)
+        if unload_dependents and entry.config is not None and is_ensemble(entry.config):
+            for model in composing_models(entry.config):
+                composing = self._models.get(model)
+                if (
+                    composing is not None
+                    and composing.versions
+                    and not composing.explicit
+                    and not dependents(self._configs(loaded=True), model)
+                ):
+                    await self.unload(model, unload_dependents=True)
         # As Triton: an ensemble whose composing model goes is unloaded too, until it comes back.
         for dependent in dependents(self._configs(loaded=True), name):
             await self.unload(dependent)
@@ -403,7 +423,7 @@ class Registry:
             if dependents({dependent: config}, name) and all(
                 self.ready(m) for m in composing_models(config)
             ):
-                await self._load_logged(dependent)
+                await self._load_logged(dependent, explicit=False)
         for dependent in dependents(self._configs(loaded=True), name):
             config = self._models[dependent].config
             try:

@@ -286,3 +286,16 @@ def test_config_and_metadata(server):
     assert meta["versions"] == ["1"]
     assert [o["name"] for o in meta["outputs"]] == ["OUT", "NEG"]
     assert all(o["shape"] == [-1, SIZE] for o in meta["outputs"] + meta["inputs"])
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_unload_dependents(server, protocol):
+    """unload_dependents takes the composing models loaded only for the ensemble; those another
+    loaded ensemble (loose) uses stay."""
+    client = server.client(protocol)
+    client.unload_model("pipe", unload_dependents=True)
+    ready = {m: client.is_model_ready(m) for m in ("pipe", "loose", *OPS)}
+    assert ready == {"pipe": False, "loose": True, "add_one": True, "scale_two": True,
+                     "negate": False}  # fmt: skip
+    client.load_model("pipe")
+    assert all(client.is_model_ready(m) for m in ("pipe", *OPS))

@@ -418,6 +418,27 @@ def test_unloading_a_composing_model_takes_the_ensemble_until_it_returns(tmp_pat
     assert not client.is_model_ready("pipe")
 
 
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_unload_dependents_takes_the_composing_models_loaded_for_it(
+    tmp_path, perfkit_server, protocol
+):
+    """Triton's unload_dependents: the composing models the ensemble loaded go with it; one
+    loaded on its own request, or still used by another loaded ensemble, stays."""
+    repo = pipeline_repo(tmp_path / "repo")
+    ensemble(repo, "negated", [step("negate", {"INPUT0": "IN"}, {"OUTPUT0": "OUT"})])
+    server = perfkit_server(
+        repo, "--model-control-mode=explicit", "--load-model=pipe", "--load-model=negated"
+    )
+    module: Any = httpclient if protocol == "http" else grpcclient
+    url = server.http_url if protocol == "http" else server.grpc_url
+    client = module.InferenceServerClient(url)
+    client.load_model("scale_two")  # now loaded on its own request too
+    client.unload_model("pipe", unload_dependents=True)
+    ready = {m: client.is_model_ready(m) for m in ("pipe", *_OPS, "negated")}
+    assert ready == {"pipe": False, "add_one": False, "scale_two": True, "negate": True,
+                     "negated": True}  # fmt: skip
+
+
 # -- load-time checks (one explicit-mode server; each case loads its own ensemble) -------------
 
 
