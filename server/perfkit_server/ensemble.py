@@ -12,8 +12,7 @@ The first failing step fails the request with that step's error (prefixed `in en
 no further step starts, and the steps already running finish first. Only the steps that the
 requested outputs need run (Triton prunes the others).
 
-Loading: `load_composing` loads an ensemble's composing models with it (Triton loads them in
-explicit mode too) and refuses a cycle between ensembles.
+Loading, unloading and the composing models' lifecycle are ensemble_deps'.
 """
 
 from __future__ import annotations
@@ -26,15 +25,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from perfkit_server.batching import BatcherSpec
-from perfkit_server.ensemble_config import EnsemblePlan, Step, composing_models
-from perfkit_server.errors import (
-    InternalError,
-    InvalidConfig,
-    InvalidInput,
-    ModelNotFound,
-    ServerError,
-    Unavailable,
-)
+from perfkit_server.ensemble_config import EnsemblePlan, Step
+from perfkit_server.errors import InternalError, InvalidInput, ServerError, Unavailable
 from perfkit_server.stats import SECONDARY, ModelStats, RequestTimes
 from perfkit_server.types import Array, InferInput, InferRequest, RequestedOutput, v2_of_array
 
@@ -50,9 +42,6 @@ Outputs = dict[str, Array]
 REQUESTED_OUTPUTS: ContextVar[tuple[object, Sequence[str]]] = ContextVar(
     "perfkit_requested_outputs", default=(None, ())
 )
-# Ensembles whose load is under way in this task, outermost first: a composing model among them
-# is a cycle between ensembles (each would wait for the other's load forever).
-_LOADING: ContextVar[tuple[str, ...]] = ContextVar("perfkit_ensembles_loading", default=())
 
 
 @dataclass(slots=True)
@@ -287,80 +276,3 @@ def _in_ensemble(name: str, error: BaseException) -> ServerError:
     # The ensemble's own failure metric: Triton reports every failed ensemble request as OTHER.
     wrapped.failure_reason = "OTHER"  # type: ignore[attr-defined]
     return wrapped
-
-
-# -- loading -----------------------------------------------------------------------------------
-
-
-async def load_composing(registry: Registry, config: Any) -> dict[str, Any]:
-    """Load an ensemble's composing models (a no-op for one already loaded and unchanged), as
-    Triton loads them with the ensemble; returns each one's served config.
-
-    A composing model whose reload fails but that still serves its previous versions is used as
-    it is (as Triton does). Raises InvalidConfig with Triton's dependency messages.
-    """
-    name = str(config.name)
-    chain = (*_LOADING.get(), name)
-    token = _LOADING.set(chain)
-    try:
-        for model in composing_models(config):
-            if model in chain:
-                path = " -> ".join((*chain[chain.index(model) :], model))
-                raise InvalidConfig(
-                    f"circular dependency between ensembles: {path} (an ensemble cannot contain "
-                    "itself, directly or through another ensemble)"
-                )
-            await _load_one(registry, name, model)
-    finally:
-        _LOADING.reset(token)
-    return composing_configs(registry, config)
-
-
-def composing_configs(registry: Registry, config: Any) -> dict[str, Any]:
-    """The served config of each step's model (the version the step names); InvalidConfig, with
-    Triton's words, when one is not served."""
-    name = str(config.name)
-    configs: dict[str, Any] = {}
-    for step in config.ensemble_scheduling.step:
-        version = "" if step.model_version < 0 else str(step.model_version)
-        try:
-            configs[str(step.model_name)] = registry.get(step.model_name, version).config
-        except (ModelNotFound, InvalidInput):
-            if step.model_version < 0:
-                raise InvalidConfig(
-                    f"ensemble '{name}' depends on '{step.model_name}' which has no loaded version"
-                ) from None
-            raise InvalidConfig(
-                f"ensemble '{name}' depends on '{step.model_name}' whose required version "
-                f"{step.model_version} is not loaded (set model_version: -1 for the latest, or "
-                "serve that version through the model's version_policy)"
-            ) from None
-    return configs
-
-
-async def _load_one(registry: Registry, ensemble: str, model: str) -> None:
-    try:
-        await registry.load(model, explicit=False)
-    except InternalError:
-        raise InvalidConfig(
-            f"ensemble {ensemble} contains models that are not available or ambiguous: {model} "
-            "(no such model directory in the model repository)"
-        ) from None
-    except (InvalidInput, ModelNotFound, Unavailable) as exc:
-        if registry.ready(model):
-            return  # its previous versions still serve
-        raise InvalidConfig(
-            f"ensemble '{ensemble}' depends on '{model}' which has no loaded version. Model "
-            f"'{model}' loading failed with error: {exc}"
-        ) from None
-
-
-def dependents(configs: dict[str, Any], model: str) -> list[str]:
-    """The ensembles (name -> config) among `configs` that have a step on `model`."""
-    return [
-        name
-        for name, config in configs.items()
-        if config is not None
-        and config.HasField("ensemble_scheduling")
-        and model in composing_models(config)
-    ]

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from perfkit.model_repo.config import validate_config
 from perfkit_server.errors import InvalidConfig
 
 ENSEMBLE_PLATFORM = "ensemble"
@@ -108,6 +109,16 @@ def _dims_of(tensor: Any) -> tuple[int, ...]:
 
 
 # -- stage 1: the ensemble's own config -------------------------------------------------------
+
+
+def resolve_ensemble(config: Any, source: str) -> Any:
+    """Check an ensemble's config on its own and fill in what Triton fills in; returns it."""
+    check_scheduling(config, source)
+    validate_config(config, source)
+    if not config.HasField("version_policy"):
+        config.version_policy.latest.num_versions = 1
+    config.model_transaction_policy.SetInParent()  # Triton serves decoupled: false
+    return config
 
 
 def check_scheduling(config: Any, source: str) -> None:

@@ -23,6 +23,7 @@ from perfkit.model_repo.config import (
     validate_config,
 )
 from perfkit.model_repo.repository import check_model_name, scan_repository, version_dirs
+from perfkit_server import ensemble_deps
 from perfkit_server.backends import (
     Backend,
     InstanceSpec,
@@ -32,19 +33,8 @@ from perfkit_server.backends import (
     platform_of,
     probe_host,
 )
-from perfkit_server.ensemble import (
-    EnsembleScheduler,
-    composing_configs,
-    dependents,
-    load_composing,
-)
-from perfkit_server.ensemble_config import (
-    check_composing,
-    check_scheduling,
-    composing_models,
-    is_ensemble,
-    plan_of,
-)
+from perfkit_server.ensemble import EnsembleScheduler
+from perfkit_server.ensemble_config import is_ensemble, resolve_ensemble
 from perfkit_server.errors import (
     InternalError,
     InvalidConfig,
@@ -108,12 +98,8 @@ class ModelEntry:
     # Versions last served (or tried), for the index entries of an unavailable model.
     last_versions: list[str] = field(default_factory=list)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    # An ensemble unloaded because a composing model was: it loads again with that model
-    # (Triton keeps it in its dependency graph; an ensemble unloaded itself does not come back).
-    awaiting_composing: bool = False
-    # Loaded by a request for it (or at startup), not only as an ensemble's composing model: an
-    # unload with unload_dependents leaves it loaded (Triton's explicitly_load_).
-    explicit: bool = False
+    awaiting_composing: bool = False  # an ensemble unloaded with a composing model (ensemble_deps)
+    explicit: bool = False  # loaded on its own request, not only for an ensemble (ensemble_deps)
 
 
 def _fingerprint(model_dir: Path) -> tuple[Any, ...]:
@@ -208,6 +194,10 @@ class Registry:
             return False
         return True
 
+    def entries(self) -> dict[str, ModelEntry]:
+        """Every model seen, loaded or not, by name."""
+        return self._models
+
     def loaded_versions(self) -> list[LoadedVersion]:
         return [v for e in self._models.values() for v in e.versions.values()]
 
@@ -254,17 +244,17 @@ class Registry:
         if mode == "poll":
             self._poll_task = asyncio.get_running_loop().create_task(self._poll_forever())
 
-    async def _load_logged(self, name: str, explicit: bool = True) -> None:
+    async def _load_logged(self, name: str) -> None:
         try:
-            await self.load(name, explicit=explicit)
+            await self.load(name)
         except (InvalidInput, ModelNotFound, Unavailable):
             pass  # load() logged it with the file and field; the other models keep loading
 
     async def load(
         self, name: str, override: dict[str, Any] | str | None = None, *, explicit: bool = True
     ) -> None:
-        """(Re)load a model, optionally with a JSON config override (Triton's load API).
-        `explicit` False: loaded as an ensemble's composing model.
+        """(Re)load a model, optionally with a JSON config override (Triton's load API);
+        `explicit` False: only as an ensemble's composing model.
 
         Raises InvalidInput for a bad name or config, ModelNotFound if the repository has no such
         model. On failure the previously served versions keep serving.
@@ -291,7 +281,7 @@ class Registry:
             try:
                 config = await asyncio.to_thread(self._resolve_config, name, model_dir, override)
                 if is_ensemble(config):
-                    versions = await self._build_ensemble(name, model_dir, config)
+                    versions = await ensemble_deps.build_versions(self, name, model_dir, config)
                 else:
                     versions = await self._build_versions(name, model_dir, config)
             except Exception as exc:  # load boundary: any backend error fails only this model
@@ -312,13 +302,11 @@ class Registry:
             )
             for lv in old.values():
                 await lv.scheduler.close()
-        await self._reload_dependents(name)
+        await ensemble_deps.after_load(self, name)
 
     async def unload(self, name: str, unload_dependents: bool = False) -> None:
-        """Unload every version of a model; queued requests are served first.
-
-        With `unload_dependents` (Triton's unload parameter), an ensemble's composing models go
-        too, unless loaded on their own or still used by another loaded ensemble."""
+        """Unload every version of a model; queued requests are served first. An ensemble's
+        dependencies follow (ensemble_deps.after_unload)."""
         try:
             check_model_name(name)
         except ModelRepoError as exc:
@@ -333,20 +321,7 @@ class Registry:
             for lv in old.values():
                 await lv.scheduler.close()
             logger.info("unloaded model '%s'", name)
-        if unload_dependents and entry.config is not None and is_ensemble(entry.config):
-            for model in composing_models(entry.config):
-                composing = self._models.get(model)
-                if (
-                    composing is not None
-                    and composing.versions
-                    and not composing.explicit
-                    and not dependents(self._configs(loaded=True), model)
-                ):
-                    await self.unload(model, unload_dependents=True)
-        # As Triton: an ensemble whose composing model goes is unloaded too, until it comes back.
-        for dependent in dependents(self._configs(loaded=True), name):
-            await self.unload(dependent)
-            self._models[dependent].awaiting_composing = True
+        await ensemble_deps.after_unload(self, entry, unload_dependents)
 
     async def close(self) -> None:
         """Stop polling and unload everything (serving what is queued)."""
@@ -381,58 +356,6 @@ class Registry:
             await asyncio.sleep(self._settings.repository_poll_secs)
             await self.poll_once()
 
-    # -- ensembles ----------------------------------------------------------------------------
-
-    def _configs(self, loaded: bool) -> dict[str, Any]:
-        """Each model's config: of the loaded models, or of those awaiting a composing model."""
-        return {
-            n: e.config
-            for n, e in self._models.items()
-            if (bool(e.versions) if loaded else e.awaiting_composing)
-        }
-
-    async def _build_ensemble(
-        self, name: str, model_dir: Path, config: Any
-    ) -> dict[int, LoadedVersion]:
-        """An ensemble's versions, its composing models loaded (and it checked against them)."""
-        check_composing(config, await load_composing(self, config))
-        source = f"model '{name}'"
-        inputs = _signatures(config.input, source, "input")
-        outputs = _signatures(config.output, source, "output")
-        plan = plan_of(config)
-        result: dict[int, LoadedVersion] = {}
-        for version in _select_versions(config, model_dir, str(model_dir / CONFIG_FILE)):
-            stats = ModelStats(name, str(version))
-            result[version] = LoadedVersion(
-                name=name,
-                version=version,
-                config=config,
-                scheduler=EnsembleScheduler(plan, self, stats),
-                stats=stats,
-                inputs=inputs,
-                outputs=outputs,
-                max_batch_size=int(config.max_batch_size),
-                platform=str(config.platform),
-            )
-        return result
-
-    async def _reload_dependents(self, name: str) -> None:
-        """After `name` (re)loaded: ensembles waiting for it load again; loaded ones that it no
-        longer fits are unloaded (as Triton re-checks an ensemble whose composing model changed)."""
-        for dependent, config in self._configs(loaded=False).items():
-            if dependents({dependent: config}, name) and all(
-                self.ready(m) for m in composing_models(config)
-            ):
-                await self._load_logged(dependent, explicit=False)
-        for dependent in dependents(self._configs(loaded=True), name):
-            config = self._models[dependent].config
-            try:
-                check_composing(config, composing_configs(self, config))
-            except InvalidConfig as exc:
-                logger.error("ensemble '%s' unloaded: %s", dependent, exc)
-                await self.unload(dependent)
-                self._models[dependent].reason = str(exc)
-
     # -- building -----------------------------------------------------------------------------
 
     def _resolve_config(
@@ -460,12 +383,7 @@ class Registry:
             )
         config.name = name
         if is_ensemble(config):
-            check_scheduling(config, source)
-            validate_config(config, source)
-            if not config.HasField("version_policy"):
-                config.version_policy.latest.num_versions = 1
-            config.model_transaction_policy.SetInParent()  # Triton fills in decoupled: false
-            return config
+            return resolve_ensemble(config, source)
         backend = backend_name(config, model_dir)
         if not backend and override is not None and config_path.is_file():
             # Like Triton, fill the backend in from the model's files: here its config.pbtxt.
