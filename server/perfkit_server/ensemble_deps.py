@@ -9,7 +9,8 @@
 - Unloading an ensemble with `unload_dependents` also unloads the composing models that were
   loaded only for it and that no other loaded ensemble uses.
 - A composing model that loads again with a config the ensemble no longer fits takes the
-  ensemble down (Triton re-checks every ensemble downstream of a changed model).
+  ensemble down (Triton re-checks every ensemble downstream of a changed model) until a
+  composing model's next load makes it fit again.
 
 The registry calls `build_versions`, `after_load` and `after_unload`; the rest reads its
 entries (`Registry.entries`).
@@ -165,9 +166,10 @@ async def after_load(registry: Registry, name: str) -> None:
         try:
             check_composing(entry.config, composing_configs(registry, entry.config))
         except InvalidConfig as exc:
+            # Its index entry says "unloaded", as Triton's; the log says why.
             logger.error("ensemble '%s' unloaded: %s", entry.name, exc)
             await registry.unload(entry.name)
-            entry.reason = str(exc)
+            entry.awaiting_composing = True  # checked again when a composing model loads
 
 
 async def after_unload(registry: Registry, entry: ModelEntry, unload_dependents: bool) -> None:

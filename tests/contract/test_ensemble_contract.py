@@ -9,6 +9,7 @@ the same file. Ensembles are Triton core, so the real server runs all of it.
 from __future__ import annotations
 
 import contextlib
+import json
 import sys
 import textwrap
 from collections.abc import Iterator
@@ -21,7 +22,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from tests.contract._client import PROTOCOLS, STAT_KEYS, index, statistics
+from tests.contract._client import PROTOCOLS, STAT_KEYS, index, statistics, wait_state
 from tests.contract._models import PERFKIT, TRITON
 from tests.contract._server import Server
 from tests.fixtures.server import start_server
@@ -299,3 +300,20 @@ def test_unload_dependents(server, protocol):
                      "negate": False}  # fmt: skip
     client.load_model("pipe")
     assert all(client.is_model_ready(m) for m in ("pipe", *OPS))
+
+
+def test_a_composing_model_that_no_longer_fits_takes_the_ensemble_down(server):
+    """add_one reloaded with max_batch_size 2 (the ensemble allows 8): the ensemble is
+    re-checked and unloaded; add_one back as it was brings it back."""
+    client = server.client("http")
+    config = client.get_model_config("add_one")
+    config["max_batch_size"] = 2
+    client.load_model("add_one", config=json.dumps(config))
+    assert client.is_model_ready("add_one")
+    assert not client.is_model_ready("pipe")
+    entry = wait_state(server, "pipe", ("UNAVAILABLE",))
+    assert entry.get("reason") == "unloaded"
+    client.unload_model("add_one")
+    client.load_model("add_one")  # from its file again
+    assert client.is_model_ready("pipe")
+    assert client.is_model_ready("loose")
