@@ -317,3 +317,63 @@ def test_a_composing_model_that_no_longer_fits_takes_the_ensemble_down(server):
     client.load_model("add_one")  # from its file again
     assert client.is_model_ready("pipe")
     assert client.is_model_ready("loose")
+
+
+ADD = step("add_one", {"INPUT0": "IN"}, {"OUTPUT0": "OUT"})
+REFUSED: dict[str, tuple[dict[str, Any], str]] = {
+    "c_missing_model": (
+        {"steps": [step("ghost", {"INPUT0": "IN"}, {"OUTPUT0": "OUT"})]},
+        "ensemble c_missing_model contains models that are not available or ambiguous: ghost",
+    ),
+    "c_written_twice": (
+        {"steps": [ADD, step("scale_two", {"INPUT0": "IN"}, {"OUTPUT0": "OUT"})]},
+        "ensemble tensor 'OUT' can appear in an output map only once for ensemble "
+        "'c_written_twice' step 1",
+    ),
+    "c_not_written": (
+        {"steps": [ADD, step("scale_two", {"INPUT0": "NOWHERE"}, {"OUTPUT0": "OUT2"})],
+         "outputs": ("OUT", "OUT2")},
+        "output 'OUT2' for ensemble 'c_not_written' is not written: at least one of its "
+        "depending tensors, 'NOWHERE', is not connected",
+    ),
+    "c_dtype": (
+        {"steps": [ADD], "dtype": "TYPE_INT32"},
+        "in ensemble c_dtype, ensemble tensor IN: inconsistent data type: TYPE_INT32 is inferred "
+        "from model c_dtype while TYPE_FP32 is inferred from model add_one",
+    ),
+    "c_shape": (
+        {"steps": [ADD], "dims": "5"},
+        "in ensemble c_shape, ensemble tensor IN: inconsistent shape: [-1,5] is inferred from "
+        "model c_shape while [-1,4] is inferred from model add_one",
+    ),
+    "c_no_such_input": (
+        {"steps": [step("add_one", {"INPUT9": "IN"}, {"OUTPUT0": "OUT"})]},
+        "in ensemble c_no_such_input, ensemble tensor IN is mapping to non-existing input INPUT9 "
+        "in model add_one",
+    ),
+    "c_instance_group": (
+        {"steps": [ADD], "extra": "instance_group [ { count: 1 kind: KIND_CPU } ]\n"},
+        "instance group should not be specified for ensemble 'c_instance_group'",
+    ),
+}  # fmt: skip
+
+
+_CHECKED_AT_POLL = {"c_written_twice", "c_not_written", "c_instance_group"}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED))
+def test_load_refuses_with_tritons_words(server, case):
+    kwargs, expected = REFUSED[case]
+    ensemble(server.repo, case, **kwargs)
+    with pytest.raises(InferenceServerException) as exc:
+        server.client("http").load_model(case)
+    if case in _CHECKED_AT_POLL and server.kind == TRITON:
+        # Triton checks the ensemble's own config when it polls the repository: it answers 500
+        # "failed to poll" and only its log says why. perfkit_server answers 400 with the reason,
+        # as for every config it refuses.
+        assert exc.value.status() == "500"
+        assert "failed to poll from model repository" in exc.value.message()
+        assert expected in server.log()
+    else:
+        assert exc.value.status() == "400"
+        assert expected in exc.value.message()
