@@ -377,3 +377,21 @@ def test_load_refuses_with_tritons_words(server, case):
     else:
         assert exc.value.status() == "400"
         assert expected in exc.value.message()
+
+
+def test_a_batch_of_one_crosses_a_model_that_does_not_batch(server):
+    """Triton's reshape between a batching ensemble and a step with max_batch_size 0."""
+    _write_composing(server.repo, server.kind, "flat", "scale_two", mbs=0)
+    ensemble(server.repo, "wrap_flat", [step("flat", {"INPUT0": "IN"}, {"OUTPUT0": "OUT"})])
+    client = server.client("http")
+    client.load_model("wrap_flat")
+    x = np.arange(SIZE, dtype=np.float32).reshape(1, SIZE)
+    result = _infer(server, "http", "wrap_flat", x)
+    np.testing.assert_array_equal(result.as_numpy("OUT"), x * 2)
+    with pytest.raises(InferenceServerException) as exc:
+        _infer(server, "http", "wrap_flat", np.ones((2, SIZE), dtype=np.float32))
+    message = exc.value.message()
+    assert message.startswith("in ensemble 'wrap_flat', ")
+    assert (
+        f"unexpected shape for input 'INPUT0' for model 'flat'. Expected [{SIZE}], got " in message
+    )

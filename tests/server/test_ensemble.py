@@ -39,18 +39,19 @@ _OPS = {"add_one": ("Add", 1.0), "scale_two": ("Mul", 2.0), "negate": ("Neg", No
 
 
 def unary(repo: Path, name: str, op: str, *, dims: str = str(SIZE), mbs: int = 8) -> None:
-    """An onnxruntime model OUTPUT0 = op(INPUT0), FP32 [batch, SIZE]."""
+    """An onnxruntime model OUTPUT0 = op(INPUT0), FP32 [batch, SIZE] ([SIZE] when mbs is 0)."""
     kind, const = _OPS[op]
     inputs = ["INPUT0"] if const is None else ["INPUT0", "c"]
     init = (
         [] if const is None else [numpy_helper.from_array(np.array(const, dtype=np.float32), "c")]
     )
     t = TensorProto.FLOAT
+    shape: list[str | int] = ["batch", SIZE] if mbs else [SIZE]
     graph = helper.make_graph(
         [helper.make_node(kind, inputs, ["OUTPUT0"])],
         name,
-        [helper.make_tensor_value_info("INPUT0", t, ["batch", SIZE])],
-        [helper.make_tensor_value_info("OUTPUT0", t, ["batch", SIZE])],
+        [helper.make_tensor_value_info("INPUT0", t, shape)],
+        [helper.make_tensor_value_info("OUTPUT0", t, shape)],
         initializer=init,
     )
     models._save(
@@ -225,6 +226,43 @@ def test_a_failing_step_fails_the_request_naming_its_model(tmp_path, perfkit_ser
     assert _count(stats(server.http_url, "add_one"), "success") == 0
     ok = _infer(client, httpclient, "loose", np.ones((1, SIZE), dtype=np.float32))
     np.testing.assert_array_equal(ok.as_numpy("OUT"), np.full((1, SIZE), 4, dtype=np.float32))
+
+
+def test_a_batch_of_one_crosses_a_model_that_does_not_batch(tmp_path, perfkit_server):
+    """Triton's reshape between a batching ensemble and a non-batching step: a batch of 1 loses
+    its batch dimension on the way in and gets it back on the way out; a larger batch does not
+    fit the step's shape."""
+    repo = tmp_path / "repo"
+    unary(repo, "flat", "scale_two", mbs=0)
+    ensemble(repo, "wrap", [step("flat", {"INPUT0": "IN"}, {"OUTPUT0": "OUT"})])
+    server = perfkit_server(repo)
+    client = httpclient.InferenceServerClient(server.http_url)
+    x = np.arange(SIZE, dtype=np.float32).reshape(1, SIZE)
+    np.testing.assert_array_equal(_infer(client, httpclient, "wrap", x).as_numpy("OUT"), x * 2)
+    with pytest.raises(InferenceServerException, match="in ensemble 'wrap', unexpected shape"):
+        _infer(client, httpclient, "wrap", np.ones((2, SIZE), dtype=np.float32))
+
+
+def test_an_optional_input_may_be_left_out(tmp_path, perfkit_server):
+    repo = tmp_path / "repo"
+    (repo / "pair" / "1").mkdir(parents=True)
+    models.write_config(
+        repo,
+        "pair",
+        'name: "pair"\nbackend: "perfkit_identity"\nmax_batch_size: 8\n'
+        'input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 4 ] },'
+        ' { name: "INPUT1" data_type: TYPE_FP32 dims: [ 4 ] optional: true } ]\n'
+        'output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 4 ] },'
+        ' { name: "OUTPUT1" data_type: TYPE_FP32 dims: [ 4 ] } ]\n',
+    )
+    ensemble(repo, "opt", [step("pair", {"INPUT0": "IN", "INPUT1": "EXTRA"}, {"OUTPUT0": "OUT"})],
+             inputs=("IN", "EXTRA"))  # fmt: skip
+    config = repo / "opt" / "config.pbtxt"
+    config.write_text(config.read_text().replace('name: "EXTRA"', 'name: "EXTRA" optional: true'))
+    server = perfkit_server(repo)
+    client = httpclient.InferenceServerClient(server.http_url)
+    x = np.ones((1, SIZE), dtype=np.float32)
+    np.testing.assert_array_equal(_infer(client, httpclient, "opt", x).as_numpy("OUT"), x)
 
 
 # -- concurrency and propagation ---------------------------------------------------------------
