@@ -12,8 +12,8 @@
   ensemble down (Triton re-checks every ensemble downstream of a changed model) until a
   composing model's next load makes it fit again.
 
-The registry calls `build_versions`, `after_load` and `after_unload`; the rest reads its
-entries (`Registry.entries`).
+The registry calls `build_versions`, `after_load`, `before_unload` and `after_unload`; the rest
+reads its entries (`Registry.entries`).
 """
 
 from __future__ import annotations
@@ -172,9 +172,18 @@ async def after_load(registry: Registry, name: str) -> None:
             entry.awaiting_composing = True  # checked again when a composing model loads
 
 
+async def before_unload(registry: Registry, name: str) -> None:
+    """`name` is about to unload: the loaded ensembles that use it go first (their running
+    requests finish while it still serves them, as Triton's requests hold their models), and load
+    again when it does."""
+    for dependent in _dependents(registry, name):
+        await registry.unload(dependent.name)
+        dependent.awaiting_composing = True
+
+
 async def after_unload(registry: Registry, entry: ModelEntry, unload_dependents: bool) -> None:
-    """`entry` was unloaded: with `unload_dependents`, so are the composing models loaded only for
-    it; every loaded ensemble that used it goes too, until it comes back."""
+    """`entry` was unloaded: with `unload_dependents`, so are the composing models loaded only
+    for it that no other loaded ensemble uses."""
     if unload_dependents and entry.config is not None and is_ensemble(entry.config):
         for model in composing_models(entry.config):
             composing = registry.entries().get(model)
@@ -185,6 +194,3 @@ async def after_unload(registry: Registry, entry: ModelEntry, unload_dependents:
                 and not _dependents(registry, model)
             ):
                 await registry.unload(model, unload_dependents=True)
-    for dependent in _dependents(registry, entry.name):
-        await registry.unload(dependent.name)
-        dependent.awaiting_composing = True

@@ -305,8 +305,9 @@ class Registry:
         await ensemble_deps.after_load(self, name)
 
     async def unload(self, name: str, unload_dependents: bool = False) -> None:
-        """Unload every version of a model; queued requests are served first. An ensemble's
-        dependencies follow (ensemble_deps.after_unload)."""
+        """Unload every version of a model; queued requests are served first. The ensembles
+        that use it, and with `unload_dependents` an ensemble's own composing models, follow
+        Triton's rules (ensemble_deps)."""
         try:
             check_model_name(name)
         except ModelRepoError as exc:
@@ -314,6 +315,7 @@ class Registry:
         entry = self._models.get(name)
         if entry is None:
             return  # as Triton: unloading a model that is not loaded succeeds
+        await ensemble_deps.before_unload(self, name)
         async with entry.lock:
             old, entry.versions = entry.versions, {}
             entry.state, entry.reason = "UNAVAILABLE", "unloaded"

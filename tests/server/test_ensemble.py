@@ -393,6 +393,39 @@ async def test_a_cancelled_request_cancels_its_running_step(tmp_path, perfkit_se
             await client.close()
 
 
+async def test_a_request_in_flight_finishes_when_a_composing_model_unloads(
+    tmp_path, perfkit_server, monkeypatch
+):
+    """Unloading the second step's model while a request is in its first step: the ensemble goes
+    first and its request still runs its second step (Triton's requests hold their models)."""
+    monkeypatch.setenv(HOOK_ENV, str(tmp_path))
+    repo = tmp_path / "repo"
+    with Gate(tmp_path, "first") as gate:
+        models.slow_identity(repo, "first", delay_us=0)
+        models.slow_identity(repo, "second", delay_us=0)
+        chain = [
+            step("first", {"INPUT0": "IN"}, {"OUTPUT0": "MID"}),
+            step("second", {"INPUT0": "MID"}, {"OUTPUT0": "OUT"}),
+        ]
+        ensemble(repo, "chain", chain, dims="16")
+        server = perfkit_server(repo, "--model-control-mode=explicit", "--load-model=chain")
+        client = grpcaio.InferenceServerClient(server.grpc_url)
+        try:
+            x = np.full((1, 16), 5, dtype=np.float32)
+            call = asyncio.ensure_future(client.infer("chain", [fp32_input(grpcaio, "IN", x)]))
+            await gate.started()
+            unload = asyncio.ensure_future(client.unload_model("second"))
+            ready = httpclient.InferenceServerClient(server.http_url).is_model_ready
+            await _until(lambda: not ready("chain"))
+            gate.release()
+            result = await asyncio.wait_for(call, 30)
+            np.testing.assert_array_equal(result.as_numpy("OUT"), x)
+            await asyncio.wait_for(unload, 30)
+            assert not ready("second")
+        finally:
+            await client.close()
+
+
 async def _until(condition: Any, timeout_s: float = 30.0) -> None:
     """Poll `condition` until it holds (bounded)."""
     async with asyncio.timeout(timeout_s):
