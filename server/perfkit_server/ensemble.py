@@ -220,9 +220,13 @@ class EnsembleScheduler:
         for name in request.wanted or plan.outputs:
             tensor = tensors.get(name)
             if tensor is None or tensor.data is None:
-                raise InvalidInput(
-                    f"in ensemble '{plan.name}', unexpected deadlock, at least one output is not "
-                    f"set while no more ensemble steps can be made (output '{name}')"
+                # A step left out an output it maps: nothing else can run (Triton's words).
+                raise _in_ensemble(
+                    plan.name,
+                    InvalidInput(
+                        "unexpected deadlock, at least one output is not set while no more "
+                        f"ensemble steps can be made (output '{name}')"
+                    ),
                 )
             outputs[name] = _reshaped(
                 tensor.data, plan.outputs[name], plan.batching, tensor.batch_size
