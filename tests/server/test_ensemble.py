@@ -9,6 +9,8 @@ scale_two gives (x + 1) * 2, never x * 2 + 1; negate runs on its own branch.
 from __future__ import annotations
 
 import asyncio
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -508,6 +510,18 @@ def test_unload_dependents_takes_the_composing_models_loaded_for_it(
     ready = {m: client.is_model_ready(m) for m in ("pipe", *_OPS, "negated")}
     assert ready == {"pipe": False, "add_one": False, "scale_two": True, "negate": True,
                      "negated": True}  # fmt: skip
+
+
+def test_unload_dependents_must_be_a_boolean(served):
+    request = urllib.request.Request(
+        f"http://{served.http_url}/v2/repository/models/nothing/unload",
+        data=b'{"parameters": {"unload_dependents": "yes"}}',
+        method="POST",
+    )
+    with pytest.raises(urllib.error.HTTPError) as exc:
+        urllib.request.urlopen(request, timeout=10)
+    assert exc.value.code == 400
+    assert b"parameters.unload_dependents must be a boolean" in exc.value.read()
 
 
 # -- load-time checks (one explicit-mode server; each case loads its own ensemble) -------------
