@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpcaio
@@ -56,9 +57,10 @@ def unary(repo: Path, name: str, op: str, *, dims: str = str(SIZE), mbs: int = 8
         [helper.make_tensor_value_info("OUTPUT0", t, shape)],
         initializer=init,
     )
-    models._save(
-        helper.make_model(graph, opset_imports=models._opset()), repo / name / "1" / "model.onnx"
-    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8  # what the onnxruntime inside Triton 2.51 reads too
+    (repo / name / "1").mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(repo / name / "1" / "model.onnx"))
     models.write_config(
         repo,
         name,
