@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from perfkit_server import SERVER_NAME, __version__
+from perfkit_server.ensemble import REQUESTED_OUTPUTS
 from perfkit_server.errors import (
     DecoupledUnary,
     InvalidInput,
@@ -132,9 +133,9 @@ class DataPlane:
         self._check_explicit("load")
         await self._registry.load(name, config)
 
-    async def unload_model(self, name: str) -> None:
+    async def unload_model(self, name: str, unload_dependents: bool = False) -> None:
         self._check_explicit("unload")
-        await self._registry.unload(name)
+        await self._registry.unload(name, unload_dependents)
 
     def _check_explicit(self, what: str) -> None:
         mode = self._settings.model_control_mode
@@ -152,6 +153,7 @@ class DataPlane:
         if lv.decoupled:
             raise DecoupledUnary()
         start = time.perf_counter_ns()
+        REQUESTED_OUTPUTS.set((inputs, wanted))  # an ensemble runs only the steps these need
         cache = lv.response_cache
         if cache is not None:  # a hit never reaches the scheduler (perfkit_server.response_cache)
             key = cache.key(lv.name, lv.version, request.inputs)
@@ -165,7 +167,10 @@ class DataPlane:
             )
             outputs, times = await future
         except ServerError as exc:
-            reason = "REJECTED" if isinstance(exc, Unavailable) else "BACKEND"
+            # An ensemble's failure carries its own reason (Triton's OTHER), whatever the step's.
+            reason = getattr(exc, "failure_reason", "") or (
+                "REJECTED" if isinstance(exc, Unavailable) else "BACKEND"
+            )
             lv.stats.record_failure(time.perf_counter_ns() - start, reason)
             raise
         except asyncio.CancelledError:  # the client reset or dropped the call (Triton: CANCELED)

@@ -389,5 +389,11 @@ class GrpcService:
         return pb.RepositoryModelLoadResponse()
 
     async def _unload(self, request: Any) -> Any:
-        await self._dp.unload_model(request.model_name)
+        dependents = False
+        if "unload_dependents" in request.parameters:
+            param = request.parameters["unload_dependents"]
+            if param.WhichOneof("parameter_choice") != "bool_param":
+                raise InvalidInput("parameter 'unload_dependents' must be a bool_param")
+            dependents = param.bool_param
+        await self._dp.unload_model(request.model_name, dependents)
         return pb.RepositoryModelUnloadResponse()

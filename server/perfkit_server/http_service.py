@@ -458,7 +458,14 @@ class HttpService:
         return _OK
 
     async def unload(self, request: Request, params: dict[str, str]) -> Reply:
-        await self._dp.unload_model(params["model"])
+        obj = _parse_json(request.body, "unload request")
+        body_params = obj.get("parameters") if isinstance(obj, dict) else None
+        dependents = (
+            body_params.get("unload_dependents", False) if isinstance(body_params, dict) else False
+        )
+        if not isinstance(dependents, bool):
+            raise InvalidInput("parameters.unload_dependents must be a boolean")
+        await self._dp.unload_model(params["model"], dependents)
         return _OK
 
     def infer(self, request: Request, params: dict[str, str]) -> Reply | Awaitable[Reply]:

@@ -24,6 +24,7 @@ from perfkit.model_repo.config import (
     validate_config,
 )
 from perfkit.model_repo.repository import check_model_name, scan_repository, version_dirs
+from perfkit_server import ensemble_deps
 from perfkit_server.backends import (
     Backend,
     InstanceSpec,
@@ -34,6 +35,8 @@ from perfkit_server.backends import (
     probe_host,
 )
 from perfkit_server.config_guard import check_fields
+from perfkit_server.ensemble import EnsembleScheduler
+from perfkit_server.ensemble_config import is_ensemble, resolve_ensemble
 from perfkit_server.errors import (
     InternalError,
     InvalidConfig,
@@ -76,7 +79,7 @@ class LoadedVersion:
     name: str
     version: int
     config: Any
-    scheduler: Scheduler
+    scheduler: Scheduler | EnsembleScheduler
     stats: ModelStats
     inputs: dict[str, TensorSignature]
     outputs: dict[str, TensorSignature]
@@ -103,6 +106,8 @@ class ModelEntry:
     # Versions last served (or tried), for the index entries of an unavailable model.
     last_versions: list[str] = field(default_factory=list)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    awaiting_composing: bool = False  # an ensemble unloaded with a composing model (ensemble_deps)
+    explicit: bool = False  # loaded on its own request, not only for an ensemble (ensemble_deps)
 
 
 def _fingerprint(model_dir: Path) -> tuple[Any, ...]:
@@ -203,6 +208,10 @@ class Registry:
             return False
         return True
 
+    def entries(self) -> dict[str, ModelEntry]:
+        """Every model seen, loaded or not, by name."""
+        return self._models
+
     def loaded_versions(self) -> list[LoadedVersion]:
         return [v for e in self._models.values() for v in e.versions.values()]
 
@@ -255,8 +264,11 @@ class Registry:
         except (InvalidInput, ModelNotFound, Unavailable):
             pass  # load() logged it with the file and field; the other models keep loading
 
-    async def load(self, name: str, override: dict[str, Any] | str | None = None) -> None:
-        """(Re)load a model, optionally with a JSON config override (Triton's load API).
+    async def load(
+        self, name: str, override: dict[str, Any] | str | None = None, *, explicit: bool = True
+    ) -> None:
+        """(Re)load a model, optionally with a JSON config override (Triton's load API);
+        `explicit` False: only as an ensemble's composing model.
 
         Raises InvalidInput for a bad name or config, ModelNotFound if the repository has no such
         model. On failure the previously served versions keep serving.
@@ -273,6 +285,7 @@ class Registry:
                 f"directory '{model_dir}'"
             )
         entry = self._models.setdefault(name, ModelEntry(name))
+        entry.explicit = entry.explicit or explicit
         async with entry.lock:
             fingerprint = _fingerprint(model_dir)
             if override is None and entry.versions and entry.fingerprint == fingerprint:
@@ -281,7 +294,10 @@ class Registry:
                 return
             try:
                 config = await asyncio.to_thread(self._resolve_config, name, model_dir, override)
-                versions = await self._build_versions(name, model_dir, config)
+                if is_ensemble(config):
+                    versions = await ensemble_deps.build_versions(self, name, model_dir, config)
+                else:
+                    versions = await self._build_versions(name, model_dir, config)
             except Exception as exc:  # load boundary: any backend error fails only this model
                 message = str(exc) or type(exc).__name__
                 if not entry.versions:
@@ -294,14 +310,18 @@ class Registry:
             entry.versions, entry.config = versions, config
             entry.state, entry.reason, entry.fingerprint = "READY", "", fingerprint
             entry.last_versions = [str(v) for v in sorted(versions)]
+            entry.awaiting_composing = False
             logger.info(
                 "loaded model '%s' versions %s", name, ", ".join(str(v) for v in sorted(versions))
             )
             for lv in old.values():
                 await lv.scheduler.close()
+        await ensemble_deps.after_load(self, name)
 
-    async def unload(self, name: str) -> None:
-        """Unload every version of a model; queued requests are served first."""
+    async def unload(self, name: str, unload_dependents: bool = False) -> None:
+        """Unload every version of a model; queued requests are served first. The ensembles
+        that use it, and with `unload_dependents` an ensemble's own composing models, follow
+        Triton's rules (ensemble_deps)."""
         try:
             check_model_name(name)
         except ModelRepoError as exc:
@@ -309,12 +329,15 @@ class Registry:
         entry = self._models.get(name)
         if entry is None:
             return  # as Triton: unloading a model that is not loaded succeeds
+        await ensemble_deps.before_unload(self, name)
         async with entry.lock:
             old, entry.versions = entry.versions, {}
             entry.state, entry.reason = "UNAVAILABLE", "unloaded"
+            entry.awaiting_composing = entry.explicit = False
             for lv in old.values():
                 await lv.scheduler.close()
             logger.info("unloaded model '%s'", name)
+        await ensemble_deps.after_unload(self, entry, unload_dependents)
 
     async def close(self) -> None:
         """Stop polling and unload everything (serving what is queued)."""
@@ -375,6 +398,12 @@ class Registry:
                 f"{source}: name: '{config.name}' does not match the model directory '{name}'"
             )
         config.name = name
+        if is_ensemble(config):
+            try:  # the fields no ensemble rule covers are refused as for any model
+                check_fields(config, "ensemble", source, [], model_dir)
+            except ValueError as exc:
+                raise InvalidConfig(str(exc)) from None
+            return resolve_ensemble(config, source)
         backend = backend_name(config, model_dir)
         if not backend and override is not None and config_path.is_file():
             # Like Triton, fill the backend in from the model's files: here its config.pbtxt.

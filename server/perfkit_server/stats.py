@@ -13,6 +13,7 @@ success (it has outputs), fail (an error) or empty_response (a FINAL without out
 from __future__ import annotations
 
 import time
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,6 +79,12 @@ class RequestTimes:
     compute_output_ns: int = 0
 
 
+# Triton's secondary stats aggregator: while an ensemble step's request runs, the compute times
+# its model records are also added here, to the ensemble request's own (set by
+# perfkit_server.ensemble in the step's task, so concurrent requests never share one).
+SECONDARY: ContextVar[RequestTimes | None] = ContextVar("perfkit_secondary_stats", default=None)
+
+
 @dataclass(slots=True)
 class ModelStats:
     """Cumulative statistics of one model version."""
@@ -110,6 +117,11 @@ class ModelStats:
         self.compute_infer.add(times.compute_infer_ns)
         self.compute_output.add(times.compute_output_ns)
         self.last_inference_ms = time.time_ns() // 1_000_000
+        secondary = SECONDARY.get()
+        if secondary is not None:
+            secondary.compute_input_ns += times.compute_input_ns
+            secondary.compute_infer_ns += times.compute_infer_ns
+            secondary.compute_output_ns += times.compute_output_ns
 
     def record_cache_hit(self, duration_ns: int, queue_ns: int, lookup_ns: int) -> None:
         """A response served from the cache (Triton's UpdateSuccessCacheHit): a success with its
