@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from perfkit_server.errors import InvalidInput, ServerError, Unavailable
+from perfkit_server.scheduler import Scheduler
 from perfkit_server.shm import write_output
 from perfkit_server.types import InferOutput, InferRequest, InferResponse, v2_of_array
 
@@ -51,8 +52,10 @@ async def decoupled_responses(
     """Queue `request` on `lv`'s scheduler and yield each of its responses (see module doc)."""
     empty_final, params = empty_final_wanted(request.parameters)
     start = time.perf_counter_ns()
+    scheduler = lv.scheduler
+    assert isinstance(scheduler, Scheduler), "only a model's own scheduler is decoupled"
     try:
-        stream = lv.scheduler.submit_stream(
+        stream = scheduler.submit_stream(
             inputs, batch_size, request.priority, request.timeout_us, params
         )
     except ServerError as exc:
