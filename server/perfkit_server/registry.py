@@ -43,6 +43,8 @@ from perfkit_server.load_limits import LoadLimits, check_load
 from perfkit_server.modelconfig import normalize
 from perfkit_server.placement import placed_groups, resolve_groups, slots
 from perfkit_server.scheduler import BatcherSpec, Scheduler
+from perfkit_server.sequence import SequenceScheduler
+from perfkit_server.sequence_config import sequence_setup
 from perfkit_server.settings import ServerSettings
 from perfkit_server.stats import ModelStats
 from perfkit_server.types import InferRequest, InferResponse
@@ -72,7 +74,7 @@ class LoadedVersion:
     name: str
     version: int
     config: Any
-    scheduler: Scheduler
+    scheduler: Scheduler | SequenceScheduler
     stats: ModelStats
     inputs: dict[str, TensorSignature]
     outputs: dict[str, TensorSignature]
@@ -413,6 +415,9 @@ class Registry:
         outputs = _signatures(config.output, source, "output")
         placed = slots(placed_groups(config))
         spec = BatcherSpec.from_config(config)
+        # A sequence_batching model: its sequence batcher, and the config its backends load.
+        sequencing = await asyncio.to_thread(sequence_setup, config, model_dir, source)
+        backend_config = sequencing[1] if sequencing else config
         # Triton reports the platform of a backend: "onnxruntime" models as onnxruntime_onnx.
         platform = platform_of(config)
         warmups = await asyncio.to_thread(warmup_requests, config, model_dir, source)
@@ -424,7 +429,7 @@ class Registry:
                         name,
                         version,
                         version_dir,
-                        config,
+                        backend_config,
                         i,
                         len(placed),
                         slot.kind,
@@ -444,7 +449,11 @@ class Registry:
                         backend.close()
                     raise errors[0]
                 stats = ModelStats(name, str(version))
-                scheduler = Scheduler(spec, good, stats)
+                scheduler: Scheduler | SequenceScheduler
+                if sequencing:
+                    scheduler = SequenceScheduler(sequencing[0], good, stats, list(outputs))
+                else:
+                    scheduler = Scheduler(spec, good, stats)
                 scheduler.start()
                 result[version] = LoadedVersion(
                     name=name,
