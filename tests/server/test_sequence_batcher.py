@@ -295,8 +295,9 @@ def test_idle_sequence_is_released_after_max_sequence_idle(served: Any) -> None:
     async def scenario() -> tuple[float, Any]:
         client = grpcaio.InferenceServerClient(served.grpc_url)
         try:
-            await client.infer("idle", [_input(grpcaio, 1.0)], sequence_id=1, sequence_start=True)
+            # A's idle time runs from its arrival (not its response): measure from its send.
             a_last = time.monotonic()
+            await client.infer("idle", [_input(grpcaio, 1.0)], sequence_id=1, sequence_start=True)
             b = await asyncio.wait_for(
                 client.infer("idle", [_input(grpcaio, 7.0)], sequence_id=2, sequence_start=True),
                 timeout=30,
