@@ -404,7 +404,9 @@ class SequenceScheduler:
             return
         finally:
             self._executing -= 1
+        # batch_stats by the batch's rows, padding included; inference_count by requests (Triton).
         self._stats.record_execution(len(rows), t1 - t0, t2 - t1, t3 - t2)
+        self._stats.inference_count -= len(rows) - len(taken)
         real = iter(r for row, r in zip(rows, results, strict=True) if not row.padding)
         for (_slot, seq, req), outcome in zip(taken, real, strict=False):
             if isinstance(outcome, Exception):

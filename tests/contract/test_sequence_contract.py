@@ -283,3 +283,43 @@ def test_idle_sequence_is_released(server: Any) -> None:
         client.infer("seq_idle", [_input(httpclient, 0.0)], sequence_id=2, sequence_end=True)
     finally:
         client.close()
+
+
+def test_direct_statistics_count_padding_rows(server: Any) -> None:
+    """Direct batches are rows 0..highest busy slot: a lone request in slot 1 runs in a batch of
+    2 whose slot-0 row is padding. batch_stats count that batch as size 2; success and
+    inference_count count requests only."""
+    _kind, http_url, _grpc = server
+    client = httpclient.InferenceServerClient(http_url)
+    try:
+        before = client.get_inference_statistics("seq_direct")["model_stats"][0]
+        steps = [(7001, True, False), (7002, True, False), (7002, False, False),
+                 (7001, False, True), (7002, False, True)]  # fmt: skip
+        for sid, start, end in steps:
+            client.infer(
+                "seq_direct",
+                [_input(httpclient, 1.0)],
+                sequence_id=sid,
+                sequence_start=start,
+                sequence_end=end,
+            )
+        after = client.get_inference_statistics("seq_direct")["model_stats"][0]
+    finally:
+        client.close()
+
+    def delta(key: str) -> int:
+        return int(after[key]) - int(before[key])
+
+    def batches(stats: dict[str, Any]) -> dict[int, int]:
+        return {
+            int(b["batch_size"]): int(b["compute_infer"]["count"]) for b in stats["batch_stats"]
+        }
+
+    success = (
+        after["inference_stats"]["success"]["count"] - before["inference_stats"]["success"]["count"]
+    )
+    assert success == 5
+    assert delta("execution_count") == 5
+    assert delta("inference_count") == 5  # padding rows are not inferences
+    grown = {k: v - batches(before).get(k, 0) for k, v in batches(after).items()}
+    assert {k: v for k, v in grown.items() if v} == {1: 2, 2: 3}
