@@ -144,10 +144,16 @@ class SequenceScheduler:
         runner = self._oldest if self._seq.oldest else self._direct
         self._tasks = [loop.create_task(runner(i)) for i in range(len(self._instances))]
         self._tasks.append(loop.create_task(self._reaper()))
+        for task in self._tasks:
+            task.add_done_callback(self._runner_done)
 
     def try_direct(self, inputs: dict[str, Array], batch_size: int) -> None:
         """Never: every request of a sequence model goes through its sequence's slot."""
         return None
+
+    def _runner_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("sequence batcher of model '%s' stopped: %r", self._name, task.exception())
 
     # -- arrival -------------------------------------------------------------------------------
 
@@ -450,7 +456,10 @@ class SequenceScheduler:
         for wake in self._wake:
             wake.set()
         self._check_drained()
-        await self._drained.wait()
+        # A runner that died (a bug) must not hang the unload: stop waiting when one ends.
+        drained = asyncio.ensure_future(self._drained.wait())
+        await asyncio.wait([drained, *self._tasks], return_when=asyncio.FIRST_COMPLETED)
+        drained.cancel()
         refused = Unavailable(f"model '{self._name}' is unloading")
         for seq in self._backlog:
             for req in seq.queue:

@@ -190,6 +190,19 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Any:
     accumulator(repo, "boolctl", control="BOOL", corrid="STRING", max_batch_size=0)
     accumulator(repo, "fp32ctl", control="FP32", corrid="INT64")
     accumulator(repo, "idle", max_batch_size=1, idle_us=50_000)  # one slot
+    # Batches that wait (10 s at most) until two sequences have a request each.
+    accumulator(
+        repo,
+        "direct_wait",
+        strategy="direct { max_queue_delay_microseconds: 10000000 minimum_slot_utilization: 1.0 }",
+        max_batch_size=2,
+    )
+    accumulator(
+        repo,
+        "oldest_wait",
+        strategy="oldest { max_candidate_sequences: 4 preferred_batch_size: [ 2 ] "
+        "max_queue_delay_microseconds: 10000000 }",
+    )
     (repo / "initial" / "initial_state").mkdir(parents=True)
     (repo / "initial" / "initial_state" / "acc.bin").write_bytes(
         np.full(SIZE, 100.0, np.float32).tobytes()
@@ -233,6 +246,33 @@ def test_oldest_interleaved_sequences_keep_their_own_state(served: Any) -> None:
 
 def test_oldest_with_fewer_candidates_than_sequences(served: Any) -> None:
     asyncio.run(_interleaved(served.grpc_url, "oldest2"))
+
+
+@pytest.mark.parametrize("model", ["direct_wait", "oldest_wait"])
+def test_queue_delay_waits_for_a_fuller_batch(served: Any, model: str) -> None:
+    """Direct's minimum_slot_utilization 1.0 (2 slots) and Oldest's preferred_batch_size 2,
+    each with a 10 s queue delay: two sequences' STARTs sent together run as one batch of 2."""
+
+    async def both() -> list[Any]:
+        client = grpcaio.InferenceServerClient(served.grpc_url)
+        try:
+            return await asyncio.gather(
+                *(
+                    client.infer(model, [_input(grpcaio, v)], sequence_id=sid, sequence_start=True)
+                    for sid, v in ((1, 2.0), (2, 3.0))
+                )
+            )
+        finally:
+            await client.close()
+
+    a, b = asyncio.run(both())
+    assert a.as_numpy("OUTPUT").tolist() == [[2.0] * SIZE]
+    assert b.as_numpy("OUTPUT").tolist() == [[3.0] * SIZE]
+    stats = _stats(served.http_url, model)
+    assert stats["execution_count"] == 1
+    assert [(x["batch_size"], x["compute_infer"]["count"]) for x in stats["batch_stats"]] == [
+        (2, 1)
+    ]
 
 
 def test_bool_controls_and_string_corrid_without_batching(served: Any) -> None:
