@@ -9,6 +9,7 @@ echoes each control input, so a test reads what the model was given.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -527,3 +528,117 @@ def test_bad_sequence_config_fails_its_load(
     with pytest.raises(InferenceServerException) as exc:
         client.load_model("bad")
     assert message in exc.value.message()
+
+
+# -- in process: what a backend is handed (fakes implement the Backend protocol) ---------------
+
+
+class _Recorder:
+    """A backend that records each execution's inputs; OUTPUT = INPUT + ACC_IN, ACC_OUT = OUTPUT.
+    With `takes_requests` it is called as Triton's python backend is: one dict per row."""
+
+    def __init__(self, takes_requests: bool = False, gate: Any = None) -> None:
+        self.takes_requests = takes_requests
+        self.calls: list[Any] = []
+        self._gate = gate
+        self.started = threading.Event()
+
+    def _one(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        out = inputs["INPUT"] + inputs["ACC_IN"]
+        return {"OUTPUT": out, "ACC_OUT": out}
+
+    def infer(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        self.started.set()
+        if self._gate is not None:
+            self._gate.wait(30)
+        self.calls.append({k: v.copy() for k, v in inputs.items()})
+        return self._one(inputs)
+
+    def execute(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        self.calls.append([{k: v.copy() for k, v in r.items()} for r in requests])
+        return [self._one(r) for r in requests]
+
+    def close(self) -> None:
+        pass
+
+
+def _scheduler(tmp_path: Path, backend: Any, strategy: str = "direct { }") -> Any:
+    from perfkit_server.sequence import SequenceScheduler
+    from perfkit_server.sequence_config import sequence_setup
+    from perfkit_server.stats import ModelStats
+
+    from perfkit.model_repo.config import parse_config
+
+    accumulator(tmp_path, "m", strategy=strategy)
+    config = parse_config((tmp_path / "m" / "config.pbtxt").read_text())
+    setup = sequence_setup(config, tmp_path / "m", "m")
+    assert setup is not None
+    scheduler = SequenceScheduler(setup[0], [backend], ModelStats("m", "1"), ["OUTPUT"])
+    scheduler.start()
+    return scheduler
+
+
+def _row(value: float) -> dict[str, Any]:
+    return {"INPUT": np.full((1, SIZE), value, np.float32)}
+
+
+@pytest.mark.parametrize("takes_requests", [False, True])
+def test_direct_padding_rows_are_not_ready(tmp_path: Path, takes_requests: bool) -> None:
+    """X holds slot 0, Y slot 1; Y's lone request runs as rows [padding, Y]: the padding row has
+    READY, START and END false and CORRID 0, and its output goes nowhere."""
+    backend = _Recorder(takes_requests)
+
+    async def run() -> Any:
+        sched = _scheduler(tmp_path, backend)
+        try:
+            await sched.submit(_row(1.0), 1, params={"sequence_id": 5, "sequence_start": True})
+            await sched.submit(_row(2.0), 1, params={"sequence_id": 6, "sequence_start": True})
+            return await sched.submit(_row(3.0), 1, params={"sequence_id": 6})
+        finally:
+            await sched.close()
+
+    outputs, _times = asyncio.run(run())
+    assert outputs["OUTPUT"].tolist() == [[5.0] * SIZE]
+    assert "ACC_OUT" not in outputs  # the state stays in the server
+    last = backend.calls[-1]
+    rows = last if takes_requests else [{k: v[i : i + 1] for k, v in last.items()} for i in (0, 1)]
+    padding, real = rows
+    assert [padding[k].tolist() for k in ("READY", "START", "END", "CORRID")] == [[[0]]] * 4
+    assert padding["INPUT"].tolist() == [[0.0] * SIZE]
+    assert [real[k].tolist() for k in ("READY", "START", "END", "CORRID")] == [
+        [[1]], [[0]], [[0]], [[6]]
+    ]  # fmt: skip
+    assert real["ACC_IN"].tolist() == [[2.0] * SIZE]
+
+
+def test_a_sequence_cannot_queue_without_bound(tmp_path: Path) -> None:
+    """A client that never waits for its responses: past MAX_QUEUED_PER_SEQUENCE requests queued
+    for one sequence, the next is refused (UNAVAILABLE) and the server keeps serving."""
+    from perfkit_server.errors import Unavailable
+    from perfkit_server.sequence import MAX_QUEUED_PER_SEQUENCE
+
+    gate = threading.Event()
+    backend = _Recorder(gate=gate)
+
+    async def run() -> str:
+        sched = _scheduler(tmp_path, backend)
+        try:
+            first = sched.submit(_row(1.0), 1, params={"sequence_id": 9, "sequence_start": True})
+            await asyncio.to_thread(backend.started.wait, 30)  # it executes, held by the gate
+            queued = [
+                sched.submit(_row(1.0), 1, params={"sequence_id": 9})
+                for _ in range(MAX_QUEUED_PER_SEQUENCE)
+            ]
+            with pytest.raises(Unavailable) as exc:
+                sched.submit(_row(1.0), 1, params={"sequence_id": 9})
+            gate.set()
+            await asyncio.gather(first, *queued)
+            return str(exc.value)
+        finally:
+            gate.set()
+            await sched.close()
+
+    message = asyncio.run(run())
+    assert (
+        f"sequence 9 of model 'm' already has {MAX_QUEUED_PER_SEQUENCE} requests queued" in message
+    )
