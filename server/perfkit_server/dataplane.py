@@ -28,12 +28,13 @@ from perfkit_server.stats import RequestTimes
 from perfkit_server.streaming import decoupled_responses
 from perfkit_server.types import InferInput, InferOutput, InferRequest, InferResponse, v2_of_array
 
-# Only what this server implements (no sequences, classification or logging API). CUDA shared
+# Only what this server implements (no classification or logging API). CUDA shared
 # memory needs CuPy and a GPU: without them its register answers as a Triton without GPU support.
 EXTENSIONS = [
     "model_repository",
     "schedule_policy",
     "model_configuration",
+    "sequence",
     "binary_tensor_data",
     "parameters",
     "statistics",

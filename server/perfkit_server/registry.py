@@ -50,6 +50,8 @@ from perfkit_server.placement import placed_groups, resolve_groups, slots
 from perfkit_server.rate_limiter import ModelLimits, RateLimiter, log_ignored
 from perfkit_server.response_cache import ResponseCache, model_cache
 from perfkit_server.scheduler import BatcherSpec, Scheduler
+from perfkit_server.sequence import SequenceScheduler
+from perfkit_server.sequence_config import sequence_setup
 from perfkit_server.settings import ServerSettings
 from perfkit_server.stats import ModelStats
 from perfkit_server.types import InferRequest, InferResponse
@@ -79,7 +81,7 @@ class LoadedVersion:
     name: str
     version: int
     config: Any
-    scheduler: Scheduler | EnsembleScheduler
+    scheduler: Scheduler | EnsembleScheduler | SequenceScheduler
     stats: ModelStats
     inputs: dict[str, TensorSignature]
     outputs: dict[str, TensorSignature]
@@ -461,6 +463,9 @@ class Registry:
         cache = model_cache(config, self.response_cache, source)
         if self.rate_limiter is None:
             log_ignored(config)
+        # A sequence_batching model: its sequence batcher, and the config its backends load.
+        sequencing = await asyncio.to_thread(sequence_setup, config, model_dir, source)
+        backend_config = sequencing[1] if sequencing else config
         # Triton reports the platform of a backend: "onnxruntime" models as onnxruntime_onnx.
         platform = platform_of(config)
         warmups = await asyncio.to_thread(warmup_requests, config, model_dir, source)
@@ -473,7 +478,7 @@ class Registry:
                         name,
                         version,
                         version_dir,
-                        config,
+                        backend_config,
                         i,
                         len(placed),
                         slot.kind,
@@ -501,7 +506,11 @@ class Registry:
                         backend.close()
                     raise errors[0]
                 stats = ModelStats(name, str(version))
-                scheduler = Scheduler(spec, good, stats, limits)
+                scheduler: Scheduler | SequenceScheduler
+                if sequencing:
+                    scheduler = SequenceScheduler(sequencing[0], good, stats, list(outputs), limits)
+                else:
+                    scheduler = Scheduler(spec, good, stats, limits)
                 scheduler.start()
                 result[version] = LoadedVersion(
                     name=name,
