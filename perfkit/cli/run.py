@@ -26,6 +26,7 @@ from perfkit.cli.run_pa import (
     fixed_schedule_load,
     refuse_sync,
     request_target,
+    sequence_spec,
 )
 from perfkit.cli.run_tls import TLS_OPTIONS, tls_target
 from perfkit.errors import EXIT_OTHER, EXIT_UNSTABLE, ConfigError
@@ -82,6 +83,7 @@ def _inputs(o: Mapping[str, Any]) -> S.InputSpec:
         string_data=o["string_data"],
         shared_memory=o["shared_memory"],
         output_shared_memory_size=o["output_shared_memory_size"],
+        sequence=sequence_spec(o),
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from perfkit.report.pa_server import server_lines
 from perfkit.results import Measurement, RunResult
 
 
@@ -85,7 +86,11 @@ def level_block(
     for w in m.warnings:
         if "keep up with the desired request rate" in w:
             lines.append(f"    [WARNING] {w}")
+    if m.sequence_count is not None:
+        lines.append(f"    Sequence count: {m.sequence_count} ({m.sequences_per_s:g} seq/sec)")
     lines.append(f"    Throughput: {m.throughput_infer_per_s:.2f} infer/sec")
+    if m.response_count is not None:
+        lines.append(f"    Response Throughput: {m.response_throughput_per_s:.2f} infer/sec")
     if verbose or m.generator_saturated:
         lines.append(
             f"    Generator CPU: {m.client_cpu_pct:.1f}% of a core, "
@@ -123,16 +128,7 @@ def level_block(
         )
     s = m.server
     if s is not None:
-        lines += [
-            "  Server: ",
-            f"    Inference count: {s.inference_count}",
-            f"    Execution count: {s.execution_count}",
-            f"    Successful request count: {s.success_count}",
-            f"    Avg request latency: {int(s.avg_request_us)} usec (overhead {int(s.overhead_us)} "
-            f"usec + queue {int(s.queue_us)} usec + compute input {int(s.compute_input_us)} usec + "
-            f"compute infer {int(s.compute_infer_us)} usec + compute output "
-            f"{int(s.compute_output_us)} usec)",
-        ]
+        lines += ["  Server: ", *server_lines(s)]
     gpu = {k: v for k, v in m.metrics.items() if v}
     if gpu:
         names = {
