@@ -157,6 +157,7 @@ def _write_outputs(result: RunResult, o: Mapping[str, Any], experiments: list[An
     }  # fmt: skip
     if o["latency_report_file"]:
         written.append(pa_csv.write(o["latency_report_file"], result.measurements, **csv_opts))
+        written += pa_csv.write_composing(o["latency_report_file"], result.measurements)
     if o["profile_export_file"]:
         written.append(
             pa_export.write(o["profile_export_file"], experiments, endpoint=result.server.url)
