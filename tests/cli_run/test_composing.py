@@ -143,7 +143,9 @@ def test_ensemble_composing_breakdown(pipelines, tmp_path, proto):
         rows = (out.parent / f"{name}_v1.pipe.csv").read_text().splitlines()
         assert rows[0] == COMPOSING_HEADER
         cells = rows[1].split(",")
-        assert cells[0] == "2" and cells[2] == "0" and cells[-1] == "0"
+        assert cells[0] == "2"
+        assert cells[2] == "0"
+        assert cells[-1] == "0"
         assert float(cells[1]) > 0
     result = load_result(tmp_path / "res")
     server = result.measurements[0].server
@@ -181,7 +183,9 @@ def test_response_cache_figures(triton_server, tmp_path):
     hits = int(re.search(r"    Cache hit count: (\d+)", p.stdout).group(1))
     misses = int(re.search(r"    Cache miss count: (\d+)", p.stdout).group(1))
     # One input, sent 50 times: the first is computed (a miss), the rest answered from the cache.
-    assert misses >= 1 and hits + misses == 50 and hits >= 40
+    assert misses >= 1
+    assert hits + misses == 50
+    assert hits >= 40
     assert re.search(r"Average Cache Hit Latency: \d+ usec", p.stdout)
     assert re.search(r"Average Cache Miss Latency: \d+ usec \(cache lookup/insertion", p.stdout)
     header = out.read_text().splitlines()[0].split(",")
