@@ -22,8 +22,14 @@ from perfkit.load.stats import RawWindow
 from perfkit.load.transports.base import Pool
 from perfkit.load.transports.grpcio import GrpcPool
 from perfkit.load.transports.h2 import H2Pool
+from perfkit.load.transports.h2stream import StreamPool
 from perfkit.load.transports.http1 import HttpPool
-from perfkit.load.wire import GrpcSequenceRequests, HttpSequenceRequests, format_headers
+from perfkit.load.wire import (
+    STREAM_SUFFIX,
+    GrpcSequenceRequests,
+    HttpSequenceRequests,
+    format_headers,
+)
 from perfkit.results import ServerInfo
 from perfkit.tls import grpc_metadata
 
@@ -174,6 +180,13 @@ class Session:
             ctx = tls.context(alpn=["http/1.1"]) if tls else None
             return HttpPool(host, port, self.reqs, closed_loop, tls=ctx, headers=headers)
         metadata = grpc_metadata(headers)
+        if self.target.streaming:
+            return StreamPool(
+                host, port, self.reqs, closed_loop, decoupled=self.shape.decoupled,
+                suffix=STREAM_SUFFIX,
+                tls=tls.context(alpn=["h2"]) if tls else None, metadata=metadata,
+                compression=self.target.grpc_compression,
+            )  # fmt: skip
         if self.target.grpc_client == "grpcio":
             creds = tls.grpc_credentials() if tls else None
             return GrpcPool(

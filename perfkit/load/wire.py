@@ -130,7 +130,95 @@ def format_headers(headers: Sequence[tuple[str, str]]) -> bytes:
     return "".join(f"{name}: {value}\r\n" for name, value in headers).encode("latin-1")
 
 
-def stream_suffix(decoupled: bool) -> bytes:
-    """What a streamed request carries besides its id: for a decoupled model, the parameter that
-    makes Triton mark (and, when needed, send empty) final responses, as perf_analyzer sets it."""
-    return infer_parameter("triton_enable_empty_final_response", True) if decoupled else b""
+STREAM_SUFFIX = infer_parameter("triton_enable_empty_final_response", True)
+"""What a streamed request carries besides its id: the parameter that makes Triton mark (and for a
+decoupled model, when needed, send empty) final responses, which perf_analyzer always sets."""
+
+
+# -- streamed responses (ModelStreamInferResponse), read without protobuf's runtime ------------
+
+# Fields of ModelStreamInferResponse and ModelInferResponse (grpc_service.proto).
+_ERROR_MESSAGE, _INFER_RESPONSE = 1, 2
+_ID, _PARAMETERS, _OUTPUTS, _RAW_OUTPUTS = 3, 4, 5, 6
+_FINAL = b"triton_final_response"
+
+
+class WireError(ValueError):
+    """A message that is not well-formed protobuf."""
+
+
+def _varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
+    out = shift = 0
+    while True:
+        if pos >= end or shift > 63:
+            raise WireError("truncated or overlong varint")
+        b = buf[pos]
+        pos += 1
+        out |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return out, pos
+        shift += 7
+
+
+def _fields(buf: bytes, pos: int, end: int) -> list[tuple[int, int, int, int]]:
+    """(field number, wire type, value or start, end) of each field in buf[pos:end]; a
+    length-delimited field's bytes are buf[start:end], never copied."""
+    out = []
+    while pos < end:
+        key, pos = _varint(buf, pos, end)
+        field, wt = key >> 3, key & 7
+        if wt == 0:
+            v, pos = _varint(buf, pos, end)
+            out.append((field, wt, v, pos))
+        elif wt == 2:
+            n, pos = _varint(buf, pos, end)
+            if pos + n > end:
+                raise WireError("a field runs past its message")
+            out.append((field, wt, pos, pos + n))
+            pos += n
+        elif wt in (1, 5):
+            pos += 8 if wt == 1 else 4
+            if pos > end:
+                raise WireError("a fixed-size field runs past its message")
+        else:
+            raise WireError(f"wire type {wt} is not supported")
+    return out
+
+
+def _final_flag(buf: bytes, start: int, end: int) -> bool | None:
+    """A `parameters` map entry: True/False when it is triton_final_response, else None."""
+    key: bytes | None = None
+    value: bool | None = None
+    for field, wt, a, b in _fields(buf, start, end):
+        if field == 1 and wt == 2:
+            key = buf[a:b]
+        elif field == 2 and wt == 2:
+            for f2, w2, v, _ in _fields(buf, a, b):
+                if f2 == 1 and w2 == 0:  # bool_param
+                    value = bool(v)
+    return value if key == _FINAL else None
+
+
+def stream_response(buf: bytes) -> tuple[str, str, bool | None, bool]:
+    """A serialized ModelStreamInferResponse -> (error message, request id, the
+    triton_final_response flag or None when absent, whether it carries outputs)."""
+    error = ""
+    rid = ""
+    final: bool | None = None
+    outputs = False
+    for field, wt, a, b in _fields(buf, 0, len(buf)):
+        if field == _ERROR_MESSAGE and wt == 2:
+            error = buf[a:b].decode(errors="replace")
+        elif field == _INFER_RESPONSE and wt == 2:
+            for f2, w2, c, d in _fields(buf, a, b):
+                if w2 != 2:
+                    continue
+                if f2 == _ID:
+                    rid = buf[c:d].decode(errors="replace")
+                elif f2 == _PARAMETERS:
+                    flag = _final_flag(buf, c, d)
+                    if flag is not None:
+                        final = flag
+                elif f2 in (_OUTPUTS, _RAW_OUTPUTS):
+                    outputs = True
+    return error, rid, final, outputs
