@@ -151,6 +151,9 @@ def test_ensemble_composing_breakdown(pipelines, tmp_path, proto):
     server = result.measurements[0].server
     assert [(c.name, c.version) for c in server.composing] == [("first", "1"), ("second", "1")]
     assert all(c.server.success_count == 60 for c in server.composing)
+    frame = result.to_pandas()
+    assert list(frame["composing_first_success_count"]) == [60]
+    assert list(frame["composing_second_version"]) == ["1"]
 
 
 def test_bls_composing_models(pipelines, tmp_path):
