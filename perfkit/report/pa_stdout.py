@@ -59,6 +59,10 @@ def settings_block(
     if s.get("binary_search"):
         lines.append("  Using Binary Search algorithm")
     lines.append("  Using asynchronous calls for inference")
+    if s.get("decoupled"):
+        # perf_analyzer says "first response" here, but ends a request's latency at its last
+        # response with outputs; so does perfkit, and says so.
+        lines.append("  Detected decoupled model, using the last response for measuring latency")
     if int(s.get("workers", 1)) > 1:
         lines.append(f"  Using {s['workers']} load-generator processes (perfkit --workers)")
     return lines

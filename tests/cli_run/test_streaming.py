@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from perfkit.report import pa_stdout
 from perfkit.report.schema import load_result
 from tests.cli_run.test_cli import flat, no_traceback, perfkit
 from tests.cli_run.test_sequences import check_state, read_log, sequences, write_accumulator
@@ -77,7 +78,13 @@ def test_decoupled_model_streams_several_responses(models, tmp_path):
     assert re.search(r"    Response Throughput: [\d.]+ infer/sec", p.stdout)
     header = out.read_text().splitlines()[0].split(",")
     assert header[:3] == ["Concurrency", "Inferences/Second", "Response Throughput"]
-    for m in load_result(tmp_path / "res").measurements:
+    result = load_result(tmp_path / "res")
+    assert result.settings["decoupled"] is True
+    # The full summary (what a terminal run prints at the end) says how latency is measured.
+    assert "  Detected decoupled model, using the last response for measuring latency" in (
+        pa_stdout.summary(result)
+    )
+    for m in result.measurements:
         # Every request completed at its final (empty) response, after three with outputs.
         assert m.request_count == 30
         assert m.error_count == 0
