@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 _SPIN_NS = 1_050_000
 _DRAIN_TIMEOUT_S = 60.0
 _POLL_S = 0.002
+# Ending the sequences in progress after a level: a bounded wait (the server may be gone).
+_END_SEQUENCES_TIMEOUT_S = 10.0
 
 
 def cpu_seconds() -> float:
@@ -256,7 +258,8 @@ class LevelDriver:
             return
         n = feed.close_all()
         if n:
-            await self.run_fixed(n)
+            async with asyncio.timeout(_END_SEQUENCES_TIMEOUT_S):
+                await self.run_fixed(n)
 
     async def close(self) -> None:
         self.state.running = False
@@ -264,7 +267,7 @@ class LevelDriver:
             self.sched_task.cancel()
         try:
             await self.end_sequences()
-        except (ServerError, OSError) as exc:
+        except (ServerError, OSError, TimeoutError) as exc:
             logger.warning("could not end the sequences in progress: %s", exc)
         await self.pool.close()
 

@@ -322,6 +322,8 @@ async def measure_windows(
             duration_ns=sum(r.duration_ns for r in raws), stable=stable,
             percentile=measure.percentile, server_before=before, server_after=after,
             late_threshold_us=measure.late_threshold_us, extra_warnings=[*source.notes, *warn],
+            # A Session knows the model's kind (`perfkit.load.composing.ModelShape`); a test's
+            # stand-in need not.
             shape=getattr(server, "shape", None),
         )  # fmt: skip
         if on_raw:

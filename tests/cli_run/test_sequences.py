@@ -72,7 +72,7 @@ input {{ name: "INPUT0" data_type: TYPE_FP32 dims: [ 1 ] }}
 output {{ name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 1 ] }}
 instance_group {{ count: 1 kind: KIND_CPU }}
 sequence_batching {{
-  max_sequence_idle_microseconds: 5000000
+  max_sequence_idle_microseconds: 5000000{strategy}
   control_input [
     {{ name: "START" control [ {{ kind: CONTROL_SEQUENCE_START int32_false_true: [ 0, 1 ] }} ] }},
     {{ name: "END" control [ {{ kind: CONTROL_SEQUENCE_END int32_false_true: [ 0, 1 ] }} ] }},
@@ -84,11 +84,15 @@ parameters {{ key: "log" value {{ string_value: "{log}" }} }}
 """
 
 
-def write_accumulator(repo: Path, log: Path) -> None:
+def write_accumulator(repo: Path, log: Path, strategy: str = "direct") -> None:
+    """The accumulator, under the sequence batcher's Direct (default) or Oldest strategy."""
     d = repo / "accumulate"
     (d / "1").mkdir(parents=True, exist_ok=True)
     (d / "1" / "model.py").write_text(_MODEL)
-    (d / "config.pbtxt").write_text(_CONFIG.format(log=log))
+    oldest = "\n  oldest {{ max_candidate_sequences: 8 max_queue_delay_microseconds: 1000 }}"
+    (d / "config.pbtxt").write_text(
+        _CONFIG.format(log=log, strategy=oldest.format() if strategy == "oldest" else "")
+    )
 
 
 def read_log(log: Path) -> list[dict[str, float]]:
@@ -148,10 +152,14 @@ def test_concurrency_runs_one_sequence_per_slot(accumulator, proto):
     assert "Sequence count:" in p.stdout
 
 
-def test_num_of_sequences_interleaved(accumulator):
+@pytest.mark.parametrize("strategy", ["direct", "oldest"])
+def test_num_of_sequences_interleaved(triton_server, tmp_path, strategy):
     """Request-rate mode with --num-of-sequences 8: requests of 8 sequences interleave, each
-    sequence's state stays its own, ids cycle within --sequence-id-range."""
-    server, log = accumulator
+    sequence's state stays its own (under both strategies), ids cycle within
+    --sequence-id-range."""
+    log = tmp_path / "requests.jsonl"
+    write_accumulator(tmp_path / "repo", log, strategy)
+    server = triton_server(tmp_path / "repo")
     p = perfkit("-m", "accumulate", "-u", server.grpc_url, "-i", "grpc",
                 "--request-rate-range", "400", "--request-count", "240",
                 "--num-of-sequences", "8", "--serial-sequences", "--sequence-length", "5",
