@@ -166,6 +166,7 @@ def _write_outputs(result: RunResult, o: Mapping[str, Any], experiments: list[An
         out = Path(o["output_dir"])
         out.mkdir(parents=True, exist_ok=True)
         written.append(pa_csv.write(out / "perf_analyzer.csv", result.measurements, **csv_opts))
+        written += pa_csv.write_composing(out / "perf_analyzer.csv", result.measurements)
         written.append(
             pa_export.write(out / "profile_export.json", experiments, endpoint=result.server.url)
         )

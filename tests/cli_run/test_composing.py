@@ -147,6 +147,9 @@ def test_ensemble_composing_breakdown(pipelines, tmp_path, proto):
         assert cells[2] == "0"
         assert cells[-1] == "0"
         assert float(cells[1]) > 0
+    assert (
+        (tmp_path / "res" / "first_v1.perf_analyzer.csv").read_text().startswith(COMPOSING_HEADER)
+    )
     result = load_result(tmp_path / "res")
     server = result.measurements[0].server
     assert [(c.name, c.version) for c in server.composing] == [("first", "1"), ("second", "1")]
