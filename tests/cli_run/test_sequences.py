@@ -211,3 +211,18 @@ def test_sequence_model_refuses_batching(accumulator):
     assert p.returncode == 3
     assert "sequence models do not support batching" in flat(p.stderr)
     no_traceback(p)
+
+
+def test_workers_share_out_the_ids(accumulator):
+    """--workers 2: each process runs its slots' sequences with ids from its half of the range,
+    so ids stay unique across processes."""
+    server, log = accumulator
+    p = perfkit("-m", "accumulate", "-u", server.http_url, "--workers", "2",
+                "--concurrency-range", "4", "--request-count", "80", "--sequence-length", "5",
+                "--sequence-id-range", "1:1001")  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    seqs = sequences(read_log(log))
+    check_state(seqs)
+    ids = {int(s[0]["id"]) for s in seqs}
+    assert any(i <= 500 for i in ids)
+    assert any(i > 500 for i in ids)
