@@ -363,7 +363,8 @@ def run(**o: Any) -> None:
         if keep_raw:
             experiments.append(
                 pa_export.Experiment(
-                    measurement=m, sent_ns=raw.sent_ns, done_ns=raw.done_ns, window_boundaries_ns=bounds
+                    measurement=m, sent_ns=raw.sent_ns, done_ns=raw.done_ns, window_boundaries_ns=bounds,
+                    sequence_ids=raw.sequence_ids,
                 )
             )  # fmt: skip
 

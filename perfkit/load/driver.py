@@ -285,6 +285,7 @@ class LevelDriver:
             else np.empty(0, np.int64)
         )
         responses = np.array(tm.responses[lo:n], dtype=np.int64)
+        seq_ids = np.array(tm.seq_ids[lo:n], dtype=np.int64)
         ne_ = len(tm.seq_ends)
         lo_e = max(0, self.end_cursor - 4096) if not everything else self.end_cursor
         ends = np.array(tm.seq_ends[lo_e:ne_], dtype=np.int64)
@@ -296,6 +297,8 @@ class LevelDriver:
                 intended = intended[mask]
             if responses.size:
                 responses = responses[mask]
+            if seq_ids.size:
+                seq_ids = seq_ids[mask]
             ends = ends[(ends > start) & (ends <= end)]
         self.cursor = n
         ne = len(tm.err_done)
@@ -322,6 +325,7 @@ class LevelDriver:
             cpu_s=cpu - self._cpu,
             sequence_count=int(ends.size),
             response_count=int(responses.sum()) if responses.size else int(done.size),
+            sequence_ids=seq_ids,
         )
         self._cpu = cpu
         self._send_ns, self._recv_ns = tm.send_ns, tm.recv_ns

@@ -30,6 +30,10 @@ from perfkit.load.spec import SequenceSpec
 
 # encode(input set index, sequence id, start, end) -> the request's wire bytes.
 Encode = Callable[[int, int, bool, bool], bytes]
+# A ticket packs the sequence id, the status index (below 2**20 statuses) and the end flag.
+_STATUS_BITS = 20
+_STATUS_MASK = (1 << _STATUS_BITS) - 1
+_ID_SHIFT = _STATUS_BITS + 1
 
 
 def varied_length(base: int, variation_pct: float, rng: random.Random) -> int:
@@ -99,8 +103,8 @@ class SequenceFeed:
         json_data: bool = False,
         seed: int = 0,
     ) -> None:
-        if n < 1:
-            raise ValueError(f"sequence statuses: {n} must be >= 1")
+        if not 1 <= n <= _STATUS_MASK:
+            raise ValueError(f"sequence statuses: {n} must be between 1 and {_STATUS_MASK}")
         self.spec = spec
         self.ids = ids
         self.encode = encode
@@ -120,7 +124,8 @@ class SequenceFeed:
         return bool(self.closing) or not self.fifo or bool(self.idle)
 
     def take(self) -> tuple[bytes, int]:
-        """The next request and its ticket (status index * 2 + 1 when it ends its sequence)."""
+        """The next request and its ticket: its sequence id, status index and end flag packed
+        (`give_back` unpacks them; a status may start its next sequence before the answer)."""
         if self.closing:
             i = self.closing.pop()
             if self.fifo and i in self.idle:
@@ -140,15 +145,17 @@ class SequenceFeed:
         stream = self.streams[st.stream]
         step = (st.length - st.remaining) % len(stream)
         st.remaining -= 1
-        return self.encode(stream[step], st.seq_id, start, end), i * 2 + int(end)
+        ticket = (st.seq_id << _ID_SHIFT) | (i << 1) | int(end)
+        return self.encode(stream[step], st.seq_id, start, end), ticket
 
-    def give_back(self, ticket: int) -> bool:
-        """The request of `ticket` was answered (or failed); True when it ended its sequence."""
+    def give_back(self, ticket: int) -> tuple[int, bool]:
+        """The request of `ticket` was answered (or failed): its sequence id, and whether it
+        ended its sequence."""
         if ticket < 0:
-            return False
+            return 0, False
         if self.fifo:
-            self.idle.append(ticket >> 1)
-        return bool(ticket & 1)
+            self.idle.append((ticket >> 1) & _STATUS_MASK)
+        return ticket >> _ID_SHIFT, bool(ticket & 1)
 
     # -- sequences ------------------------------------------------------------------------------
 

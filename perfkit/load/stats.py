@@ -46,6 +46,8 @@ class RawWindow:
     sequence_count: int = 0
     # Streaming: the responses of the window's requests (decoupled models send several).
     response_count: int = 0
+    # Sequence models: each request's sequence id (same order as done_ns), else empty.
+    sequence_ids: I64 = field(default_factory=lambda: np.empty(0, np.int64))
 
     @property
     def count(self) -> int:
@@ -159,6 +161,7 @@ def merge(windows: Sequence[RawWindow]) -> RawWindow:
         workers=max(w.workers for w in windows),
         sequence_count=sum(w.sequence_count for w in windows),
         response_count=sum(w.response_count for w in windows),
+        sequence_ids=np.concatenate([w.sequence_ids for w in windows]),
     )
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 import json
 import textwrap
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import pytest
@@ -134,12 +134,13 @@ def accumulator(triton_server, tmp_path):
 
 
 @pytest.mark.parametrize("proto", ["http", "grpc"])
-def test_concurrency_runs_one_sequence_per_slot(accumulator, proto):
+def test_concurrency_runs_one_sequence_per_slot(accumulator, proto, tmp_path):
     server, log = accumulator
     url = server.http_url if proto == "http" else server.grpc_url
+    export = tmp_path / "profile.json"
     p = perfkit("-m", "accumulate", "-u", url, "-i", proto, "--concurrency-range", "4",
                 "--request-count", "120", "--sequence-length", "6",
-                "--sequence-length-variation", "50")  # fmt: skip
+                "--sequence-length-variation", "50", "--profile-export-file", str(export))  # fmt: skip
     assert p.returncode == 0, p.stderr
     no_traceback(p)
     seqs = sequences(read_log(log))
@@ -150,6 +151,12 @@ def test_concurrency_runs_one_sequence_per_slot(accumulator, proto):
     # Ids count up from 1; each sequence its own id while in progress.
     assert min(int(s[0]["id"]) for s in seqs) == 1
     assert "Sequence count:" in p.stdout
+    # The profile export names each measured request's sequence, as perf_analyzer's does.
+    (experiment,) = json.loads(export.read_text())["experiments"]
+    exported = Counter(r["sequence_id"] for r in experiment["requests"])
+    logged = Counter(int(r["id"]) for r in read_log(log))
+    assert sum(exported.values()) == 120
+    assert all(exported[i] <= logged[i] for i in exported)
 
 
 @pytest.mark.parametrize("strategy", ["direct", "oldest"])

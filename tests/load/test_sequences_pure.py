@@ -72,7 +72,7 @@ def test_sequences_start_and_end_with_their_length():
     for _ in range(15):
         req, t = f.take()
         seen.append(decode(req))
-        assert f.give_back(t) == decode(req)[3]
+        assert f.give_back(t) == (decode(req)[1], decode(req)[3])
     starts = [k for k, r in enumerate(seen) if r[2]]
     ends = [k for k, r in enumerate(seen) if r[3]]
     assert starts == [0, 5, 10]
@@ -93,15 +93,15 @@ def test_id_range_cycles_and_skips_ids_in_use():
     assert ids[:3] == [10, 11, 12]
     # Two sequences in progress over a range of 2: never the same id at once.
     f = feed(2, fifo=True, length=3, variation_pct=0.0, start_id=1, id_range=2)
-    live: dict[int, int] = {}
+    live: set[int] = set()
     for _ in range(30):
         req, t = f.take()
         _, sid, s, e = decode(req)
         if s:
-            assert sid not in live.values()
-            live[t >> 1] = sid
+            assert sid not in live
+            live.add(sid)
         if e:
-            live.pop(t >> 1)
+            live.remove(sid)
         f.give_back(t)
 
 
@@ -122,7 +122,7 @@ def test_close_all_ends_every_sequence_in_progress():
     for _ in range(2):
         req, t = f.take()
         ends.append(decode(req))
-        assert f.give_back(t)
+        assert f.give_back(t) == (decode(req)[1], True)
     assert {r[1] for r in ends} == {1, 2}
     assert all(r[3] and not r[2] for r in ends)
     assert f.close_all() == 0

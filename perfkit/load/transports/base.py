@@ -23,11 +23,12 @@ class Timings:
     three by len(done). `send_ns` / `recv_ns` sum the time spent writing requests and reading
     responses. `seq_ends`: done times of the answered requests that ended a sequence.
     `responses`: with streaming, the responses each answered request got (parallel to done).
+    `seq_ids`: with a feed, each answered request's sequence id (parallel to done).
     """
 
     __slots__ = (
         "done", "err_done", "err_msgs", "intended", "recv_ns", "responses", "send_ns", "sent",
-        "seq_ends",
+        "seq_ends", "seq_ids",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -37,6 +38,7 @@ class Timings:
         self.err_done: list[int] = []
         self.err_msgs: list[str] = []
         self.seq_ends: list[int] = []
+        self.seq_ids: list[int] = []
         self.responses: list[int] = []
         self.send_ns = 0
         self.recv_ns = 0
@@ -82,8 +84,9 @@ class Feed(Protocol):
         """The next request's wire bytes (HTTP: the whole request; gRPC: the serialized
         ModelInferRequest) and its ticket."""
 
-    def give_back(self, ticket: int) -> bool:
-        """The request of `ticket` was answered or failed; True when it ended a sequence."""
+    def give_back(self, ticket: int) -> tuple[int, bool]:
+        """The request of `ticket` was answered or failed: its sequence id, and whether it
+        ended its sequence."""
 
     def close_all(self) -> int:
         """Make `take` give the requests that end what is in progress; returns how many."""
@@ -118,8 +121,12 @@ def complete(
     tm = slot.timings
     st = slot.state
     feed = st.feed
-    if feed is not None and feed.give_back(ticket) and error is None:
-        tm.seq_ends.append(done)
+    if feed is not None:
+        seq_id, ended = feed.give_back(ticket)
+        if error is None:
+            tm.seq_ids.append(seq_id)
+            if ended:
+                tm.seq_ends.append(done)
     if error is None:
         if not slot.closed_loop:
             tm.intended.append(intended)
