@@ -58,6 +58,12 @@ def model_shape(
     """The model's kind and composing models, from its config and its composing models' configs."""
     composing: dict[str, set[ModelId]] = {}
     flags = {"sequence": False, "cache": _cache_on(config)}
+    seen: dict[ModelId, Mapping[str, Any]] = {}
+
+    def config_of_once(name: str, version: str) -> Mapping[str, Any]:
+        if (name, version) not in seen:
+            seen[(name, version)] = config_of(name, version)
+        return seen[(name, version)]
 
     def walk(parent: str, cfg: Mapping[str, Any], depth: int) -> None:
         if cfg.get("platform") != "ensemble" or depth > _MAX_DEPTH:
@@ -65,15 +71,14 @@ def model_shape(
         for step in (cfg.get("ensemble_scheduling") or {}).get("step", []) or []:
             mid = (str(step.get("model_name", "")), _step_version(step))
             composing.setdefault(parent, set()).add(mid)
-            sub = config_of(*mid)
-            walk(mid[0], sub, depth + 1)
+            walk(mid[0], config_of_once(*mid), depth + 1)
 
     walk(name, config, 0)
     for mid in bls_composing:
         composing.setdefault(name, set()).add(mid)
     for ids in composing.values():
         for mid in ids:
-            sub = config_of(*mid)
+            sub = config_of_once(*mid)
             flags["sequence"] |= "sequence_batching" in sub
             flags["cache"] |= _cache_on(sub)
     sequence = flags["sequence"] if composing else "sequence_batching" in config
