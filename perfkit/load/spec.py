@@ -403,6 +403,17 @@ class SweepSpec:
             raise ConfigError(f"latency_threshold: {self.latency_threshold_ms} must be >= 0 (-l).")
         if self.binary_search and self.latency_threshold_ms <= 0:
             raise ConfigError("binary_search: --binary-search needs a --latency-threshold (-l).")
+        seq = self.inputs.sequence
+        if isinstance(self.load, ConcurrencyLoad):
+            most, what = max(self.load.levels), "maximum possible concurrency"
+        else:
+            most, what = seq.num_of_sequences, "maximum possible number of sequences"
+        if seq.id_range < most:
+            raise ConfigError(
+                f"--sequence-id-range: the sequence id range specified ({seq.id_range} ids) is "
+                f"smaller than the {what} ({most}); sequence id collision may occur. Widen the "
+                "range."
+            )
 
 
 def parse_range(

@@ -218,6 +218,10 @@ def test_sequence_model_refuses_batching(accumulator):
     assert p.returncode == 3
     assert "sequence models do not support batching" in flat(p.stderr)
     no_traceback(p)
+    p = perfkit("-m", "accumulate", "-u", server.http_url, "--concurrency-range", "4",
+                "--sequence-id-range", "1:3", "--request-count", "5")  # fmt: skip
+    assert p.returncode == 3
+    assert "sequence id collision may occur" in flat(p.stderr)
 
 
 def test_workers_share_out_the_ids(accumulator):

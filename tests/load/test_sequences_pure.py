@@ -319,3 +319,19 @@ def test_cache_breakdown_lines():
     assert lines[-1].startswith(
         "      Average Cache Miss Latency: 52 usec (cache lookup/insertion 2"
     )
+
+
+def test_id_range_smaller_than_the_load_is_refused():
+    from perfkit.load.spec import ConcurrencyLoad, InputSpec, RequestRateLoad, SweepSpec
+
+    target = TargetSpec(url="localhost:8000", model="m")
+    narrow = InputSpec(sequence=SequenceSpec(start_id=1, id_range=4))
+    with pytest.raises(ConfigError, match="maximum possible concurrency \\(8\\)"):
+        SweepSpec(target=target, inputs=narrow, load=ConcurrencyLoad(levels=(2, 8)))
+    with pytest.raises(ConfigError, match="maximum possible number of sequences"):
+        SweepSpec(
+            target=target,
+            inputs=InputSpec(sequence=SequenceSpec(id_range=4, num_of_sequences=5)),
+            load=RequestRateLoad(rates=(10.0,)),
+        )
+    SweepSpec(target=target, inputs=narrow, load=ConcurrencyLoad(levels=(4,)))
