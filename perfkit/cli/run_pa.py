@@ -148,8 +148,10 @@ def parse_bls_models(text: str | None) -> tuple[tuple[str, str], ...]:
 
 def sequence_spec(o: Mapping[str, Any]) -> S.SequenceSpec:
     """The sequence flags (used when the model turns out to be a sequence model)."""
+    from perfkit.load.sequences import parse_sequence_id_range
+
     start, id_range = (
-        S.parse_sequence_id_range(o["sequence_id_range"])
+        parse_sequence_id_range(o["sequence_id_range"])
         if o["sequence_id_range"]
         else (1, (1 << 32) - 1)
     )

@@ -36,6 +36,32 @@ _STATUS_MASK = (1 << _STATUS_BITS) - 1
 _ID_SHIFT = _STATUS_BITS + 1
 
 
+def parse_sequence_id_range(text: str) -> tuple[int, int]:
+    """perf_analyzer's --sequence-id-range `start[:end]` (end excluded) -> (start id, id range).
+
+    No end: ids from start without bound (perf_analyzer's UINT32_MAX range); start 0 becomes 1.
+    """
+    parts = text.split(":")
+    try:
+        if len(parts) > 2:
+            raise ValueError
+        start = int(parts[0])
+        end = int(parts[1]) if len(parts) == 2 else None
+    except ValueError:
+        raise ConfigError(
+            f"--sequence-id-range: {text!r} does not match <start:end> (e.g. 1:1000)."
+        ) from None
+    if start < 0 or (end is not None and end < 0):
+        raise ConfigError(f"--sequence-id-range: {text!r}: the range values must be >= 0.")
+    if end is not None and start >= end:
+        raise ConfigError(
+            f"--sequence-id-range: {text!r}: the 'end' value must be greater than 'start' "
+            "(end is excluded)."
+        )
+    start = start or 1
+    return start, (end - start if end is not None else (1 << 32) - 1)
+
+
 def varied_length(base: int, variation_pct: float, rng: random.Random) -> int:
     """perf_analyzer's GetRandomSequenceLength: base + a uniform offset within +/- variation
     percent of base, truncated toward zero; at least 1."""

@@ -186,32 +186,6 @@ class SequenceSpec:
             )
 
 
-def parse_sequence_id_range(text: str) -> tuple[int, int]:
-    """perf_analyzer's --sequence-id-range `start[:end]` (end excluded) -> (start id, id range).
-
-    No end: ids from start without bound (perf_analyzer's UINT32_MAX range); start 0 becomes 1.
-    """
-    parts = text.split(":")
-    try:
-        if len(parts) > 2:
-            raise ValueError
-        start = int(parts[0])
-        end = int(parts[1]) if len(parts) == 2 else None
-    except ValueError:
-        raise ConfigError(
-            f"--sequence-id-range: {text!r} does not match <start:end> (e.g. 1:1000)."
-        ) from None
-    if start < 0 or (end is not None and end < 0):
-        raise ConfigError(f"--sequence-id-range: {text!r}: the range values must be >= 0.")
-    if end is not None and start >= end:
-        raise ConfigError(
-            f"--sequence-id-range: {text!r}: the 'end' value must be greater than 'start' "
-            "(end is excluded)."
-        )
-    start = start or 1
-    return start, (end - start if end is not None else (1 << 32) - 1)
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class InputSpec:
     """What each request carries, built once before measuring.

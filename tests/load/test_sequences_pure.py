@@ -15,8 +15,13 @@ from tritonclient.grpc import service_pb2
 from perfkit.cli.run_pa import parse_bls_models
 from perfkit.errors import ConfigError
 from perfkit.load.composing import model_shape
-from perfkit.load.sequences import SequenceFeed, SequenceIds, varied_length
-from perfkit.load.spec import SequenceSpec, TargetSpec, parse_sequence_id_range
+from perfkit.load.sequences import (
+    SequenceFeed,
+    SequenceIds,
+    parse_sequence_id_range,
+    varied_length,
+)
+from perfkit.load.spec import SequenceSpec, TargetSpec
 from perfkit.load.wire import GrpcSequenceRequests, HttpSequenceRequests, stream_response
 
 
