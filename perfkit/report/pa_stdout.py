@@ -120,7 +120,11 @@ def level_block(
         )
     send, recv = int(m.client_send_us), int(m.client_recv_us)
     wait = max(int(lat.avg_us) - send - recv, 0)
-    if protocol == "grpc":
+    if m.response_count is not None:
+        # A decoupled model: perf_analyzer keeps no client library times, and prints the line
+        # empty.
+        lines.append("    ")
+    elif protocol == "grpc":
         lines.append(
             f"    Avg gRPC time: {int(lat.avg_us)} usec ((un)marshal request/response "
             f"{send + recv} usec + response wait {wait} usec)"
