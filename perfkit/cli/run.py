@@ -364,7 +364,7 @@ def run(**o: Any) -> None:
             experiments.append(
                 pa_export.Experiment(
                     measurement=m, sent_ns=raw.sent_ns, done_ns=raw.done_ns, window_boundaries_ns=bounds,
-                    sequence_ids=raw.sequence_ids,
+                    sequence_ids=raw.sequence_ids, response_times=raw.response_times,
                 )
             )  # fmt: skip
 

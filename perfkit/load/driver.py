@@ -286,6 +286,7 @@ class LevelDriver:
         )
         responses = np.array(tm.responses[lo:n], dtype=np.int64)
         seq_ids = np.array(tm.seq_ids[lo:n], dtype=np.int64)
+        times = tm.response_times[lo:n]
         ne_ = len(tm.seq_ends)
         lo_e = max(0, self.end_cursor - 4096) if not everything else self.end_cursor
         ends = np.array(tm.seq_ends[lo_e:ne_], dtype=np.int64)
@@ -299,6 +300,8 @@ class LevelDriver:
                 responses = responses[mask]
             if seq_ids.size:
                 seq_ids = seq_ids[mask]
+            if times:
+                times = [times[i] for i in np.flatnonzero(mask).tolist()]
             ends = ends[(ends > start) & (ends <= end)]
         self.cursor = n
         ne = len(tm.err_done)
@@ -326,6 +329,7 @@ class LevelDriver:
             sequence_count=int(ends.size),
             response_count=int(responses.sum()) if responses.size else int(done.size),
             sequence_ids=seq_ids,
+            response_times=times,
         )
         self._cpu = cpu
         self._send_ns, self._recv_ns = tm.send_ns, tm.recv_ns

@@ -48,6 +48,8 @@ class RawWindow:
     response_count: int = 0
     # Sequence models: each request's sequence id (same order as done_ns), else empty.
     sequence_ids: I64 = field(default_factory=lambda: np.empty(0, np.int64))
+    # Streaming: each request's response times (same order as done_ns), else empty.
+    response_times: list[list[int]] = field(default_factory=list)
 
     @property
     def count(self) -> int:
@@ -162,6 +164,7 @@ def merge(windows: Sequence[RawWindow]) -> RawWindow:
         sequence_count=sum(w.sequence_count for w in windows),
         response_count=sum(w.response_count for w in windows),
         sequence_ids=np.concatenate([w.sequence_ids for w in windows]),
+        response_times=[t for w in windows for t in w.response_times],
     )
 
 

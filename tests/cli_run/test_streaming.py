@@ -5,6 +5,7 @@ stream; a decoupled model without --streaming, and --streaming with HTTP, are re
 
 from __future__ import annotations
 
+import json
 import re
 import textwrap
 from pathlib import Path
@@ -72,13 +73,20 @@ def test_decoupled_model_streams_several_responses(models, tmp_path):
     out = tmp_path / "f.csv"
     p = perfkit("-m", "fanout", "-u", server.grpc_url, "-i", "grpc", "--streaming",
                 "--concurrency-range", "1:2", "--request-count", "30", "-f", str(out),
-                "--output-dir", str(tmp_path / "res"))  # fmt: skip
+                "--output-dir", str(tmp_path / "res"),
+                "--profile-export-file", str(tmp_path / "export.json"))  # fmt: skip
     assert p.returncode == 0, p.stderr
     no_traceback(p)
     assert re.search(r"    Response Throughput: [\d.]+ infer/sec", p.stdout)
     assert "Avg gRPC time" not in p.stdout  # perf_analyzer keeps none for decoupled models
     header = out.read_text().splitlines()[0].split(",")
     assert header[:3] == ["Concurrency", "Inferences/Second", "Response Throughput"]
+    # The profile export has every response's time, as perf_analyzer's does.
+    for experiment in json.loads((tmp_path / "export.json").read_text())["experiments"]:
+        for r in experiment["requests"]:
+            stamps = r["response_timestamps"]
+            assert len(stamps) == RESPONSES
+            assert r["timestamp"] < stamps[0] <= stamps[1] <= stamps[2]
     result = load_result(tmp_path / "res")
     assert result.settings["decoupled"] is True
     # The full summary (what a terminal run prints at the end) says how latency is measured.

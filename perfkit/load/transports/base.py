@@ -24,11 +24,12 @@ class Timings:
     responses. `seq_ends`: done times of the answered requests that ended a sequence.
     `responses`: with streaming, the responses each answered request got (parallel to done).
     `seq_ids`: with a feed, each answered request's sequence id (parallel to done).
+    `response_times`: with streaming, each answered request's response times (parallel to done).
     """
 
     __slots__ = (
-        "done", "err_done", "err_msgs", "intended", "recv_ns", "responses", "send_ns", "sent",
-        "seq_ends", "seq_ids",
+        "done", "err_done", "err_msgs", "intended", "recv_ns", "response_times", "responses",
+        "send_ns", "sent", "seq_ends", "seq_ids",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -40,6 +41,7 @@ class Timings:
         self.seq_ends: list[int] = []
         self.seq_ids: list[int] = []
         self.responses: list[int] = []
+        self.response_times: list[list[int]] = []
         self.send_ns = 0
         self.recv_ns = 0
 

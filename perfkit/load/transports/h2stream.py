@@ -51,6 +51,8 @@ from perfkit.load.wire import WireError, request_id_field, stream_response
 
 METHOD = "/inference.GRPCInferenceService/ModelStreamInfer"
 MAX_MESSAGE = 256 << 20
+# Response times kept per request (for the profile export); more responses are only counted.
+MAX_TIMES = 4096
 _WINDOW_REFILL = 1 << 30
 
 
@@ -75,6 +77,7 @@ class StreamSlot:
         self.ticket = -1
         self.last = 0
         self.responses = 0
+        self.times: list[int] = []
         self.recv_unacked = 0
 
     def fire(self, intended: int = 0) -> None:
@@ -104,6 +107,7 @@ class StreamSlot:
         s = perf_counter_ns()
         msg = grpc_message(raw + request_id_field(self.rid) + conn.suffix, conn.compression)
         self.sent, self.last, self.responses, self.busy = s, 0, 0, True
+        self.times = []
         conn.send_data(self.sid, msg)
         self.timings.send_ns += perf_counter_ns() - s
 
@@ -141,6 +145,8 @@ class StreamSlot:
         if outputs:
             self.last = now
             self.responses += 1
+            if len(self.times) < MAX_TIMES:
+                self.times.append(now)
         if final or (final is None and not self.conn.decoupled):
             self._done(self.last or now, None)
 
@@ -148,6 +154,7 @@ class StreamSlot:
         self.busy = False
         if error is None:
             self.timings.responses.append(self.responses)
+            self.timings.response_times.append(self.times)
         complete(self, self.sent, self.intended, at, error, self.ticket)
 
     def fail(self, why: str) -> None:
