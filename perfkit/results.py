@@ -82,6 +82,28 @@ class ServerBreakdown:
     network_server_send_recv_us: float
     # Executions per batch size, from batch_stats.
     batch_executions: dict[int, int] = field(default_factory=dict)
+    # The response cache (Triton's cache_hit / cache_miss statistics): requests answered from the
+    # cache and the average time of a hit (lookup) and of a miss (lookup + insertion), in µs.
+    # `cache_enabled`: the model's (or a composing model's) config has response_cache enabled,
+    # which is when perf_analyzer shows these figures.
+    cache_enabled: bool = False
+    cache_hit_count: int = 0
+    cache_miss_count: int = 0
+    cache_hit_us: float = 0.0
+    cache_miss_us: float = 0.0
+    # An ensemble's steps (recursively) or a BLS model's --bls-composing-models, each with its
+    # own breakdown over the same windows, sorted by name and version as perf_analyzer lists them.
+    composing: tuple[ComposingBreakdown, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ComposingBreakdown:
+    """A composing model's server statistics over the windows of its ensemble or BLS model."""
+
+    name: str
+    # The version whose statistics these are ("" when none of its versions ran in the window).
+    version: str
+    server: ServerBreakdown
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -121,6 +143,13 @@ class Measurement:
     # Which repeat of the level this is (`perfkit run --repeats N`: 0 .. N-1); 0 in results written
     # before repeats existed.
     repeat: int = 0
+    # Sequence models: the sequences that ended in the windows and their rate (None otherwise).
+    sequence_count: int | None = None
+    sequences_per_s: float = 0.0
+    # Decoupled models (--streaming): the responses received (a request may get several, or none
+    # but its final flag) and their rate (None for other models).
+    response_count: int | None = None
+    response_throughput_per_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

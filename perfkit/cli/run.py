@@ -26,6 +26,7 @@ from perfkit.cli.run_pa import (
     fixed_schedule_load,
     refuse_sync,
     request_target,
+    sequence_spec,
 )
 from perfkit.cli.run_tls import TLS_OPTIONS, tls_target
 from perfkit.errors import EXIT_OTHER, EXIT_UNSTABLE, ConfigError
@@ -82,6 +83,7 @@ def _inputs(o: Mapping[str, Any]) -> S.InputSpec:
         string_data=o["string_data"],
         shared_memory=o["shared_memory"],
         output_shared_memory_size=o["output_shared_memory_size"],
+        sequence=sequence_spec(o),
     )
 
 
@@ -155,6 +157,7 @@ def _write_outputs(result: RunResult, o: Mapping[str, Any], experiments: list[An
     }  # fmt: skip
     if o["latency_report_file"]:
         written.append(pa_csv.write(o["latency_report_file"], result.measurements, **csv_opts))
+        written += pa_csv.write_composing(o["latency_report_file"], result.measurements)
     if o["profile_export_file"]:
         written.append(
             pa_export.write(o["profile_export_file"], experiments, endpoint=result.server.url)
@@ -163,6 +166,7 @@ def _write_outputs(result: RunResult, o: Mapping[str, Any], experiments: list[An
         out = Path(o["output_dir"])
         out.mkdir(parents=True, exist_ok=True)
         written.append(pa_csv.write(out / "perf_analyzer.csv", result.measurements, **csv_opts))
+        written += pa_csv.write_composing(out / "perf_analyzer.csv", result.measurements)
         written.append(
             pa_export.write(out / "profile_export.json", experiments, endpoint=result.server.url)
         )
@@ -359,7 +363,8 @@ def run(**o: Any) -> None:
         if keep_raw:
             experiments.append(
                 pa_export.Experiment(
-                    measurement=m, sent_ns=raw.sent_ns, done_ns=raw.done_ns, window_boundaries_ns=bounds
+                    measurement=m, sent_ns=raw.sent_ns, done_ns=raw.done_ns, window_boundaries_ns=bounds,
+                    sequence_ids=raw.sequence_ids, response_times=raw.response_times,
                 )
             )  # fmt: skip
 

@@ -1,9 +1,11 @@
 """`perfkit run`'s request flags of perf_analyzer (issue #12): `--request-parameter`,
 `--input-tensor-format` / `--output-tensor-format`, `--grpc-compression-algorithm`,
 `--fixed-schedule` (replay the `--input-data` JSON's timestamps), and `--sync` / `--max-threads`,
-which are refused with the reason (exit 3), never ignored.
+which are refused with the reason (exit 3), never ignored; and its flags for stateful models and
+pipelines (issue #13): the sequence flags, `--streaming`, `--bls-composing-models`.
 
-`request_target` maps them onto `TargetSpec`; `fixed_schedule_load` onto a `RequestRateLoad`.
+`request_target` maps them onto `TargetSpec`; `sequence_spec` onto `SequenceSpec`;
+`fixed_schedule_load` onto a `RequestRateLoad`.
 """
 
 from __future__ import annotations
@@ -57,6 +59,49 @@ PA_OPTIONS: list[Callable[[Any], Any]] = [
         is_flag=True,
         help="Replay the --input-data JSON's timestamps (ms) once, open loop.",
     ),
+    click.option(
+        "--sequence-length",
+        default=None,
+        type=int,
+        help="Sequence models: base number of requests of a sequence (default 20; with JSON "
+        "input data, the length of its stream).",
+    ),
+    click.option(
+        "--sequence-length-variation",
+        default=20.0,
+        show_default=True,
+        type=float,
+        help="Sequence models: +/- percentage by which a sequence's length varies.",
+    ),
+    click.option(
+        "--num-of-sequences",
+        default=4,
+        show_default=True,
+        type=int,
+        help="Sequence models, request-rate mode: sequences in progress at once (in concurrency "
+        "mode each concurrent slot runs one sequence).",
+    ),
+    click.option(
+        "--sequence-id-range",
+        default=None,
+        help="start[:end] of the sequence ids (end excluded; default 1, unbounded).",
+    ),
+    click.option(
+        "--serial-sequences",
+        is_flag=True,
+        help="Request-rate mode: at most one request in flight per sequence.",
+    ),
+    click.option(
+        "--streaming",
+        is_flag=True,
+        help="gRPC bidirectional streaming (ModelStreamInfer); needed for decoupled models.",
+    ),
+    click.option(
+        "--bls-composing-models",
+        default=None,
+        help="name[:version],... of the models a BLS model calls (their server statistics are "
+        "shown with the model's).",
+    ),
 ]
 
 
@@ -80,7 +125,45 @@ def request_target(o: Mapping[str, Any]) -> dict[str, Any]:
         "input_tensor_format": o["input_tensor_format"],
         "output_tensor_format": o["output_tensor_format"],
         "grpc_compression": o["grpc_compression_algorithm"],
+        "streaming": o["streaming"],
+        "bls_composing_models": parse_bls_models(o["bls_composing_models"]),
     }
+
+
+def parse_bls_models(text: str | None) -> tuple[tuple[str, str], ...]:
+    """--bls-composing-models `a:3,b` -> (("a", "3"), ("b", "")) (spaces ignored)."""
+    if not text:
+        return ()
+    out: list[tuple[str, str]] = []
+    for item in "".join(text.split()).split(","):
+        name, _, version = item.partition(":")
+        if not name or (version and not version.isdigit()):
+            raise ConfigError(
+                f"--bls-composing-models: {item!r} is not name[:version] (e.g. "
+                "--bls-composing-models preprocess:1,classifier)."
+            )
+        out.append((name, version))
+    return tuple(out)
+
+
+def sequence_spec(o: Mapping[str, Any]) -> S.SequenceSpec:
+    """The sequence flags (used when the model turns out to be a sequence model)."""
+    from perfkit.load.sequences import parse_sequence_id_range
+
+    start, id_range = (
+        parse_sequence_id_range(o["sequence_id_range"])
+        if o["sequence_id_range"]
+        else (1, (1 << 32) - 1)
+    )
+    return S.SequenceSpec(
+        length=o["sequence_length"] if o["sequence_length"] is not None else 20,
+        length_specified=o["sequence_length"] is not None,
+        variation_pct=o["sequence_length_variation"],
+        num_of_sequences=o["num_of_sequences"],
+        start_id=start,
+        id_range=id_range,
+        serial=o["serial_sequences"],
+    )
 
 
 def fixed_schedule(o: Mapping[str, Any]) -> tuple[int, ...]:

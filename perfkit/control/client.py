@@ -348,12 +348,14 @@ class ControlClient:
             ) from exc.__cause__
         return model_metadata(md)
 
-    def model_config(self) -> dict[str, Any]:
-        """The config the server serves for the model (Triton's JSON form)."""
-        what = self._model_what("model config")
-        reply = self._call(
-            "get_model_config", self.model, self.model_version, what=what, kind=ModelError
-        )
+    def model_config(self, model: str | None = None, version: str = "") -> dict[str, Any]:
+        """The config the server serves for the model, or for `model` (another model on the
+        server: an ensemble's step, a BLS model's composing model), in Triton's JSON form."""
+        if model is None:
+            model, version, what = self.model, self.model_version, self._model_what("model config")
+        else:
+            what = f"model config of '{model}'" + (f" version {version}" if version else "")
+        reply = self._call("get_model_config", model, version, what=what, kind=ModelError)
         return model_config(reply)
 
     def statistics(self) -> dict[str, Any] | None:
@@ -378,6 +380,17 @@ class ControlClient:
             logger.debug("statistics unavailable: %s", exc)
             return None
         return sum_model_stats(raw.get("model_stats", []))
+
+    async def all_statistics_async(self) -> list[dict[str, Any]] | None:
+        """Every model's statistics entries (Triton's ModelStatistics, JSON form, one per model
+        version), or None when the server does not offer them: what an ensemble's or a BLS
+        model's composing breakdown is read from, as perf_analyzer reads it."""
+        try:
+            raw = await self._acall("get_inference_statistics", "", "", what="statistics")
+        except PerfkitError as exc:
+            logger.debug("statistics unavailable: %s", exc)
+            return None
+        return list(raw.get("model_stats", []))
 
     def is_model_ready(self) -> bool:
         try:

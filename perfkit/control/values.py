@@ -18,7 +18,10 @@ def _int(v: Any) -> int:
     return int(v) if v not in (None, "") else 0
 
 
-_STAT_KEYS = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output")
+_STAT_KEYS = (
+    "success", "fail", "queue", "compute_input", "compute_infer", "compute_output", "cache_hit",
+    "cache_miss",
+)  # fmt: skip
 
 
 def sum_model_stats(model_stats: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

@@ -20,8 +20,12 @@ Modules, from the top down:
 - `level` (plan a level, the one window/stability loop, the `Measurement` and its breakdown),
 - `workers` (--workers processes: a window source for `level`), `session` (`Session`),
 - `driver` (`LevelDriver`: keeps one level's load going and cuts it into raw windows),
-- `transports` (the seam: `base` protocols and timings, `http1`, `h2`, `grpcio`, `fake`),
+- `transports` (the seam: `base` protocols and timings, `http1`, `h2`, `h2stream`, `grpcio`,
+  `fake`),
 - `client` (request encoding, the control client), `inputs` (synthetic or given tensors),
+- `sequences` (sequence models: ids, lengths, which sequence each send belongs to), `wire` (requests
+  encoded per send from templates; streamed responses read), `composing` (the model's kind and
+  composing models from its configs), `breakdown` (the server side of a level),
 - `stats` (exact percentiles, stability, merging), `schedule` (open-loop send times),
   `metrics_scrape` (Prometheus during windows), `eventloop` (uvloop when installed).
 

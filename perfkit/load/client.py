@@ -58,17 +58,19 @@ def _model_path(target: TargetSpec) -> str:
     return path + f"/versions/{target.model_version}" if target.model_version else path
 
 
-def http_request_bytes(
+def http_body(
     target: TargetSpec,
     inputs: Mapping[str, Array],
     output_names: Sequence[str],
     *,
     shm: Mapping[str, tuple[str, int]] | None = None,
     out_shm: Mapping[str, tuple[str, int]] | None = None,
-) -> bytes:
-    """One complete HTTP/1.1 request (headers + body): tensors in Triton's binary tensor
-    extension, or in the JSON body with `target.input_tensor_format` / `output_tensor_format`
-    "json"; `target.request_parameters` in the body's "parameters".
+    sequence: tuple[int, bool, bool] | None = None,
+) -> tuple[bytes, int | None]:
+    """An HTTP inference request's body and its JSON header's length (None: all JSON): tensors in
+    Triton's binary tensor extension, or in the JSON body with `target.input_tensor_format` /
+    `output_tensor_format` "json"; `target.request_parameters` in the body's "parameters", and
+    `sequence` (id, start, end) as sequence_id / sequence_start / sequence_end.
 
     `shm` / `out_shm`: inputs / outputs in shared memory, name -> (region, byte size).
     """
@@ -91,11 +93,22 @@ def http_request_bytes(
         if out_shm and n in out_shm:
             o.set_shared_memory(out_shm[n][0], out_shm[n][1])
         outs.append(o)
+    seq_id, seq_start, seq_end = sequence or (0, False, False)
     body, json_size = th.InferenceServerClient.generate_request_body(
-        ins, outputs=outs, parameters=dict(target.request_parameters) or None
+        ins,
+        outputs=outs,
+        parameters=dict(target.request_parameters) or None,
+        sequence_id=seq_id,
+        sequence_start=seq_start,
+        sequence_end=seq_end,
     )
     if isinstance(body, str):
         body = body.encode()
+    return bytes(body), json_size
+
+
+def http_head(target: TargetSpec, json_size: int | None, body_size: int) -> bytes:
+    """The HTTP/1.1 request line and headers of an inference request (`http_body`'s)."""
     host, port = target.host_port
     head = [
         f"POST {_model_path(target)}/infer HTTP/1.1",
@@ -107,8 +120,21 @@ def http_request_bytes(
         head.append(f"Inference-Header-Content-Length: {json_size}")
     else:
         head.append("Content-Type: application/json")
-    head.append(f"Content-Length: {len(body)}")
-    return ("\r\n".join(head) + "\r\n\r\n").encode() + bytes(body)
+    head.append(f"Content-Length: {body_size}")
+    return ("\r\n".join(head) + "\r\n\r\n").encode()
+
+
+def http_request_bytes(
+    target: TargetSpec,
+    inputs: Mapping[str, Array],
+    output_names: Sequence[str],
+    *,
+    shm: Mapping[str, tuple[str, int]] | None = None,
+    out_shm: Mapping[str, tuple[str, int]] | None = None,
+) -> bytes:
+    """One complete HTTP/1.1 request (headers + body), see `http_body`."""
+    body, json_size = http_body(target, inputs, output_names, shm=shm, out_shm=out_shm)
+    return http_head(target, json_size, len(body)) + body
 
 
 def grpc_request_bytes(

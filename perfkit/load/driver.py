@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 _SPIN_NS = 1_050_000
 _DRAIN_TIMEOUT_S = 60.0
 _POLL_S = 0.002
+# Ending the sequences in progress after a level: a bounded wait (the server may be gone).
+_END_SEQUENCES_TIMEOUT_S = 10.0
 
 
 def cpu_seconds() -> float:
@@ -76,6 +78,7 @@ class LevelDriver:
         self._sleep = clock.sleep
         self.cursor = 0
         self.err_cursor = 0
+        self.end_cursor = 0
         self.sched_task: asyncio.Task[None] | None = None
         # Open loop: intended times of sends that had to wait for the in-flight cap.
         self.dropped: list[int] = []
@@ -133,7 +136,12 @@ class LevelDriver:
             if not st.running:
                 break
             self.sched_sent += 1
-            if free and st.inflight < cap:
+            if st.feed is not None and not st.feed.ready():
+                # --serial-sequences: every sequence has a request in flight; the send waits
+                # (late) for the first answer, as a send over the in-flight cap does.
+                st.waiting.append(when)
+                self.dropped.append(when)
+            elif free and st.inflight < cap:
                 free.pop().fire(when)
             elif st.inflight + pool.connecting < cap:
                 task = loop.create_task(pool.fire_new(when))
@@ -189,6 +197,7 @@ class LevelDriver:
         tm = self.timings
         self.cursor = len(tm.done)
         self.err_cursor = len(tm.err_done)
+        self.end_cursor = len(tm.seq_ends)
         self._cpu = cpu_seconds()
         self._send_ns, self._recv_ns = tm.send_ns, tm.recv_ns
         self.dropped.clear()
@@ -240,10 +249,26 @@ class LevelDriver:
         except ServerError:
             logger.warning("in-flight requests did not finish; closing connections")
 
+    async def end_sequences(self) -> None:
+        """Sequence models: end every sequence in progress with one more request (not measured),
+        so the server frees its sequence slots, as perf_analyzer does at the end of a level."""
+        st = self.state
+        feed = st.feed
+        if feed is None or st.inflight > 0 or not self.pool.alive():
+            return
+        n = feed.close_all()
+        if n:
+            async with asyncio.timeout(_END_SEQUENCES_TIMEOUT_S):
+                await self.run_fixed(n)
+
     async def close(self) -> None:
         self.state.running = False
         if self.sched_task is not None and not self.sched_task.done():
             self.sched_task.cancel()
+        try:
+            await self.end_sequences()
+        except (ServerError, OSError, TimeoutError) as exc:
+            logger.warning("could not end the sequences in progress: %s", exc)
         await self.pool.close()
 
     # -- windows ------------------------------------------------------------------------------
@@ -259,11 +284,25 @@ class LevelDriver:
             if not self.plan.closed_loop
             else np.empty(0, np.int64)
         )
+        responses = np.array(tm.responses[lo:n], dtype=np.int64)
+        seq_ids = np.array(tm.seq_ids[lo:n], dtype=np.int64)
+        times = tm.response_times[lo:n]
+        ne_ = len(tm.seq_ends)
+        lo_e = max(0, self.end_cursor - 4096) if not everything else self.end_cursor
+        ends = np.array(tm.seq_ends[lo_e:ne_], dtype=np.int64)
+        self.end_cursor = ne_
         if not everything:
             mask = (done > start) & (done <= end)
             sent, done = sent[mask], done[mask]
             if intended.size:
                 intended = intended[mask]
+            if responses.size:
+                responses = responses[mask]
+            if seq_ids.size:
+                seq_ids = seq_ids[mask]
+            if times:
+                times = [times[i] for i in np.flatnonzero(mask).tolist()]
+            ends = ends[(ends > start) & (ends <= end)]
         self.cursor = n
         ne = len(tm.err_done)
         errs = np.array(tm.err_done[self.err_cursor : ne], dtype=np.int64)
@@ -287,6 +326,10 @@ class LevelDriver:
             late_count=late,
             dropped_count=dropped,
             cpu_s=cpu - self._cpu,
+            sequence_count=int(ends.size),
+            response_count=int(responses.sum()) if responses.size else int(done.size),
+            sequence_ids=seq_ids,
+            response_times=times,
         )
         self._cpu = cpu
         self._send_ns, self._recv_ns = tm.send_ns, tm.recv_ns

@@ -42,6 +42,11 @@ class PreparedInputs:
     sets: tuple[dict[str, Array], ...]
     outputs: tuple[str, ...]
     batched: bool
+    # The data streams of a sequence model, each the indexes of its steps in `sets` (the JSON's
+    # list-of-lists form gives several; otherwise one stream of every set in order).
+    streams: tuple[tuple[int, ...], ...] = ((0,),)
+    # The inputs came from a JSON file (perf_analyzer then sizes sequences by their stream).
+    json_data: bool = False
 
     @property
     def byte_size(self) -> int:
@@ -156,7 +161,11 @@ def _json_tensor(value: Any, info: InputInfo, spec: InputSpec, where: str) -> Ar
     return arr.reshape(tuple(dims))
 
 
-def _load_json(path: Path, infos: Sequence[InputInfo], spec: InputSpec) -> list[dict[str, Array]]:
+def _load_json(
+    path: Path, infos: Sequence[InputInfo], spec: InputSpec
+) -> tuple[list[dict[str, Array]], list[tuple[int, ...]]]:
+    """The JSON's input sets and its streams (perf_analyzer's sequence form: "data" is a list of
+    streams, each a list of steps; the flat form is one stream)."""
     try:
         doc = json.loads(path.read_text())
     except OSError as exc:
@@ -168,31 +177,46 @@ def _load_json(path: Path, infos: Sequence[InputInfo], spec: InputSpec) -> list[
         raise ConfigError(
             f'--input-data: {path} needs a non-empty "data" list (perf_analyzer format).'
         )
+    nested = any(isinstance(e, list) for e in data)
+    if nested and not all(isinstance(e, list) and e for e in data):
+        raise ConfigError(
+            f'--input-data: {path}: "data" mixes streams (lists of steps) with single entries, '
+            "or has an empty stream; for a sequence model give a list of streams, each a "
+            "non-empty list of steps."
+        )
+    steps: list[tuple[str, Any]] = []
+    streams: list[tuple[int, ...]] = []
+    for n, entry in enumerate(data):
+        if nested:
+            streams.append(tuple(range(len(steps), len(steps) + len(entry))))
+            steps += [(f"data[{n}][{k}]", e) for k, e in enumerate(entry)]
+        else:
+            steps.append((f"data[{n}]", entry))
+    if not nested:
+        streams = [tuple(range(len(steps)))]
     names = {i.name for i in infos}
     sets = []
-    for n, entry in enumerate(data):
-        if isinstance(entry, list):  # one stream of a sequence: take its first step
-            entry = entry[0] if entry else {}
+    for where, entry in steps:
         if not isinstance(entry, dict):
-            raise ConfigError(f"--input-data: {path}: data[{n}] is not an object of inputs.")
+            raise ConfigError(f"--input-data: {path}: {where} is not an object of inputs.")
         unknown = sorted(set(entry) - names - {"timestamp", "delay", "session_id"})
         if unknown:
             raise ConfigError(
-                f"--input-data: {path}: data[{n}] has {', '.join(unknown)}, which the model does "
+                f"--input-data: {path}: {where} has {', '.join(unknown)}, which the model does "
                 f"not take (inputs: {', '.join(sorted(names))})."
             )
         s = {}
         for info in infos:
             if info.name not in entry:
                 raise ConfigError(
-                    f"--input-data: {path}: data[{n}] has no input {info.name} (the model needs "
+                    f"--input-data: {path}: {where} has no input {info.name} (the model needs "
                     f"{', '.join(sorted(names))})."
                 )
             s[info.name] = _json_tensor(
-                entry[info.name], info, spec, f"{path}: data[{n}].{info.name}"
+                entry[info.name], info, spec, f"{path}: {where}.{info.name}"
             )
         sets.append(s)
-    return sets
+    return sets, streams
 
 
 def read_timestamps(path: str) -> tuple[int, ...]:
@@ -293,6 +317,8 @@ def prepare(
                 f"Input {info.name} has datatype {info.datatype}, which perfkit cannot generate."
             )
     src = spec.source
+    streams: list[tuple[int, ...]] = [(0,)]
+    json_data = False
     if src in ("random", "zero"):
         rng = np.random.default_rng(spec.seed)
         s: dict[str, Array] = {}
@@ -309,7 +335,8 @@ def prepare(
         if p.is_dir():
             raw_sets = [_load_dir(p, infos, spec, model)]
         elif p.suffix.lower() == ".json" or p.is_file():
-            raw_sets = _load_json(p, infos, spec)
+            raw_sets, streams = _load_json(p, infos, spec)
+            json_data = True
         else:
             raise ConfigError(
                 f"--input-data: {src!r} is not 'random', 'zero', a JSON file or a directory."
@@ -318,4 +345,6 @@ def prepare(
         {k: _with_batch(v, spec.batch_size, batched) for k, v in rs.items()} for rs in raw_sets
     )
     outputs = tuple(str(o["name"]) for o in metadata.get("outputs", []))
-    return PreparedInputs(sets=sets, outputs=outputs, batched=batched)
+    return PreparedInputs(
+        sets=sets, outputs=outputs, batched=batched, streams=tuple(streams), json_data=json_data
+    )

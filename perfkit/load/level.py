@@ -1,6 +1,7 @@
 """One load level: plan it (`plan_level`), run its windows until they are stable (`measure_windows`,
 the one window/stability loop, fed by the in-process driver here and by the --workers group in
-`perfkit.load.workers`), and assemble the `Measurement` (`build_measurement`, `breakdown`).
+`perfkit.load.workers`), and assemble the `Measurement` (`build_measurement`; the server side in
+`perfkit.load.breakdown`).
 
 `measure_level` is what the tuner calls for every trial. Must not import `perfkit.load.sweep` or
 `perfkit.load.workers` (they build on this module).
@@ -18,6 +19,8 @@ from perfkit import interrupts
 from perfkit.errors import MeasurementUnstable
 from perfkit.load import eventloop
 from perfkit.load import schedule as sched
+from perfkit.load.breakdown import breakdown
+from perfkit.load.composing import ModelShape
 from perfkit.load.driver import LevelDriver, LevelPlan
 from perfkit.load.session import Session
 from perfkit.load.spec import (
@@ -29,7 +32,7 @@ from perfkit.load.spec import (
     TargetSpec,
 )
 from perfkit.load.stats import RawWindow, is_stable, merge, summarize, window_stat
-from perfkit.results import LoadMode, Measurement, ServerBreakdown, WindowStat
+from perfkit.results import LoadMode, Measurement, WindowStat
 
 OnWindow = Callable[[WindowStat], None]
 ShouldStop = Callable[[], bool]
@@ -78,51 +81,6 @@ def _replay(offsets_us: Sequence[int]) -> Iterator[int]:
         yield offsets_us[-1] * 1000
 
 
-def breakdown(
-    before: dict[str, Any] | None,
-    after: dict[str, Any] | None,
-    *,
-    client_wait_us: float,
-) -> ServerBreakdown | None:
-    """Server-side averages from two statistics snapshots (perf_analyzer's breakdown)."""
-    if before is None or after is None:
-        return None
-
-    def d(key: str) -> int:
-        return int(after[key]) - int(before[key])
-
-    def avg(key: str) -> float:
-        n = d(f"{key}_count")
-        return d(f"{key}_ns") / n / 1000.0 if n > 0 else 0.0
-
-    request = avg("success")
-    queue, cin, cinf, cout = (
-        avg("queue"),
-        avg("compute_input"),
-        avg("compute_infer"),
-        avg("compute_output"),
-    )
-    batches = {
-        int(k): int(v) - int(before["batch"].get(k, 0))
-        for k, v in after["batch"].items()
-        if int(v) - int(before["batch"].get(k, 0)) > 0
-    }
-    return ServerBreakdown(
-        inference_count=d("inference_count"),
-        execution_count=d("execution_count"),
-        success_count=d("success_count"),
-        failure_count=d("fail_count"),
-        avg_request_us=request,
-        queue_us=queue,
-        compute_input_us=cin,
-        compute_infer_us=cinf,
-        compute_output_us=cout,
-        overhead_us=max(0.0, request - queue - cin - cinf - cout),
-        network_server_send_recv_us=max(0.0, client_wait_us - (queue + cin + cinf + cout)),
-        batch_executions=batches,
-    )
-
-
 def build_measurement(
     *,
     mode: LoadMode,
@@ -137,8 +95,11 @@ def build_measurement(
     server_after: dict[str, Any] | None,
     late_threshold_us: int = 1000,
     extra_warnings: Sequence[str] = (),
+    shape: ModelShape | None = None,
 ) -> Measurement:
-    """Assemble a Measurement from the merged raw windows."""
+    """Assemble a Measurement from the merged raw windows (`shape`: the model's kind, for its
+    sequence count, response count and cache figures)."""
+    shape = shape or ModelShape()
     lat = merged.latency_ns()
     n = int(lat.size)
     extra = [percentile] if percentile is not None else []
@@ -196,7 +157,9 @@ def build_measurement(
     if merged.error_count:
         warnings.append(f"{merged.error_count} requests failed during the measured windows.")
     client_wait = max(0.0, latency.avg_us - send_us - recv_us)
-    server = breakdown(server_before, server_after, client_wait_us=client_wait)
+    server = breakdown(
+        server_before, server_after, client_wait_us=client_wait, cache_enabled=shape.cache_enabled
+    )
     if server is not None and server.avg_request_us > client_wait > 0:
         warnings.append(
             "Server average accounted time was larger than client average wait time due to small "
@@ -224,6 +187,10 @@ def build_measurement(
         client_cpu_us_per_request=cpu_per_req,
         generator_saturated=saturated,
         warnings=tuple(warnings),
+        sequence_count=merged.sequence_count if shape.sequence else None,
+        sequences_per_s=merged.sequence_count / dur_s if shape.sequence else 0.0,
+        response_count=merged.response_count if shape.decoupled else None,
+        response_throughput_per_s=merged.response_count / dur_s if shape.decoupled else 0.0,
     )
 
 
@@ -355,6 +322,9 @@ async def measure_windows(
             duration_ns=sum(r.duration_ns for r in raws), stable=stable,
             percentile=measure.percentile, server_before=before, server_after=after,
             late_threshold_us=measure.late_threshold_us, extra_warnings=[*source.notes, *warn],
+            # A Session knows the model's kind (`perfkit.load.composing.ModelShape`); a test's
+            # stand-in need not.
+            shape=getattr(server, "shape", None),
         )  # fmt: skip
         if on_raw:
             on_raw(m, merged, [r.start_ns for r in raws] + [raws[-1].end_ns])
@@ -420,7 +390,9 @@ async def measure_async(
 ) -> Measurement:
     """`measure_level` on a running loop with an open `Session`, in this process."""
     mode, plan = plan_level(load, level, measure)
-    drv = LevelDriver(session.new_pool(plan.closed_loop), plan, url=session.ctl.url)
+    drv = LevelDriver(
+        session.new_pool(plan.closed_loop, plan.concurrency), plan, url=session.ctl.url
+    )
     try:
         await drv.open()
         if measure.warmup_request_count:

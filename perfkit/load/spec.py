@@ -69,6 +69,12 @@ class TargetSpec:
     input_tensor_format: TensorFormat = "binary"
     output_tensor_format: TensorFormat = "binary"
     grpc_compression: GrpcCompression = "none"
+    # --streaming: requests go over one gRPC ModelStreamInfer stream per slot (decoupled models
+    # need it, as perf_analyzer); gRPC only.
+    streaming: bool = False
+    # --bls-composing-models: (name, version or "") of the models a BLS model calls, whose
+    # server statistics are collected with the model's (an ensemble's come from its config).
+    bls_composing_models: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if self.protocol not in ("http", "grpc"):
@@ -108,6 +114,11 @@ class TargetSpec:
                 "--grpc-compression-algorithm is only supported with gRPC (-i grpc), as "
                 "perf_analyzer."
             )
+        if self.streaming and self.protocol != "grpc":
+            raise ConfigError(
+                "--streaming is only allowed with gRPC (-i grpc), as perf_analyzer: it sends "
+                "the requests over gRPC's bidirectional ModelStreamInfer stream."
+            )
 
     @property
     def secure(self) -> TlsSettings | None:
@@ -133,6 +144,49 @@ class TargetSpec:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SequenceSpec:
+    """How requests to a sequence (stateful) model are grouped into sequences, as perf_analyzer.
+
+    Used only when the model's config has `sequence_batching` (or an ensemble step's model has).
+
+    Args:
+        length: --sequence-length, the base number of requests of a sequence.
+        length_specified: the flag was given; with JSON input data the sequence length is then
+            `length` (varied) instead of the data stream's step count.
+        variation_pct: --sequence-length-variation; a sequence's length is drawn uniformly within
+            +/- this percentage of `length` (at least 1).
+        num_of_sequences: --num-of-sequences, the sequences in progress at once in request-rate
+            mode (in concurrency mode each slot runs one sequence at a time).
+        start_id: --sequence-id-range start (0 becomes 1, as perf_analyzer).
+        id_range: how many ids from `start_id` are used before they cycle (end - start).
+        serial: --serial-sequences; request-rate mode sends a sequence's next request only after
+            its previous one was answered.
+    """
+
+    length: int = 20
+    length_specified: bool = False
+    variation_pct: float = 20.0
+    num_of_sequences: int = 4
+    start_id: int = 1
+    id_range: int = (1 << 32) - 1
+    serial: bool = False
+
+    def __post_init__(self) -> None:
+        if self.length < 1:
+            raise ConfigError(f"--sequence-length: {self.length} must be > 0.")
+        if not (self.variation_pct >= 0 and math.isfinite(self.variation_pct)):
+            raise ConfigError(
+                f"--sequence-length-variation: {self.variation_pct} must be >= 0 (a percentage)."
+            )
+        if self.num_of_sequences < 1:
+            raise ConfigError(f"--num-of-sequences: {self.num_of_sequences} must be > 0.")
+        if self.start_id < 1 or self.id_range < 1:
+            raise ConfigError(
+                f"--sequence-id-range: start {self.start_id} and range {self.id_range} must be > 0."
+            )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class InputSpec:
     """What each request carries, built once before measuring.
 
@@ -147,6 +201,7 @@ class InputSpec:
         output_shared_memory_size: bytes of each output's region when the model's metadata does
             not fix its size (--output-shared-memory-size).
         seed: seed of the random generator for "random" data.
+        sequence: how requests form sequences when the model is a sequence model.
     """
 
     source: str = "random"
@@ -157,6 +212,7 @@ class InputSpec:
     shared_memory: SharedMemory = "none"
     output_shared_memory_size: int = DEFAULT_OUTPUT_SHM_BYTES
     seed: int = 0
+    sequence: SequenceSpec = field(default_factory=SequenceSpec)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -321,6 +377,17 @@ class SweepSpec:
             raise ConfigError(f"latency_threshold: {self.latency_threshold_ms} must be >= 0 (-l).")
         if self.binary_search and self.latency_threshold_ms <= 0:
             raise ConfigError("binary_search: --binary-search needs a --latency-threshold (-l).")
+        seq = self.inputs.sequence
+        if isinstance(self.load, ConcurrencyLoad):
+            most, what = max(self.load.levels), "maximum possible concurrency"
+        else:
+            most, what = seq.num_of_sequences, "maximum possible number of sequences"
+        if seq.id_range < most:
+            raise ConfigError(
+                f"--sequence-id-range: the sequence id range specified ({seq.id_range} ids) is "
+                f"smaller than the {what} ({most}); sequence id collision may occur. Widen the "
+                "range."
+            )
 
 
 def parse_range(

@@ -42,6 +42,14 @@ class RawWindow:
     # Generator process CPU seconds (user+sys) spent during the window, summed over workers.
     cpu_s: float = 0.0
     workers: int = 1
+    # Sequence models: answered requests that ended a sequence (perf_analyzer's sequence count).
+    sequence_count: int = 0
+    # Streaming: the responses of the window's requests (decoupled models send several).
+    response_count: int = 0
+    # Sequence models: each request's sequence id (same order as done_ns), else empty.
+    sequence_ids: I64 = field(default_factory=lambda: np.empty(0, np.int64))
+    # Streaming: each request's response times (same order as done_ns), else empty.
+    response_times: list[list[int]] = field(default_factory=list)
 
     @property
     def count(self) -> int:
@@ -153,6 +161,10 @@ def merge(windows: Sequence[RawWindow]) -> RawWindow:
         dropped_count=sum(w.dropped_count for w in windows),
         cpu_s=sum(w.cpu_s for w in windows),
         workers=max(w.workers for w in windows),
+        sequence_count=sum(w.sequence_count for w in windows),
+        response_count=sum(w.response_count for w in windows),
+        sequence_ids=np.concatenate([w.sequence_ids for w in windows]),
+        response_times=[t for w in windows for t in w.response_times],
     )
 
 

@@ -60,7 +60,7 @@ def settings_of(spec: SweepSpec) -> dict[str, Any]:
         "percentile": spec.measure.percentile, "request_count": spec.measure.fixed_request_count,
         "warmup_request_count": spec.measure.warmup_request_count,
         "latency_threshold_ms": spec.latency_threshold_ms, "binary_search": spec.binary_search,
-        "workers": spec.workers, "repeats": spec.repeats,
+        "workers": spec.workers, "repeats": spec.repeats, "streaming": spec.target.streaming,
     }  # fmt: skip
     if isinstance(load, ConcurrencyLoad):
         s["load_mode"] = "concurrency"
@@ -113,7 +113,7 @@ def run_sweep(
         server=session.server_info(embedded),
         model_config=session.config,
         config_hash=config_hash(session.config),
-        settings=settings_of(spec),
+        settings={**settings_of(spec), **_model_kind(spec, session)},
         measurements=tuple(walk.done),
         status=status,  # type: ignore[arg-type]
         started_at=started,
@@ -121,6 +121,23 @@ def run_sweep(
         machine=machine_info(),
         messages=tuple(walk.messages),
     )
+
+
+def _model_kind(spec: SweepSpec, session: Session) -> dict[str, Any]:
+    """What the model's configs made of the run: sequences (and their settings), a decoupled
+    model, the composing models whose statistics were read."""
+    shape = session.shape
+    out: dict[str, Any] = {"sequence_model": shape.sequence, "decoupled": shape.decoupled}
+    if shape.sequence:
+        seq = spec.inputs.sequence
+        out.update(
+            sequence_length=seq.length, sequence_length_variation=seq.variation_pct,
+            num_of_sequences=seq.num_of_sequences, sequence_id_start=seq.start_id,
+            sequence_id_range=seq.id_range, serial_sequences=seq.serial,
+        )  # fmt: skip
+    if shape.composing:
+        out["composing_models"] = {k: [list(m) for m in v] for k, v in shape.composing.items()}
+    return out
 
 
 class _Walk:

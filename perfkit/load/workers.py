@@ -48,7 +48,7 @@ class WorkerGroup:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.conns: list[Connection] = []
         try:
-            for _ in range(k):
+            for i in range(k):
                 a, b = socket.socketpair()
                 proc = subprocess.Popen(
                     [sys.executable, "-m", "perfkit.load.workers", str(b.fileno())],
@@ -56,7 +56,7 @@ class WorkerGroup:
                 )
                 b.close()
                 conn = Connection(a.detach())
-                conn.send(("init", target, inputs))
+                conn.send(("init", target, inputs, i, k))
                 self.procs.append(proc)
                 self.conns.append(conn)
             for conn in self.conns:
@@ -209,7 +209,9 @@ async def _worker_level(conn: Connection, session: Session, msg: tuple[Any, ...]
         # Spread the workers' constant schedules evenly over one period.
         period = int(1e9 / max(share * k, 1e-9))
         plan = replace(plan, schedule=_phase(plan.schedule, index * period // k))
-    drv = LevelDriver(session.new_pool(plan.closed_loop), plan, url=session.ctl.url)
+    drv = LevelDriver(
+        session.new_pool(plan.closed_loop, plan.concurrency), plan, url=session.ctl.url
+    )
     loop = asyncio.get_running_loop()
     try:
         await drv.open()
@@ -247,12 +249,13 @@ def _worker(fd: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     conn = Connection(fd)
-    _, target, inputs = conn.recv()
+    _, target, inputs, index, k = conn.recv()
     try:
         session = Session(target, inputs)
     except PerfkitError as exc:
         conn.send(("error", type(exc), str(exc)))
         return
+    session.worker = (index, k)  # sequence ids: this process's share of the range
     conn.send(("ready",))
     try:
         while True:

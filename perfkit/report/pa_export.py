@@ -29,6 +29,10 @@ class Experiment:
     sent_ns: npt.NDArray[np.int64]
     done_ns: npt.NDArray[np.int64]
     window_boundaries_ns: list[int] = field(default_factory=list)
+    # Sequence models: each request's sequence id (same order as sent_ns), else empty.
+    sequence_ids: npt.NDArray[np.int64] = field(default_factory=lambda: np.empty(0, np.int64))
+    # Streaming: each request's response times (same order as sent_ns), else empty.
+    response_times: list[list[int]] = field(default_factory=list)
 
 
 def clock_offset_ns() -> int:
@@ -49,15 +53,20 @@ def to_dict(
         m = e.measurement
         value: int | float = int(m.level) if m.mode == "concurrency" else float(m.level)
         order = np.argsort(e.sent_ns, kind="stable")
-        reqs = [
-            {
-                "timestamp": int(s) + off,
-                "request_inputs": {},
-                "response_timestamps": [int(d) + off],
-                "response_outputs": [{}],
-            }
-            for s, d in zip(e.sent_ns[order].tolist(), e.done_ns[order].tolist(), strict=True)
-        ]
+        sent, done = e.sent_ns[order].tolist(), e.done_ns[order].tolist()
+        ids = e.sequence_ids[order].tolist() if e.sequence_ids.size == len(sent) else None
+        times = [e.response_times[i] for i in order.tolist()] if e.response_times else None
+        reqs: list[dict[str, object]] = []
+        for k, (s, d) in enumerate(zip(sent, done, strict=True)):
+            r: dict[str, object] = {"timestamp": int(s) + off}
+            if ids is not None:  # perf_analyzer's key for a sequence model's requests
+                r["sequence_id"] = ids[k]
+            # Streaming: every response with outputs, as perf_analyzer records them.
+            stamps = [int(t) + off for t in times[k]] if times and times[k] else [int(d) + off]
+            r.update(
+                request_inputs={}, response_timestamps=stamps, response_outputs=[{}] * len(stamps)
+            )
+            reqs.append(r)
         out.append(
             {
                 "experiment": {"mode": m.mode, "value": value},

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from perfkit.report.pa_server import server_lines
 from perfkit.results import Measurement, RunResult
 
 
@@ -58,6 +59,10 @@ def settings_block(
     if s.get("binary_search"):
         lines.append("  Using Binary Search algorithm")
     lines.append("  Using asynchronous calls for inference")
+    if s.get("decoupled"):
+        # perf_analyzer says "first response" here, but ends a request's latency at its last
+        # response with outputs; so does perfkit, and says so.
+        lines.append("  Detected decoupled model, using the last response for measuring latency")
     if int(s.get("workers", 1)) > 1:
         lines.append(f"  Using {s['workers']} load-generator processes (perfkit --workers)")
     return lines
@@ -85,7 +90,11 @@ def level_block(
     for w in m.warnings:
         if "keep up with the desired request rate" in w:
             lines.append(f"    [WARNING] {w}")
+    if m.sequence_count is not None:
+        lines.append(f"    Sequence count: {m.sequence_count} ({m.sequences_per_s:g} seq/sec)")
     lines.append(f"    Throughput: {m.throughput_infer_per_s:.2f} infer/sec")
+    if m.response_count is not None:
+        lines.append(f"    Response Throughput: {m.response_throughput_per_s:.2f} infer/sec")
     if verbose or m.generator_saturated:
         lines.append(
             f"    Generator CPU: {m.client_cpu_pct:.1f}% of a core, "
@@ -111,7 +120,11 @@ def level_block(
         )
     send, recv = int(m.client_send_us), int(m.client_recv_us)
     wait = max(int(lat.avg_us) - send - recv, 0)
-    if protocol == "grpc":
+    if m.response_count is not None:
+        # A decoupled model: perf_analyzer keeps no client library times, and prints the line
+        # empty.
+        lines.append("    ")
+    elif protocol == "grpc":
         lines.append(
             f"    Avg gRPC time: {int(lat.avg_us)} usec ((un)marshal request/response "
             f"{send + recv} usec + response wait {wait} usec)"
@@ -123,16 +136,7 @@ def level_block(
         )
     s = m.server
     if s is not None:
-        lines += [
-            "  Server: ",
-            f"    Inference count: {s.inference_count}",
-            f"    Execution count: {s.execution_count}",
-            f"    Successful request count: {s.success_count}",
-            f"    Avg request latency: {int(s.avg_request_us)} usec (overhead {int(s.overhead_us)} "
-            f"usec + queue {int(s.queue_us)} usec + compute input {int(s.compute_input_us)} usec + "
-            f"compute infer {int(s.compute_infer_us)} usec + compute output "
-            f"{int(s.compute_output_us)} usec)",
-        ]
+        lines += ["  Server: ", *server_lines(s)]
     gpu = {k: v for k, v in m.metrics.items() if v}
     if gpu:
         names = {

@@ -84,9 +84,43 @@ def measurement_row(m: Measurement, extras: Iterable[float] = ()) -> JsonDict:
         "client_cpu_us_per_request": m.client_cpu_us_per_request,
         "generator_saturated": m.generator_saturated,
     }
+    row.update(_model_kind_cols(m))
     for name in sorted(m.metrics):
         for gpu in sorted(m.metrics[name]):
             row[metric_column(name, gpu)] = m.metrics[name][gpu]
+    return row
+
+
+def _model_kind_cols(m: Measurement) -> JsonDict:
+    """The columns only some models have: sequences, decoupled responses, the response cache,
+    and each composing model of an ensemble or BLS model (`composing_<name>_<field>`)."""
+    row: JsonDict = {}
+    if m.sequence_count is not None:
+        row["sequence_count"] = m.sequence_count
+        row["sequences_per_s"] = m.sequences_per_s
+    if m.response_count is not None:
+        row["response_count"] = m.response_count
+        row["response_throughput_per_s"] = m.response_throughput_per_s
+    s = m.server
+    if s is None:
+        return row
+    if s.cache_enabled:
+        row.update({
+            "server_cache_hit_count": s.cache_hit_count,
+            "server_cache_miss_count": s.cache_miss_count,
+            "server_cache_hit_us": s.cache_hit_us,
+            "server_cache_miss_us": s.cache_miss_us,
+        })  # fmt: skip
+    for c in s.composing:
+        cs = c.server
+        for key, value in (
+            ("version", c.version), ("inference_count", cs.inference_count),
+            ("execution_count", cs.execution_count), ("success_count", cs.success_count),
+            ("request_us", cs.avg_request_us), ("queue_us", cs.queue_us),
+            ("compute_input_us", cs.compute_input_us), ("compute_infer_us", cs.compute_infer_us),
+            ("compute_output_us", cs.compute_output_us),
+        ):  # fmt: skip
+            row[f"composing_{c.name}_{key}"] = value
     return row
 
 

@@ -21,10 +21,16 @@ class Timings:
 
     A success appends intended (open loop only), sent and done, in this order: readers slice all
     three by len(done). `send_ns` / `recv_ns` sum the time spent writing requests and reading
-    responses.
+    responses. `seq_ends`: done times of the answered requests that ended a sequence.
+    `responses`: with streaming, the responses each answered request got (parallel to done).
+    `seq_ids`: with a feed, each answered request's sequence id (parallel to done).
+    `response_times`: with streaming, each answered request's response times (parallel to done).
     """
 
-    __slots__ = ("done", "err_done", "err_msgs", "intended", "recv_ns", "send_ns", "sent")
+    __slots__ = (
+        "done", "err_done", "err_msgs", "intended", "recv_ns", "response_times", "responses",
+        "send_ns", "sent", "seq_ends", "seq_ids",
+    )  # fmt: skip
 
     def __init__(self) -> None:
         self.sent: list[int] = []
@@ -32,6 +38,10 @@ class Timings:
         self.intended: list[int] = []
         self.err_done: list[int] = []
         self.err_msgs: list[str] = []
+        self.seq_ends: list[int] = []
+        self.seq_ids: list[int] = []
+        self.responses: list[int] = []
+        self.response_times: list[list[int]] = []
         self.send_ns = 0
         self.recv_ns = 0
 
@@ -44,7 +54,7 @@ class Timings:
 class LoopState:
     """What the driver and a pool's slots share to keep the load going. Touched on the loop only."""
 
-    __slots__ = ("dead", "free", "idle", "inflight", "left", "running", "seq", "waiting")
+    __slots__ = ("dead", "feed", "free", "idle", "inflight", "left", "running", "seq", "waiting")
 
     def __init__(self) -> None:
         # Closed loop: slots re-send while running and left > 0; idle counts slots that stopped.
@@ -61,6 +71,27 @@ class LoopState:
         # Open loop: intended send times waiting for a free slot (in-flight cap reached); they
         # are sent, late, as slots free up, and their corrected latency includes the wait.
         self.waiting: deque[int] = deque()
+        # Requests made per send (sequence models: `perfkit.load.sequences.SequenceFeed`);
+        # None: the pool's pre-encoded requests, rotated.
+        self.feed: Feed | None = None
+
+
+class Feed(Protocol):
+    """A source of requests made per send, each with a ticket given back when it is answered."""
+
+    def ready(self) -> bool:
+        """Whether `take` has a request that may be sent now."""
+
+    def take(self) -> tuple[bytes, int]:
+        """The next request's wire bytes (HTTP: the whole request; gRPC: the serialized
+        ModelInferRequest) and its ticket."""
+
+    def give_back(self, ticket: int) -> tuple[int, bool]:
+        """The request of `ticket` was answered or failed: its sequence id, and whether it
+        ended its sequence."""
+
+    def close_all(self) -> int:
+        """Make `take` give the requests that end what is in progress; returns how many."""
 
 
 class Slot(Protocol):
@@ -80,14 +111,24 @@ class Slot(Protocol):
         """Closed loop: send the next request at once; it stays counted in flight."""
 
 
-def complete(slot: Slot, sent: int, intended: int, done: int, error: str | None) -> None:
+def complete(
+    slot: Slot, sent: int, intended: int, done: int, error: str | None, ticket: int = -1
+) -> None:
     """The one completion path: record the answer, then keep the load going.
 
     Closed loop re-sends on the same slot while the level runs (no task, no future); open loop
-    hands the slot to the oldest send waiting for one, or back to the free list.
+    hands the slot to the oldest send waiting for one, or back to the free list. A request from
+    the state's feed gives its `ticket` back first (its sequence may take the next send).
     """
     tm = slot.timings
     st = slot.state
+    feed = st.feed
+    if feed is not None:
+        seq_id, ended = feed.give_back(ticket)
+        if error is None:
+            tm.seq_ids.append(seq_id)
+            if ended:
+                tm.seq_ends.append(done)
     if error is None:
         if not slot.closed_loop:
             tm.intended.append(intended)
@@ -104,7 +145,7 @@ def complete(slot: Slot, sent: int, intended: int, done: int, error: str | None)
         st.idle += 1
         return
     st.inflight -= 1
-    if st.waiting and st.running and not slot.lost:
+    if st.waiting and st.running and not slot.lost and (feed is None or feed.ready()):
         slot.fire(st.waiting.popleft())
     else:
         st.free.append(slot)

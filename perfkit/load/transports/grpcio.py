@@ -22,7 +22,9 @@ METHOD = "/inference.GRPCInferenceService/ModelInfer"
 class GrpcSlot:
     """One in-flight call slot on the pool's shared channel."""
 
-    __slots__ = ("closed_loop", "intended", "loop", "mc", "reqs", "sent", "state", "timings")
+    __slots__ = (
+        "closed_loop", "intended", "loop", "mc", "reqs", "sent", "state", "ticket", "timings",
+    )  # fmt: skip
 
     # A channel reconnects by itself: a slot is never lost (UNAVAILABLE answers count as dead).
     lost = False
@@ -44,6 +46,7 @@ class GrpcSlot:
         self.closed_loop = closed_loop
         self.sent = 0
         self.intended = 0
+        self.ticket = -1
 
     def fire(self, intended: int = 0) -> None:
         self.intended = intended
@@ -52,7 +55,10 @@ class GrpcSlot:
 
     def resend(self, now: int) -> None:
         reqs = self.reqs
-        if len(reqs) > 1:
+        feed = self.state.feed
+        if feed is not None:
+            req, self.ticket = feed.take()
+        elif len(reqs) > 1:
             st = self.state
             st.seq += 1
             req = reqs[st.seq % len(reqs)]
@@ -80,7 +86,7 @@ class GrpcSlot:
             error = f"gRPC {code}: {details}"
             if code == "UNAVAILABLE":
                 self.state.dead += 1
-        complete(self, self.sent, self.intended, d, error)
+        complete(self, self.sent, self.intended, d, error, self.ticket)
 
 
 class _WithMetadata:

@@ -107,13 +107,14 @@ class H2Conn(asyncio.Protocol):
         self.state = state
         self.closed_loop = closed_loop
         self.block = header_block(authority, compression=compression)
+        self.compression = compression
         # gRPC length-prefixed messages, one per input set (compressed once, here).
         self.msgs = [grpc_message(r, compression) for r in reqs]
         self.multi = len(self.msgs) > 1
         self.t: asyncio.Transport | None = None
         self.buf = b""
         self.next_sid = 1
-        # sid -> [sent_ns, intended_ns, got_data]
+        # sid -> [sent_ns, intended_ns, got_data, the feed's ticket (-1: none)]
         self.calls: dict[int, list[int]] = {}
         self.send_window = DEFAULT_WINDOW
         self.peer_init_window = DEFAULT_WINDOW
@@ -146,7 +147,9 @@ class H2Conn(asyncio.Protocol):
         st = self.state
         st.dead += 1
         now = perf_counter_ns()
-        for _ in range(len(self.calls)):
+        for call in self.calls.values():
+            if st.feed is not None:
+                st.feed.give_back(call[3])
             self.timings.error(now, f"connection closed by the server ({exc or 'EOF'})")
             st.inflight -= 1
             if self.closed_loop:
@@ -170,7 +173,12 @@ class H2Conn(asyncio.Protocol):
 
     def resend(self, now: int, intended: int = 0) -> None:
         """Start the next call on a new stream (its send time is taken here, not `now`)."""
-        if self.multi:
+        feed = self.state.feed
+        ticket = -1
+        if feed is not None:
+            raw, ticket = feed.take()
+            msg = grpc_message(raw, self.compression)
+        elif self.multi:
             st = self.state
             st.seq += 1
             msg = self.msgs[st.seq % len(self.msgs)]
@@ -179,7 +187,7 @@ class H2Conn(asyncio.Protocol):
         sid = self.next_sid
         self.next_sid = sid + 2
         s = perf_counter_ns()
-        self.calls[sid] = [s, intended, 0]
+        self.calls[sid] = [s, intended, 0, ticket]
         n = len(msg)
         hb = self.block
         lb = len(hb)
@@ -266,8 +274,9 @@ class H2Conn(asyncio.Protocol):
                 # Trailers end a call: a success when its stream carried a message.
                 if flags & END_STREAM and (call := self.calls.pop(sid, None)) is not None:
                     complete(
-                        self, call[0], call[1], perf_counter_ns(), None if call[2] else NO_MESSAGE
-                    )
+                        self, call[0], call[1], perf_counter_ns(),
+                        None if call[2] else NO_MESSAGE, call[3],
+                    )  # fmt: skip
             elif ftype == WINDOW_UPDATE:
                 inc = U32.unpack_from(buf, p)[0] & MAX_WINDOW
                 if sid == 0:
@@ -324,7 +333,7 @@ class H2Conn(asyncio.Protocol):
             if reset
             else NO_MESSAGE
         )
-        complete(self, call[0], call[1], perf_counter_ns(), error)
+        complete(self, call[0], call[1], perf_counter_ns(), error, call[3])
 
 
 class H2Pool:

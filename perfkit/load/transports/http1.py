@@ -42,6 +42,8 @@ class HttpConn(asyncio.Protocol):
         self.sent = 0
         self.first = 0
         self.intended = 0
+        # The feed's ticket of the request in flight (-1: a pre-encoded request).
+        self.ticket = -1
         self.busy = False
         self.lost = False
 
@@ -54,6 +56,8 @@ class HttpConn(asyncio.Protocol):
         st.dead += 1
         if self.busy:
             self.busy = False
+            if st.feed is not None:
+                st.feed.give_back(self.ticket)
             st.inflight -= 1
             self.timings.error(
                 perf_counter_ns(), f"connection closed by the server ({exc or 'EOF'})"
@@ -74,7 +78,10 @@ class HttpConn(asyncio.Protocol):
 
     def resend(self, now: int) -> None:
         """Queue this connection's next request for the end of this loop iteration."""
-        if self.multi:
+        feed = self.state.feed
+        if feed is not None:
+            self.req, self.ticket = feed.take()
+        elif self.multi:
             st = self.state
             st.seq += 1
             self.req = self.reqs[st.seq % len(self.reqs)]
@@ -117,6 +124,7 @@ class HttpConn(asyncio.Protocol):
             self.intended,
             now,
             None if buf[9:12] == b"200" else http_error(buf, hlen),
+            self.ticket,
         )
 
     def _other_length(self, buf: bytes, i: int) -> bool:
