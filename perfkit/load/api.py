@@ -139,7 +139,9 @@ def _embedded(
         server = launcher(
             settings,
             repo,
-            load_models=[model],
+            # A BLS model's composing models (--bls-composing-models) are loaded with it, as a
+            # Triton user starts the server for it: their statistics are read from the start.
+            load_models=[model, *(n for n, _ in spec.target.bls_composing_models if n != model)],
             log_path=log,
             client_shm=spec.inputs.shared_memory != "none",
         )
