@@ -32,6 +32,7 @@ from perfkit.datatypes import NP_BY_V2
 from perfkit.model_repo.config import config_to_json, v2_datatype
 from perfkit_server.backends.base import Array, InstanceSpec, check_file_name
 from perfkit_server.backends.python.bls import CODE_ERRORS, bls_reply, run_bls
+from perfkit_server.backends.python.control import FAILED, run_control
 from perfkit_server.backends.python.ipc import (
     Channel,
     Closed,
@@ -130,6 +131,7 @@ class PythonBackend:
         self._outputs = [o.name for o in config.output]
         self._datatypes = {o.name: v2_datatype(o.data_type) for o in config.output}
         self._internal_infer = spec.internal_infer
+        self._model_control = spec.model_control
         self._lock = threading.Lock()
         self._calls: dict[int, Future[tuple[Header, list[bytearray]]]] = {}
         self._streams: dict[int, _Stream] = {}
@@ -317,7 +319,7 @@ class PythonBackend:
                 future.set_result((header, buffers))
         elif op == "send":
             self._on_send(header, buffers)
-        elif op == "bls":
+        elif op in ("bls", "control"):
             self._on_bls(header, buffers)
         elif op == "log":
             level = _LOG_LEVELS.get(int(header.get("level", 0)), logging.INFO)
@@ -377,10 +379,18 @@ class PythonBackend:
         try:
             self._bls_pool.submit(self._serve_bls, header, buffers)
         except RuntimeError:  # the pool is shut down: the instance is closing
+            with self._lock:
+                self._bls_in_flight -= 1
             self._reply_bls(header, Unavailable(f"model '{self._model}' is unloading"))
 
     def _serve_bls(self, header: Header, buffers: list[bytearray]) -> None:
+        """A BLS request, or a model loading API call (control.py), waited for here."""
         try:
+            if header.get("op") == "control":
+                reply = run_control(self._model_control, header, lambda: self._closing)
+                with contextlib.suppress(ProtocolError):
+                    self._chan.send(reply)
+                return
             result = run_bls(self._internal_infer, header, buffers, lambda: self._closing)
             self._reply_bls(header, result)
         finally:
@@ -388,6 +398,12 @@ class PythonBackend:
                 self._bls_in_flight -= 1
 
     def _reply_bls(self, header: Header, result: Any) -> None:
+        if header.get("op") == "control":
+            why = FAILED.get(str(header.get("action")), "") + str(result)
+            reply: Header = {"op": "control_result", "id": header.get("id"), "error": why}
+            with contextlib.suppress(ProtocolError):
+                self._chan.send(reply)
+            return
         with contextlib.suppress(ProtocolError):
             self._chan.send(*bls_reply(header, result))
 
