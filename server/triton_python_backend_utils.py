@@ -408,9 +408,9 @@ def load_model(model_name: str, config: str = "", files: dict[str, bytes] | None
             )
         if files:
             raise TritonModelException(
-                f"Failed to load model: failed to load '{model_name}': override files "
-                "(files=...) are not supported by perfkit_server; put the files in the model "
-                "repository and load the model without them"
+                f"failed to load model '{model_name}', override files (files=...) are not "
+                "supported by perfkit_server; put the files in the model repository and load "
+                "the model without them"
             )
     _control("load", model_name, config=config)
 

@@ -32,7 +32,7 @@ from perfkit.datatypes import NP_BY_V2
 from perfkit.model_repo.config import config_to_json, v2_datatype
 from perfkit_server.backends.base import Array, InstanceSpec, check_file_name
 from perfkit_server.backends.python.bls import CODE_ERRORS, bls_reply, run_bls
-from perfkit_server.backends.python.control import FAILED, run_control
+from perfkit_server.backends.python.control import run_control
 from perfkit_server.backends.python.ipc import (
     Channel,
     Closed,
@@ -399,8 +399,7 @@ class PythonBackend:
 
     def _reply_bls(self, header: Header, result: Any) -> None:
         if header.get("op") == "control":
-            why = FAILED.get(str(header.get("action")), "") + str(result)
-            reply: Header = {"op": "control_result", "id": header.get("id"), "error": why}
+            reply: Header = {"op": "control_result", "id": header.get("id"), "error": str(result)}
             with contextlib.suppress(ProtocolError):
                 self._chan.send(reply)
             return

@@ -3,7 +3,9 @@
 
 The stub sends a "control" frame and waits; one of the instance's BLS threads hands it to the
 registry's model_control (which runs it on the serving loop) and waits for it (never the loop);
-the reply frame carries the readiness, or the error the stub raises as TritonModelException.
+the reply frame carries the readiness, or the error the stub raises as TritonModelException
+(in Triton's words: "Failed to load model: Failed to process the request for model '<instance>',
+message: <the server's error>").
 
 Triton's rules, kept here: the server must be serving (a model's `initialize` or warmup during
 the server's startup is refused with "Server not ready"), load and unload need explicit model
@@ -30,12 +32,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# Triton's prefix of each action's error (python_backend's ModelLoader).
-FAILED = {
-    "ready": "Failed to check model readiness: ",
-    "load": "Failed to load model: ",
-    "unload": "Failed to unload model: ",
-}
 NOT_EXPLICIT = "explicit model load / unload is not allowed if polling is enabled"
 NOT_SERVING = "Server not ready"
 _POLL_S = 0.5  # how often a control wait checks whether the instance is closing
@@ -87,8 +83,10 @@ async def run_on_loop(
     if action == "unload":
         task = asyncio.create_task(registry.unload(name, bool(arg)))
         # Back as soon as the model stopped serving: its instances finish what they run
-        # (possibly this very call's model) after the caller has its answer.
-        while not task.done() and registry.ready(name):
+        # (possibly this very call's model) after the caller has its answer. The registry has
+        # no "stopped serving" event to wait on, so the condition is polled (it turns within
+        # the unload's first steps).
+        while not task.done() and registry.ready(name):  # noqa: ASYNC110
             await asyncio.sleep(_UNLOAD_POLL_S)
         if task.done():
             task.result()
@@ -115,7 +113,6 @@ def run_control(
     """Run one control frame and wait for it (a BLS thread); the reply frame."""
     action = str(header.get("action", ""))
     reply: Header = {"op": "control_result", "id": header.get("id")}
-    prefix = FAILED.get(action, "Failed to control model: ")
     try:
         if model_control is None:
             raise Unavailable("the model loading API needs the server: this instance runs alone")
@@ -139,7 +136,7 @@ def run_control(
                     future.cancel()
                     raise Unavailable("the calling model is unloading") from None
     except (ServerError, ControlRefused) as exc:
-        reply["error"] = prefix + str(exc)
+        reply["error"] = str(exc)
     except Exception as exc:  # the server's boundary: any failure is this call's error
-        reply["error"] = prefix + (str(exc) or type(exc).__name__)
+        reply["error"] = str(exc) or type(exc).__name__
     return reply

@@ -36,6 +36,12 @@ from perfkit_server.backends.python.ipc import (
 )
 
 _UTILS = "triton_python_backend_utils"
+# Triton's prefix of each model loading call's error (python_backend's ModelLoader).
+_CONTROL_FAILED = {
+    "ready": "Failed to check model readiness: ",
+    "load": "Failed to load model: ",
+    "unload": "Failed to unload model: ",
+}
 
 
 def load_utils() -> ModuleType:
@@ -110,7 +116,10 @@ class Stub:
         """The model loading API: ask the server and wait; its error raised as Triton raises it."""
         reply, _ = self._ask({"op": "control", "action": action, "model_name": name, **args}, [])
         if "error" in reply:
-            raise self._pb.TritonModelException(str(reply["error"]))
+            raise self._pb.TritonModelException(
+                f"{_CONTROL_FAILED[action]}Failed to process the request for model "
+                f"'{self._name}', message: {reply['error']}"
+            )
         return bool(reply.get("ready"))
 
     def _ask(self, header: Header, buffers: list[Any]) -> tuple[Header, list[bytearray]]:
