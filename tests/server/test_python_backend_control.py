@@ -234,3 +234,22 @@ def test_load_and_unload_are_refused_outside_explicit_mode(tmp_path):
         assert httpclient.InferenceServerClient(url).is_model_ready(TARGET)
     finally:
         handle.stop()
+
+
+def test_a_model_may_reload_and_unload_itself(tmp_path):
+    """The call returns once the new versions serve / the model stopped serving, so the calling
+    instance (which the reload or unload closes) is not waited for by its own call."""
+    repo = write_repository(tmp_path, load_at_start=False)
+    handle = start_server(repo, "--model-control-mode=explicit", f"--load-model={CTL}")
+    try:
+        url = handle.http_url
+        client = httpclient.InferenceServerClient(url)
+        config = client.get_model_config(CTL)
+        config["parameters"] = {"reloaded": {"string_value": "yes"}}
+        assert call(url, "load_model", model_name=CTL, config=json.dumps(config)) == {"value": None}
+        assert client.get_model_config(CTL)["parameters"]["reloaded"] == {"string_value": "yes"}
+        assert call(url, "unload_model", model_name=CTL) == {"value": None}
+        assert not client.is_model_ready(CTL)
+        assert client.is_server_live()
+    finally:
+        handle.stop()

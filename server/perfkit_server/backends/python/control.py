@@ -10,16 +10,17 @@ message: <the server's error>").
 Triton's rules, kept here: the server must be serving (a model's `initialize` or warmup during
 the server's startup is refused with "Server not ready"), load and unload need explicit model
 control ("explicit model load / unload is not allowed if polling is enabled"), a version string
-must be a non-negative integer, and a model not loaded is simply not ready. An unload returns
-once the model has stopped serving, without waiting for its instances to finish (Triton's unload
-does not wait either), so a model may unload itself.
+must be a non-negative integer, and a model not loaded is simply not ready. A load returns once
+the new versions serve and an unload once the model stopped serving, without waiting for the old
+instances to finish what they run (Triton's unload does not wait either), so a model may reload
+or unload itself.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TYPE_CHECKING, Any
@@ -35,7 +36,7 @@ logger = logging.getLogger(__name__)
 NOT_EXPLICIT = "explicit model load / unload is not allowed if polling is enabled"
 NOT_SERVING = "Server not ready"
 _POLL_S = 0.5  # how often a control wait checks whether the instance is closing
-_UNLOAD_POLL_S = 0.001  # how often an unload checks whether the model stopped serving
+_STATE_POLL_S = 0.001  # how often a load/unload checks whether the model's serving changed
 
 # (action, model name, argument) -> its future; the argument is the version ("ready"), the config
 # override JSON ("load") or unload_dependents ("unload"). The result is the readiness, or True.
@@ -78,33 +79,55 @@ async def run_on_loop(
             "--model-control-mode=explicit to load and unload models from a python model)"
         )
     if action == "load":
-        await registry.load(name, str(arg) or None)
+        entry = registry.entries().get(name)
+        served = entry.versions if entry is not None else None
+        loading = registry.load(name, str(arg) or None)
+        # Back once the new versions serve (or the load failed), before the old instances
+        # finish what they run: the caller may be one of them (a model reloading itself).
+        await _until(
+            loading,
+            lambda: (
+                (e := registry.entries().get(name)) is not None
+                and e.versions is not served
+                and bool(e.versions)
+            ),
+            f"loading model '{name}'",
+        )
         return True
     if action == "unload":
-        task = asyncio.create_task(registry.unload(name, bool(arg)))
-        # Back as soon as the model stopped serving: its instances finish what they run
-        # (possibly this very call's model) after the caller has its answer. The registry has
-        # no "stopped serving" event to wait on, so the condition is polled (it turns within
-        # the unload's first steps).
-        while not task.done() and registry.ready(name):  # noqa: ASYNC110
-            await asyncio.sleep(_UNLOAD_POLL_S)
-        if task.done():
-            task.result()
-        else:
-            _PENDING.add(task)
-            task.add_done_callback(_finished)
+        # Back once the model stopped serving: its instances finish what they run (possibly
+        # this very call's model) after the caller has its answer.
+        await _until(
+            registry.unload(name, bool(arg)),
+            lambda: not registry.ready(name),
+            f"unloading model '{name}'",
+        )
         return True
     raise ControlRefused(f"unknown model control action {action!r}")
 
 
-_PENDING: set[asyncio.Task[None]] = set()  # unloads still closing their instances
+_PENDING: set[asyncio.Task[None]] = set()  # loads and unloads still closing old instances
 
 
-def _finished(task: asyncio.Task[None]) -> None:
-    _PENDING.discard(task)
-    if not task.cancelled() and task.exception() is not None:
-        # Already out of service: the error is only its instances' closing.
-        logger.error("unloading a model (from a python model): %s", task.exception())
+async def _until(work: Coroutine[Any, Any, None], done: Callable[[], bool], what: str) -> None:
+    """Run `work` as a task; return when it ended (raising its error) or `done()` holds, and let
+    it finish on its own then. The registry has no event for "now serving" / "stopped serving",
+    so the condition is polled; it turns within the task's own steps."""
+    task = asyncio.create_task(work)
+    while not task.done() and not done():  # noqa: ASYNC110
+        await asyncio.sleep(_STATE_POLL_S)
+    if task.done():
+        task.result()
+        return
+    _PENDING.add(task)
+
+    def finished(task: asyncio.Task[None]) -> None:
+        _PENDING.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # The caller has its answer: what failed is closing the old instances.
+            logger.error("%s (from a python model): %s", what, task.exception())
+
+    task.add_done_callback(finished)
 
 
 def run_control(
