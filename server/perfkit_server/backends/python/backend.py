@@ -6,7 +6,8 @@ decoupled model, `execute_decoupled` with a response callback. The instance's ex
 sends the batch and waits for its result; a reader thread takes every frame from the stub
 (results, decoupled responses, BLS requests, log lines), so a model may send responses or make
 BLS calls from its own threads. BLS requests run through the registry's internal_infer on the
-serving loop (a bounded pool of threads waits for them, never the loop).
+serving loop (a bounded pool of threads waits for them, never the loop); so do the model
+loading API's calls (control.py), through the registry's model_control.
 
 A stub that dies fails the requests it held and every later one, with Triton's words ("Stub
 process '<instance>' is not healthy.") and how it ended, and is logged; the model must be loaded

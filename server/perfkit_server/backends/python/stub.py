@@ -3,7 +3,8 @@
 Started by PythonBackend as `python -m perfkit_server.backends.python.stub FD` with the server's own
 interpreter and import path; FD is its end of a socketpair (ipc.Channel). A reader thread takes
 frames from the server: commands (init, execute, finalize) go to the main thread, which runs the
-model; BLS results wake the model thread waiting in `InferenceRequest.exec()`. When the server's
+model; BLS results wake the model thread waiting in `InferenceRequest.exec()`, and the answers
+to the model loading API (pb_utils.load_model and co.) the thread waiting in them. When the server's
 end closes (unload, or the server died however it died) the reader ends the process at once, so
 no stub outlives its server. SIGINT and SIGTERM are ignored: sent to the process group, they reach
 the server, which finalizes its stubs.
