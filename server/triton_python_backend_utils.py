@@ -21,7 +21,8 @@ import numpy.typing as npt
 
 Array = npt.NDArray[Any]
 
-# Set by the stub: exec_request(request, decoupled), log(level, message), model_dir().
+# Set by the stub: exec_request(request), model_control(action, name, **args), log(level,
+# message), model_dir().
 _runtime: Any = None
 
 TRITONSERVER_REQUEST_FLAG_SEQUENCE_START = 1
@@ -374,6 +375,50 @@ def get_model_dir() -> str:
     if _runtime is None:
         raise TritonModelException("get_model_dir() runs only inside a model's stub")
     return str(_runtime.model_dir())
+
+
+# -- the model loading API (Triton's tritonserver.h load/unload/readiness, explicit mode only) --
+
+
+def _control(action: str, model_name: str, **args: Any) -> bool:
+    if not isinstance(model_name, str):
+        raise TypeError(f"model_name must be a str, got {type(model_name).__name__}")
+    if _runtime is None:
+        raise TritonModelException(f"{action} runs only inside a model's stub")
+    return bool(_runtime.model_control(action, model_name, **args))
+
+
+def is_model_ready(model_name: str, model_version: str = "") -> bool:
+    """Whether the server serves the model (the version, or the one its policy picks if empty)."""
+    if not isinstance(model_version, str):
+        raise TypeError(f"model_version must be a str, got {type(model_version).__name__}")
+    return _control("ready", model_name, model_version=model_version)
+
+
+def load_model(model_name: str, config: str = "", files: dict[str, bytes] | None = None) -> None:
+    """Load (or reload) a model from the repository, with `config` (JSON) overriding its
+    config.pbtxt; the server must run with --model-control-mode=explicit."""
+    if not isinstance(config, str):
+        raise TypeError(f"config must be a str (the model config as JSON), got {type(config)}")
+    if files is not None:
+        if not isinstance(files, dict):
+            raise TritonModelException(
+                f"failed to load model '{model_name}', files should be a dictionary of file "
+                "paths and file contents"
+            )
+        if files:
+            raise TritonModelException(
+                f"failed to load model '{model_name}', override files (files=...) are not "
+                "supported by perfkit_server; put the files in the model repository and load "
+                "the model without them"
+            )
+    _control("load", model_name, config=config)
+
+
+def unload_model(model_name: str, unload_dependents: bool = False) -> None:
+    """Unload a model (with `unload_dependents`, an ensemble's composing models too); returns
+    once it stopped serving. The server must run with --model-control-mode=explicit."""
+    _control("unload", model_name, unload_dependents=bool(unload_dependents))
 
 
 class Logger:

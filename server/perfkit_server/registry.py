@@ -34,6 +34,7 @@ from perfkit_server.backends import (
     platform_of,
     probe_host,
 )
+from perfkit_server.backends.python.control import run_on_loop
 from perfkit_server.config_guard import check_fields
 from perfkit_server.ensemble import EnsembleScheduler
 from perfkit_server.ensemble_config import is_ensemble, resolve_ensemble
@@ -177,6 +178,7 @@ class Registry:
         # Set by DataPlane: run an InferRequest as a client's (awaited on the serving loop).
         self.internal_infer: Callable[[InferRequest], Awaitable[InferResponse]] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None  # the serving loop, seen at a load
+        self._serving = False  # startup loading done (a python model's load API needs it)
 
     # -- lookups ------------------------------------------------------------------------------
 
@@ -257,6 +259,7 @@ class Registry:
         if mode == "poll":
             self._poll_seen = {name: _fingerprint(self._root / name) for name in wanted}
         await asyncio.gather(*(self._load_logged(name) for name in wanted))
+        self._serving = True
         if mode == "poll":
             self._poll_task = asyncio.get_running_loop().create_task(self._poll_forever())
 
@@ -343,6 +346,7 @@ class Registry:
 
     async def close(self) -> None:
         """Stop polling and unload everything (serving what is queued)."""
+        self._serving = False
         if self._poll_task is not None:
             self._poll_task.cancel()
         for entry in list(self._models.values()):
@@ -485,6 +489,7 @@ class Registry:
                         slot.device_id,
                         slot.group_index,
                         self._submit_internal,
+                        self._submit_control,
                     )
                     for i, slot in enumerate(placed)
                 ]
@@ -542,6 +547,14 @@ class Registry:
             return await infer(request)
 
         return asyncio.run_coroutine_threadsafe(run(), loop)
+
+    def _submit_control(self, action: str, name: str, arg: Any) -> Future[bool]:
+        """model_control for a python model's threads (pb_utils.load_model and co., control.py)."""
+        loop, mode = self._loop, self._settings.model_control_mode
+        if loop is None:
+            raise Unavailable("the server does not serve requests from inside it yet")
+        coro = run_on_loop(self, self._serving, mode, action, name, arg)
+        return asyncio.run_coroutine_threadsafe(coro, loop)
 
     @staticmethod
     def _load_instance(spec: InstanceSpec, warmups: list[Warmup]) -> Backend:

@@ -37,6 +37,9 @@ class InstanceSpec:
     # Runs a request from inside the server (a python model's BLS call) on the serving loop, from
     # any other thread: the caller waits on the future, never the loop. Filled by the registry.
     internal_infer: Callable[[InferRequest], Future[InferResponse]] | None = None
+    # Triton's model loading API for a python model: (action "ready" | "load" | "unload", model
+    # name, version | config JSON | unload_dependents) run on the serving loop. Registry-filled.
+    model_control: Callable[[str, str, Any], Future[bool]] | None = None
 
 
 class Backend(Protocol):

@@ -6,7 +6,8 @@ decoupled model, `execute_decoupled` with a response callback. The instance's ex
 sends the batch and waits for its result; a reader thread takes every frame from the stub
 (results, decoupled responses, BLS requests, log lines), so a model may send responses or make
 BLS calls from its own threads. BLS requests run through the registry's internal_infer on the
-serving loop (a bounded pool of threads waits for them, never the loop).
+serving loop (a bounded pool of threads waits for them, never the loop); so do the model
+loading API's calls (control.py), through the registry's model_control.
 
 A stub that dies fails the requests it held and every later one, with Triton's words ("Stub
 process '<instance>' is not healthy.") and how it ended, and is logged; the model must be loaded
@@ -32,6 +33,7 @@ from perfkit.datatypes import NP_BY_V2
 from perfkit.model_repo.config import config_to_json, v2_datatype
 from perfkit_server.backends.base import Array, InstanceSpec, check_file_name
 from perfkit_server.backends.python.bls import CODE_ERRORS, bls_reply, run_bls
+from perfkit_server.backends.python.control import run_control
 from perfkit_server.backends.python.ipc import (
     Channel,
     Closed,
@@ -130,6 +132,7 @@ class PythonBackend:
         self._outputs = [o.name for o in config.output]
         self._datatypes = {o.name: v2_datatype(o.data_type) for o in config.output}
         self._internal_infer = spec.internal_infer
+        self._model_control = spec.model_control
         self._lock = threading.Lock()
         self._calls: dict[int, Future[tuple[Header, list[bytearray]]]] = {}
         self._streams: dict[int, _Stream] = {}
@@ -317,7 +320,7 @@ class PythonBackend:
                 future.set_result((header, buffers))
         elif op == "send":
             self._on_send(header, buffers)
-        elif op == "bls":
+        elif op in ("bls", "control"):
             self._on_bls(header, buffers)
         elif op == "log":
             level = _LOG_LEVELS.get(int(header.get("level", 0)), logging.INFO)
@@ -377,10 +380,18 @@ class PythonBackend:
         try:
             self._bls_pool.submit(self._serve_bls, header, buffers)
         except RuntimeError:  # the pool is shut down: the instance is closing
+            with self._lock:
+                self._bls_in_flight -= 1
             self._reply_bls(header, Unavailable(f"model '{self._model}' is unloading"))
 
     def _serve_bls(self, header: Header, buffers: list[bytearray]) -> None:
+        """A BLS request, or a model loading API call (control.py), waited for here."""
         try:
+            if header.get("op") == "control":
+                reply = run_control(self._model_control, header, lambda: self._closing)
+                with contextlib.suppress(ProtocolError):
+                    self._chan.send(reply)
+                return
             result = run_bls(self._internal_infer, header, buffers, lambda: self._closing)
             self._reply_bls(header, result)
         finally:
@@ -388,6 +399,11 @@ class PythonBackend:
                 self._bls_in_flight -= 1
 
     def _reply_bls(self, header: Header, result: Any) -> None:
+        if header.get("op") == "control":
+            reply: Header = {"op": "control_result", "id": header.get("id"), "error": str(result)}
+            with contextlib.suppress(ProtocolError):
+                self._chan.send(reply)
+            return
         with contextlib.suppress(ProtocolError):
             self._chan.send(*bls_reply(header, result))
 

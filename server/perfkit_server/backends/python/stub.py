@@ -3,7 +3,8 @@
 Started by PythonBackend as `python -m perfkit_server.backends.python.stub FD` with the server's own
 interpreter and import path; FD is its end of a socketpair (ipc.Channel). A reader thread takes
 frames from the server: commands (init, execute, finalize) go to the main thread, which runs the
-model; BLS results wake the model thread waiting in `InferenceRequest.exec()`. When the server's
+model; BLS results wake the model thread waiting in `InferenceRequest.exec()`, and the answers
+to the model loading API (pb_utils.load_model and co.) the thread waiting in them. When the server's
 end closes (unload, or the server died however it died) the reader ends the process at once, so
 no stub outlives its server. SIGINT and SIGTERM are ignored: sent to the process group, they reach
 the server, which finalizes its stubs.
@@ -36,6 +37,12 @@ from perfkit_server.backends.python.ipc import (
 )
 
 _UTILS = "triton_python_backend_utils"
+# Triton's prefix of each model loading call's error (python_backend's ModelLoader).
+_CONTROL_FAILED = {
+    "ready": "Failed to check model readiness: ",
+    "load": "Failed to load model: ",
+    "unload": "Failed to unload model: ",
+}
 
 
 def load_utils() -> ModuleType:
@@ -99,6 +106,25 @@ class Stub:
             "requested_output_names": list(request.requested_output_names()),
             "inputs": encode_tensors(((t.name(), t.as_numpy()) for t in request.inputs()), buffers),
         }
+        reply, bufs = self._ask(header, buffers)
+        if "error" in reply:
+            err = reply["error"]
+            return pb.InferenceResponse(error=pb.TritonError(err["message"], err["code"]))
+        tensors = [pb.Tensor(n, a) for n, a in decode_tensors(reply["outputs"], bufs)]
+        return pb.InferenceResponse(output_tensors=tensors)
+
+    def model_control(self, action: str, name: str, **args: Any) -> bool:
+        """The model loading API: ask the server and wait; its error raised as Triton raises it."""
+        reply, _ = self._ask({"op": "control", "action": action, "model_name": name, **args}, [])
+        if "error" in reply:
+            raise self._pb.TritonModelException(
+                f"{_CONTROL_FAILED[action]}Failed to process the request for model "
+                f"'{self._name}', message: {reply['error']}"
+            )
+        return bool(reply.get("ready"))
+
+    def _ask(self, header: Header, buffers: list[Any]) -> tuple[Header, list[bytearray]]:
+        """Send a request frame to the server and wait for the reply with its id."""
         done = threading.Event()
         slot: list[Any] = []
         with self._bls_lock:
@@ -107,12 +133,7 @@ class Stub:
         header["id"] = bls_id
         self._chan.send(header, buffers)
         done.wait()
-        reply, bufs = slot
-        if "error" in reply:
-            err = reply["error"]
-            return pb.InferenceResponse(error=pb.TritonError(err["message"], err["code"]))
-        tensors = [pb.Tensor(n, a) for n, a in decode_tensors(reply["outputs"], bufs)]
-        return pb.InferenceResponse(output_tensors=tensors)
+        return slot[0], slot[1]
 
     def log(self, level: int, message: str) -> None:
         self._chan.send({"op": "log", "level": level, "message": message})
@@ -127,7 +148,7 @@ class Stub:
         try:
             while True:
                 header, buffers = self._chan.recv()
-                if header.get("op") == "bls_result":
+                if header.get("op") in ("bls_result", "control_result"):
                     with self._bls_lock:
                         waiter = self._bls_waiting.pop(int(header.get("id", -1)), None)
                     if waiter is not None:
