@@ -148,7 +148,7 @@ def parse_bls_models(text: str | None) -> tuple[tuple[str, str], ...]:
 
 def sequence_spec(o: Mapping[str, Any]) -> S.SequenceSpec:
     """The sequence flags (used when the model turns out to be a sequence model)."""
-    from perfkit.load.sequences import parse_sequence_id_range
+    from perfkit.load import parse_sequence_id_range
 
     start, id_range = (
         parse_sequence_id_range(o["sequence_id_range"])

@@ -8,7 +8,8 @@ Public API (what `perfkit run` and the tuner call), importable from `perfkit.loa
   -> Measurement`: one load level (the tuner's trial).
 - `run_sweep(spec, ...) -> RunResult`: every level of a `SweepSpec` (`perfkit run`).
 - `Session`: one server and model with inputs prepared and requests encoded.
-- `read_timestamps(path)`: --fixed-schedule's send offsets from an --input-data JSON.
+- `read_timestamps(path)`: --fixed-schedule's send offsets from an --input-data JSON;
+  `parse_sequence_id_range(text)`: --sequence-id-range's start and range.
 - `settings_of(spec)`: a sweep's settings as `RunResult.settings` records them; `is_stable(windows,
   pct=, windows=)`: perf_analyzer's stability rule (what `perfkit run` shows as it measures).
 - `perfkit.load.spec`: frozen specs `TargetSpec`, `InputSpec`, `MeasureSpec`, `ConcurrencyLoad`,
@@ -40,12 +41,14 @@ if TYPE_CHECKING:
     from perfkit.load.api import run
     from perfkit.load.inputs import read_timestamps
     from perfkit.load.level import measure_level
+    from perfkit.load.sequences import parse_sequence_id_range
     from perfkit.load.session import Session
     from perfkit.load.stats import is_stable
     from perfkit.load.sweep import run_sweep, settings_of
 
 __all__ = [
-    "Session", "is_stable", "measure_level", "read_timestamps", "run", "run_sweep", "settings_of",
+    "Session", "is_stable", "measure_level", "parse_sequence_id_range", "read_timestamps", "run",
+    "run_sweep", "settings_of",
 ]  # fmt: skip
 
 _HOMES = {
@@ -54,6 +57,7 @@ _HOMES = {
     "settings_of": "perfkit.load.sweep",
     "measure_level": "perfkit.load.level",
     "read_timestamps": "perfkit.load.inputs",
+    "parse_sequence_id_range": "perfkit.load.sequences",
     "run": "perfkit.load.api",
     "run_sweep": "perfkit.load.sweep",
 }

@@ -54,16 +54,15 @@ async def build_versions(
     registry: Registry, name: str, model_dir: Path, config: Any
 ) -> dict[int, LoadedVersion]:
     """An ensemble's served versions, once its composing models are loaded and it fits them."""
-    # registry imports this module; its names are there by the time a load runs.
-    from perfkit_server.registry import CONFIG_FILE, LoadedVersion, _select_versions, _signatures
+    from perfkit_server.served import CONFIG_FILE, LoadedVersion, select_versions, signatures
 
     check_composing(config, await load_composing(registry, config))
     source = f"model '{name}'"
-    inputs = _signatures(config.input, source, "input")
-    outputs = _signatures(config.output, source, "output")
+    inputs = signatures(config.input, source, "input")
+    outputs = signatures(config.output, source, "output")
     plan = plan_of(config)
     result: dict[int, LoadedVersion] = {}
-    for version in _select_versions(config, model_dir, str(model_dir / CONFIG_FILE)):
+    for version in select_versions(config, model_dir, str(model_dir / CONFIG_FILE)):
         stats = ModelStats(name, str(version))
         result[version] = LoadedVersion(
             name=name,

@@ -8,8 +8,11 @@
   request's responses go to its `decoupled.ResponseStream`. The instance is free again when
   execute_decoupled returns; responses may still come until each request's FINAL.
 
+- direct (`try_direct`): one request run at once on the event loop when the inline path would
+  run it there anyway (no dynamic batcher, a short non-blocking backend, an idle instance).
+
 `ExecutionModes` is a mixin of `scheduler.Scheduler`, which owns the queues, the instance pool and
-the executor; the default mode's hot path does not pass through here.
+the executor; the queued default mode's hot path does not pass through here.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from perfkit_server.backends.base import Array, Backend
+from perfkit_server.batching import BatcherSpec
 from perfkit_server.decoupled import ResponseStream, send_to
 from perfkit_server.errors import InferenceFailed, InvalidInput, ServerError
 from perfkit_server.instances import InstancePool
@@ -51,6 +55,9 @@ class ExecutionModes:
     _may_inline: bool
     _inline: bool
     _calls: int
+    _spec: BatcherSpec
+    _closing: bool
+    _takes_requests: bool
     _streams: dict[asyncio.Future[Outcome], ResponseStream]
     _running: weakref.WeakSet[ResponseStream]  # executed, perhaps not complete
 
@@ -68,6 +75,43 @@ class ExecutionModes:
         def _finish(self, p: _Pending, outcome: Outcome | BaseException) -> None: ...
 
         def _sampled(self, cpu_ns: int, wall_ns: int) -> None: ...
+
+        def _infer(self, inst: Backend, inputs: dict[str, Array]) -> Outputs: ...
+
+    # -- direct: one request run at once on the loop (DataPlane.infer_direct) ------------------
+
+    def try_direct(self, inputs: dict[str, Array], batch_size: int) -> Outcome | None:
+        """Run one request now, on the loop, or None to queue it instead.
+
+        Only for what the inline path would run on the loop: no dynamic batcher, a short
+        non-blocking backend, an idle instance (the default scheduler promises no order between
+        concurrent requests, so a request need not wait behind queued ones).
+        """
+        if not self._inline or self._spec.dynamic or self._closing:
+            return None
+        arrived = time.perf_counter_ns()
+        inst = self._pool.take()
+        if inst is None:
+            return None
+        t0 = time.perf_counter_ns()
+        try:
+            if self._takes_requests:
+                outputs = self._one_request(inst, inputs)
+            else:
+                outputs = self._infer(inst, inputs)
+            t1 = time.perf_counter_ns()
+        except Exception as exc:  # the backend boundary, as in _execute
+            if self._takes_requests and isinstance(exc, ServerError):
+                raise  # this request's own error (exec_modes: _request_error)
+            raise InferenceFailed(
+                f"model '{self._stats.name}' failed to execute the batch: {exc}"
+            ) from None
+        finally:
+            self._pool.release(inst)
+        # Nothing to gather or scatter for one request: all of its compute time is infer time.
+        # Its queue time is taking the instance (as Triton, which always counts some queue time).
+        self._stats.record_execution(batch_size, 0, t1 - t0, 0)
+        return outputs, RequestTimes(t0 - arrived, 0, t1 - t0, 0)
 
     # -- decoupled -----------------------------------------------------------------------------
 

@@ -459,10 +459,8 @@ class HttpService:
 
     async def unload(self, request: Request, params: dict[str, str]) -> Reply:
         obj = _parse_json(request.body, "unload request")
-        body_params = obj.get("parameters") if isinstance(obj, dict) else None
-        dependents = (
-            body_params.get("unload_dependents", False) if isinstance(body_params, dict) else False
-        )
+        body = obj.get("parameters") if isinstance(obj, dict) else None
+        dependents = body.get("unload_dependents", False) if isinstance(body, dict) else False
         if not isinstance(dependents, bool):
             raise InvalidInput("parameters.unload_dependents must be a boolean")
         await self._dp.unload_model(params["model"], dependents)

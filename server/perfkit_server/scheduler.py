@@ -39,7 +39,7 @@ from perfkit_server.backends.base import Array, Backend
 from perfkit_server.batching import BatcherSpec as BatcherSpec
 from perfkit_server.batching import QueuePolicy as QueuePolicy
 from perfkit_server.decoupled import ResponseStream
-from perfkit_server.errors import InferenceFailed, ServerError, Unavailable
+from perfkit_server.errors import InferenceFailed, Unavailable
 from perfkit_server.exec_modes import ExecutionModes
 from perfkit_server.instances import InstancePool
 from perfkit_server.rate_limiter import ModelLimits
@@ -339,41 +339,6 @@ class Scheduler(ExecutionModes):
         return time.perf_counter_ns()
 
     # -- execution -----------------------------------------------------------------------------
-
-    def try_direct(
-        self, inputs: dict[str, Array], batch_size: int
-    ) -> tuple[Outputs, RequestTimes] | None:
-        """Run one request now, on the loop, or None to queue it instead.
-
-        Only for what the inline path would run on the loop: no dynamic batcher, a short
-        non-blocking backend, an idle instance (the default scheduler promises no order between
-        concurrent requests, so a request need not wait behind queued ones).
-        """
-        if not self._inline or self._spec.dynamic or self._closing:
-            return None
-        arrived = time.perf_counter_ns()
-        inst = self._pool.take()
-        if inst is None:
-            return None
-        t0 = time.perf_counter_ns()
-        try:
-            if self._takes_requests:
-                outputs = self._one_request(inst, inputs)
-            else:
-                outputs = self._infer(inst, inputs)
-            t1 = time.perf_counter_ns()
-        except Exception as exc:  # the backend boundary, as in _execute
-            if self._takes_requests and isinstance(exc, ServerError):
-                raise  # this request's own error (exec_modes: _request_error)
-            raise InferenceFailed(
-                f"model '{self._stats.name}' failed to execute the batch: {exc}"
-            ) from None
-        finally:
-            self._pool.release(inst)
-        # Nothing to gather or scatter for one request: all of its compute time is infer time.
-        # Its queue time is taking the instance (as Triton, which always counts some queue time).
-        self._stats.record_execution(batch_size, 0, t1 - t0, 0)
-        return outputs, RequestTimes(t0 - arrived, 0, t1 - t0, 0)
 
     def _run_now(
         self, inst: Backend, inputs: dict[str, Array], batch_size: int
