@@ -157,7 +157,7 @@ def _settled(
 ) -> dict[str, dict[str, Any]]:
     """Statistics once each model's success count grew by `added` (bounded poll): Triton
     updates a request's statistics when it releases the request, just after its response."""
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30
     while True:
         after = {m: statistics(server, protocol, m) for m in before}
         grown = {
