@@ -111,7 +111,7 @@ def _element_count(shape: tuple[int, ...]) -> int:
     return count
 
 
-def deserialize_bytes(name: str, buf: bytes | memoryview, count: int) -> Array:
+def deserialize_bytes(name: str, buf: bytes | bytearray | memoryview, count: int) -> Array:
     """Decode Triton's BYTES wire format: each element is a 4-byte little-endian length + bytes."""
     view = memoryview(buf)
     items: list[bytes] = []

@@ -22,6 +22,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from perfkit_server.errors import InvalidInput
+from perfkit_server.types import deserialize_bytes, serialize_bytes
+
 Array = npt.NDArray[Any]
 Header = dict[str, Any]
 
@@ -177,7 +180,10 @@ def decode_tensors(descs: Any, buffers: list[bytearray]) -> list[tuple[str, Arra
         for x in dims:
             count *= x
         if dtype == BYTES:
-            array = deserialize_bytes(name, buf, count).reshape(dims)
+            try:
+                array = deserialize_bytes(name, buf, count).reshape(dims)
+            except InvalidInput as exc:  # the same checks as a client's BYTES input
+                raise ProtocolError(f"tensor '{name}': {exc}") from None
         else:
             np_dtype = _DTYPES.get(dtype)
             if np_dtype is None:
@@ -189,34 +195,3 @@ def decode_tensors(descs: Any, buffers: list[bytearray]) -> list[tuple[str, Arra
             array = np.frombuffer(buf, dtype=np_dtype).reshape(dims)
         out.append((name, array))
     return out
-
-
-def serialize_bytes(array: Array) -> bytes:
-    """Triton's BYTES serialization: each element as a 4-byte little-endian length + its bytes."""
-    parts: list[bytes] = []
-    for item in array.reshape(-1):
-        data = item if isinstance(item, bytes) else str(item).encode()
-        parts.append(struct.pack("<I", len(data)))
-        parts.append(data)
-    return b"".join(parts)
-
-
-def deserialize_bytes(name: str, buf: bytes | bytearray, count: int) -> Array:
-    """An object array of `count` bytes elements from Triton's BYTES serialization (checked)."""
-    view = memoryview(buf)
-    items: list[bytes] = []
-    offset = 0
-    while offset < len(view):
-        if offset + 4 > len(view):
-            raise ProtocolError(f"tensor '{name}': truncated BYTES element length")
-        (length,) = struct.unpack_from("<I", view, offset)
-        offset += 4
-        if offset + length > len(view):
-            raise ProtocolError(f"tensor '{name}': BYTES element overruns the tensor data")
-        items.append(bytes(view[offset : offset + length]))
-        offset += length
-    if len(items) != count:
-        raise ProtocolError(f"tensor '{name}': {len(items)} BYTES elements, shape needs {count}")
-    array = np.empty(count, dtype=np.object_)
-    array[:] = items
-    return array
