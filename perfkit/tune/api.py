@@ -8,23 +8,20 @@ the config on disk. Prints nothing: progress goes to the callbacks. Must not imp
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import json
 import logging
-import re
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from perfkit.errors import ConfigError, PerfkitError, ServerUnavailable
+from perfkit.errors import ConfigError, ServerUnavailable
 from perfkit.model_repo import ModelRepoError
-from perfkit.results import ServerInfo, TrialRecord, TuneResult
+from perfkit.results import TrialRecord, TuneResult
 from perfkit.sweepfile import TuneSweep
-from perfkit.tune import identity, output
+from perfkit.tune import identity, output, setup
+from perfkit.tune import server as tune_server
 from perfkit.tune.objective import Objective
 from perfkit.tune.progress import ReportingEvaluator, Tracker, TuneProgress
 
@@ -143,7 +140,7 @@ def _run(
     from perfkit.tune.space import SearchSpace, check_instances
     from perfkit.tune.tuner import LoopSettings, Tuner, make_sampler
 
-    model_dir = _ensure_model(sweep, note)
+    model_dir = setup.ensure_model(sweep, note)
     try:
         base = load_config(model_dir / "config.pbtxt")
     except ModelRepoError as exc:  # the pure module's own error: a ConfigError to perfkit's users
@@ -187,10 +184,14 @@ def _run(
     restarts = 0
     tracker: Tracker | None = None
     while True:
-        with _server(sweep, server_env, out_dir, restarts, note) as (url, info, metrics_url):
+        with tune_server.server(sweep, server_env, out_dir, restarts, note) as (
+            url,
+            info,
+            metrics_url,
+        ):
             # The study's identity includes the target, known once the server answers.
             target = identity.target_of(
-                info, launch=_launch(sweep), docker_gpus=sweep.launch.gpus,
+                info, launch=setup.launch_mode(sweep), docker_gpus=sweep.launch.gpus,
                 server_env={**dict(sweep.launch.env), **(server_env or {})},
             )  # fmt: skip
             st.set_worker_attrs({identity.TARGET_ATTR: target.as_attr()})
@@ -203,13 +204,13 @@ def _run(
                 )  # fmt: skip
                 study, created = opened.study, opened.created
                 settings = dataclasses.replace(settings, study_name=study.study_name)
-                _describe_study(sweep, study, storage_url, target, space.size(), trials, note)
+                setup.describe_study(sweep, study, storage_url, target, space.size(), trials, note)
                 for line in opened.notes:
                     note(line)
                 messages.extend(opened.notes)
-            scrape = _metrics_to_collect(sweep, metrics_url, note)
+            scrape = setup.metrics_to_collect(sweep, metrics_url, note)
             if on_progress is not None and tracker is None:
-                tracker = _tracker(study, trials, objective, sweep, on_progress)
+                tracker = setup.tracker(study, trials, objective, sweep, on_progress)
             evaluator = (LiveEvaluator if pipeline is None else ensemble.PipelineEvaluator)(
                 url=url,
                 protocol=sweep.protocol,
@@ -231,7 +232,7 @@ def _run(
                 if tracker is None
                 else ReportingEvaluator(evaluator, tracker, pipeline or base),
                 variants_dir=out_dir / output.VARIANTS_DIR,
-                on_trial=on_trial if tracker is None else _told(tracker, on_trial),
+                on_trial=on_trial if tracker is None else setup.told(tracker, on_trial),
                 variants=None if pipeline is None else ensemble.PipelineVariants(),
             )
             try:
@@ -267,11 +268,14 @@ def _run(
                 started_at=started_at,
                 min_gain_pct=sweep.search.min_gain_pct,
                 messages=messages,
-                settings={**_settings(sweep, trials), **_target_settings(study, target)},
+                settings={
+                    **setup.result_settings(sweep, trials),
+                    **setup.target_settings(study, target),
+                },
             )
             stopped = interrupted or failure is not None
             wb = output.WriteBack("", None, None, "stopped early: nothing written")
-            write, reload = ensemble.finishers(pipeline, output.write_back, _reload)
+            write, reload = ensemble.finishers(pipeline, output.write_back, tune_server.reload)
             if not stopped:
                 wb = write(result, model_dir, dry_run=dry_run)
             result = output.with_written(result, wb)
@@ -294,204 +298,3 @@ def _run(
     if failure is not None:
         raise failure
     return result
-
-
-@contextlib.contextmanager
-def _server(
-    sweep: TuneSweep,
-    env: Mapping[str, str] | None,
-    out_dir: Path,
-    restarts: int,
-    note: Callable[[str], None],
-) -> Iterator[tuple[str, ServerInfo, str]]:
-    """Yields (url, info, metrics url): the sweep's server once ready, or the one `sweep.launch`
-    says, started in explicit mode with its log in `out_dir` (server.log; server.N.log after a
-    restart) and stopped when the block ends."""
-    from perfkit.launch import RemoteServer, server_info, wait_ready
-    from perfkit.launch.start import launcher
-
-    if sweep.url is not None:
-        wait_ready(sweep.url, sweep.protocol, sweep.startup_timeout_s)
-        _check_explicit(sweep)
-        remote = RemoteServer(sweep.url, sweep.protocol, metrics_url=sweep.metrics_url)
-        yield sweep.url, server_info(sweep.url, sweep.protocol), remote.metrics_url
-        return
-    log = out_dir / ("server.log" if not restarts else f"server.{restarts + 1}.log")
-    if sweep.launch.mode != "embedded":
-        note(f"starting the {sweep.launch.mode} tritonserver for {sweep.model}; its log: {log}")
-    with launcher(
-        sweep.launch,
-        sweep.repository,
-        load_models=[sweep.model],
-        log_path=log,
-        startup_timeout_s=sweep.startup_timeout_s,
-        env=env,
-    ) as server:
-        url = server.url(sweep.protocol)
-        try:
-            info = server_info(url, sweep.protocol, embedded=True)
-        except (PerfkitError, OSError):  # metadata is nice to have; the server is ready
-            kind = "perfkit_server" if sweep.launch.mode == "embedded" else "triton"
-            info = ServerInfo(
-                url=url, protocol=sweep.protocol, kind=kind, version="", embedded=True
-            )
-        yield url, info, sweep.metrics_url or server.metrics_url
-
-
-def _check_explicit(sweep: TuneSweep) -> None:
-    """Preflight for a server perfkit did not start: the tuner loads each variant through the
-    model repository API, which only a server in explicit model-control mode allows. A plain
-    load of the model (what the first trial does anyway) tells; refused -> one ConfigError."""
-    from perfkit.control import ControlClient
-
-    assert sweep.url is not None
-    control = ControlClient(sweep.url, sweep.protocol, model=sweep.model, network_timeout_s=120.0)
-    try:
-        control.load_model(None)
-    except PerfkitError as exc:
-        text = str(exc)
-        if "not allowed" not in text:  # another refusal: the default's trial fails with it
-            logger.debug("preflight load of %s: %s", sweep.model, text)
-            return
-        # perfkit_server names its mode; Triton says "... if polling is enabled" for NONE and POLL.
-        named = re.search(r"model-control-mode is '(\w+)'", text)
-        mode = (
-            f"is in model-control mode {named.group(1).upper()}"
-            if named
-            else "is not in explicit model-control mode"
-        )
-        raise ConfigError(
-            f"the server at {sweep.url} {mode}: it refused to load {sweep.model!r}, and "
-            "perfkit tune loads variants through the load API: start tritonserver with "
-            "--model-control-mode=explicit (or leave server.url unset to let perfkit start one)."
-        ) from exc
-    finally:
-        control.close()
-
-
-def _tracker(
-    study: Any, trials: int, objective: Objective, sweep: TuneSweep,
-    emit: Callable[[TuneProgress], None],
-) -> Tracker:  # fmt: skip
-    """The progress of this process's trials, counted on from the study's finished ones."""
-    from perfkit.tune import records as rec
-
-    frozen = study.get_trials(deepcopy=False)
-    best = rec.best_trial(frozen, objective)
-    return Tracker(
-        trials=trials, done_before=rec.budget_used(frozen), objective=objective, emit=emit,
-        windows=sweep.measure.max_windows,
-        best=None if best is None or best.values is None else (float(best.values[0]), best.number),
-    )  # fmt: skip
-
-
-def _told(
-    tracker: Tracker, on_trial: Callable[[TrialRecord], None] | None
-) -> Callable[[TrialRecord], None]:
-    def told(record: TrialRecord) -> None:
-        tracker.finished(record)
-        if on_trial is not None:
-            on_trial(record)
-
-    return told
-
-
-def _launch(sweep: TuneSweep) -> str:
-    """How perfkit reached the server, for its target (`perfkit.tune.identity.LAUNCHES`)."""
-    return sweep.launch.mode if sweep.url is None else "remote"
-
-
-def _describe_study(
-    sweep: TuneSweep,
-    study: Any,
-    storage_url: str,
-    target: identity.Target,
-    points: int,
-    trials: int,
-    note: Callable[[str], None],
-) -> None:
-    done_before = sum(1 for t in study.get_trials(deepcopy=False) if t.state.is_finished())
-    note(
-        f"tuning {sweep.model}: {points} points in the space, budget {trials} trials, "
-        f"sampler {sweep.search.sampler}, study {study.study_name!r} in {storage_url}, "
-        f"target {target.describe()}"
-        + (f" (resuming: {done_before} trials already finished)" if done_before else "")
-    )
-
-
-def _target_settings(study: Any, target: identity.Target) -> dict[str, Any]:
-    """For results.json: this worker's target, and every target's trials (several only when a
-    study is shared by name across targets)."""
-    return {
-        "target": target.as_attr(),
-        "trials_by_target": identity.targets_by_trial(study.get_trials(deepcopy=False)),
-    }
-
-
-def _metrics_to_collect(
-    sweep: TuneSweep, metrics_url: str, note: Callable[[str], None]
-) -> str | None:
-    """The metrics URL to scrape during each trial, or None: scraped when there are GPUs to record
-    (the server's nv_gpu_* metrics, or NVML here for a server on this host that exports none).
-    Raises ConfigError, before any trial, for a GPU objective or constraint and no GPU metrics."""
-    from perfkit.tune.gpu import gpu_source
-
-    needed = sweep.gpu_metrics_needed()
-    try:
-        source = gpu_source(metrics_url)
-        problem = "" if source.gpus else "exports no nv_gpu_* metrics (no GPU, no NVML, or MIG)"
-    except (OSError, ValueError) as exc:
-        source, problem = None, f"cannot be read: {exc}"
-    if needed and problem:
-        raise ConfigError(
-            f"{sweep.source}: {', '.join(needed)} needs GPU metrics, but the server's metrics "
-            f"endpoint {metrics_url} {problem}. Remove the GPU objectives and constraints, "
-            "or point server.metrics_url at the endpoint of a server that exports them."
-        )
-    if source is None or not source.gpus:
-        return None
-    note(f"recording the metrics of {len(source.gpus)} GPU(s) on every trial, from {source.where}")
-    return metrics_url
-
-
-def _ensure_model(sweep: TuneSweep, note: Callable[[str], None]) -> Path:
-    model_dir = sweep.repository / sweep.model
-    if not (model_dir / "config.pbtxt").exists():
-        if sweep.zoo is None:
-            raise ConfigError(
-                f"{sweep.source}:model.repository: {model_dir}/config.pbtxt does not exist. Point "
-                "model.repository at the repository holding the model, or set model.zoo to build it."
-            )
-        from perfkit import zoo
-
-        note(f"building zoo model {sweep.zoo!r} into {sweep.repository}")
-        zoo.build(sweep.zoo, sweep.repository)
-    return model_dir
-
-
-def _settings(sweep: TuneSweep, trials: int) -> dict[str, Any]:
-    """The sweep's load and measure settings for results.json (JSON types only)."""
-    doc = {
-        "load": dataclasses.asdict(sweep.load),
-        "measure": dataclasses.asdict(sweep.measure),
-        "trials": trials,
-        "timeout_s": sweep.timeout_s,
-        "min_gain_pct": sweep.search.min_gain_pct,
-        "default_at_best_load": "one extra measurement on top of the trials budget",
-    }
-    loaded: dict[str, Any] = json.loads(json.dumps(doc, default=str))
-    return loaded
-
-
-def _reload(url: str, sweep: TuneSweep) -> str:
-    """Leave the server serving the file on disk (the written best, or the original)."""
-    from perfkit.control import ControlClient
-
-    control = ControlClient(url, sweep.protocol, model=sweep.model, network_timeout_s=120.0)
-    try:
-        control.reload_from_disk()
-        return "the server reloaded the config on disk"
-    except PerfkitError as exc:  # the results are written: report it, never lose them
-        return f"the server could not reload the config on disk: {exc}"
-    finally:
-        control.close()

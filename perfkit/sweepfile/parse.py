@@ -29,157 +29,28 @@ the run engine's specs. (`perfkit.load.spec.SweepSpec` is the other sweep: the l
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal
 
 from perfkit.errors import ConfigError
-from perfkit.launch.settings import LAUNCH_KEYS, LaunchSettings, launch_from_table
+from perfkit.launch.settings import LAUNCH_KEYS, launch_from_table
 from perfkit.load.spec import parse_shapes
 from perfkit.model_repo import InvalidRepository
 from perfkit.model_repo.repository import check_model_name
+from perfkit.sweepfile.spec import (
+    INSTANCE_KINDS,
+    METRICS,
+    SAMPLERS,
+    ConstraintSpec,
+    Direction,
+    LoadSettings,
+    MeasureSettings,
+    SearchSettings,
+    SpaceSpec,
+    TuneSweep,
+)
 from perfkit.tomltable import TableReader as _Reader
 from perfkit.tomltable import table as _table
-
-Direction = Literal["maximize", "minimize"]
-SamplerName = Literal["tpe", "nsga2", "grid", "random"]
-
-# Objective/constraint metric names in a sweep file -> the metric key the tuner records.
-METRICS: dict[str, str] = {
-    "throughput": "throughput_infer_per_s",
-    "avg_latency": "avg_latency_us",
-    "p50_latency": "p50_latency_us",
-    "p90_latency": "p90_latency_us",
-    "p95_latency": "p95_latency_us",
-    "p99_latency": "p99_latency_us",
-}
-# The GPU objectives (Model Analyzer's names where it has one) -> their metric keys, computed from
-# the server's nv_gpu_* metrics over every GPU it reports (`perfkit.tune.objective.gpu_metrics`):
-# memory used (MB) of the fullest GPU, memory free (MB) of the emptiest, utilization (%) averaged
-# over the GPUs, power (W) summed over them, and throughput (infer/s) per watt of that power.
-GPU_METRICS: dict[str, str] = {
-    "gpu_used_memory": "gpu_used_memory_mb",
-    "gpu_free_memory": "gpu_free_memory_mb",
-    "gpu_utilization": "gpu_utilization_pct",
-    "gpu_power": "gpu_power_w",
-    "throughput_per_watt": "throughput_per_watt",
-}
-METRICS.update(GPU_METRICS)
-INSTANCE_KINDS = ("KIND_AUTO", "KIND_CPU", "KIND_GPU", "KIND_MODEL")
-SAMPLERS = ("tpe", "nsga2", "grid", "random")
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SpaceSpec:
-    """The config.pbtxt search space. An empty tuple leaves that field as the model has it."""
-
-    instance_count: tuple[int, ...] = ()
-    instance_kind: tuple[str, ...] = ()
-    max_batch_size: tuple[int, ...] = ()
-    dynamic_batching: tuple[bool, ...] = ()
-    preferred_batch_sizes: tuple[tuple[int, ...], ...] = ()
-    max_queue_delay_us: tuple[int, ...] = ()
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class LoadSettings:
-    """Client load. Tuples with more than one value are searched; the first value is the baseline's."""
-
-    mode: Literal["concurrency", "request_rate"] = "concurrency"
-    concurrency: tuple[int, ...] = (1,)
-    request_rate: tuple[float, ...] = ()
-    batch_size: tuple[int, ...] = (1,)
-    # perf_analyzer --shape values, "NAME:d1,d2".
-    shapes: tuple[str, ...] = ()
-    input_data: str = "random"
-    # Load levels the default config is measured at first (dimension -> value); missing = first
-    # value. After the search it is also measured at the best's load, the load the gain compares at.
-    baseline: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class MeasureSettings:
-    window_ms: int = 1000
-    stability_pct: float = 10.0
-    max_windows: int = 10
-    warmup_requests: int = 16
-    # Windows that must agree (perf_analyzer uses 3); fewer = faster trials, noisier numbers.
-    stability_windows: int = 3
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ConstraintSpec:
-    latency_percentile: float = 99.0
-    latency_budget_us: float | None = None
-    min_throughput: float | None = None
-    # GPU bounds: memory used on the fullest GPU (MB, Model Analyzer's gpu_used_memory max), power
-    # summed over the GPUs (W).
-    max_gpu_memory_mb: float | None = None
-    max_gpu_power_w: float | None = None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SearchSettings:
-    sampler: SamplerName = "tpe"
-    seed: int | None = None
-    prune: bool = True
-    # A trial is pruned when, after its first windows, it reaches less than this fraction of the best.
-    prune_ratio: float = 0.5
-    # Random trials (after the default config) before TPE/NSGA-II start modelling the space. Few:
-    # tuning budgets are tens of trials, and TPE's own default (10) spends a quarter of them
-    # blind (benchmarks/tuner_efficiency.py: 2 reached the grid's best in fewer trials than 4).
-    startup_trials: int = 2
-    # The best must beat the default by this much (percent, primary objective) to be written back;
-    # a smaller gain is within measurement noise.
-    min_gain_pct: float = 2.0
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TuneSweep:
-    """A whole `perfkit tune`: the model, its server, the search space, the client load, the
-    objectives and constraints, the budget and where results go (`load_sweep` reads one)."""
-
-    source: str
-    model: str
-    repository: Path
-    zoo: str | None = None
-    url: str | None = None
-    protocol: Literal["grpc", "http"] = "grpc"
-    startup_timeout_s: float = 60.0
-    # The server's Prometheus endpoint, "host:port/metrics" (None: the embedded server's, or
-    # port 8002 on the url's host).
-    metrics_url: str | None = None
-    # The server perfkit starts when there is no url (`perfkit.launch.settings`).
-    launch: LaunchSettings = field(default_factory=LaunchSettings)
-    space: SpaceSpec = field(default_factory=SpaceSpec)
-    load: LoadSettings = field(default_factory=LoadSettings)
-    measure: MeasureSettings = field(default_factory=MeasureSettings)
-    # (metric key, direction) in order, e.g. (("throughput_infer_per_s", "maximize"),).
-    objectives: tuple[tuple[str, Direction], ...] = (("throughput_infer_per_s", "maximize"),)
-    constraints: ConstraintSpec = field(default_factory=ConstraintSpec)
-    trials: int = 20
-    timeout_s: float | None = None
-    search: SearchSettings = field(default_factory=SearchSettings)
-    output: Path | None = None
-    storage: str | None = None
-    study_name: str | None = None
-
-    def gpu_metrics_needed(self) -> tuple[str, ...]:
-        """The GPU objectives and constraints asked for, by their sweep-file names."""
-        keys = set(GPU_METRICS.values())
-        names = [n for n, key in METRICS.items() if key in keys and key in dict(self.objectives)]
-        c = self.constraints
-        names += [
-            f"constraints.{n}"
-            for n in ("max_gpu_memory_mb", "max_gpu_power_w")
-            if getattr(c, n) is not None
-        ]
-        return tuple(names)
-
-    def with_overrides(self, **changes: Any) -> TuneSweep:
-        """A copy with CLI overrides applied (None values are ignored)."""
-        return replace(self, **{k: v for k, v in changes.items() if v is not None})
-
 
 _SECTIONS = {
     "model",
