@@ -36,6 +36,8 @@ GPU_METRICS: dict[str, str] = {
     "throughput_per_watt": "throughput_per_watt",
 }
 METRICS.update(GPU_METRICS)
+# The capacity under the latency budget (perfkit.tune.capacity): highest sustainable request rate.
+METRICS["capacity"] = "capacity_infer_per_s"
 INSTANCE_KINDS = ("KIND_AUTO", "KIND_CPU", "KIND_GPU", "KIND_MODEL")
 SAMPLERS = ("tpe", "nsga2", "grid", "random")
 
@@ -50,6 +52,19 @@ class SpaceSpec:
     dynamic_batching: tuple[bool, ...] = ()
     preferred_batch_sizes: tuple[tuple[int, ...], ...] = ()
     max_queue_delay_us: tuple[int, ...] = ()
+    # Issue 14's dimensions (perfkit.tune.knobs types them; perfkit.formats owns `formats`).
+    # Backend `parameters` as config.pbtxt holds them (string values): key -> values to search,
+    # e.g. (("intra_op_thread_count", ("1", "2")),).
+    parameters: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    # Any other config field by its model_config.proto path -> values to search, e.g.
+    # (("optimization.graph.level", (-1, 1)), ("instance_group[0].count", (1, 2))).
+    fields: tuple[tuple[str, tuple[Any, ...]], ...] = ()
+    # response_cache { enable } on / off.
+    response_cache: tuple[bool, ...] = ()
+    # Execution accelerators the backend offers (e.g. ONNX Runtime's "tensorrt" on GPUs).
+    accelerators: tuple[str, ...] = ()
+    # Model formats / backends to choose between (perfkit.formats), e.g. ("onnxruntime", "pytorch").
+    formats: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -106,6 +121,32 @@ class SearchSettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class CapacitySettings:
+    """The capacity objective's rate search (perfkit.tune.capacity): per config, the highest open-loop
+    request rate whose latency percentile (corrected for coordinated omission) stays within the
+    latency budget, bracketed between `rate_min` and `rate_max` (None: found by doubling) and
+    narrowed until the bracket is within `tolerance_pct`, in at most `max_steps` measurements."""
+
+    rate_min: float = 1.0
+    rate_max: float | None = None
+    tolerance_pct: float = 5.0
+    max_steps: int = 12
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelEntry:
+    """One model of a multi-model tune (several models on one server, measured concurrently):
+    its own space, load and constraints (None: the sweep's), and its weight in the objective."""
+
+    name: str
+    zoo: str | None = None
+    weight: float = 1.0
+    space: SpaceSpec | None = None
+    load: LoadSettings | None = None
+    constraints: ConstraintSpec | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class TuneSweep:
     """A whole `perfkit tune`: the model, its server, the search space, the client load, the
     objectives and constraints, the budget and where results go (`load_sweep` reads one)."""
@@ -134,6 +175,16 @@ class TuneSweep:
     output: Path | None = None
     storage: str | None = None
     study_name: str | None = None
+    # Issue 14. The capacity objective's rate search (used when "capacity" is an objective).
+    capacity: CapacitySettings = field(default_factory=CapacitySettings)
+    # Several models tuned together (empty: the one `model`).
+    models: tuple[ModelEntry, ...] = ()
+    # Stop after this many finished trials without a better best (None: no such stop).
+    patience: int | None = None
+    # The top configs re-measured at the end with a full load sweep (0: none).
+    top_k: int = 0
+    # Another server (URL) the top configs are re-measured on, to check the ranking holds there.
+    validate_on: str | None = None
 
     def gpu_metrics_needed(self) -> tuple[str, ...]:
         """The GPU objectives and constraints asked for, by their sweep-file names."""
