@@ -1,4 +1,5 @@
-"""`perfkit tune SWEEP`: flags -> a `TuneSweep` -> `perfkit.tune.run` -> the results table and summary."""
+"""`perfkit tune SWEEP` or `perfkit tune -m MODEL` (zero-config): flags -> a `TuneSweep` -> the space
+table -> `perfkit.tune.run` -> the results table and summary."""
 
 from __future__ import annotations
 
@@ -10,13 +11,15 @@ import click
 from rich.table import Table
 
 from perfkit import tune as tuning
+from perfkit.cli._auto import space_table, tune_spec
 from perfkit.cli._console import err, out
 from perfkit.cli._launch import launch_for_tune, launch_options
 from perfkit.cli.progress import TuneView
 from perfkit.report.summary import summary_sentence
 from perfkit.results import TrialRecord, TuneResult
-from perfkit.sweepfile import SAMPLERS, load_sweep
-from perfkit.tune import output
+from perfkit.sweepfile import SAMPLERS
+from perfkit.tune import auto, output
+from perfkit.tune.describe import describe_space
 from perfkit.tune.objective import Objective
 
 # Max rows of the top-configs table (the default is always shown too).
@@ -97,7 +100,47 @@ def _progress(t: TrialRecord) -> None:
 
 
 @click.command("tune")
-@click.argument("sweep", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("sweep", required=False, type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "-m",
+    "--model",
+    help="Zero-config: tune this model (in --model-repository, or a zoo model built there) over "
+    "a space built from its config and this machine; no SWEEP file.",
+)
+@click.option(
+    "--objective",
+    type=click.Choice(tuple(auto.OBJECTIVES)),
+    help="Zero-config: capacity (default; the highest request rate within the latency budget) "
+    "or throughput (the client concurrency searched too; needs --latency-budget-ms).",
+)
+@click.option(
+    "--latency-budget-ms",
+    type=click.FloatRange(min=0, min_open=True),
+    help="The latency budget (overrides constraints.latency_budget_ms).",
+)
+@click.option(
+    "--latency-percentile",
+    type=click.Choice(["50", "90", "95", "99"]),
+    help="The percentile the budget bounds (default 99; overrides constraints.latency_percentile).",
+)
+@click.option(
+    "--max-instances",
+    type=click.IntRange(min=1),
+    help="Zero-config: the largest instance count searched (per GPU on GPUs).",
+)
+@click.option(
+    "--max-batch-size",
+    type=click.IntRange(min=1),
+    help="Zero-config: the largest max_batch_size searched (default: the model's own).",
+)
+@click.option(
+    "--concurrency",
+    help="Zero-config, throughput: the client concurrency levels searched, e.g. 1,2,4,8 "
+    f"(default: powers of two up to {auto.MAX_CONCURRENCY}).",
+)
+@click.option(
+    "--show-space", is_flag=True, help="Print the search space and exit, measuring nothing."
+)
 @click.option(
     "--trials", type=click.IntRange(min=1), help="Variants to measure, the default included."
 )
@@ -153,7 +196,15 @@ def _progress(t: TrialRecord) -> None:
 )
 @launch_options
 def tune(
-    sweep: Path,
+    sweep: Path | None,
+    model: str | None,
+    objective: str | None,
+    latency_budget_ms: float | None,
+    latency_percentile: str | None,
+    max_instances: int | None,
+    max_batch_size: int | None,
+    concurrency: str | None,
+    show_space: bool,
     trials: int | None,
     timeout_s: float | None,
     output_dir: Path | None,
@@ -169,12 +220,21 @@ def tune(
     dry_run: bool,
     **launch_flags: Any,
 ) -> None:
-    """Find the best config.pbtxt for a model under the sweep's constraints and write it back."""
-    spec = load_sweep(sweep)
+    """Find the best config.pbtxt for a model under the sweep's constraints and write it back.
+
+    With -m MODEL and no SWEEP, the space comes from the model's config and this machine
+    (instances, max_batch_size, dynamic batching and its settings; see perfkit.tune.auto)."""
+    spec = tune_spec(
+        sweep, model, repository=model_repository, url=url,
+        latency_budget_ms=latency_budget_ms,
+        latency_percentile=None if latency_percentile is None else float(latency_percentile),
+        flags={"objective": objective, "max_instances": max_instances,
+               "max_batch_size": max_batch_size, "concurrency": concurrency},
+    )  # fmt: skip
     # --server and its settings over the sweep's [server] launch keys; refused with a URL.
     launch = launch_for_tune(
-        spec.launch, launch_flags, url=url or spec.url, source=str(sweep),
-        url_source="-u/--url" if url else f"{sweep}:server.url",
+        spec.launch, launch_flags, url=url or spec.url, source=spec.source,
+        url_source="-u/--url" if url else f"{spec.source}:server.url",
     )  # fmt: skip
     search: dict[str, Any] = {}
     if sampler is not None:
@@ -198,6 +258,11 @@ def tune(
         if window_ms is None
         else dataclasses.replace(spec.measure, window_ms=window_ms),
     )
+    out.print(space_table(describe_space(spec)))
+    if show_space:
+        return
+    if sweep is None:
+        auto.check_objective(objective or "capacity")
     with TuneView(live=err.is_terminal) as view:
 
         def done(outcome: tuning.TuneOutcome) -> None:
