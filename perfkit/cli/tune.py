@@ -258,11 +258,11 @@ def tune(
         if window_ms is None
         else dataclasses.replace(spec.measure, window_ms=window_ms),
     )
+    if sweep is None and not show_space:
+        auto.check_objective(objective or "capacity")
     out.print(space_table(describe_space(spec)))
     if show_space:
         return
-    if sweep is None:
-        auto.check_objective(objective or "capacity")
     with TuneView(live=err.is_terminal) as view:
 
         def done(outcome: tuning.TuneOutcome) -> None:

@@ -7,7 +7,9 @@ returns a sweep whose space is:
 - instance_count: 1..cpus on the CPU (every count up to 8, then powers of two and the core count);
   with GPUs and a backend that runs on them, KIND_GPU with 1..4 instances per GPU.
 - max_batch_size: powers of two up to the model's own (or `max_batch_size`), at most four of them;
-  a model that does not batch (0) stays at 0 and gets no batching dimension at all.
+  "the model's own" is the larger of config.pbtxt's and config.pbtxt.orig's (the config a
+  write-back replaced), so a rerun after a write-back searches the same sizes. A model that does
+  not batch (0) stays at 0 and gets no batching dimension at all.
 - dynamic_batching on/off, max_queue_delay_us in `QUEUE_DELAYS_US`, and preferred batch sizes
   none or [half, all] of the smallest max_batch_size searched, so every point is a config Triton
   accepts (a preferred size above max_batch_size is refused at load).
@@ -154,6 +156,8 @@ def auto_sweep(
             raise ConfigError(f"{name}: must be at least 1, got {value}")
     config, zoo = _model_config(model, repository, zoo)
     steps = _ensemble_steps(config, repository)
+    if max_batch_size is None and config.max_batch_size > 0:
+        max_batch_size = max(config.max_batch_size, _original_batch_size(repository / model))
     space = _space(config, steps, cpus, gpus, max_instances, max_batch_size)
     load = LoadSettings()
     if objective == "throughput":
@@ -192,9 +196,7 @@ def auto_sweep(
     )
 
 
-def _model_config(
-    model: str, repository: Path, zoo: str | None
-) -> tuple[ModelConfig, str | None]:
+def _model_config(model: str, repository: Path, zoo: str | None) -> tuple[ModelConfig, str | None]:
     """The model's config and the zoo model to build (None when it is in the repository)."""
     path = repository / model / "config.pbtxt"
     if path.exists():
@@ -209,6 +211,13 @@ def _model_config(
         )
     spec = zoo_models.spec(name)
     return zoo_models.model_config(spec, model), name
+
+
+def _original_batch_size(model_dir: Path) -> int:
+    """max_batch_size of the config a write-back replaced (config.pbtxt.orig), or 0: a second
+    zero-config tune searches the sizes the first did, not only those up to its winner's."""
+    path = model_dir / "config.pbtxt.orig"
+    return _read(path).max_batch_size if path.is_file() else 0
 
 
 def _read(path: Path) -> ModelConfig:
