@@ -109,8 +109,10 @@ def space_table(space: SpaceDescription) -> Group:
     searched = space.searched
     for row in (*searched, *(r for r in space.rows if r not in searched)):
         table.add_row(row.dimension, ", ".join(row.values), "" if row in searched else row.how)
+    each = f" (config dimensions once per model: {', '.join(space.composing)})"
     line = (
-        f"{space.points:,} point{'' if space.points == 1 else 's'} in the space, "
+        f"{space.points:,} point{'' if space.points == 1 else 's'} in the space"
+        f"{each if space.composing else ''}, "
         f"budget {space.trials} trial{'' if space.trials == 1 else 's'}; "
         f"objective: {space.objective}; {space.budget}"
     )

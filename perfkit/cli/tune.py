@@ -260,7 +260,7 @@ def tune(
     )
     if sweep is None and not show_space:
         auto.check_objective(objective or "capacity")
-    out.print(space_table(describe_space(spec)))
+    out.print(space_table(describe_space(spec, auto.composing_models(spec))))
     if show_space:
         return
     with TuneView(live=err.is_terminal) as view:

@@ -213,6 +213,18 @@ def _model_config(model: str, repository: Path, zoo: str | None) -> tuple[ModelC
     return zoo_models.model_config(spec, model), name
 
 
+def composing_models(sweep: TuneSweep) -> tuple[str, ...]:
+    """The composing models of the ensemble `sweep` tunes (each gets the [space] dimensions of
+    its own, `perfkit.tune.ensemble`); empty for any other model, or one not on disk or in the zoo."""
+    try:
+        config, _ = _model_config(sweep.model, sweep.repository, sweep.zoo)
+    except ConfigError:
+        return ()
+    if config.platform != ENSEMBLE:
+        return ()
+    return tuple(dict.fromkeys(step.model_name for step in config.ensemble_scheduling.step))
+
+
 def _original_batch_size(model_dir: Path) -> int:
     """max_batch_size of the config a write-back replaced (config.pbtxt.orig), or 0: a second
     zero-config tune searches the sizes the first did, not only those up to its winner's."""

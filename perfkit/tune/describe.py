@@ -40,23 +40,30 @@ class SpaceDescription:
     objective: str
     budget: str
     trials: int
+    # An ensemble's composing models: the config dimensions are searched once for each.
+    composing: tuple[str, ...] = ()
 
     @property
     def searched(self) -> tuple[SpaceRow, ...]:
         return tuple(r for r in self.rows if r.how == "searched")
 
 
-def describe_space(sweep: TuneSweep) -> SpaceDescription:
-    """The dimensions of `sweep` (its [space], then the client load), the objective and budget."""
+def describe_space(sweep: TuneSweep, composing: tuple[str, ...] = ()) -> SpaceDescription:
+    """The dimensions of `sweep` (its [space], then the client load), the objective and budget.
+    `composing`: the composing models of the ensemble it tunes (`perfkit.tune.auto.composing_models`),
+    each searched over the [space] dimensions."""
     rows = list(_space_rows(sweep.space, ""))
     for entry in sweep.models:
         if entry.space is not None:
             rows.extend(_space_rows(entry.space, f"{entry.name}."))
-    rows.extend(_load_rows(sweep))
+    config_points = math.prod(len(r.values) for r in rows) ** max(len(composing), 1)
+    load = _load_rows(sweep)
+    rows.extend(load)
     return SpaceDescription(
         model=sweep.model,
         rows=tuple(rows),
-        points=math.prod(len(r.values) for r in rows),
+        points=config_points * math.prod(len(r.values) for r in load),
+        composing=composing,
         objective=", ".join(f"{_metric(key)} ({way})" for key, way in sweep.objectives),
         budget=_budget(sweep),
         trials=sweep.trials,

@@ -85,6 +85,19 @@ def test_a_model_that_does_not_batch_gets_no_batching_dimension(tmp_path: Path) 
     assert sweep.space.max_queue_delay_us == ()
 
 
+def test_an_ensemble_gets_its_composing_models_instances_and_batchers(tmp_path: Path) -> None:
+    sweep = auto.auto_sweep("pipeline_ensemble", repository=tmp_path, cpus=2)
+    assert sweep.zoo == "pipeline_ensemble"  # built with its composing models by the tune
+    assert sweep.space.instance_count == (1, 2)
+    assert sweep.space.dynamic_batching == (False, True)
+    # Each composing model keeps its own max_batch_size (at least the ensemble's).
+    assert sweep.space.max_batch_size == ()
+    assert sweep.space.preferred_batch_sizes == ()
+    composing = auto.composing_models(sweep)
+    assert composing == ("pipeline_pre", "pipeline_classifier", "pipeline_post")
+    assert describe_space(sweep, composing).points == (2 * 2 * 4) ** 3
+
+
 def test_gpus_give_kind_gpu_counts_per_gpu(zoo_repo: Path) -> None:
     sweep = auto.auto_sweep("mlp", repository=zoo_repo, cpus=16, gpus=2)
     assert sweep.space.instance_kind == ("KIND_GPU",)
