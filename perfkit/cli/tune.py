@@ -183,7 +183,8 @@ def _progress(t: TrialRecord) -> None:
 @click.option(
     "--model-repository",
     type=click.Path(path_type=Path, file_okay=False),
-    help="Repository holding the model (overrides the sweep's model.repository).",
+    help="Repository holding the model (overrides the sweep's model.repository; with -m, "
+    "default ./model_repository).",
 )
 @click.option(
     "--window-ms",

@@ -20,6 +20,8 @@ Modules, for callers that assemble a tune themselves (the benchmarks do):
     records                                           # trial attrs, study queries, TrialRecord
     output.build_result / write_outputs / write_back  # TuneResult, MA layout, write-back
     api.run                                           # all of the above, with the server's restarts
+    auto.auto_sweep(model, repository=, cpus=, gpus=) # zero-config: the sweep from model + machine
+    describe.describe_space(sweep)                    # what a tune searches, in words
 """
 
 from __future__ import annotations
