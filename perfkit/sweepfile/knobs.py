@@ -94,9 +94,11 @@ PARAMETERS: dict[str, dict[str, Knob]] = {
         "intra_op_thread_count": Knob(kind="int", allowed=_THREADS, short="intra"),
         "inter_op_thread_count": Knob(kind="int", allowed=_THREADS, short="inter"),
         "execution_mode": Knob(
-            kind="choice", choices=("0", "1"), allowed="0 (sequential) or 1 (parallel)",
+            kind="choice",
+            choices=("0", "1"),
+            allowed="0 (sequential) or 1 (parallel)",
             short="exec",
-        ),  # fmt: skip
+        ),
         "enable_mem_arena": Knob(kind="bool", allowed=_BOOL, short="arena"),
         "enable_mem_pattern": Knob(kind="bool", allowed=_BOOL, short="mempattern"),
         "session.use_device_allocator_for_initializers": Knob(
@@ -104,9 +106,11 @@ PARAMETERS: dict[str, dict[str, Knob]] = {
         ),
         # The CUDA execution provider's (KIND_GPU instances).
         "cudnn_conv_algo_search": Knob(
-            kind="choice", choices=("0", "1", "2"),
-            allowed="0 (EXHAUSTIVE), 1 (HEURISTIC) or 2 (DEFAULT)", short="cudnn",
-        ),  # fmt: skip
+            kind="choice",
+            choices=("0", "1", "2"),
+            allowed="0 (EXHAUSTIVE), 1 (HEURISTIC) or 2 (DEFAULT)",
+            short="cudnn",
+        ),
         "gpu_mem_limit": Knob(kind="int", allowed="a byte count >= 0"),
         "arena_extend_strategy": Knob(
             kind="choice", choices=("0", "1"), allowed="0 (kNextPowerOfTwo) or 1 (kSameAsRequested)"
@@ -209,7 +213,7 @@ def check_cache(space: SpaceSpec, url: str | None, launch: LaunchSettings, sourc
         return
     raise ConfigError(
         f"{source}:space.response_cache: the server perfkit starts has no response cache, so "
-        "Triton would cache nothing; add args = [\"--cache-config=local,size=16777216\"] to "
+        'Triton would cache nothing; add args = ["--cache-config=local,size=16777216"] to '
         "[server], or drop response_cache"
     )
 
@@ -254,9 +258,7 @@ def _parse_fields(r: TableReader, space: TableReader) -> tuple[tuple[str, tuple[
             raise r.fail(name, "the model's name is its directory's: it cannot be searched")
         for owned, space_key in _OWNED.items():
             if (bare == owned or bare.startswith(owned + ".")) and space_key in space.table:
-                raise r.fail(
-                    name, f"sets what space.{space_key} sets: keep one of them (not both)"
-                )
+                raise r.fail(name, f"sets what space.{space_key} sets: keep one of them (not both)")
         values = _values(r, name, raw, repeated=path.repeated)
         typed = [_convert(r, name, path.coerce, v) for v in values]
         choices = FIELD_CHOICES.get(key)
@@ -309,9 +311,7 @@ def _range(r: TableReader, name: str, raw: dict[str, Any]) -> list[int]:
             raise r.fail(name, f"step must be >= 1, got {step}")
         values = list(range(low, high + 1, step))
     if not values or len(values) > MAX_RANGE_VALUES:
-        raise r.fail(
-            name, f"the range gives {len(values)} values; give 1 to {MAX_RANGE_VALUES}"
-        )
+        raise r.fail(name, f"the range gives {len(values)} values; give 1 to {MAX_RANGE_VALUES}")
     return values
 
 

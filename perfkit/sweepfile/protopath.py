@@ -71,7 +71,7 @@ class FieldPath:
 
     @property
     def kind(self) -> str:
-        """"int", "uint", "float", "bool", "string" or "enum"."""
+        """One of "int", "uint", "float", "bool", "string", "enum"."""
         return _SCALARS[self.leaf.type][1]
 
     @property
@@ -105,7 +105,7 @@ class FieldPath:
         return tuple(self._scalar(item) for item in value)
 
     def _scalar(self, value: Any) -> Any:
-        name, kind, bits = _SCALARS[self.leaf.type]
+        _, kind, bits = _SCALARS[self.leaf.type]
         what = f"{self.text} has type {self.type_name()}"
         if kind in ("int", "uint"):
             if isinstance(value, bool) or not isinstance(value, int):

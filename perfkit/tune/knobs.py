@@ -72,9 +72,7 @@ def is_batcher_field(dim: str) -> bool:
 
 def knob_values(space: SpaceSpec) -> dict[str, tuple[Any, ...]]:
     """The knob dimensions of `space`, by dimension name, in apply order."""
-    values: dict[str, tuple[Any, ...]] = {
-        f"{PARAM}{key}": vals for key, vals in space.parameters
-    }
+    values: dict[str, tuple[Any, ...]] = {f"{PARAM}{key}": vals for key, vals in space.parameters}
     if space.accelerators:
         values[ACCELERATOR] = space.accelerators
     if space.response_cache:
@@ -165,7 +163,9 @@ def set_field(config: ModelConfig, path: str, value: Any) -> None:
             else:
                 setattr(message, leaf, value)
         except (TypeError, ValueError) as exc:
-            raise ConfigError(f"{path}: {value!r} does not fit {resolved.type_name()}: {exc}")
+            raise ConfigError(
+                f"{path}: {value!r} does not fit {resolved.type_name()}: {exc}"
+            ) from None
 
 
 def _select(entries: Any, step: pp.Step, path: str) -> list[Any]:

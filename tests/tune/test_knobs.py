@@ -189,7 +189,9 @@ def test_variants_apply_the_knobs_and_hash_per_value() -> None:
     assert describe(point) == "intra=2 graph=1 instance_group[KIND_CPU].count=3 " + (
         "dynamic_batching.preferred_batch_size=4,8 cache accel=none"
     )
-    assert build_variant(base, {**point, "response_cache": False}).HasField("response_cache") is False
+    assert (
+        build_variant(base, {**point, "response_cache": False}).HasField("response_cache") is False
+    )
     assert base.optimization.graph.level == 0  # the base is not modified
     # With dynamic batching off, a dynamic_batching field changes nothing and is not set.
     off = build_variant(base, {**point, "dynamic_batching": False})
@@ -222,7 +224,9 @@ def test_accelerators_keep_their_parameters_and_need_gpu_instances() -> None:
 
 def test_the_model_config_decides_what_fits_before_any_trial() -> None:
     onnx, torch = parse_config(BASE), parse_config(TORCH)
-    with pytest.raises(ConfigError, match="Triton's pytorch backend; model 'm' runs on onnxruntime"):
+    with pytest.raises(
+        ConfigError, match="Triton's pytorch backend; model 'm' runs on onnxruntime"
+    ):
         check_knobs(onnx, SpaceSpec(parameters=(("INTRA_OP_THREAD_COUNT", ("2",)),)))
     with pytest.raises(ConfigError, match="whole server process"):
         check_knobs(torch, SpaceSpec(parameters=(("INTRA_OP_THREAD_COUNT", ("1", "2")),)))
@@ -261,7 +265,10 @@ def test_set_field_by_reflection() -> None:
 
 
 def test_ensemble_dimensions_keep_dotted_knob_names_whole() -> None:
-    assert split_dim("pre.field:optimization.graph.level") == ("pre.", "field:optimization.graph.level")
+    assert split_dim("pre.field:optimization.graph.level") == (
+        "pre.",
+        "field:optimization.graph.level",
+    )
     assert split_dim("param:session.use_device_allocator_for_initializers")[0] == ""
     assert split_dim("pre.max_queue_delay_us") == ("pre.", "max_queue_delay_us")
     step = parse_config(BASE)
