@@ -24,7 +24,8 @@ trial (`perfkit.tune.knobs.check_knobs`). Field paths and values are checked aga
 model_config.proto (`perfkit.sweepfile.protopath`); `FIELD_CHOICES` narrows a few int fields to
 the values their readers take.
 
-Imports the stdlib, perfkit.errors, perfkit.tomltable and the proto descriptors only.
+Imports the stdlib, perfkit.errors, perfkit.tomltable, the launch settings, the sweep spec and
+the proto descriptors (through perfkit.sweepfile.protopath) only.
 """
 
 from __future__ import annotations

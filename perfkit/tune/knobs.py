@@ -15,11 +15,13 @@ ensemble's "<model>." prefix although paths and keys contain dots:
 Integer-valued knobs (thread counts, sizes, delays: `ordered`) are ordered dimensions, searched
 by index so that TPE can learn a trend; enums, booleans, lists and strings are categorical.
 
-A variant applies them after [space]'s own dimensions (`apply_knobs`), fields last, so a field
-overrides what an earlier dimension set. A value the server refuses fails its trial with the
-server's reason; what the model's config rules out for every variant (a key of another backend, a
-repeated entry the config lacks, a GPU accelerator without GPU instances) is refused before the
-first trial (`check_knobs`).
+A variant applies them after [space]'s own dimensions (`apply_knobs`), fields last. A field that
+[space] also has a key for (instance_group[..].count and instance_count, ...) is refused when the
+sweep is read. A dynamic_batching field is skipped in a variant whose dynamic_batching is off, and
+turns the batcher on in a model that has none, as writing it into config.pbtxt would. A value
+the server refuses fails its trial with the server's reason; what the model's config rules out
+for every variant (a key of another backend, a repeated entry the config lacks, a GPU
+accelerator without GPU instances) is refused before the first trial (`check_knobs`).
 
 `machine_knobs(config, cpus=, gpus=)` proposes the knobs worth searching for a model on a machine
 (for the zero-config tune): `SpaceSpec` keyword arguments.
