@@ -70,3 +70,6 @@ _.exec_request
 _._sender
 # What a decoupled request holds for its consumer: the bound the tests check (tests/server/test_decoupled.py).
 _.undelivered
+
+# The zero-config tune's knobs (issue 14): perfkit.tune.auto calls it (built in parallel).
+_.machine_knobs

@@ -9,7 +9,13 @@ A sweep file says what to tune and how:
                    (tritonserver, image, gpus, shm_size, args, env: perfkit.launch.settings)
     [space]        instance_count, instance_kind, max_batch_size, dynamic_batching,
                    preferred_batch_sizes, max_queue_delay_us: lists of values to search
-                   (instance_count is per instance group, and per listed GPU for KIND_GPU)
+                   (instance_count is per instance group, and per listed GPU for KIND_GPU);
+                   response_cache ([true, false]), accelerators (ONNX Runtime's: "none", "cuda",
+                   "tensorrt", "tensorrt:FP16", "openvino", ...), and the tables
+                   [space.parameters] (backend parameters: key = values) and [space.fields]
+                   ("proto.path" = values, e.g. "optimization.graph.level" = [-1, 0, 1]); values
+                   are a list, one value, or a range {min, max, step} / {min, max, scale = "log2"}
+                   (perfkit.sweepfile.knobs)
     [load]         mode ("concurrency" | "request_rate"), concurrency / request_rate / batch_size
                    (an int or a list to search), shape = ["NAME:d1,d2"], input_data, baseline
     [objectives]   metric = "maximize" | "minimize"  (throughput, avg/p50/p90/p95/p99_latency,
@@ -37,6 +43,7 @@ from perfkit.launch.settings import LAUNCH_KEYS, launch_from_table
 from perfkit.load.spec import parse_shapes
 from perfkit.model_repo import InvalidRepository
 from perfkit.model_repo.repository import check_model_name
+from perfkit.sweepfile.knobs import check_cache, parse_knobs
 from perfkit.sweepfile.spec import (
     INSTANCE_KINDS,
     METRICS,
@@ -105,6 +112,7 @@ def _parse_space(r: _Reader) -> SpaceSpec:
         dynamic_batching=dyn,
         preferred_batch_sizes=pref,
         max_queue_delay_us=r.int_list("max_queue_delay_us", minimum=0),
+        **parse_knobs(r),
     )
     r.check_unknown(set(r.used))
     if space.max_batch_size and space.preferred_batch_sizes:
@@ -275,6 +283,7 @@ def parse_sweep(text: str, source: str = "<sweep>", base_dir: Path | None = None
     if sampler == "tpe" and len(objectives) > 1:
         search = replace(search, sampler="nsga2")
     space = _parse_space(_table(source, doc, "space"))
+    check_cache(space, url, launch, source)
     load = _parse_load(_table(source, doc, "load"))
     if load.mode == "request_rate" and len(load.concurrency) > 1:
         raise ConfigError(

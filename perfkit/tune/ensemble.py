@@ -2,8 +2,9 @@
 ensemble's end-to-end figures what it is measured by.
 
 - The space: each config dimension of [space] with more than one value, once per composing model,
-  named `<model>.<dimension>` (`pipeline_pre.instance_count`); the load dimensions as for any
-  model. `max_batch_size` is not searched: a composing model's must stay at least the ensemble's.
+  named `<model>.<dimension>` (`pipeline_pre.instance_count`, `pipeline_pre.param:<key>`); the
+  load dimensions as for any model. `max_batch_size` is not searched: a composing model's must
+  stay at least the ensemble's.
 - A variant (`Pipeline`): every composing model's config with its own dimensions applied, the
   ensemble's config unchanged; its key hashes all of them, with the client load.
 - Its text (a trial's config.pbtxt): the ensemble's config.pbtxt, then each composing model's as a
@@ -34,11 +35,11 @@ from perfkit.sweepfile import LoadSettings, SpaceSpec, TuneSweep
 from perfkit.tune import output
 from perfkit.tune.evaluate import LiveEvaluator
 from perfkit.tune.space import (
-    CONFIG_DIMS,
     Dim,
     SearchSpace,
     build_variant,
     check_instances,
+    is_config_dim,
     variant_key,
 )
 
@@ -109,12 +110,12 @@ def pipeline_space(pipeline: Pipeline, space: SpaceSpec, load: LoadSettings) -> 
         Dim(f"{name}.{dim.name}", dim.values)
         for name in names
         for dim in single.dims
-        if dim.name in CONFIG_DIMS
+        if is_config_dim(dim.name)
     ]
-    load_dims = [dim for dim in single.dims if dim.name not in CONFIG_DIMS]
+    load_dims = [dim for dim in single.dims if not is_config_dim(dim.name)]
     fixed: dict[str, Any] = {}
     for key, value in single.fixed.items():
-        if key in CONFIG_DIMS:
+        if is_config_dim(key):
             fixed.update({f"{name}.{key}": value for name in names})
         else:
             fixed[key] = value

@@ -5,6 +5,11 @@ Pure: no I/O. Numeric lists (counts, sizes, delays, load levels) are searched as
 dynamic batching on/off, preferred batch-size sets) are categorical. `Params` always carries the
 decoded values, e.g. {"max_batch_size": 16, "preferred_batch_sizes": (4, 8)}.
 
+Knobs (`perfkit.tune.knobs`): backend parameters (`param:<key>`), config fields by proto path
+(`field:<path>`), `response_cache` and `accelerator` dimensions, applied after the others; numeric
+ones are ordered, the rest categorical. `split_dim` keeps their names whole behind an ensemble's
+"<model>." prefix although they contain dots.
+
 Instances: a variant keeps the base config's instance kind and `gpus` unless the point names a
 kind (KIND_AUTO stays KIND_AUTO; a config without instance_group gets a count, no kind);
 `instance_count` is every group's count, per GPU for KIND_GPU (`with_instances`, `check_instances`).
@@ -29,6 +34,7 @@ from perfkit.model_repo.config import (
 )
 from perfkit.report.labels import describe_load as describe_load  # the tuner's points, in words
 from perfkit.sweepfile import LoadSettings, SpaceSpec
+from perfkit.tune import knobs
 
 Params = dict[str, Any]
 
@@ -67,9 +73,22 @@ def decode_sizes(text: str) -> tuple[int, ...]:
 
 def split_dim(name: str) -> tuple[str, str]:
     """(prefix, dimension) of a dimension name: a composing model's dimension of an ensemble is
-    named `<model>.<dimension>` (prefix "<model>."), a model's own has prefix ""."""
+    named `<model>.<dimension>` (prefix "<model>."), a model's own has prefix "". A knob's name
+    (`param:<key>`, `field:<path>`) is kept whole: its key or path may contain dots (a model
+    whose name contains ".param:" or ".field:" would confuse it)."""
+    for mark in (knobs.PARAM, knobs.FIELD):
+        if name.startswith(mark):
+            return "", name
+        at = name.find("." + mark)
+        if at >= 0:
+            return name[: at + 1], name[at + 1 :]
     model, dot, dim = name.rpartition(".")
     return model + dot, dim
+
+
+def is_config_dim(name: str) -> bool:
+    """Whether a dimension (without a prefix) changes the config (else it is the client load)."""
+    return name in CONFIG_DIMS or knobs.is_knob(name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +98,10 @@ class Dim:
 
     @property
     def categorical(self) -> bool:
-        return split_dim(self.name)[1] in _CATEGORICAL
+        dim = split_dim(self.name)[1]
+        if knobs.is_knob(dim):
+            return not knobs.ordered(dim)
+        return dim in _CATEGORICAL
 
     @property
     def param_name(self) -> str:
@@ -91,14 +113,14 @@ class Dim:
             return list(range(len(self.values)))
         if split_dim(self.name)[1] == "preferred_batch_sizes":
             return [encode_sizes(v) for v in self.values]
-        return list(self.values)
+        return [self.encode(v) for v in self.values]
 
     def decode(self, raw: Any) -> Any:
         if not self.categorical:
             return self.values[int(raw)]
         if split_dim(self.name)[1] == "preferred_batch_sizes":
             return decode_sizes(str(raw))
-        return raw
+        return knobs.decode(split_dim(self.name)[1], raw)
 
     def encode(self, value: Any) -> Any:
         """The Optuna value of a decoded `value` (the inverse of `decode`)."""
@@ -106,7 +128,7 @@ class Dim:
             return self.values.index(value)
         if split_dim(self.name)[1] == "preferred_batch_sizes":
             return encode_sizes(tuple(value))
-        return value
+        return knobs.encode(split_dim(self.name)[1], value)
 
     def suggest(self, trial: Suggester) -> Any:
         if self.categorical:
@@ -130,6 +152,7 @@ class SearchSpace:
             "dynamic_batching": space.dynamic_batching,
             "preferred_batch_sizes": space.preferred_batch_sizes,
             "max_queue_delay_us": space.max_queue_delay_us,
+            **knobs.knob_values(space),
             "batch_size": load.batch_size,
         }
         if load.mode == "concurrency":
@@ -138,7 +161,7 @@ class SearchSpace:
             values["request_rate"] = load.request_rate
         dims = tuple(
             Dim(name, values[name])
-            for name in (*CONFIG_DIMS, *LOAD_DIMS)
+            for name in (*CONFIG_DIMS, *knobs.knob_values(space), *LOAD_DIMS)
             if len(values.get(name, ())) > 1
         )
         fixed = {name: vals[0] for name, vals in values.items() if len(vals) == 1}
@@ -242,7 +265,8 @@ def _batcher_off(params: Mapping[str, Any], name: str) -> bool:
     """Whether `name` is a batcher dimension of a model whose dynamic batching `params` turn off
     (then its value changes nothing)."""
     prefix, dim = split_dim(name)
-    return dim in _BATCHER_DIMS and params.get(f"{prefix}dynamic_batching") is False
+    batcher = dim in _BATCHER_DIMS or knobs.is_batcher_field(dim)
+    return batcher and params.get(f"{prefix}dynamic_batching") is False
 
 
 def _hashable(value: Any) -> Any:
@@ -255,11 +279,12 @@ def load_params(params: Mapping[str, Any]) -> Params:
 
 
 def check_instances(base: ModelConfig, space: SpaceSpec) -> None:
-    """Refuse, before any trial, an instance dimension the model's config cannot take.
+    """Refuse, before any trial, an instance dimension or a knob the model's config cannot take.
 
     `instance_count` sets the count of every instance group (per listed GPU for KIND_GPU, as
     Triton places them), kinds and `gpus` kept; `instance_kind` needs a model with at most one
-    instance group (it would make every group one kind)."""
+    instance group (it would make every group one kind). Knobs: `knobs.check_knobs`."""
+    knobs.check_knobs(base, space)
     groups = len(base.instance_group)
     if space.instance_kind and groups > 1:
         raise ConfigError(
@@ -301,7 +326,7 @@ def _apply(base: ModelConfig, params: Mapping[str, Any]) -> ModelConfig:
         sizes = params.get("preferred_batch_sizes", tuple(current.preferred_batch_size))
         delay = params.get("max_queue_delay_us", int(current.max_queue_delay_microseconds))
         config = with_dynamic_batching(config, tuple(sizes), int(delay))
-    return config
+    return knobs.apply_knobs(config, params)
 
 
 def variant_key(config: ModelConfig, params: Mapping[str, Any]) -> str:
@@ -312,7 +337,8 @@ def variant_key(config: ModelConfig, params: Mapping[str, Any]) -> str:
 
 
 def describe(params: Mapping[str, Any]) -> str:
-    """Short human description of a point, e.g. "2xKIND_CPU mbs=16 dyn[4,8]@100us c=8"; an
+    """Short human description of a point, e.g. "2xKIND_CPU mbs=16 dyn[4,8]@100us intra=2 graph=1
+    cache c=8" (knobs: `knobs.describe_knobs`); an
     ensemble's composing models each in brackets: "pre[2xKIND_CPU] post[no-dyn] c=8"."""
     models: dict[str, dict[str, Any]] = {}
     for name, value in params.items():
@@ -338,6 +364,7 @@ def _describe_one(params: Mapping[str, Any]) -> str:
         parts.append(f"dyn[{sizes}]@{params.get('max_queue_delay_us', 0)}us")
     elif params.get("dynamic_batching") is True:
         parts.append("dyn")
+    parts.extend(knobs.describe_knobs(params))
     for key, short in (("concurrency", "c"), ("request_rate", "r"), ("batch_size", "b")):
         if key in params:
             parts.append(f"{short}={params[key]}")
