@@ -72,4 +72,3 @@ _._sender
 _.undelivered
 
 # The zero-config tune's knobs (issue 14): perfkit.tune.auto calls it (built in parallel).
-_.machine_knobs

@@ -13,8 +13,7 @@ returns a sweep whose space is:
 - dynamic_batching on/off, max_queue_delay_us in `QUEUE_DELAYS_US`, and preferred batch sizes
   none or [half, all] of the smallest max_batch_size searched, so every point is a config Triton
   accepts (a preferred size above max_batch_size is refused at load).
-- the backend's own knobs from `perfkit.tune.knobs.machine_knobs` when that module is present
-  (it is looked up at call time: a build without it searches the dimensions above).
+- the backend's own knobs from `perfkit.tune.knobs.machine_knobs`
 
 The objective is "capacity" (the highest request rate within the latency budget, derived from
 the default config's unloaded latency when no budget is given) or "throughput" (with the client
@@ -329,14 +328,8 @@ def _preferred(smallest: int) -> tuple[tuple[int, ...], ...]:
 
 
 def _knobs(config: ModelConfig, cpus: int, gpus: int) -> dict[str, Any]:
-    """The backend's knobs as SpaceSpec fields (parameters, fields, accelerators), from
-    `perfkit.tune.knobs.machine_knobs` when this build has that module; else none."""
-    try:
-        module = importlib.import_module("perfkit.tune.knobs")
-    except ImportError:
-        return {}
-    knobs = getattr(module, "machine_knobs", None)
-    if knobs is None:
-        return {}
-    found: dict[str, Any] = knobs(config, cpus=cpus, gpus=gpus)
-    return found
+    """The backend's knobs worth searching on this machine, as SpaceSpec fields (parameters,
+    fields, accelerators): `perfkit.tune.knobs.machine_knobs`."""
+    from perfkit.tune.knobs import machine_knobs
+
+    return machine_knobs(config, cpus=cpus, gpus=gpus)

@@ -5,8 +5,6 @@ beats the default under the latency budget."""
 from __future__ import annotations
 
 import json
-import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -156,20 +154,12 @@ def test_a_model_neither_in_the_repository_nor_in_the_zoo(tmp_path: Path) -> Non
         auto.auto_sweep("nope", repository=tmp_path, cpus=2)
 
 
-def test_the_backend_knobs_join_the_space(zoo_repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # A stand-in for perfkit.tune.knobs (built in parallel): its machine_knobs fields are merged.
-    calls: list[tuple[str, int, int]] = []
-
-    def machine_knobs(config, *, cpus, gpus):
-        calls.append((config.name, cpus, gpus))
-        return {"parameters": (("intra_op_thread_count", ("1", "2")),)}
-
-    knobs = types.ModuleType("perfkit.tune.knobs")
-    knobs.machine_knobs = machine_knobs  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "perfkit.tune.knobs", knobs)
+def test_the_backend_knobs_join_the_space(zoo_repo: Path) -> None:
+    # The zoo mlp is an ONNX Runtime model: its thread and execution knobs join the space.
     sweep = auto.auto_sweep("mlp", repository=zoo_repo, cpus=2)
-    assert calls == [("mlp", 2, 0)]
-    assert sweep.space.parameters == (("intra_op_thread_count", ("1", "2")),)
+    params = dict(sweep.space.parameters)
+    assert params["intra_op_thread_count"] == ("1", "2")
+    assert params["execution_mode"] == ("0", "1")
     rows = {r.dimension: r.values for r in describe_space(sweep).rows}
     assert rows["parameters.intra_op_thread_count"] == ("1", "2")
 
