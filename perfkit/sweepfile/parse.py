@@ -9,7 +9,9 @@ A sweep file says what to tune and how:
                    (tritonserver, image, gpus, shm_size, args, env: perfkit.launch.settings)
     [space]        instance_count, instance_kind, max_batch_size, dynamic_batching,
                    preferred_batch_sizes, max_queue_delay_us: lists of values to search
-                   (instance_count is per instance group, and per listed GPU for KIND_GPU)
+                   (instance_count is per instance group, and per listed GPU for KIND_GPU);
+                   formats: "auto" or a list of "onnxruntime", "onnxruntime_tensorrt",
+                   "pytorch", "tensorrt" (perfkit.formats: each checked against the model first)
     [load]         mode ("concurrency" | "request_rate"), concurrency / request_rate / batch_size
                    (an int or a list to search), shape = ["NAME:d1,d2"], input_data, baseline
     [objectives]   metric = "maximize" | "minimize"  (throughput, avg/p50/p90/p95/p99_latency,
@@ -33,6 +35,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from perfkit.errors import ConfigError
+from perfkit.formats.names import parse_formats
 from perfkit.launch.settings import LAUNCH_KEYS, launch_from_table
 from perfkit.load.spec import parse_shapes
 from perfkit.model_repo import InvalidRepository
@@ -106,6 +109,11 @@ def _parse_space(r: _Reader) -> SpaceSpec:
         preferred_batch_sizes=pref,
         max_queue_delay_us=r.int_list("max_queue_delay_us", minimum=0),
     )
+    if (raw_formats := r.raw("formats")) is not None:
+        try:
+            space = replace(space, formats=parse_formats(raw_formats))
+        except ValueError as exc:
+            raise r.fail("formats", str(exc)) from None
     r.check_unknown(set(r.used))
     if space.max_batch_size and space.preferred_batch_sizes:
         largest = max(max(s, default=0) for s in space.preferred_batch_sizes)

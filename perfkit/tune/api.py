@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from perfkit import formats
 from perfkit.errors import ConfigError, ServerUnavailable
 from perfkit.model_repo import ModelRepoError
 from perfkit.results import TrialRecord, TuneResult
@@ -154,6 +155,9 @@ def _run(
         raise ConfigError(
             "server_env is for a server perfkit starts; this sweep names a server.url"
         )
+    # Format selection: candidates made and checked, "auto" resolved (perfkit.formats).
+    prepared = formats.prepare(sweep, model_dir, base, note)
+    sweep = prepared.sweep
     if pipeline is None:
         space = SearchSpace.from_specs(sweep.space, sweep.load)
         check_instances(base, sweep.space)
@@ -181,6 +185,7 @@ def _run(
     interrupted = False
     failure: ServerUnavailable | None = None
     messages: list[str] = []
+    messages.extend(prepared.notes)
     restarts = 0
     tracker: Tracker | None = None
     while True:
@@ -271,6 +276,7 @@ def _run(
                 settings={
                     **setup.result_settings(sweep, trials),
                     **setup.target_settings(study, target),
+                    **prepared.settings(),
                 },
             )
             stopped = interrupted or failure is not None
@@ -278,6 +284,7 @@ def _run(
             write, reload = ensemble.finishers(pipeline, output.write_back, tune_server.reload)
             if not stopped:
                 wb = write(result, model_dir, dry_run=dry_run)
+            result, wb = prepared.finish(result, wb)  # the winner's file kept, the rest removed
             result = output.with_written(result, wb)
             paths = output.write_outputs(result, out_dir)
             reload_note = "" if stopped else reload(url, sweep)
