@@ -3,8 +3,10 @@
 Pure (no I/O, no torch or onnx): `with_format` is called for every trial by the search space.
 
 A format's variant sets the platform (backend cleared), the model file (`default_model_filename`,
-empty when the backend's default name is the file) and, for ONNX Runtime, the TensorRT execution
-accelerator; every other field is kept. The model file of a format is fixed by the source config
+empty when the backend's default name is the file), for ONNX Runtime the TensorRT execution
+accelerator, and the source's intra-/inter-op thread counts under the other backend's parameter
+names (ONNX Runtime's intra_op_thread_count is the pytorch backend's INTRA_OP_THREAD_COUNT); every
+other field is kept (a backend ignores the other's parameters, as Triton's do). The model file of a format is fixed by the source config
 alone (`model_file`), so the tuner and the files placed in the version directory agree.
 """
 
@@ -95,6 +97,7 @@ def with_format(config: ModelConfig, fmt: str | None) -> ModelConfig:
     out.backend = ""
     out.platform = target.platform
     out.default_model_filename = "" if filename == target.filename else filename
+    _carry_threads(config, out, target.backend)
     # Execution accelerators are ONNX Runtime's here: the ORT formats keep the others, set theirs.
     ea = out.optimization.execution_accelerators
     if target.backend != "onnxruntime":
@@ -110,6 +113,25 @@ def with_format(config: ModelConfig, fmt: str | None) -> ModelConfig:
     if not config.HasField("optimization") and out.optimization.ByteSize() == 0:
         out.ClearField("optimization")
     return out
+
+
+# The thread counts each backend reads (intra-op, inter-op): a variant in another format keeps the
+# source's, so that formats are compared with the same threads.
+THREAD_KEYS = {
+    "onnxruntime": ("intra_op_thread_count", "inter_op_thread_count"),
+    "pytorch": ("INTRA_OP_THREAD_COUNT", "INTER_OP_THREAD_COUNT"),
+}
+
+
+def _carry_threads(source: ModelConfig, out: ModelConfig, backend: str) -> None:
+    """Copy the source backend's thread counts to `backend`'s keys (unless `out` sets them)."""
+    own = THREAD_KEYS.get(backend_of(source))
+    theirs = THREAD_KEYS.get(backend)
+    if own is None or theirs is None or own == theirs:
+        return
+    for key, target in zip(own, theirs, strict=True):
+        if key in source.parameters and target not in out.parameters:
+            out.parameters[target].string_value = source.parameters[key].string_value
 
 
 def check_resolved(formats: tuple[str, ...]) -> tuple[str, ...]:

@@ -98,7 +98,8 @@ def test_a_wrong_candidate_fails_the_check_with_its_error(tmp_path: Path) -> Non
     pytorch = {c.format: c for c in prepared.candidates}["pytorch"]
     assert pytorch.origin == "already there"
     assert not pytorch.offered
-    assert pytorch.check is not None and not pytorch.check.ok
+    assert pytorch.check is not None
+    assert not pytorch.check.ok
     assert pytorch.reason.startswith("fails the check against the source: max abs error")
     assert "output 'OUTPUT1' differs by up to" in pytorch.reason
     assert "atol 0.0001 + rtol 0.001" in pytorch.reason
@@ -125,8 +126,10 @@ def test_torchscript_source_gets_an_onnx_runtime_candidate(tmp_path: Path) -> No
     assert prepared.source == "pytorch"
     assert by_format["pytorch"].origin == "the source"
     ort = by_format["onnxruntime"]
-    assert ort.offered and ort.origin == "converted from TorchScript"
-    assert ort.check is not None and ort.check.max_abs_error == 0.0
+    assert ort.offered
+    assert ort.origin == "converted from TorchScript"
+    assert ort.check is not None
+    assert ort.check.max_abs_error == 0.0
     assert "needs a GPU" in by_format["tensorrt"].reason
     assert "needs a GPU" in by_format["onnxruntime_tensorrt"].reason
     assert prepared.sweep.space.formats == ("onnxruntime", "pytorch")
@@ -156,7 +159,8 @@ def test_finish_keeps_the_winners_file_and_removes_the_rest(tmp_path: Path) -> N
 
     assert load_config(model_dir / "config.pbtxt").platform == "pytorch_libtorch"
     assert (model_dir / "config.pbtxt.orig").exists()
-    assert (model_dir / "1/model.pt").is_file() and (model_dir / "1/model.onnx").is_file()
+    assert (model_dir / "1/model.pt").is_file()
+    assert (model_dir / "1/model.onnx").is_file()
     assert not (model_dir / candidates.MANIFEST).exists()
     formats = result.settings["formats"]
     assert formats["best"] == formats["served"] == "pytorch"
