@@ -5,12 +5,11 @@ back together.
 
     from perfkit import formats
     formats.FORMATS                              # "onnxruntime", "onnxruntime_tensorrt", "pytorch", "tensorrt"
-    formats.parse_formats(["onnxruntime", "pytorch"])  # a sweep's [space] formats ("auto": all)
     prepared = formats.prepare(sweep, model_dir, base, note)  # files made + checked, sweep resolved
     formats.with_format(config, "pytorch")       # the variant serving a format (pure)
     result, wb = prepared.finish(result, wb)     # after the write-back: keep the winner's file
 
-Modules: `names` (the sweep's names, stdlib only), `catalog` (formats in config.pbtxt, pure),
+Modules: `catalog` (the formats, and what each means in config.pbtxt; pure),
 `onnx_torch` (an ONNX graph as a torch module), `convert` (the conversions), `verify` (sample
 inputs, runners, tolerances), `making` and `candidates` (the candidates of a tune and their files).
 This package imports torch, onnx, onnxruntime and tensorrt only inside the functions that need them.
@@ -22,8 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from perfkit.formats.catalog import TABLE, check_resolved, format_of, with_format
-from perfkit.formats.names import AUTO, FORMATS, parse_formats
+from perfkit.formats.catalog import AUTO, TABLE, check_resolved, format_of, with_format
+from perfkit.sweepfile.spec import FORMATS
 
 if TYPE_CHECKING:
     from perfkit.formats.candidates import Prepared
@@ -36,7 +35,6 @@ __all__ = [
     "TABLE",
     "check_resolved",
     "format_of",
-    "parse_formats",
     "prepare",
     "with_format",
 ]

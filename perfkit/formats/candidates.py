@@ -26,12 +26,19 @@ from pathlib import Path
 from typing import Any
 
 from perfkit.errors import ConfigError
-from perfkit.formats.catalog import PLAN, TABLE, config_file, format_of, model_file
+from perfkit.formats.catalog import (
+    AUTO,
+    PLAN,
+    TABLE,
+    config_file,
+    format_of,
+    model_file,
+)
 from perfkit.formats.making import Candidate, Maker
-from perfkit.formats.names import AUTO, FORMATS
 from perfkit.model_repo.config import ModelConfig, load_config
 from perfkit.results import TuneResult
 from perfkit.sweepfile import TuneSweep
+from perfkit.sweepfile.spec import FORMATS
 
 logger = logging.getLogger(__name__)
 

@@ -1,5 +1,15 @@
 """What each format means in a config.pbtxt, and the variant of a config that serves a format.
 
+The formats (a sweep's `[space] formats`, `perfkit.sweepfile.spec.FORMATS`):
+
+    onnxruntime           the ONNX file on ONNX Runtime (CPU, or its CUDA provider on KIND_GPU)
+    onnxruntime_tensorrt  the ONNX file on ONNX Runtime's TensorRT execution provider (GPU;
+                          optimization.execution_accelerators.gpu_execution_accelerator "tensorrt")
+    pytorch               a TorchScript model.pt on the pytorch backend (platform pytorch_libtorch)
+    tensorrt              a TensorRT engine model.plan (platform tensorrt_plan; GPU)
+
+"auto" (`AUTO`) stands for every candidate this machine can run that passes its check.
+
 Pure (no I/O, no torch or onnx): `with_format` is called for every trial by the search space.
 
 A format's variant sets the platform (backend cleared), the model file (`default_model_filename`,
@@ -16,6 +26,8 @@ from dataclasses import dataclass
 
 from perfkit.errors import ConfigError
 from perfkit.model_repo.config import ModelConfig
+
+AUTO = "auto"
 
 # The model file kinds: what a format's file holds.
 ONNX, TORCHSCRIPT, PLAN = "onnx", "torchscript", "plan"
@@ -35,7 +47,7 @@ class Format:
     accelerator: str | None = None
 
 
-TABLE: dict[str, Format] = {
+TABLE: dict[str, Format] = {  # one per name of FORMATS
     "onnxruntime": Format("onnxruntime", "onnxruntime_onnx", "onnxruntime", "model.onnx", ONNX),
     "onnxruntime_tensorrt": Format(
         "onnxruntime_tensorrt", "onnxruntime_onnx", "onnxruntime", "model.onnx", ONNX, "tensorrt"
@@ -136,8 +148,6 @@ def _carry_threads(source: ModelConfig, out: ModelConfig, backend: str) -> None:
 
 def check_resolved(formats: tuple[str, ...]) -> tuple[str, ...]:
     """`formats` for a search space: "auto" must have been resolved (`perfkit.formats.prepare`)."""
-    from perfkit.formats.names import AUTO
-
     if AUTO in formats:
         raise ConfigError(
             'space.formats = "auto" stands for the candidates perfkit.formats.prepare finds; '

@@ -44,6 +44,7 @@ class Candidate:
                 max_abs_error=self.check.max_abs_error,
                 max_rel_error=self.check.max_rel_error,
                 verified=self.check.ok,
+                worst_output=self.check.worst_output,
             )
         return doc
 

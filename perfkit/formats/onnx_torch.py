@@ -31,16 +31,8 @@ class UnsupportedGraph(Exception):
     """The graph needs an op (or an attribute value) this interpreter does not run."""
 
 
+# Op name -> its function (filled at the end of the module).
 _OPS: dict[str, OpFn] = {}
-
-
-def _op(*names: str) -> Callable[[OpFn], OpFn]:
-    def register(fn: OpFn) -> OpFn:
-        for name in names:
-            _OPS[name] = fn
-        return fn
-
-    return register
 
 
 def unsupported_ops(model: onnx.ModelProto) -> list[str]:
@@ -133,19 +125,19 @@ def named(
         return picked[0] if len(picked) == 1 else picked
 
     kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
-    forward.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+    # torch.jit.trace names forward()'s arguments after its signature, as inspect reads it.
+    forward.__dict__["__signature__"] = inspect.Signature(
         [inspect.Parameter("self", kind), *(inspect.Parameter(a, kind) for a in arguments)]
     )
     cls = type("OnnxModel", (torch.nn.Module,), {"forward": forward})
     module: torch.nn.Module = cls()
-    module.net = graph
+    module.add_module("net", graph)
     return module.eval()
 
 
 # -- the ops ----------------------------------------------------------------------------------
 
 
-@_op("Identity")
 def _identity(x: list[Any], a: Attrs, opset: int) -> list[Tensor]:
     return [x[0]]
 
@@ -159,14 +151,12 @@ _OPS["Mul"] = lambda x, a, o: [torch.mul(x[0], x[1])]
 _OPS["MatMul"] = lambda x, a, o: [torch.matmul(x[0], x[1])]
 
 
-@_op("Div")
 def _div(x: list[Any], a: Attrs, opset: int) -> list[Tensor]:
     if x[0].is_floating_point():
         return [torch.div(x[0], x[1])]
     return [torch.div(x[0], x[1], rounding_mode="trunc")]  # ONNX's integer division
 
 
-@_op("Softmax")
 def _softmax(x: list[Any], a: Attrs, opset: int) -> list[Tensor]:
     t: Tensor = x[0]
     axis = int(a.get("axis", -1 if opset >= 13 else 1))
@@ -176,7 +166,6 @@ def _softmax(x: list[Any], a: Attrs, opset: int) -> list[Tensor]:
     return [torch.softmax(t.flatten(axis), dim=-1).reshape(t.shape)]
 
 
-@_op("Flatten")
 def _flatten(x: list[Any], a: Attrs, opset: int) -> list[Tensor]:
     t: Tensor = x[0]
     axis = int(a.get("axis", 1)) % (t.dim() + 1)
@@ -185,7 +174,6 @@ def _flatten(x: list[Any], a: Attrs, opset: int) -> list[Tensor]:
     return [torch.flatten(torch.flatten(t, axis), 0, axis - 1)]
 
 
-@_op("Reshape")
 def _reshape(x: list[Any], a: Attrs, opset: int) -> list[Tensor]:
     t: Tensor = x[0]
     shape = list(a["shape"])
@@ -194,19 +182,16 @@ def _reshape(x: list[Any], a: Attrs, opset: int) -> list[Tensor]:
     return [t.reshape(shape)]
 
 
-@_op("Transpose")
 def _transpose(x: list[Any], a: Attrs, opset: int) -> list[Tensor]:
     t: Tensor = x[0]
     perm = a.get("perm") or list(reversed(range(t.dim())))
     return [t.permute(*perm)]
 
 
-@_op("Concat")
 def _concat(x: list[Any], a: Attrs, opset: int) -> list[Tensor]:
     return [torch.cat(list(x), dim=int(a["axis"]))]
 
 
-@_op("Gemm")
 def _gemm(x: list[Any], a: Attrs, opset: int) -> list[Tensor]:
     left: Tensor = x[0].t() if a.get("transA", 0) else x[0]
     c: Tensor | None = x[2] if len(x) > 2 else None
@@ -248,7 +233,6 @@ def _padded(t: Tensor, pads: list[int], n: int, value: float) -> tuple[Tensor, l
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 
-@_op("Conv")
 def _conv(x: list[Any], a: Attrs, opset: int) -> list[Tensor]:
     weight: Tensor = x[1]
     n = weight.dim() - 2
@@ -272,7 +256,6 @@ def _conv(x: list[Any], a: Attrs, opset: int) -> list[Tensor]:
 _MAXPOOL = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
 
 
-@_op("MaxPool")
 def _maxpool(x: list[Any], a: Attrs, opset: int) -> list[Tensor]:
     kernel = list(a["kernel_shape"])
     n = len(kernel)
@@ -297,21 +280,35 @@ def _maxpool(x: list[Any], a: Attrs, opset: int) -> list[Tensor]:
     ]
 
 
-@_op("GlobalAveragePool")
 def _global_avg(x: list[Any], a: Attrs, opset: int) -> list[Tensor]:
     t: Tensor = x[0]
     return [t.mean(dim=list(range(2, t.dim())), keepdim=True)]
 
 
-@_op("GlobalMaxPool")
 def _global_max(x: list[Any], a: Attrs, opset: int) -> list[Tensor]:
     t: Tensor = x[0]
     return [t.amax(dim=list(range(2, t.dim())), keepdim=True)]
 
 
-@_op("BatchNormalization")
 def _batchnorm(x: list[Any], a: Attrs, opset: int) -> list[Tensor]:
     if a.get("training_mode", 0):
         raise UnsupportedGraph("BatchNormalization with training_mode=1")
     t, scale, bias, mean, var = x[:5]
     return [F.batch_norm(t, mean, var, scale, bias, False, 0.0, float(a.get("epsilon", 1e-5)))]
+
+
+_OPS.update(
+    Identity=_identity,
+    Div=_div,
+    Softmax=_softmax,
+    Flatten=_flatten,
+    Reshape=_reshape,
+    Transpose=_transpose,
+    Concat=_concat,
+    Gemm=_gemm,
+    Conv=_conv,
+    MaxPool=_maxpool,
+    GlobalAveragePool=_global_avg,
+    GlobalMaxPool=_global_max,
+    BatchNormalization=_batchnorm,
+)

@@ -35,12 +35,12 @@ from dataclasses import replace
 from pathlib import Path
 
 from perfkit.errors import ConfigError
-from perfkit.formats.names import parse_formats
 from perfkit.launch.settings import LAUNCH_KEYS, launch_from_table
 from perfkit.load.spec import parse_shapes
 from perfkit.model_repo import InvalidRepository
 from perfkit.model_repo.repository import check_model_name
 from perfkit.sweepfile.spec import (
+    FORMATS,
     INSTANCE_KINDS,
     METRICS,
     SAMPLERS,
@@ -110,10 +110,14 @@ def _parse_space(r: _Reader) -> SpaceSpec:
         max_queue_delay_us=r.int_list("max_queue_delay_us", minimum=0),
     )
     if (raw_formats := r.raw("formats")) is not None:
-        try:
-            space = replace(space, formats=parse_formats(raw_formats))
-        except ValueError as exc:
-            raise r.fail("formats", str(exc)) from None
+        items = raw_formats if isinstance(raw_formats, list) else [raw_formats]
+        known = bool(items) and all(i in (*FORMATS, "auto") for i in items)
+        if not known or ("auto" in items and len(items) > 1):
+            raise r.fail(
+                "formats",
+                f'must be "auto" alone or a list of {", ".join(FORMATS)}, got {raw_formats!r}',
+            )
+        space = replace(space, formats=tuple(dict.fromkeys(items)))
     r.check_unknown(set(r.used))
     if space.max_batch_size and space.preferred_batch_sizes:
         largest = max(max(s, default=0) for s in space.preferred_batch_sizes)
