@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,8 +38,6 @@ from perfkit.model_repo.config import ModelConfig, load_config
 from perfkit.results import TuneResult
 from perfkit.sweepfile import TuneSweep
 from perfkit.sweepfile.spec import FORMATS
-
-logger = logging.getLogger(__name__)
 
 MANIFEST = ".perfkit-formats.json"
 

@@ -159,7 +159,11 @@ def onnx_to_plan(
 
     logger = trt.Logger(trt.Logger.ERROR)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)
+    # TensorRT 10 networks are explicit-batch; 8.x asks for it by flag.
+    explicit = 0
+    if int(trt.__version__.split(".")[0]) < 10:
+        explicit = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    network = builder.create_network(explicit)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(source.read_bytes()):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))

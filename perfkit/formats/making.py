@@ -122,10 +122,12 @@ class Maker:
                         raise convert.ConversionFailed(f"no ONNX model to build it from: {error}")
                 convert.onnx_to_plan(onnx_path, self.base, path, self.max_batch, self.shapes)
             self._made[rel] = ""
-        except convert.ConversionFailed as exc:
+        except (convert.ConversionFailed, verify.Unverifiable) as exc:
             self._made[rel] = str(exc)
-        except verify.Unverifiable as exc:
-            self._made[rel] = str(exc)
+        except ImportError as exc:
+            self._made[rel] = f"the conversion needs {exc.name or exc}: install it"
+        except (OSError, RuntimeError, ValueError) as exc:  # e.g. a source torch cannot load
+            self._made[rel] = f"the conversion failed: {_first_line(exc)}"
         return self._made[rel]
 
     def _check(self, fmt: str, path: Path) -> verify.Check:

@@ -236,6 +236,7 @@ def plan_runner(path: Path, config: ModelConfig) -> Runner:
             dtype = getattr(torch, str(np.dtype(trt.nptype(engine.get_tensor_dtype(name)))))
             outs[name] = torch.empty(shape, dtype=dtype, device="cuda")
             context.set_tensor_address(name, outs[name].data_ptr())
+        torch.cuda.synchronize()  # the inputs' copies (default stream) are done
         if not context.execute_async_v3(stream.cuda_stream):
             raise Unverifiable("TensorRT failed to run the engine")
         stream.synchronize()

@@ -2,7 +2,8 @@
 
 Pure: no I/O. Numeric lists (counts, sizes, delays, load levels) are searched as an *ordered* index
 (`<dim>_idx`, an int distribution) so that TPE can learn "bigger is better"; the rest (instance kind,
-dynamic batching on/off, preferred batch-size sets) are categorical. `Params` always carries the
+dynamic batching on/off, preferred batch-size sets, the model format of `perfkit.formats`) are
+categorical. `Params` always carries the
 decoded values, e.g. {"max_batch_size": 16, "preferred_batch_sizes": (4, 8)}.
 
 Instances: a variant keeps the base config's instance kind and `gpus` unless the point names a
