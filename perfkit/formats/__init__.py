@@ -7,7 +7,7 @@ back together.
     formats.FORMATS                              # "onnxruntime", "onnxruntime_tensorrt", "pytorch", "tensorrt"
     prepared = formats.prepare(sweep, model_dir, base, note)  # files made + checked, sweep resolved
     formats.with_format(config, "pytorch")       # the variant serving a format (pure)
-    result, wb = prepared.finish(result, wb)     # after the write-back: keep the winner's file
+    result = prepared.finish(result)             # after the write-back: keep the winner's file
 
 Modules: `catalog` (the formats, and what each means in config.pbtxt; pure),
 `onnx_torch` (an ONNX graph as a torch module), `convert` (the conversions), `verify` (sample

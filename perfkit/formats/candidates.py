@@ -64,11 +64,11 @@ class Prepared:
             }
         }
 
-    def finish(self, result: TuneResult, wb: Any) -> tuple[TuneResult, Any]:
-        """Keep the file the config on disk reads, remove the other files perfkit added; the
-        result says which format won and what was kept (`wb.reason` too)."""
+    def finish(self, result: TuneResult) -> TuneResult:
+        """After the write-back: keep the file the config on disk reads, remove the other files
+        perfkit added; the result's messages and settings say which format won and what was kept."""
         if self.model_dir is None or not self.candidates:
-            return result, wb
+            return result
         on_disk = load_config(self.model_dir / "config.pbtxt")
         version = _version_dir(self.model_dir, on_disk).name
         keep = f"{version}/{config_file(on_disk)}"
@@ -86,12 +86,11 @@ class Prepared:
             line += f"; removed the files perfkit added: {', '.join(removed)}"
         formats = {**self.settings()["formats"], "best": best_format, "served": served}
         formats.update(kept=keep if keep in self.added else None, removed=removed)
-        result = dataclasses.replace(
+        return dataclasses.replace(
             result,
             messages=(*result.messages, line),
             settings={**result.settings, "formats": formats},
         )
-        return result, dataclasses.replace(wb, reason=f"{wb.reason}; {line}")
 
 
 def _version_dir(model_dir: Path, config: ModelConfig) -> Path:

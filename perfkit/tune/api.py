@@ -285,7 +285,7 @@ def _run(
             write, reload = ensemble.finishers(pipeline, output.write_back, tune_server.reload)
             if not stopped:
                 wb = write(result, model_dir, dry_run=dry_run)
-            result, wb = prepared.finish(result, wb)  # the winner's file kept, the rest removed
+            result = prepared.finish(result)  # the winner's model file kept, the rest removed
             result = output.with_written(result, wb)
             paths = output.write_outputs(result, out_dir)
             reload_note = "" if stopped else reload(url, sweep)

@@ -31,7 +31,7 @@ concurrency = [2]
 trials = 3
 
 [measure]
-window_ms = 200
+window_ms = 300
 max_windows = 2
 stability_windows = 2
 stability_pct = 80
