@@ -141,7 +141,12 @@ def test_torchscript_source_gets_an_onnx_runtime_candidate(tmp_path: Path) -> No
 def test_finish_keeps_the_winners_file_and_removes_the_rest(tmp_path: Path) -> None:
     model_dir = zoo.build("mlp", tmp_path)
     base = load_config(model_dir / "config.pbtxt")
+    # A tune that stopped before its clean-up left its file listed: it is perfkit's, remade.
+    (model_dir / "1/model.pt").write_bytes(b"left over")
+    (model_dir / candidates.MANIFEST).write_text('{"added": ["1/model.pt"]}')
     prepared = _prepare(tmp_path, "mlp", "onnxruntime", "pytorch")
+    assert prepared.candidates[1].origin == "converted from ONNX"
+    assert prepared.candidates[1].offered
     assert prepared.added == ("1/model.pt",)
     assert (model_dir / candidates.MANIFEST).exists()  # until the tune ends
     # A study whose best trial runs the pytorch variant, written back as the tuner does.
