@@ -15,7 +15,9 @@ A sweep file says what to tune and how:
                    [space.parameters] (backend parameters: key = values) and [space.fields]
                    ("proto.path" = values, e.g. "optimization.graph.level" = [-1, 0, 1]); values
                    are a list, one value, or a range {min, max, step} / {min, max, scale = "log2"}
-                   (perfkit.sweepfile.knobs)
+                   (perfkit.sweepfile.knobs);
+                   formats: "auto" or a list of "onnxruntime", "onnxruntime_tensorrt",
+                   "pytorch", "tensorrt" (perfkit.formats: each checked against the model first)
     [load]         mode ("concurrency" | "request_rate"), concurrency / request_rate / batch_size
                    (an int or a list to search), shape = ["NAME:d1,d2"], input_data, baseline
     [objectives]   metric = "maximize" | "minimize"  (throughput, avg/p50/p90/p95/p99_latency,
@@ -45,6 +47,7 @@ from perfkit.model_repo import InvalidRepository
 from perfkit.model_repo.repository import check_model_name
 from perfkit.sweepfile.knobs import check_cache, parse_knobs
 from perfkit.sweepfile.spec import (
+    FORMATS,
     INSTANCE_KINDS,
     METRICS,
     SAMPLERS,
@@ -114,6 +117,15 @@ def _parse_space(r: _Reader) -> SpaceSpec:
         max_queue_delay_us=r.int_list("max_queue_delay_us", minimum=0),
         **parse_knobs(r),
     )
+    if (raw_formats := r.raw("formats")) is not None:
+        items = raw_formats if isinstance(raw_formats, list) else [raw_formats]
+        known = bool(items) and all(i in (*FORMATS, "auto") for i in items)
+        if not known or ("auto" in items and len(items) > 1):
+            raise r.fail(
+                "formats",
+                f'must be "auto" alone or a list of {", ".join(FORMATS)}, got {raw_formats!r}',
+            )
+        space = replace(space, formats=tuple(dict.fromkeys(items)))
     r.check_unknown(set(r.used))
     if space.max_batch_size and space.preferred_batch_sizes:
         largest = max(max(s, default=0) for s in space.preferred_batch_sizes)

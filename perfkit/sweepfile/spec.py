@@ -40,6 +40,8 @@ METRICS.update(GPU_METRICS)
 METRICS["capacity"] = "capacity_infer_per_s"
 INSTANCE_KINDS = ("KIND_AUTO", "KIND_CPU", "KIND_GPU", "KIND_MODEL")
 SAMPLERS = ("tpe", "nsga2", "grid", "random")
+# `[space] formats` (perfkit.formats.catalog says what each is); "auto": every candidate found.
+FORMATS = ("onnxruntime", "onnxruntime_tensorrt", "pytorch", "tensorrt")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from perfkit import formats
 from perfkit.errors import ConfigError, ServerUnavailable
 from perfkit.model_repo import ModelRepoError
 from perfkit.results import TrialRecord, TuneResult
@@ -74,7 +75,8 @@ def run(
     At the end the result files go to `sweep.output` (default `tune-results/<model>`), the best
     config replaces `<repository>/<model>/config.pbtxt` (the original kept as
     `config.pbtxt.orig`) when it beats the default by `sweep.search.min_gain_pct`, and the
-    server is left serving the file on disk.
+    server is left serving the file on disk. With `space.formats`, the candidate model files are
+    made and checked first, and only the one the config on disk reads is kept (perfkit.formats).
 
     Args:
         sweep: what to tune and how, e.g. `perfkit.sweepfile.load_sweep(path)`.
@@ -154,6 +156,9 @@ def _run(
         raise ConfigError(
             "server_env is for a server perfkit starts; this sweep names a server.url"
         )
+    # Format selection: candidates made and checked, "auto" resolved (perfkit.formats).
+    prepared = formats.prepare(sweep, model_dir, base, note)
+    sweep = prepared.sweep
     if pipeline is None:
         space = SearchSpace.from_specs(sweep.space, sweep.load)
         check_instances(base, sweep.space)
@@ -181,6 +186,7 @@ def _run(
     interrupted = False
     failure: ServerUnavailable | None = None
     messages: list[str] = []
+    messages.extend(prepared.notes)
     restarts = 0
     tracker: Tracker | None = None
     while True:
@@ -271,6 +277,7 @@ def _run(
                 settings={
                     **setup.result_settings(sweep, trials),
                     **setup.target_settings(study, target),
+                    **prepared.settings(),
                 },
             )
             stopped = interrupted or failure is not None
@@ -278,6 +285,7 @@ def _run(
             write, reload = ensemble.finishers(pipeline, output.write_back, tune_server.reload)
             if not stopped:
                 wb = write(result, model_dir, dry_run=dry_run)
+            result = prepared.finish(result)  # the winner's model file kept, the rest removed
             result = output.with_written(result, wb)
             paths = output.write_outputs(result, out_dir)
             reload_note = "" if stopped else reload(url, sweep)

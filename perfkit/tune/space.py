@@ -2,7 +2,8 @@
 
 Pure: no I/O. Numeric lists (counts, sizes, delays, load levels) are searched as an *ordered* index
 (`<dim>_idx`, an int distribution) so that TPE can learn "bigger is better"; the rest (instance kind,
-dynamic batching on/off, preferred batch-size sets) are categorical. `Params` always carries the
+dynamic batching on/off, preferred batch-size sets, the model format of `perfkit.formats`) are
+categorical. `Params` always carries the
 decoded values, e.g. {"max_batch_size": 16, "preferred_batch_sizes": (4, 8)}.
 
 Knobs (`perfkit.tune.knobs`): backend parameters (`param:<key>`), config fields by proto path
@@ -22,6 +23,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from perfkit import formats
 from perfkit.errors import ConfigError
 from perfkit.model_repo import InvalidModelConfig
 from perfkit.model_repo.config import (
@@ -40,6 +42,7 @@ Params = dict[str, Any]
 
 # Config dimensions in the order they are applied; load dimensions follow.
 CONFIG_DIMS = (
+    "format",  # perfkit.formats: the model file and backend, applied first
     "instance_count",
     "instance_kind",
     "max_batch_size",
@@ -48,7 +51,7 @@ CONFIG_DIMS = (
     "max_queue_delay_us",
 )
 LOAD_DIMS = ("concurrency", "request_rate", "batch_size")
-_CATEGORICAL = {"instance_kind", "dynamic_batching", "preferred_batch_sizes"}
+_CATEGORICAL = {"instance_kind", "dynamic_batching", "preferred_batch_sizes", "format"}
 _BATCHER_DIMS = ("preferred_batch_sizes", "max_queue_delay_us")
 # The largest space `nearest_unmeasured` walks point by point.
 MAX_WALK = 200_000
@@ -155,6 +158,7 @@ class SearchSpace:
             **knobs.knob_values(space),
             "batch_size": load.batch_size,
         }
+        values["format"] = formats.check_resolved(space.formats)
         if load.mode == "concurrency":
             values["concurrency"] = load.concurrency
         else:
@@ -308,7 +312,7 @@ def build_variant(base: ModelConfig, params: Mapping[str, Any]) -> ModelConfig:
 
 
 def _apply(base: ModelConfig, params: Mapping[str, Any]) -> ModelConfig:
-    config = base
+    config = formats.with_format(base, params.get("format"))
     if "instance_count" in params or "instance_kind" in params:
         # None keeps the base's own: its kind (KIND_AUTO too) and `gpus` survive a count change.
         count, kind = params.get("instance_count"), params.get("instance_kind")
@@ -350,7 +354,7 @@ def describe(params: Mapping[str, Any]) -> str:
 
 
 def _describe_one(params: Mapping[str, Any]) -> str:
-    parts: list[str] = []
+    parts: list[str] = [str(params["format"])] if "format" in params else []
     if "instance_count" in params or "instance_kind" in params:
         parts.append(
             f"{params.get('instance_count', '')}x{params.get('instance_kind', '')}".strip("x")
