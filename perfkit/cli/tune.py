@@ -18,6 +18,7 @@ from perfkit.results import TrialRecord, TuneResult
 from perfkit.sweepfile import SAMPLERS, load_sweep
 from perfkit.tune import output
 from perfkit.tune.objective import Objective
+from perfkit.tune.space import describe
 
 # Max rows of the top-configs table (the default is always shown too).
 TOP_N = 5
@@ -43,6 +44,17 @@ def _row(t: TrialRecord, tag: str) -> list[str]:
     ]
 
 
+def _models_row(t: TrialRecord, tag: str, names: list[str], score: str) -> list[str]:
+    """A model group's trial ([[models]]): each model's infer/s and p99, then the score."""
+    cells = [tag, t.variant_name.rsplit("_config_", 1)[-1], describe(t.params)]
+    for name in names:
+        m = t.models.get(name)
+        cells += [_fmt(m.throughput_infer_per_s if m else None)]
+        cells += [_fmt(m.latency.p99_us if m else None, 1000.0, 2)]
+    value = t.objectives.get(score)
+    return [*cells, "" if value is None else f"{value:.3f}", "yes" if t.feasible else "no"]
+
+
 def results_table(result: TuneResult, objective: Objective | None = None) -> Table:
     """Top configs (or the Pareto front) against the default (measured at the best's load), and
     the default's best under the constraints; with `objective`, a caption says what was compared."""
@@ -56,10 +68,15 @@ def results_table(result: TuneResult, objective: Objective | None = None) -> Tab
         shown = feasible[:TOP_N]
         title = f"{result.model}: top {len(shown)} config{'' if len(shown) == 1 else 's'} vs the default"
     table = Table(title=title)
-    for col in ("", "variant", "config", "load", "infer/s", "p99 ms", "ok"):
+    # Several models tuned together: each model's figures, and the weighted score ranked by.
+    names = list(dict.fromkeys(n for t in result.trials for n in t.models))
+    row = (lambda t, tag: _models_row(t, tag, names, primary)) if names else _row
+    figures = [f"{n} {c}" for n in names for c in ("infer/s", "p99 ms")] + ["score"]
+    head = ["", "variant", "config", *figures] if names else ["", "variant", "config", "load"]
+    for col in (*head, *([] if names else ["infer/s", "p99 ms"]), "ok"):
         table.add_column(
             col,
-            justify="right" if col in ("infer/s", "p99 ms") else "left",
+            justify="right" if col.endswith(("infer/s", "p99 ms", "score")) else "left",
             no_wrap=col != "config",
         )
     for t in shown:
@@ -68,7 +85,7 @@ def results_table(result: TuneResult, objective: Objective | None = None) -> Tab
             tag = (tag + " default").strip()
         elif t.number == result.default_best_trial:
             tag = (tag + " default best").strip()
-        table.add_row(*_row(t, tag))
+        table.add_row(*row(t, tag))
     # The default as compared (at the best's load), then its best under the constraints.
     for number, tag in (
         (result.default_trial, "default"),
@@ -76,7 +93,7 @@ def results_table(result: TuneResult, objective: Objective | None = None) -> Tab
     ):
         extra = output.trial(result, number)
         if extra is not None and all(t.number != extra.number for t in shown):
-            table.add_row(*_row(extra, tag))
+            table.add_row(*row(extra, tag))
             shown.append(extra)
     if objective is not None:
         table.caption = output.comparison_text(result, objective) or None
@@ -85,7 +102,13 @@ def results_table(result: TuneResult, objective: Objective | None = None) -> Tab
 
 def _progress(t: TrialRecord) -> None:
     m = t.measurement
-    if t.state == "complete" and m is not None:
+    if t.state == "complete" and t.models:  # several models: each one's figures, the score
+        detail = "; ".join(
+            f"{name} {mm.throughput_infer_per_s:,.1f} infer/s, p99 {mm.latency.p99_us / 1000:.2f} ms"
+            for name, mm in t.models.items()
+        ) + "".join(f"; score {v:.3f}" for v in list(t.objectives.values())[:1])
+        detail += "" if t.feasible else " (misses constraints)"
+    elif t.state == "complete" and m is not None:
         detail = (
             f"{m.throughput_infer_per_s:,.1f} infer/s, p99 {m.latency.p99_us / 1000:.2f} ms"
             + ("" if t.feasible else " (misses constraints)")
