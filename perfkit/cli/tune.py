@@ -7,18 +7,20 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from perfkit import tune as tuning
 from perfkit.cli._console import err, out
 from perfkit.cli._launch import launch_for_tune, launch_options
 from perfkit.cli.progress import TuneView
-from perfkit.report.summary import summary_sentence
+from perfkit.report.summary import config_summary, summary_sentence
 from perfkit.results import TrialRecord, TuneResult
 from perfkit.sweepfile import SAMPLERS, load_sweep
 from perfkit.tune import output
+from perfkit.tune.multi import model_texts
 from perfkit.tune.objective import Objective
-from perfkit.tune.space import describe
+from perfkit.tune.space import LOAD_DIMS, describe, split_dim
 
 # Max rows of the top-configs table (the default is always shown too).
 TOP_N = 5
@@ -46,7 +48,12 @@ def _row(t: TrialRecord, tag: str) -> list[str]:
 
 def _models_row(t: TrialRecord, tag: str, names: list[str], score: str) -> list[str]:
     """A model group's trial ([[models]]): each model's infer/s and p99, then the score."""
-    cells = [tag, t.variant_name.rsplit("_config_", 1)[-1], describe(t.params)]
+    config = {k: v for k, v in t.params.items() if split_dim(k)[1] not in LOAD_DIMS}
+    cells = [
+        tag,
+        t.variant_name.rsplit("_config_", 1)[-1],
+        escape(describe(config) or "as on disk"),
+    ]
     for name in names:
         m = t.models.get(name)
         cells += [_fmt(m.throughput_infer_per_s if m else None)]
@@ -237,6 +244,10 @@ def _print_summary(done: tuning.TuneOutcome) -> None:
     result, wb = done.result, done.write_back
     out.print(results_table(result, done.objective))
     out.print(summary_sentence(result))
+    best = output.trial(result, result.best_trial)
+    if best is not None and best.models:  # several models: each one's config
+        for name, text in model_texts(best.config_pbtxt, result.model).items():
+            out.print(f"  {name}: {config_summary(text)}", markup=False)
     if wb.diff:
         out.print(wb.diff, markup=False, highlight=False, end="")
     out.print(wb.reason + (f" (original kept as {wb.backup})" if wb.backup else ""))

@@ -107,8 +107,13 @@ def load_group(sweep: TuneSweep, note: Callable[[str], None]) -> Group | None:
         return None
     from perfkit.tune import setup
 
+    members = entries(sweep)
+    note(
+        f"tuning {len(members)} models together on one server, measured at the same time: "
+        + ", ".join(f"{e.name} (weight {e.weight:g})" for e in members)
+    )
     models: list[tuple[str, ModelConfig]] = []
-    for e in entries(sweep):
+    for e in members:
         model_dir = setup.ensure_model(replace(sweep, model=e.name, zoo=e.zoo), note)
         try:
             config = load_config(model_dir / "config.pbtxt")
@@ -326,8 +331,11 @@ def write_back(
     return output.WriteBack(
         diff="".join(wb.diff for _, wb in done),
         written_to=written[0].written_to if written else None,
-        backup=written[0].backup if written else None,
-        reason="; ".join(f"{name}: {wb.reason}" for name, wb in done),
+        backup=None,  # each model's is in the reason
+        reason="; ".join(
+            f"{name}: {wb.reason}" + (f" (original kept as {wb.backup})" if wb.backup else "")
+            for name, wb in done
+        ),
     )
 
 
