@@ -13,7 +13,9 @@ from pathlib import Path
 
 import optuna
 import pytest
+from rich.console import Console
 
+from perfkit.cli.tune import results_table
 from perfkit.errors import ConfigError
 from perfkit.model_repo.config import load_config, parse_config
 from perfkit.report.schema import load_result
@@ -286,6 +288,12 @@ def test_two_models_tuned_together_each_under_its_budget(tmp_path: Path) -> None
     assert [g.count for g in load_config(repo / "ident" / "config.pbtxt").instance_group] == [4]
     assert (repo / "mlp" / "config.pbtxt.orig").exists()
     assert (repo / "ident" / "config.pbtxt.orig").exists()
+    # The summary table shows each model's figures and the score.
+    console = Console(record=True, width=200)
+    console.print(results_table(result))
+    table = console.export_text()
+    assert all(f"{n} {c}" in table for n in ("mlp", "ident") for c in ("infer/s", "p99 ms"))
+    assert "ident[4] mlp[dyn]" in table
     # results.json keeps every model's measurement of every trial.
     saved = load_result(out / "results" / "results.json")
     assert all(set(t.models) == {"mlp", "ident"} for t in saved.trials if t.state == "complete")
