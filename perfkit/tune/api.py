@@ -74,7 +74,8 @@ def run(
     At the end the result files go to `sweep.output` (default `tune-results/<model>`), the best
     config replaces `<repository>/<model>/config.pbtxt` (the original kept as
     `config.pbtxt.orig`) when it beats the default by `sweep.search.min_gain_pct`, and the
-    server is left serving the file on disk.
+    server is left serving the file on disk. A sweep with `[[models]]` (`sweep.models`) tunes
+    those models together on one server, measured at the same time (`perfkit.tune.multi`).
 
     Args:
         sweep: what to tune and how, e.g. `perfkit.sweepfile.load_sweep(path)`.

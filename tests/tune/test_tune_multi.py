@@ -271,6 +271,9 @@ def test_two_models_tuned_together_each_under_its_budget(tmp_path: Path) -> None
         frozen = study.trials[t.number]
         metrics = frozen.user_attrs["metrics"]
         assert {"mlp.throughput_infer_per_s", "ident.p99_latency_us"} <= set(metrics)
+        # Scored against the default configs' trial (the default against itself: -1).
+        first = t.number == result.trials[0].number
+        assert metrics["reference_trial"] == (-1 if first else result.trials[0].number)
     by_count = {
         load_config_count(t.config_pbtxt): t for t in measured if t.number != result.default_trial
     }
