@@ -8,6 +8,7 @@ one embedded server, measured at the same time, each under its own budget.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 from pathlib import Path
 
@@ -300,6 +301,9 @@ def test_two_models_tuned_together_each_under_its_budget(tmp_path: Path) -> None
     # results.json keeps every model's measurement of every trial.
     saved = load_result(out / "results" / "results.json")
     assert all(set(t.models) == {"mlp", "ident"} for t in saved.trials if t.state == "complete")
+    with (out / "results" / "trials.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert all(float(r["ident.p99_latency_us"]) > 0 for r in rows)
 
 
 def load_config_count(text: str) -> int:
