@@ -22,8 +22,11 @@ Model Analyzer's concurrent multi-model mode, as perfkit does it:
   maximized. The reference is the default configs' trial (the first measurement of a study), so
   the default scores 1.0 and a score of 1.25 is "25 % better than the default, weighted over the
   models": models of different speeds count by their relative gain, not their raw infer/s, as
-  Model Analyzer's weighted per-model percentage gains do. Each model's constraints apply to its
-  own figures (`mlp.p99_latency_us`): one model over its budget makes the trial infeasible.
+  Model Analyzer's weighted per-model percentage gains do. (When the default's trial failed, the
+  first complete trial is the reference; a trial scored before any trial completed is its own.)
+  Each model's constraints apply to its own figures (`mlp.p99_latency_us`): one model over its
+  budget makes the trial infeasible. No trial is pruned: one model's window says nothing of the
+  score.
 - The trial's `Measurement` is the first model's (its unprefixed metrics too); every model's
   is in `TrialRecord.models` and its metrics are prefixed `<model>.` in the trial's metrics.
 - The winner's configs go into each model's directory (each original kept as
