@@ -220,6 +220,9 @@ class TrialRecord:
     duration_s: float
     # Seconds spent outside measurement windows (load, warm-up, bookkeeping).
     overhead_s: float
+    # Several models tuned together (a sweep's [[models]]): each model's measurement, by name,
+    # taken at the same time (`measurement` is the first model's); empty otherwise.
+    models: dict[str, Measurement] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from perfkit import tune as tuning
@@ -15,12 +16,14 @@ from perfkit.cli._auto import space_table, tune_spec
 from perfkit.cli._console import err, out
 from perfkit.cli._launch import launch_for_tune, launch_options
 from perfkit.cli.progress import TuneView
-from perfkit.report.summary import summary_sentence
+from perfkit.report.summary import config_summary, summary_sentence
 from perfkit.results import TrialRecord, TuneResult
 from perfkit.sweepfile import SAMPLERS
 from perfkit.tune import auto, output
 from perfkit.tune.describe import describe_space
+from perfkit.tune.multi import model_texts
 from perfkit.tune.objective import Objective
+from perfkit.tune.space import LOAD_DIMS, describe, split_dim
 
 # Max rows of the top-configs table (the default is always shown too).
 TOP_N = 5
@@ -46,6 +49,22 @@ def _row(t: TrialRecord, tag: str) -> list[str]:
     ]
 
 
+def _models_row(t: TrialRecord, tag: str, names: list[str], score: str) -> list[str]:
+    """A model group's trial ([[models]]): each model's infer/s and p99, then the score."""
+    config = {k: v for k, v in t.params.items() if split_dim(k)[1] not in LOAD_DIMS}
+    cells = [
+        tag,
+        t.variant_name.rsplit("_config_", 1)[-1],
+        escape(describe(config) or "as on disk"),
+    ]
+    for name in names:
+        m = t.models.get(name)
+        cells += [_fmt(m.throughput_infer_per_s if m else None)]
+        cells += [_fmt(m.latency.p99_us if m else None, 1000.0, 2)]
+    value = t.objectives.get(score)
+    return [*cells, "" if value is None else f"{value:.3f}", "yes" if t.feasible else "no"]
+
+
 def results_table(result: TuneResult, objective: Objective | None = None) -> Table:
     """Top configs (or the Pareto front) against the default (measured at the best's load), and
     the default's best under the constraints; with `objective`, a caption says what was compared."""
@@ -59,10 +78,15 @@ def results_table(result: TuneResult, objective: Objective | None = None) -> Tab
         shown = feasible[:TOP_N]
         title = f"{result.model}: top {len(shown)} config{'' if len(shown) == 1 else 's'} vs the default"
     table = Table(title=title)
-    for col in ("", "variant", "config", "load", "infer/s", "p99 ms", "ok"):
+    # Several models tuned together: each model's figures, and the weighted score ranked by.
+    names = list(dict.fromkeys(n for t in result.trials for n in t.models))
+    row = (lambda t, tag: _models_row(t, tag, names, primary)) if names else _row
+    figures = [f"{n} {c}" for n in names for c in ("infer/s", "p99 ms")] + ["score"]
+    head = ["", "variant", "config", *figures] if names else ["", "variant", "config", "load"]
+    for col in (*head, *([] if names else ["infer/s", "p99 ms"]), "ok"):
         table.add_column(
             col,
-            justify="right" if col in ("infer/s", "p99 ms") else "left",
+            justify="right" if col.endswith(("infer/s", "p99 ms", "score")) else "left",
             no_wrap=col != "config",
         )
     for t in shown:
@@ -71,7 +95,7 @@ def results_table(result: TuneResult, objective: Objective | None = None) -> Tab
             tag = (tag + " default").strip()
         elif t.number == result.default_best_trial:
             tag = (tag + " default best").strip()
-        table.add_row(*_row(t, tag))
+        table.add_row(*row(t, tag))
     # The default as compared (at the best's load), then its best under the constraints.
     for number, tag in (
         (result.default_trial, "default"),
@@ -79,7 +103,7 @@ def results_table(result: TuneResult, objective: Objective | None = None) -> Tab
     ):
         extra = output.trial(result, number)
         if extra is not None and all(t.number != extra.number for t in shown):
-            table.add_row(*_row(extra, tag))
+            table.add_row(*row(extra, tag))
             shown.append(extra)
     if objective is not None:
         table.caption = output.comparison_text(result, objective) or None
@@ -88,7 +112,13 @@ def results_table(result: TuneResult, objective: Objective | None = None) -> Tab
 
 def _progress(t: TrialRecord) -> None:
     m = t.measurement
-    if t.state == "complete" and m is not None:
+    if t.state == "complete" and t.models:  # several models: each one's figures, the score
+        detail = "; ".join(
+            f"{name} {mm.throughput_infer_per_s:,.1f} infer/s, p99 {mm.latency.p99_us / 1000:.2f} ms"
+            for name, mm in t.models.items()
+        ) + "".join(f"; score {v:.3f}" for v in list(t.objectives.values())[:1])
+        detail += "" if t.feasible else " (misses constraints)"
+    elif t.state == "complete" and m is not None:
         detail = (
             f"{m.throughput_infer_per_s:,.1f} infer/s, p99 {m.latency.p99_us / 1000:.2f} ms"
             + ("" if t.feasible else " (misses constraints)")
@@ -280,6 +310,10 @@ def _print_summary(done: tuning.TuneOutcome) -> None:
     result, wb = done.result, done.write_back
     out.print(results_table(result, done.objective))
     out.print(summary_sentence(result))
+    best = output.trial(result, result.best_trial)
+    if best is not None and best.models:  # several models: each one's config
+        for name, text in model_texts(best.config_pbtxt, result.model).items():
+            out.print(f"  {name}: {config_summary(text)}", markup=False)
     if wb.diff:
         out.print(wb.diff, markup=False, highlight=False, end="")
     out.print(wb.reason + (f" (original kept as {wb.backup})" if wb.backup else ""))

@@ -14,6 +14,9 @@ def metric_axis(name: str) -> tuple[str, float]:
     """Axis label and the factor that converts a stored metric to its display unit."""
     if name == "throughput_infer_per_s":
         return "Throughput (infer/s)", 1.0
+    if name.startswith("weighted_"):  # several models' score (perfkit.tune.multi): a ratio
+        inner = metric_axis(name.removeprefix("weighted_"))[0].split(" (")[0].lower()
+        return f"Weighted relative {inner} (x the default)", 1.0
     if name.endswith("_latency_us"):
         return f"{name.removesuffix('_latency_us')} latency (ms)", 1e-3
     if name.endswith("_us"):

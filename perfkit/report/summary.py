@@ -23,6 +23,9 @@ def same_load(a: TrialRecord, b: TrialRecord) -> bool:
 
 def config_summary(pbtxt: str) -> str:
     """Model Analyzer's description of a config: platform, max batch size, instances, batching."""
+    # Comments are no config (an ensemble's or a model group's variant text holds other models'
+    # configs as commented blocks).
+    pbtxt = "\n".join(line for line in pbtxt.splitlines() if not line.lstrip().startswith("#"))
     parts = []
     platform = re.search(r'^\s*(?:platform|backend)\s*:\s*"([^"]+)"', pbtxt, re.M)
     if platform:

@@ -212,8 +212,24 @@ def trial_rows(result: TuneResult) -> list[JsonDict]:
         row.update({f"constraint_{c}": t.constraints.get(c) for c in constraints})
         if t.measurement is not None:
             row.update(measurement_row(t.measurement, extras))
+        for name, m in t.models.items():  # several models tuned together: each one's figures
+            own = measurement_row(m)
+            row.update({f"{name}.{k}": own[k] for k in _MODEL_COLUMNS if k in own})
         rows.append(_rounded(row))
     return rows
+
+
+# A model group's per-model columns in trials.csv (`<model>.<column>`).
+_MODEL_COLUMNS = (
+    "concurrency",
+    "request_rate_rps",
+    "throughput_infer_per_s",
+    "avg_latency_us",
+    "p50_latency_us",
+    "p99_latency_us",
+    "error_count",
+    "server_inference_count",
+)
 
 
 def write_csv(path: Path, rows: list[JsonDict]) -> None:

@@ -3,6 +3,9 @@
 A sweep file says what to tune and how:
 
     [model]        name, repository (relative to the working directory), zoo (build it if missing)
+    [[models]]     instead of [model]: several models tuned together on one server, each with
+                   name, zoo, weight, repository, and [models.space] / [models.load] /
+                   [models.constraints] over the sweep's tables (perfkit.sweepfile.models)
     [server]       url (omit for the embedded server), protocol ("grpc" | "http"), startup_timeout_s,
                    metrics_url (the server's Prometheus metrics; default <url host>:8002/metrics),
                    without url: launch ("embedded" | "local" | "docker") and its settings
@@ -46,6 +49,7 @@ from perfkit.load.spec import parse_shapes
 from perfkit.model_repo import InvalidRepository
 from perfkit.model_repo.repository import check_model_name
 from perfkit.sweepfile.knobs import check_cache, parse_knobs
+from perfkit.sweepfile.models import parse_models
 from perfkit.sweepfile.spec import (
     FORMATS,
     INSTANCE_KINDS,
@@ -55,6 +59,7 @@ from perfkit.sweepfile.spec import (
     Direction,
     LoadSettings,
     MeasureSettings,
+    ModelEntry,
     SearchSettings,
     SpaceSpec,
     TuneSweep,
@@ -64,6 +69,7 @@ from perfkit.tomltable import table as _table
 
 _SECTIONS = {
     "model",
+    "models",
     "server",
     "space",
     "load",
@@ -242,12 +248,13 @@ def parse_sweep(text: str, source: str = "<sweep>", base_dir: Path | None = None
     base = base_dir or Path.cwd()
 
     m = _table(source, doc, "model")
-    model_name = m.str_("name")
-    if model_name is None:
+    model_name = m.str_("name") or ""
+    if not model_name and "models" not in doc:
         raise m.fail("name", "is required: the model to tune")
     try:
         # The load API's rule: a model name is one directory inside the repository, never a path.
-        check_model_name(model_name)
+        if model_name:
+            check_model_name(model_name)
     except InvalidRepository as exc:
         raise m.fail("name", str(exc)) from None
     repo = m.str_("repository", "model_repository") or "model_repository"
@@ -301,6 +308,13 @@ def parse_sweep(text: str, source: str = "<sweep>", base_dir: Path | None = None
         raise ConfigError(
             f'{source}:load.concurrency: cannot be searched when mode = "request_rate"'
         )
+    models: tuple[ModelEntry, ...] = ()
+    if "models" in doc:  # several models: the first is `model` (perfkit.sweepfile.models)
+        models, repo = parse_models(
+            source, doc, objectives,
+            space=_parse_space, load=_parse_load, constraints=_parse_constraints,
+        )  # fmt: skip
+        model_name, zoo = models[0].name, models[0].zoo
     return TuneSweep(
         source=source,
         model=model_name,
@@ -322,6 +336,7 @@ def parse_sweep(text: str, source: str = "<sweep>", base_dir: Path | None = None
         output=None if out_dir is None else (base / out_dir).resolve(),
         storage=storage,
         study_name=study_name,
+        models=models,
     )
 
 

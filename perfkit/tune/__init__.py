@@ -19,6 +19,7 @@ Modules, for callers that assemble a tune themselves (the benchmarks do):
     tuner.Tuner(...).run()                            # the ask/tell loop
     records                                           # trial attrs, study queries, TrialRecord
     output.build_result / write_outputs / write_back  # TuneResult, MA layout, write-back
+    multi / multi_measure                             # several models tuned together ([[models]])
     api.run                                           # all of the above, with the server's restarts
     auto.auto_sweep(model, repository=, cpus=, gpus=) # zero-config: the sweep from model + machine
     describe.describe_space(sweep)                    # what a tune searches, in words

@@ -77,6 +77,8 @@ def run(
     `config.pbtxt.orig`) when it beats the default by `sweep.search.min_gain_pct`, and the
     server is left serving the file on disk. With `space.formats`, the candidate model files are
     made and checked first, and only the one the config on disk reads is kept (perfkit.formats).
+    A sweep with `[[models]]` (`sweep.models`) tunes those models together on one server,
+    measured at the same time (`perfkit.tune.multi`).
 
     Args:
         sweep: what to tune and how, e.g. `perfkit.sweepfile.load_sweep(path)`.
@@ -136,13 +138,15 @@ def _run(
     on_progress: Callable[[TuneProgress], None] | None = None,
 ) -> TuneResult:
     from perfkit.model_repo.config import config_hash, load_config
-    from perfkit.tune import ensemble
+    from perfkit.tune import ensemble, multi, multi_measure
     from perfkit.tune import storage as st
     from perfkit.tune.evaluate import LiveEvaluator
     from perfkit.tune.space import SearchSpace, check_instances
     from perfkit.tune.tuner import LoopSettings, Tuner, make_sampler
 
     model_dir = setup.ensure_model(sweep, note)
+    # Several models tuned together on one server ([[models]]): perfkit.tune.multi.
+    group = multi.load_group(sweep, note)
     try:
         base = load_config(model_dir / "config.pbtxt")
     except ModelRepoError as exc:  # the pure module's own error: a ConfigError to perfkit's users
@@ -150,6 +154,7 @@ def _run(
     # An ensemble is tuned as one unit: its composing models' configs (perfkit.tune.ensemble).
     pipeline = ensemble.load_pipeline(sweep.repository, sweep.model)
     default_text = ensemble.default_text(pipeline, model_dir)
+    default_text = default_text if group is None else multi.group_text(group)
     out_dir = (sweep.output or Path("tune-results") / sweep.model).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     if server_env is not None and sweep.url is not None:
@@ -164,7 +169,9 @@ def _run(
         check_instances(base, sweep.space)
     else:
         space = ensemble.pipeline_space(pipeline, sweep.space, sweep.load)
+    space = space if group is None else multi.group_space(sweep)
     objective = Objective(sweep.objectives, sweep.constraints)
+    objective = objective if group is None else multi.group_objective(sweep)
     trials = sweep.trials
     if sweep.search.sampler == "grid":
         trials = min(trials, space.size() + 1)
@@ -204,6 +211,7 @@ def _run(
             if opened is None:
                 opened = identity.open_target_study(
                     rdb, sweep,
+                    multi.group_hash(group, sweep) if group else
                     config_hash(base) if pipeline is None else ensemble.pipeline_hash(pipeline),
                     target, objective.directions(),
                     make_sampler(settings, space),
@@ -217,29 +225,37 @@ def _run(
             scrape = setup.metrics_to_collect(sweep, metrics_url, note)
             if on_progress is not None and tracker is None:
                 tracker = setup.tracker(study, trials, objective, sweep, on_progress)
-            evaluator = (LiveEvaluator if pipeline is None else ensemble.PipelineEvaluator)(
+            kind = LiveEvaluator if pipeline is None else ensemble.PipelineEvaluator
+            own = multi_measure.evaluator_args(group, objective, study, pipeline)
+            evaluator = (kind if group is None else multi_measure.GroupEvaluator)(
                 url=url,
                 protocol=sweep.protocol,
                 model=sweep.model,
                 load=sweep.load,
                 measure=sweep.measure,
                 metrics_url=scrape,
-                **({} if pipeline is None else {"pipeline": pipeline}),
+                **own,
             )
             tuner = Tuner(
                 settings=settings,
                 space=space,
                 objective=objective,
-                base_config=base if pipeline is None else pipeline,
-                baseline_load=space.baseline_load(sweep.load),
+                base_config=group or (base if pipeline is None else pipeline),
+                baseline_load=multi.baseline_load(space)
+                if group
+                else space.baseline_load(sweep.load),
                 study=study,
                 created=created,
                 evaluator=evaluator
                 if tracker is None
-                else ReportingEvaluator(evaluator, tracker, pipeline or base),
+                else ReportingEvaluator(evaluator, tracker, group or pipeline or base),
                 variants_dir=out_dir / output.VARIANTS_DIR,
                 on_trial=on_trial if tracker is None else setup.told(tracker, on_trial),
-                variants=None if pipeline is None else ensemble.PipelineVariants(),
+                variants=multi.GroupVariants(space)
+                if group
+                else None
+                if pipeline is None
+                else ensemble.PipelineVariants(),
             )
             try:
                 tuner.run()
@@ -283,6 +299,7 @@ def _run(
             stopped = interrupted or failure is not None
             wb = output.WriteBack("", None, None, "stopped early: nothing written")
             write, reload = ensemble.finishers(pipeline, output.write_back, tune_server.reload)
+            write, reload = multi.finishers(group, write, reload)
             if not stopped:
                 wb = write(result, model_dir, dry_run=dry_run)
             result = prepared.finish(result)  # the winner's model file kept, the rest removed

@@ -50,6 +50,9 @@ class Outcome:
     window_s: float = 0.0
     load_s: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+    # Metrics beyond the measurement's own, merged into the trial's (a model group's per-model
+    # figures and weighted scores: perfkit.tune.multi_measure).
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 class Evaluator(Protocol):

@@ -36,6 +36,8 @@ A_CONFIG = "config_pbtxt"
 A_DURATION = "duration_s"
 A_OVERHEAD = "overhead_s"
 A_WINDOW = "window_s"
+# A model group's trial: every model's measurement, by name (perfkit.tune.multi_measure).
+A_MODELS = "models"
 # On a measurement of the default config at the best's load: the number of that best trial.
 A_FAIR = "default_at_load_of"
 # True while a trial holds the claim to measure its variant (`Tuner._find_same`); False once it
@@ -260,7 +262,18 @@ def record_of(t: FrozenTrial, objective: Objective) -> TrialRecord | None:
         measurement=decode_measurement(attrs.get(A_MEAS)),
         duration_s=float(attrs.get(A_DURATION, 0.0)),
         overhead_s=float(attrs.get(A_OVERHEAD, 0.0)),
+        models=_models_of(attrs),
     )
+
+
+def _models_of(attrs: Mapping[str, Any]) -> dict[str, Measurement]:
+    """A model group's per-model measurements (perfkit.tune.multi's A_MODELS attr)."""
+    out: dict[str, Measurement] = {}
+    for name, value in (attrs.get(A_MODELS) or {}).items():
+        m = decode_measurement(value)
+        if m is not None:
+            out[str(name)] = m
+    return out
 
 
 def is_default(t: FrozenTrial) -> bool:

@@ -42,7 +42,7 @@ def server(
     with launcher(
         sweep.launch,
         sweep.repository,
-        load_models=[sweep.model],
+        load_models=[m.name for m in sweep.models] or [sweep.model],
         log_path=log,
         startup_timeout_s=sweep.startup_timeout_s,
         env=env,
