@@ -13,6 +13,7 @@ from perfkit import tune as tuning
 from perfkit.cli._console import err, out
 from perfkit.cli._launch import launch_for_tune, launch_options
 from perfkit.cli.progress import TuneView
+from perfkit.cli.tune_finish import load_sweep_table, validation_table
 from perfkit.report.summary import summary_sentence
 from perfkit.results import TrialRecord, TuneResult
 from perfkit.sweepfile import SAMPLERS, load_sweep
@@ -149,6 +150,22 @@ def _progress(t: TrialRecord) -> None:
 )
 @click.option("--no-prune", is_flag=True, help="Measure every trial to the end.")
 @click.option(
+    "--patience",
+    type=click.IntRange(min=1),
+    help="Stop after N measured trials without a better feasible best (budget.patience).",
+)
+@click.option(
+    "--top-k",
+    type=click.IntRange(min=0),
+    help="After the search, re-measure the K best configs over a full load sweep (budget.top_k).",
+)
+@click.option(
+    "--validate-on",
+    metavar="URL",
+    help="After the search, re-measure the top configs on this server (explicit model-control "
+    "mode, the model in its repository) and report whether the ranking held.",
+)
+@click.option(
     "--dry-run", is_flag=True, help="Print the diff of the best config; do not write it back."
 )
 @launch_options
@@ -166,6 +183,9 @@ def tune(
     model_repository: Path | None,
     window_ms: int | None,
     no_prune: bool,
+    patience: int | None,
+    top_k: int | None,
+    validate_on: str | None,
     dry_run: bool,
     **launch_flags: Any,
 ) -> None:
@@ -197,6 +217,9 @@ def tune(
         measure=None
         if window_ms is None
         else dataclasses.replace(spec.measure, window_ms=window_ms),
+        patience=patience,
+        top_k=top_k,
+        validate_on=validate_on,
     )
     with TuneView(live=err.is_terminal) as view:
 
@@ -214,6 +237,9 @@ def _print_summary(done: tuning.TuneOutcome) -> None:
     result, wb = done.result, done.write_back
     out.print(results_table(result, done.objective))
     out.print(summary_sentence(result))
+    for extra in (load_sweep_table(result), validation_table(result)):
+        if extra is not None:
+            out.print(extra)
     if wb.diff:
         out.print(wb.diff, markup=False, highlight=False, end="")
     out.print(wb.reason + (f" (original kept as {wb.backup})" if wb.backup else ""))

@@ -20,7 +20,7 @@ from perfkit.errors import ConfigError, ServerUnavailable
 from perfkit.model_repo import ModelRepoError
 from perfkit.results import TrialRecord, TuneResult
 from perfkit.sweepfile import TuneSweep
-from perfkit.tune import identity, output, setup
+from perfkit.tune import finish, identity, output, setup
 from perfkit.tune import server as tune_server
 from perfkit.tune.objective import Objective
 from perfkit.tune.progress import ReportingEvaluator, Tracker, TuneProgress
@@ -160,6 +160,7 @@ def _run(
     else:
         space = ensemble.pipeline_space(pipeline, sweep.space, sweep.load)
     objective = Objective(sweep.objectives, sweep.constraints)
+    finish.check(sweep, pipeline=pipeline is not None)  # top_k, validate_on: before any trial
     trials = sweep.trials
     if sweep.search.sampler == "grid":
         trials = min(trials, space.size() + 1)
@@ -234,6 +235,7 @@ def _run(
                 variants_dir=out_dir / output.VARIANTS_DIR,
                 on_trial=on_trial if tracker is None else setup.told(tracker, on_trial),
                 variants=None if pipeline is None else ensemble.PipelineVariants(),
+                patience=sweep.patience,
             )
             try:
                 tuner.run()
@@ -258,6 +260,11 @@ def _run(
                 failure = exc
                 messages.append(f"stopped: {exc}. Rerun the same command to resume")
             messages.extend(tuner.messages)
+            finished = finish.Finished()
+            if not interrupted and failure is None:  # the top-k load sweep, --validate-on
+                finished = finish.finish(study, sweep, objective, url, note)
+                messages.extend(finished.messages)
+                interrupted = finished.interrupted
             result = output.build_result(
                 study,
                 objective,
@@ -272,6 +279,9 @@ def _run(
                     **setup.result_settings(sweep, trials),
                     **setup.target_settings(study, target),
                 },
+            )
+            result = dataclasses.replace(
+                result, load_sweeps=finished.load_sweeps, validation=finished.validation
             )
             stopped = interrupted or failure is not None
             wb = output.WriteBack("", None, None, "stopped early: nothing written")
