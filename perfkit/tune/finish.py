@@ -12,9 +12,9 @@ times 0.25, 0.5, 1 and 2. The batch size is the config's best trial's. A level i
 trial is (`LiveEvaluator.evaluate`: the sweep's windows, an unstable level kept as unstable).
 
 Validation (`sweep.validate_on` = URL): the top K configs (3 when top_k is 0) are measured at the
-best's client load on the tune's server and on the target (which must be in explicit
-model-control mode and hold the model in its repository: each config is loaded there with its
-config override). Both servers rank them by the primary objective (throughput when the primary
+best's client load on the tune's server (a load sweep's measurement at that load is reused) and
+on the target (which must be in explicit model-control mode and hold the model in its
+repository: each config is loaded there with its config override). Both servers rank them by the primary objective (throughput when the primary
 objective cannot be read from one measurement, e.g. capacity); the result holds both rankings,
 Kendall's tau (tau-a over the configs measured on both: 1 = same order, -1 = reversed) and
 whether the winner is the same. A refused load or a failed measurement is reported per config;
@@ -217,6 +217,15 @@ def kendall_tau(a: Sequence[int], b: Sequence[int]) -> float | None:
     return score / (n * (n - 1) / 2)
 
 
+def _known(swept: Sequence[LoadSweep], trial: int, level: float, batch: int) -> Outcome | None:
+    """A config's load-sweep measurement at `level` and `batch` (None when it has none)."""
+    for s in swept:
+        for m in s.measurements if s.trial == trial and s.batch_size == batch else ():
+            if m.level == level and not m.error_count:
+                return Outcome(measurement=m)
+    return None
+
+
 def _value(outcome: Outcome, metric: str) -> float | None:
     m = outcome.measurement
     if m is None or outcome.error:
@@ -231,9 +240,11 @@ def validate(
     objective: Objective,
     search: OnceLoaded,
     note: Callable[[str], None],
+    swept: Sequence[LoadSweep] = (),
 ) -> Validation:
     """The top configs at the best's load on the tune's server (`search`) and on
-    `sweep.validate_on`. Raises KeyboardInterrupt and the tune server's ServerUnavailable."""
+    `sweep.validate_on`; a config's measurement at that load in `swept` (its load sweep, on the
+    same server) is reused. Raises KeyboardInterrupt and the tune server's ServerUnavailable."""
     from perfkit.launch import server_info
 
     assert sweep.validate_on is not None
@@ -259,7 +270,9 @@ def validate(
         for i, t in enumerate(top, 1):
             note(f"validation {i}/{len(top)}: {t.variant_name} on {url}")
             config = parse_config(t.config_pbtxt, t.variant_name)
-            here = _measure(search, config, params)
+            here = _known(swept, t.number, level, params["batch_size"])
+            if here is None:
+                here = _measure(search, config, params)
             errors = [f"this server: {here.error}"] if here.error else []
             there: Outcome | None = None
             if not stopped:
@@ -335,7 +348,7 @@ def finish(
             sweeps = load_sweeps(top[: sweep.top_k], sweep, search, note)
             messages.append(_sweep_message(sweeps, sweep.load))
         if sweep.validate_on:
-            validation = validate(top, sweep, objective, search, note)
+            validation = validate(top, sweep, objective, search, note, sweeps)
             messages.append(validation_message(validation))
     except KeyboardInterrupt:
         return Finished(

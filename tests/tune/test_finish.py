@@ -123,6 +123,7 @@ def test_the_levels_of_the_load_sweep() -> None:
 
 
 def _mlp_sweep(repo: Path, out: Path, extra_server: str = "", budget: str = "") -> str:
+    # Two configs: the default (1 instance) and 2 instances, searched at concurrency 1 and 2.
     return f"""
 [model]
 name = "mlp"
@@ -133,24 +134,25 @@ zoo = "mlp"
 {extra_server}
 
 [space]
-instance_count = [1, 2]
+instance_count = [2]
 
 [load]
 concurrency = [1, 2]
 
 [budget]
-trials = 3
+trials = 2
 {budget}
 
 [measure]
 window_ms = 200
-max_windows = 3
+max_windows = 2
 stability_windows = 2
 stability_pct = 50
 warmup_requests = 4
 
 [search]
 sampler = "grid"
+prune = false
 
 [output]
 dir = "{out}"
@@ -165,12 +167,9 @@ def _text(table: Any) -> str:
 
 
 def test_top_k_load_sweep_and_validation_on_a_second_server(
-    tmp_path: Path, perfkit_server: Any
+    tmp_path: Path, perfkit_server: Any, zoo_repo_factory: Any
 ) -> None:
-    from perfkit import zoo
-
-    repo = tmp_path / "repo"
-    zoo.build("mlp", repo)
+    repo = zoo_repo_factory("mlp")
     target = perfkit_server(repo, "--model-control-mode=explicit")
     out = tmp_path / "out"
     text = _mlp_sweep(
@@ -189,7 +188,7 @@ def test_top_k_load_sweep_and_validation_on_a_second_server(
         assert [m.level for m in s.measurements] == [1.0, 2.0]
         assert all(m.throughput_infer_per_s > 0 for m in s.measurements)
     assert any(m.startswith("re-measured the top 2 configs") for m in result.messages)
-    assert any(m.startswith("stopped: the trials budget (3)") for m in result.messages)
+    assert any(m.startswith("stopped: the trials budget (2)") for m in result.messages)
 
     # The validation: both configs on both servers, both rankings, the verdict.
     v = result.validation
@@ -200,13 +199,18 @@ def test_top_k_load_sweep_and_validation_on_a_second_server(
     assert [c.trial for c in v.configs] == [s.trial for s in result.load_sweeps]
     for c in v.configs:
         assert c.error == ""
-        assert c.search_value and c.target_value
-    assert sorted(v.search_ranking) == sorted(v.target_ranking) == sorted(s.trial for s in v.configs)
+        assert c.search_value
+        assert c.target_value
+    assert (
+        sorted(v.search_ranking) == sorted(v.target_ranking) == sorted(s.trial for s in v.configs)
+    )
     assert v.kendall_tau in (1.0, -1.0)
     assert v.same_winner == (v.search_ranking[0] == v.target_ranking[0])
     assert v.server is not None
     assert v.server.kind == "perfkit_server"
-    assert any(m.startswith(f"validation on {target.grpc_url}: same winner") for m in result.messages)
+    assert any(
+        m.startswith(f"validation on {target.grpc_url}: same winner") for m in result.messages
+    )
 
     # results.json holds both, and reads back as the same values.
     doc = json.loads((out / "results" / "results.json").read_text())
@@ -240,12 +244,9 @@ def test_top_k_load_sweep_and_validation_on_a_second_server(
 
 
 def test_validate_on_a_server_not_in_explicit_mode_is_refused_before_any_trial(
-    tmp_path: Path, perfkit_server: Any
+    tmp_path: Path, perfkit_server: Any, zoo_repo_factory: Any
 ) -> None:
-    from perfkit import zoo
-
-    repo = tmp_path / "repo"
-    zoo.build("mlp", repo)
+    repo = zoo_repo_factory("mlp")
     target = perfkit_server(repo)  # model-control mode none
     out = tmp_path / "out"
     sweep = parse_sweep(_mlp_sweep(repo, out), "finish.toml").with_overrides(
@@ -260,36 +261,30 @@ def test_validate_on_a_server_not_in_explicit_mode_is_refused_before_any_trial(
     assert not (out / "results").exists()  # refused before the search
 
 
-def test_a_target_without_the_model_is_reported_per_config(
-    tmp_path: Path, perfkit_server: Any
-) -> None:
-    from perfkit import zoo
-
-    repo = tmp_path / "repo"
-    zoo.build("mlp", repo)
+def test_a_refused_load_is_reported_per_config(tmp_path: Path, perfkit_server: Any) -> None:
+    # A server in explicit mode whose repository lacks the model, as both servers: every load is
+    # refused, and each config says so (no crash, no ranking).
     (tmp_path / "empty").mkdir()
-    here = perfkit_server(repo, "--model-control-mode=explicit", "--load-model=mlp")
     there = perfkit_server(tmp_path / "empty", "--model-control-mode=explicit")
-    sweep = parse_sweep(_mlp_sweep(repo, tmp_path / "out"), "finish.toml").with_overrides(
+    sweep = parse_sweep(_mlp_sweep(tmp_path, tmp_path / "out"), "finish.toml").with_overrides(
         validate_on=there.grpc_url
     )
-    config = (repo / "mlp" / "config.pbtxt").read_text()
     best = perfkit.tune.TrialRecord(
         number=0, variant_name="mlp_config_default", params={"concurrency": 1},
-        config_pbtxt=config, state="complete", feasible=True, reason=None,
-        objectives={"throughput_infer_per_s": 1.0}, constraints={}, measurement=None,
-        duration_s=0.0, overhead_s=0.0,
+        config_pbtxt='name: "mlp"\nplatform: "onnxruntime_onnx"\nmax_batch_size: 8\n',
+        state="complete", feasible=True, reason=None, objectives={"throughput_infer_per_s": 1.0},
+        constraints={}, measurement=None, duration_s=0.0, overhead_s=0.0,
     )  # fmt: skip
-    search = finish.evaluator_for(sweep, here.grpc_url)
+    search = finish.evaluator_for(sweep, there.grpc_url)
     try:
         v = finish.validate([best], sweep, OBJECTIVE, search, lambda note: None)
     finally:
         search.close()
     (c,) = v.configs
-    assert c.search_value is not None and c.search_value > 0  # measured here, kept
-    assert c.target_value is None
-    assert c.error.startswith(f"{there.grpc_url}: ")
+    assert (c.search_value, c.target_value) == (None, None)
+    assert c.error.startswith("this server: ")
+    assert f"; {there.grpc_url}: " in c.error
     assert "mlp" in c.error
-    assert v.target_ranking == ()
-    assert v.same_winner is None
+    assert v.search_ranking == v.target_ranking == ()
+    assert (v.same_winner, v.kendall_tau) == (None, None)
     assert "same winner: n/a" in finish.validation_message(v)
