@@ -64,8 +64,10 @@ def run(
     """Search config.pbtxt variants of `sweep.model` on a live server and write the best one back.
 
     Measures the default config first, then up to `sweep.trials` variants (fewer on a grid that
-    runs out, or at `sweep.timeout_s`), each variant at most once per study; then the default
-    again at the best's client load, so the gain compares configs at the same load. The study is
+    runs out, at `sweep.timeout_s`, or after `sweep.patience` trials without improvement), each
+    variant at most once per study; then the default again at the best's client load, so the
+    gain compares configs at the same load; then, when asked, the top configs over a full load
+    sweep (`sweep.top_k`) and on another server (`sweep.validate_on`): `perfkit.tune.finish`. The study is
     stored (SQLite in the output directory unless `sweep.storage` says otherwise), so a rerun of
     the same sweep resumes it, and workers that share a storage and study name share the work.
     With no `sweep.url` the server `sweep.launch` says (the embedded perfkit_server, a local
@@ -97,8 +99,9 @@ def run(
     Raises:
         ConfigError: the model's config.pbtxt is missing (and no zoo model is named to build it),
             or the sweep does not fit the model, or it asks for a GPU objective or constraint
-            and the server exports no GPU metrics.
-        ServerUnavailable: no server answered at `sweep.url`, or the started server stopped
+            and the server exports no GPU metrics, or `sweep.validate_on` is not in explicit
+            model-control mode (checked before any trial).
+        ServerUnavailable: no server answered at `sweep.url` or `sweep.validate_on`, or the started server stopped
             answering more than `MAX_SERVER_RESTARTS` times (the result files are written first).
         KeyboardInterrupt: on Ctrl-C, after the result files are written; the interrupted trial
             is failed, and a rerun resumes the study.
