@@ -10,11 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import pytest
-from rich.console import Console
+from click.testing import CliRunner
 
 import perfkit.tune
-from perfkit.cli.tune_finish import load_sweep_table, validation_table
+from perfkit.cli import cli
 from perfkit.errors import ConfigError
 from perfkit.model_repo.config import ModelConfig, parse_config
 from perfkit.report.html import build_report
@@ -28,6 +27,7 @@ from perfkit.tune.objective import Objective
 from perfkit.tune.space import SearchSpace
 from perfkit.tune.stopping import trials_without_improvement
 from perfkit.tune.tuner import LoopSettings, Tuner, make_sampler
+from tests.tune.conftest import write_sweep
 
 BASE = parse_config(
     'name: "m"\nbackend: "onnxruntime"\nmax_batch_size: 8\n'
@@ -160,26 +160,21 @@ study_name = "finish"
 """
 
 
-def _text(table: Any) -> str:
-    console = Console(record=True, width=200)
-    console.print(table)
-    return console.export_text()
-
-
 def test_top_k_load_sweep_and_validation_on_a_second_server(
     tmp_path: Path, perfkit_server: Any, zoo_repo_factory: Any
 ) -> None:
     repo = zoo_repo_factory("mlp")
     target = perfkit_server(repo, "--model-control-mode=explicit")
     out = tmp_path / "out"
-    text = _mlp_sweep(
-        repo, out, extra_server=f'validate_on = "{target.grpc_url}"', budget="top_k = 2"
-    )
-    sweep = parse_sweep(text, "finish.toml")
-    assert (sweep.top_k, sweep.validate_on) == (2, target.grpc_url)
+    sweep = tmp_path / "finish.toml"
+    sweep.write_text(_mlp_sweep(repo, out, budget="patience = 5"))
+    args = ["tune", str(sweep), "--dry-run", "--top-k", "2", "--validate-on", target.grpc_url]
 
-    result = perfkit.tune.run(sweep, dry_run=True)
+    run = CliRunner().invoke(cli, args)
 
+    assert run.exit_code == 0, (run.output, run.exception)
+    result = load_result(out / "results")
+    assert isinstance(result, TuneResult)
     # Two configs, each at both concurrency levels of the sweep, in rank order.
     assert [s.rank for s in result.load_sweeps] == [1, 2]
     assert len({s.trial for s in result.load_sweeps}) == 2
@@ -201,9 +196,8 @@ def test_top_k_load_sweep_and_validation_on_a_second_server(
         assert c.error == ""
         assert c.search_value
         assert c.target_value
-    assert (
-        sorted(v.search_ranking) == sorted(v.target_ranking) == sorted(s.trial for s in v.configs)
-    )
+    trials = sorted(c.trial for c in v.configs)
+    assert sorted(v.search_ranking) == sorted(v.target_ranking) == trials
     assert v.kendall_tau in (1.0, -1.0)
     assert v.same_winner == (v.search_ranking[0] == v.target_ranking[0])
     assert v.server is not None
@@ -212,17 +206,15 @@ def test_top_k_load_sweep_and_validation_on_a_second_server(
         m.startswith(f"validation on {target.grpc_url}: same winner") for m in result.messages
     )
 
-    # results.json holds both, and reads back as the same values.
+    # The CLI summary's compact tables.
+    assert "top 2 configs over a load sweep" in run.output
+    assert "concurrency 2" in run.output
+    assert f"validation on {target.grpc_url} at concurrency" in run.output
+
+    # results.json holds both; an older one (without either key) still reads.
     doc = json.loads((out / "results" / "results.json").read_text())
-    assert len(doc["load_sweeps"]) == 2
     assert len(doc["load_sweeps"][0]["measurements"]) == 2
     assert doc["validation"]["target_ranking"] == list(v.target_ranking)
-    loaded = load_result(out / "results")
-    assert isinstance(loaded, TuneResult)
-    assert loaded.load_sweeps == result.load_sweeps
-    assert loaded.validation == result.validation
-
-    # An older results.json (without either key) still reads.
     del doc["load_sweeps"], doc["validation"]
     (tmp_path / "old.json").write_text(json.dumps(doc))
     old = load_result(tmp_path / "old.json")
@@ -232,59 +224,50 @@ def test_top_k_load_sweep_and_validation_on_a_second_server(
     # The HTML report: the sweep's table and figure, the validation's rankings.
     html = build_report([("finish", result)])
     assert "Top configs over a full load sweep" in html
-    assert "over the load sweep" in html  # the figure's titles
+    assert "p99 latency over the load sweep" in html  # the figure
     assert f"Validation on {target.grpc_url}" in html
     assert "Kendall tau" in html
 
-    # The CLI's compact tables.
-    sweep_text = _text(load_sweep_table(result))
-    assert "top 2 configs over a load sweep" in sweep_text
-    assert "concurrency 2" in sweep_text
-    assert "same winner" in _text(validation_table(result))
 
-
-def test_validate_on_a_server_not_in_explicit_mode_is_refused_before_any_trial(
-    tmp_path: Path, perfkit_server: Any, zoo_repo_factory: Any
+def test_validate_on_a_server_not_in_explicit_mode(
+    tmp_path: Path, perfkit_server: Any, ident_repo: Path
 ) -> None:
-    repo = zoo_repo_factory("mlp")
-    target = perfkit_server(repo)  # model-control mode none
+    (tmp_path / "empty").mkdir()
+    target = perfkit_server(tmp_path / "empty")  # model-control mode none
     out = tmp_path / "out"
-    sweep = parse_sweep(_mlp_sweep(repo, out), "finish.toml").with_overrides(
-        validate_on=target.grpc_url
-    )
-    with pytest.raises(ConfigError) as caught:
-        perfkit.tune.run(sweep)
-    message = str(caught.value)
+    sweep = write_sweep(tmp_path / "s.toml", ident_repo)
+    args = ["tune", str(sweep), "--output", str(out), "--validate-on", target.grpc_url]
+
+    run = CliRunner().invoke(cli, args)
+
+    # Refused before the search, with what to do.
+    assert isinstance(run.exception, ConfigError)
+    message = str(run.exception)
     assert f"the server at {target.grpc_url} is in model-control mode NONE" in message
     assert "--model-control-mode=explicit" in message
     assert "--validate-on" in message
-    assert not (out / "results").exists()  # refused before the search
+    assert not (out / "results").exists()
 
-
-def test_a_refused_load_is_reported_per_config(tmp_path: Path, perfkit_server: Any) -> None:
-    # A server in explicit mode whose repository lacks the model, as both servers: every load is
-    # refused, and each config says so (no crash, no ranking).
-    (tmp_path / "empty").mkdir()
-    there = perfkit_server(tmp_path / "empty", "--model-control-mode=explicit")
-    sweep = parse_sweep(_mlp_sweep(tmp_path, tmp_path / "out"), "finish.toml").with_overrides(
-        validate_on=there.grpc_url
-    )
+    # A server that refuses the loads at the end (here as both servers): each config says so,
+    # and the validation reports no ranking rather than failing.
+    spec = parse_sweep(sweep.read_text(), "s.toml").with_overrides(validate_on=target.grpc_url)
     best = perfkit.tune.TrialRecord(
-        number=0, variant_name="mlp_config_default", params={"concurrency": 1},
-        config_pbtxt='name: "mlp"\nplatform: "onnxruntime_onnx"\nmax_batch_size: 8\n',
-        state="complete", feasible=True, reason=None, objectives={"throughput_infer_per_s": 1.0},
-        constraints={}, measurement=None, duration_s=0.0, overhead_s=0.0,
+        number=0, variant_name="ident_config_default", params={"concurrency": 4},
+        config_pbtxt=(ident_repo / "ident" / "config.pbtxt").read_text(), state="complete",
+        feasible=True, reason=None, objectives={"throughput_infer_per_s": 1.0}, constraints={},
+        measurement=None, duration_s=0.0, overhead_s=0.0,
     )  # fmt: skip
-    search = finish.evaluator_for(sweep, there.grpc_url)
+    search = finish.evaluator_for(spec, target.grpc_url)
     try:
-        v = finish.validate([best], sweep, OBJECTIVE, search, lambda note: None)
+        v = finish.validate([best], spec, OBJECTIVE, search, lambda note: None)
     finally:
         search.close()
     (c,) = v.configs
     assert (c.search_value, c.target_value) == (None, None)
     assert c.error.startswith("this server: ")
-    assert f"; {there.grpc_url}: " in c.error
-    assert "mlp" in c.error
+    assert f"; {target.grpc_url}: " in c.error
+    assert "not allowed" in c.error
     assert v.search_ranking == v.target_ranking == ()
     assert (v.same_winner, v.kendall_tau) == (None, None)
+    assert v.load == {"concurrency": 4.0}
     assert "same winner: n/a" in finish.validation_message(v)
