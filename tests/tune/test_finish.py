@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import pytest
 from click.testing import CliRunner
 
 import perfkit.tune
@@ -83,6 +84,39 @@ def test_patience_stops_a_tune_whose_trials_never_improve() -> None:
     assert tuner.budget_used() == 4
     assert "stopped: 3 trials without improvement (patience 3)" in " ".join(tuner.messages)
     assert not any("trials budget" in m for m in tuner.messages)
+
+
+def test_the_messages_say_the_time_budget_ended_the_search() -> None:
+    space = SearchSpace.from_specs(SpaceSpec(instance_count=(1, 2, 3)), LoadSettings())
+    # A budget of 0 s is spent once the default is measured: no clock decides this test.
+    settings = LoopSettings(model="m", study_name="t", trials=20, timeout_s=0.0, prune=False)
+    study = optuna.create_study(study_name="t", direction="maximize")
+    evaluator = NeverBetter()
+    tuner = Tuner(
+        settings=settings, space=space, objective=OBJECTIVE, base_config=BASE, baseline_load={},
+        study=study, created=True, evaluator=evaluator, patience=3,
+    )  # fmt: skip
+
+    tuner.run()
+
+    assert evaluator.calls == 1
+    assert tuner.messages == ["stopped: the time budget (0 s) ran out"]
+
+
+def test_the_sweep_keys_and_their_errors(tmp_path: Path) -> None:
+    head = f'[model]\nname = "m"\nrepository = "{tmp_path}"\n'
+    sweep = parse_sweep(
+        head + '[server]\nvalidate_on = "triton:8001"\n[budget]\npatience = 6\ntop_k = 3\n'
+    )
+    assert (sweep.patience, sweep.top_k, sweep.validate_on) == (6, 3, "triton:8001")
+    assert (parse_sweep(head).patience, parse_sweep(head).top_k) == (None, 0)
+    with pytest.raises(ConfigError, match=r"s\.toml:budget\.patience: .*>= 1"):
+        parse_sweep(head + "[budget]\npatience = 0\n", "s.toml")
+    with pytest.raises(ConfigError, match=r"s\.toml:budget\.top_k"):
+        parse_sweep(head + '[budget]\ntop_k = "all"\n', "s.toml")
+    # An ensemble's (or several models') configs are not one model's: refused before any trial.
+    with pytest.raises(ConfigError, match=r"top_k: .*several models"):
+        finish.check(sweep, pipeline=True)
 
 
 def _trial(number: int, value: float | None, **attrs: Any) -> optuna.trial.FrozenTrial:
