@@ -246,7 +246,8 @@ class ValidatedConfig:
 
     trial: int
     variant_name: str
-    # The ranking metric (`Validation.metric`) on each server; None where it has no measurement.
+    # The ranking metric (`Validation.metric`) at `Validation.load` on each server (the tune's
+    # server re-measured at that load); None where it has no measurement.
     search_value: float | None
     target_value: float | None
     search: Measurement | None
@@ -265,12 +266,14 @@ class Validation:
     direction: str
     # The client load both servers were measured at, e.g. {"concurrency": 8, "batch_size": 1}.
     load: dict[str, float]
-    # In the search server's ranking order at that load.
+    # In the search's ranking order.
     configs: tuple[ValidatedConfig, ...]
-    # Trial numbers, best first, of the configs that measured on each server.
+    # Trial numbers, best first: the search's ranking of the top configs, and the target's (of
+    # the configs measured there, by `metric` at `load`).
     search_ranking: tuple[int, ...]
     target_ranking: tuple[int, ...]
-    # Over the configs measured on both servers (None with fewer than two).
+    # Kendall's tau-a between the two over the configs measured on the target (None with fewer
+    # than two), and whether the search's winner wins on the target (None: none measured there).
     kendall_tau: float | None
     same_winner: bool | None
     # Why the validation did not run, or stopped ("" when it ran).

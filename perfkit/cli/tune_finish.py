@@ -54,7 +54,7 @@ def validation_table(result: TuneResult) -> Table | None:
         f"same winner {winner}, Kendall tau {tau}",
         caption=v.error or None,
     )
-    for col in ("variant", "rank here", "rank there", f"{label} here", f"{label} there", "note"):
+    for col in ("variant", "rank tune", "rank there", f"{label} here", f"{label} there", "note"):
         table.add_column(col, justify="left" if col in ("variant", "note") else "right")
     for c in v.configs:
         here = v.search_ranking.index(c.trial) + 1 if c.trial in v.search_ranking else None

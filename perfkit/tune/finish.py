@@ -12,12 +12,13 @@ times 0.25, 0.5, 1 and 2. The batch size is the config's best trial's. A level i
 trial is (`LiveEvaluator.evaluate`: the sweep's windows, an unstable level kept as unstable).
 
 Validation (`sweep.validate_on` = URL): the top K configs (3 when top_k is 0) are measured at the
-best's client load on the tune's server (a load sweep's measurement at that load is reused) and
-on the target (which must be in explicit model-control mode and hold the model in its
-repository: each config is loaded there with its config override). Both servers rank them by the primary objective (throughput when the primary
-objective cannot be read from one measurement, e.g. capacity); the result holds both rankings,
-Kendall's tau (tau-a over the configs measured on both: 1 = same order, -1 = reversed) and
-whether the winner is the same. A refused load or a failed measurement is reported per config;
+best's client load on the target (which must be in explicit model-control mode and hold the
+model in its repository: each config is loaded there with its config override) and, for numbers
+at the same load, on the tune's server again (a load sweep's measurement at that load is reused).
+The search's ranking (the order above) is compared with the target's, by the primary objective
+(throughput when one measurement cannot give it, e.g. capacity): both rankings, Kendall's tau
+(tau-a over the configs measured on the target: 1 = same order, -1 = reversed) and whether the
+search's winner wins there too. A refused load or a failed measurement is reported per config;
 a target that stops answering ends the validation with its reason. Either way nothing measured
 is lost. At the end the target is asked to serve its config on disk again.
 
@@ -275,7 +276,9 @@ def validate(
                 here = _measure(search, config, params)
             errors = [f"this server: {here.error}"] if here.error else []
             there: Outcome | None = None
-            if not stopped:
+            if stopped:
+                errors.append(f"{url}: not measured: {stopped}")
+            else:
                 try:
                     there = _measure(target, config, params)
                     if there.error:
@@ -301,21 +304,18 @@ def validate(
             except PerfkitError as exc:
                 logger.info("the target could not reload its config on disk: %s", exc)
         target.close()
-    here_rank = _ranking(
-        {r.trial: r.search_value for r in rows if r.search_value is not None}, direction
-    )
+    # The search's ranking (`top`'s order) against the target's, over the configs measured there.
+    tune_rank = tuple(t.number for t in top)
     there_rank = _ranking(
         {r.trial: r.target_value for r in rows if r.target_value is not None}, direction
     )
-    both = [n for n in here_rank if n in there_rank]
-    both_there = [n for n in there_rank if n in both]
     return dataclasses.replace(
         empty,
         configs=tuple(rows),
-        search_ranking=here_rank,
+        search_ranking=tune_rank,
         target_ranking=there_rank,
-        kendall_tau=kendall_tau(both, both_there),
-        same_winner=(both[0] == both_there[0]) if both else None,
+        kendall_tau=kendall_tau([n for n in tune_rank if n in there_rank], there_rank),
+        same_winner=(tune_rank[0] == there_rank[0]) if there_rank else None,
         error=stopped,
         server=info,
     )
@@ -378,7 +378,7 @@ def validation_message(v: Validation) -> str:
     head = f"validation on {v.url}"
     if v.error and not v.configs:
         return f"{head}: not done: {v.error}"
-    both = len([c for c in v.configs if c.search_value is not None and c.target_value is not None])
+    both = len([c for c in v.configs if c.target_value is not None])
     winner = "n/a" if v.same_winner is None else ("yes" if v.same_winner else "no")
     tau = "n/a" if v.kendall_tau is None else f"{v.kendall_tau:.2f}"
     tail = f"; {v.error}" if v.error else ""

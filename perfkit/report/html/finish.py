@@ -57,10 +57,11 @@ def _validation(v: Validation) -> str:
     tau = "n/a" if v.kendall_tau is None else f"{v.kendall_tau:.2f}"
     label = escape(metric_axis(v.metric)[0])
     intro = (
-        f"<p>The top {len(v.configs)} configs measured at {escape(where)} on the tune's server "
-        f"and on {escape(v.url)}{escape(server)}, ranked by {label}: {verdict}, Kendall tau "
-        f"{escape(tau)}. Ranking here: {escape(_ranks(v.search_ranking))}; there: "
-        f"{escape(_ranks(v.target_ranking))}.</p>"
+        f"<p>The top {len(v.configs)} configs of the search measured at {escape(where)} on "
+        f"{escape(v.url)}{escape(server)} and again on the tune's server, ranked by {label}: "
+        f"{verdict}, Kendall tau {escape(tau)}. The search's ranking: "
+        f"{escape(_ranks(v.search_ranking))}; the target's: {escape(_ranks(v.target_ranking))}."
+        "</p>"
     )
     rows = []
     for c in v.configs:
@@ -73,7 +74,9 @@ def _validation(v: Validation) -> str:
                 escape(c.error),
             ]
         )  # fmt: skip
-    head = ["Variant", "Rank here", "Rank there", f"{label} here", f"{label} there", "Note"]
+    head = [
+        "Variant", "Rank in the search", "Rank there", f"{label} here", f"{label} there", "Note"
+    ]  # fmt: skip
     error = f'<p class="muted">{escape(v.error)}</p>' if v.error else ""
     return head_text + intro + table(head, rows, left=1) + error
 
