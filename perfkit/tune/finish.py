@@ -83,7 +83,8 @@ def check(sweep: TuneSweep, *, pipeline: bool) -> None:
     if pipeline or sweep.models:
         raise ConfigError(
             f"{sweep.source}:{asked}: the top-k load sweep and --validate-on measure one model's "
-            "configs; this tune has several models (an ensemble or [[models]]). Remove it."
+            "configs, and this tune is an ensemble or names several models. Remove top_k and "
+            "validate_on from the sweep (and --top-k, --validate-on from the command)."
         )
     if sweep.validate_on is None:
         return
@@ -105,9 +106,9 @@ def top_configs(trials: Sequence[TrialRecord], objective: Objective, k: int) -> 
         held = best.get(key)
         if held is None or objective.better(t.objectives[primary], held.objectives[primary]):
             best[key] = t
-    ranked = sorted(best.values(), key=lambda t: t.objectives[primary])
-    if direction == "maximize":
-        ranked.reverse()
+    ranked = sorted(
+        best.values(), key=lambda t: t.objectives[primary], reverse=direction == "maximize"
+    )
     return ranked[:k]
 
 
