@@ -56,6 +56,7 @@ DEFAULT_CONCURRENCIES = (1, 2, 4, 8, 16)
 RATE_FACTORS = (0.25, 0.5, 1.0, 2.0)
 # Configs validated on the target when top_k is 0.
 VALIDATE_K = 3
+INTERRUPTED = "interrupted (Ctrl-C)"
 # The objectives one measurement gives (`metrics_of`): the validation ranks by these.
 RANKABLE = frozenset(
     {"throughput_infer_per_s", "avg_latency_us", "p50_latency_us", "p90_latency_us"}
@@ -152,13 +153,17 @@ def _measure(ev: LiveEvaluator, config: ModelConfig, params: dict[str, Any]) -> 
 
 
 def load_sweeps(
-    top: Sequence[TrialRecord], sweep: TuneSweep, ev: OnceLoaded, note: Callable[[str], None]
-) -> list[LoadSweep]:
-    """Each config of `top` measured at every level (`sweep_levels`), on `ev`'s server. Raises
-    ServerUnavailable and KeyboardInterrupt; `done` keeps the sweeps finished before."""
+    top: Sequence[TrialRecord],
+    sweep: TuneSweep,
+    ev: OnceLoaded,
+    note: Callable[[str], None],
+    out: list[LoadSweep],
+) -> None:
+    """Each config of `top` measured at every level (`sweep_levels`) on `ev`'s server, appended
+    to `out` as it is done. Raises ServerUnavailable and KeyboardInterrupt (`out` keeps the
+    configs done before)."""
     mode = sweep.load.mode
     levels = sweep_levels(sweep.load)
-    out: list[LoadSweep] = []
     for rank, t in enumerate(top, 1):
         config = parse_config(t.config_pbtxt, t.variant_name)
         batch = int(t.params.get("batch_size", 1))
@@ -190,7 +195,6 @@ def load_sweeps(
                 errors=tuple(errors),
             )
         )
-    return out
 
 
 def ranking_metric(objective: Objective) -> tuple[str, str]:
@@ -246,7 +250,9 @@ def validate(
 ) -> Validation:
     """The top configs at the best's load on the tune's server (`search`) and on
     `sweep.validate_on`; a config's measurement at that load in `swept` (its load sweep, on the
-    same server) is reused. Raises KeyboardInterrupt and the tune server's ServerUnavailable."""
+    same server) is reused. Never raises for a server: a Ctrl-C or a server that stops answering
+    ends it early, with the configs measured so far and the reason in `error` (`INTERRUPTED`
+    for a Ctrl-C, which `finish` raises again once the result is kept)."""
     from perfkit.launch import server_info
 
     assert sweep.validate_on is not None
@@ -267,7 +273,8 @@ def validate(
         return dataclasses.replace(empty, error=f"the target did not answer: {exc}")
     target = evaluator_for(sweep, url)
     rows: list[ValidatedConfig] = []
-    stopped = ""
+    stopped = ""  # why the validation stopped early
+    target_down = False
     try:
         for i, t in enumerate(top, 1):
             note(f"validation {i}/{len(top)}: {t.variant_name} on {url}")
@@ -277,7 +284,7 @@ def validate(
                 here = _measure(search, config, params)
             errors = [f"this server: {here.error}"] if here.error else []
             there: Outcome | None = None
-            if stopped:
+            if target_down:
                 errors.append(f"{url}: not measured: {stopped}")
             else:
                 try:
@@ -285,7 +292,7 @@ def validate(
                     if there.error:
                         errors.append(f"{url}: {there.error}")
                 except ServerUnavailable as exc:
-                    stopped = f"the target stopped answering: {exc}"
+                    target_down, stopped = True, f"the target stopped answering: {exc}"
                     errors.append(stopped)
             rows.append(
                 ValidatedConfig(
@@ -298,8 +305,12 @@ def validate(
                     error="; ".join(errors),
                 )
             )
+    except KeyboardInterrupt:
+        stopped = INTERRUPTED  # the configs measured so far are kept; `finish` re-raises
+    except ServerUnavailable as exc:
+        stopped = f"the tune's server stopped answering: {exc}"
     finally:
-        if not stopped:
+        if not target_down:
             try:
                 target.control.reload_from_disk()
             except PerfkitError as exc:
@@ -343,25 +354,25 @@ def finish(
     messages: list[str] = []
     sweeps: list[LoadSweep] = []
     validation: Validation | None = None
+    interrupted = False
     search = evaluator_for(sweep, url)
     try:
         if sweep.top_k:
-            sweeps = load_sweeps(top[: sweep.top_k], sweep, search, note)
+            load_sweeps(top[: sweep.top_k], sweep, search, note, sweeps)
             messages.append(_sweep_message(sweeps, sweep.load))
         if sweep.validate_on:
             validation = validate(top, sweep, objective, search, note, sweeps)
             messages.append(validation_message(validation))
-    except KeyboardInterrupt:
-        return Finished(
-            tuple(sweeps), validation,
-            (*messages, "interrupted (Ctrl-C) during the top-k load sweep or the validation"),
-            interrupted=True,
-        )  # fmt: skip
+            interrupted = validation.error == INTERRUPTED
+    except KeyboardInterrupt:  # during a load sweep: the configs swept before are kept
+        interrupted = True
     except ServerUnavailable as exc:
         messages.append(f"the server stopped answering after the search: {exc}")
     finally:
         search.close()
-    return Finished(tuple(sweeps), validation, tuple(messages))
+    if interrupted:
+        messages.append("interrupted (Ctrl-C) during the top-k load sweep or the validation")
+    return Finished(tuple(sweeps), validation, tuple(messages), interrupted=interrupted)
 
 
 def _sweep_message(sweeps: Sequence[LoadSweep], load: LoadSettings) -> str:
