@@ -226,6 +226,66 @@ class TrialRecord:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class LoadSweep:
+    """One of a tune's top configs re-measured over a full load sweep after the search
+    (`perfkit.tune.finish`): throughput and latency at every level, in load order."""
+
+    # The config's best trial in the search (its config.pbtxt and batch size are this sweep's).
+    trial: int
+    variant_name: str
+    # 1 = the search's best config.
+    rank: int
+    mode: LoadMode
+    batch_size: int
+    # One per level that measured (an unstable level is kept, with stable=False).
+    measurements: tuple[Measurement, ...]
+    # Levels that gave no measurement, or the config's load refused: "concurrency 16: <reason>".
+    errors: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ValidatedConfig:
+    """One top config measured on the tune's server and on the validation target, at one load."""
+
+    trial: int
+    variant_name: str
+    # The ranking metric (`Validation.metric`) at `Validation.load` on each server (the tune's
+    # server re-measured at that load); None where it has no measurement.
+    search_value: float | None
+    target_value: float | None
+    search: Measurement | None
+    target: Measurement | None
+    # Why a server gave no value (load refused, requests failed): "" when both measured.
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Validation:
+    """`--validate-on`: the top configs re-measured on another server at the best's load, and
+    whether the search's ranking held there (`perfkit.tune.finish`)."""
+
+    url: str
+    metric: str
+    direction: str
+    # The client load both servers were measured at, e.g. {"concurrency": 8, "batch_size": 1}.
+    load: dict[str, float]
+    # In the search's ranking order.
+    configs: tuple[ValidatedConfig, ...]
+    # Trial numbers, best first: the search's ranking of the top configs, and the target's (of
+    # the configs measured there, by `metric` at `load`).
+    search_ranking: tuple[int, ...]
+    target_ranking: tuple[int, ...]
+    # Kendall's tau-a between the two over the configs measured on the target (None with fewer
+    # than two), and whether the search's winner wins on the target (None: none measured there).
+    kendall_tau: float | None
+    same_winner: bool | None
+    # Why the validation did not run, or stopped ("" when it ran).
+    error: str = ""
+    # The target as it described itself (None when it did not answer).
+    server: ServerInfo | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class TuneResult:
     """A `perfkit tune` study."""
 
@@ -258,6 +318,10 @@ class TuneResult:
     gain_pct: float | None = None
     # The sweep's load and measure settings, how the default was compared, deduplicated draws.
     settings: dict[str, Any] = field(default_factory=dict)
+    # The top configs re-measured over a full load sweep after the search (`top_k`), best first.
+    load_sweeps: tuple[LoadSweep, ...] = ()
+    # The top configs re-measured on another server (`validate_on`); None when not asked.
+    validation: Validation | None = None
 
     def to_pandas(self) -> pd.DataFrame:
         """The tidy table of trials.csv: one row per trial, floats at their measured precision."""

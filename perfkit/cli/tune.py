@@ -16,6 +16,7 @@ from perfkit.cli._auto import space_table, tune_spec
 from perfkit.cli._console import err, out
 from perfkit.cli._launch import launch_for_tune, launch_options
 from perfkit.cli.progress import TuneView
+from perfkit.cli.tune_finish import load_sweep_table, validation_table
 from perfkit.report.summary import config_summary, summary_sentence
 from perfkit.results import TrialRecord, TuneResult
 from perfkit.sweepfile import SAMPLERS
@@ -223,6 +224,22 @@ def _progress(t: TrialRecord) -> None:
 )
 @click.option("--no-prune", is_flag=True, help="Measure every trial to the end.")
 @click.option(
+    "--patience",
+    type=click.IntRange(min=1),
+    help="Stop after N measured trials without a better feasible best (budget.patience).",
+)
+@click.option(
+    "--top-k",
+    type=click.IntRange(min=0),
+    help="After the search, re-measure the K best configs over a full load sweep (budget.top_k).",
+)
+@click.option(
+    "--validate-on",
+    metavar="URL",
+    help="After the search, re-measure the top configs on this server (explicit model-control "
+    "mode, the model in its repository) and report whether the ranking held.",
+)
+@click.option(
     "--dry-run", is_flag=True, help="Print the diff of the best config; do not write it back."
 )
 @launch_options
@@ -248,6 +265,9 @@ def tune(
     model_repository: Path | None,
     window_ms: int | None,
     no_prune: bool,
+    patience: int | None,
+    top_k: int | None,
+    validate_on: str | None,
     dry_run: bool,
     **launch_flags: Any,
 ) -> None:
@@ -288,6 +308,9 @@ def tune(
         measure=None
         if window_ms is None
         else dataclasses.replace(spec.measure, window_ms=window_ms),
+        patience=patience,
+        top_k=top_k,
+        validate_on=validate_on,
     )
     if sweep is None and not show_space:
         auto.check_objective(objective or "capacity")
@@ -314,6 +337,9 @@ def _print_summary(done: tuning.TuneOutcome) -> None:
     if best is not None and best.models:  # several models: each one's config
         for name, text in model_texts(best.config_pbtxt, result.model).items():
             out.print(f"  {name}: {config_summary(text)}", markup=False)
+    for extra in (load_sweep_table(result), validation_table(result)):
+        if extra is not None:
+            out.print(extra)
     if wb.diff:
         out.print(wb.diff, markup=False, highlight=False, end="")
     out.print(wb.reason + (f" (original kept as {wb.backup})" if wb.backup else ""))

@@ -9,7 +9,9 @@ A sweep file says what to tune and how:
     [server]       url (omit for the embedded server), protocol ("grpc" | "http"), startup_timeout_s,
                    metrics_url (the server's Prometheus metrics; default <url host>:8002/metrics),
                    without url: launch ("embedded" | "local" | "docker") and its settings
-                   (tritonserver, image, gpus, shm_size, args, env: perfkit.launch.settings)
+                   (tritonserver, image, gpus, shm_size, args, env: perfkit.launch.settings),
+                   validate_on (another server, "host:port", in explicit model-control mode:
+                   the top configs are re-measured there after the search, perfkit.tune.finish)
     [space]        instance_count, instance_kind, max_batch_size, dynamic_batching,
                    preferred_batch_sizes, max_queue_delay_us: lists of values to search
                    (instance_count is per instance group, and per listed GPU for KIND_GPU);
@@ -28,7 +30,9 @@ A sweep file says what to tune and how:
                    throughput_per_watt: see GPU_METRICS)
     [constraints]  latency_budget_ms, latency_percentile (99), min_throughput,
                    max_gpu_memory_mb, max_gpu_power_w
-    [budget]       trials, timeout_s
+    [budget]       trials, timeout_s, patience (stop after N trials without improvement:
+                   perfkit.tune.stopping), top_k (re-measure the K best configs over a full
+                   load sweep after the search: perfkit.tune.finish)
     [measure]      window_ms, stability_pct, max_windows, stability_windows, warmup_requests
     [search]       sampler ("tpe" | "nsga2" | "grid" | "random"), seed, prune, prune_ratio,
                    startup_trials, min_gain_pct
@@ -266,15 +270,20 @@ def parse_sweep(text: str, source: str = "<sweep>", base_dir: Path | None = None
     protocol = s.str_("protocol", "grpc", ("grpc", "http")) or "grpc"
     startup = s.num("startup_timeout_s", 60.0, minimum=1.0) or 60.0
     metrics_url = s.str_("metrics_url")
+    validate_on = s.str_("validate_on")
     launch = launch_from_table(s)
     if url is not None and (given := [k for k in LAUNCH_KEYS if k in s.table]):
         raise s.fail(given[0], "starts a server, and server.url names a running one: drop one")
-    s.check_unknown({"url", "protocol", "startup_timeout_s", "metrics_url", *LAUNCH_KEYS})
+    s.check_unknown(
+        {"url", "protocol", "startup_timeout_s", "metrics_url", "validate_on", *LAUNCH_KEYS}
+    )
 
     b = _table(source, doc, "budget")
     trials = b.int_("trials", 20, minimum=1)
     timeout_s = b.num("timeout_s", None, minimum=1.0)
-    b.check_unknown({"trials", "timeout_s"})
+    patience_f = b.num("patience", None, minimum=1, integer=True)
+    top_k = b.int_("top_k", 0, minimum=0)
+    b.check_unknown({"trials", "timeout_s", "patience", "top_k"})
 
     q = _table(source, doc, "search")
     sampler = q.str_("sampler", "tpe", SAMPLERS) or "tpe"
@@ -337,6 +346,9 @@ def parse_sweep(text: str, source: str = "<sweep>", base_dir: Path | None = None
         storage=storage,
         study_name=study_name,
         models=models,
+        patience=None if patience_f is None else int(patience_f),
+        top_k=top_k,
+        validate_on=validate_on,
     )
 
 

@@ -17,6 +17,8 @@ Modules, for callers that assemble a tune themselves (the benchmarks do):
     gpu.gpu_source(metrics_url)                       # the GPUs whose metrics each trial records
     samplers.make_sampler(settings, space)            # the study's sampler, tagged per worker
     tuner.Tuner(...).run()                            # the ask/tell loop
+    stopping.trials_without_improvement(trials, obj)  # the patience rule
+    finish.finish(study, sweep, objective, url, note) # top-k load sweep, --validate-on
     records                                           # trial attrs, study queries, TrialRecord
     output.build_result / write_outputs / write_back  # TuneResult, MA layout, write-back
     multi / multi_measure                             # several models tuned together ([[models]])

@@ -21,7 +21,7 @@ from perfkit.errors import ConfigError, ServerUnavailable
 from perfkit.model_repo import ModelRepoError
 from perfkit.results import TrialRecord, TuneResult
 from perfkit.sweepfile import TuneSweep
-from perfkit.tune import identity, output, setup
+from perfkit.tune import finish, identity, output, setup
 from perfkit.tune import server as tune_server
 from perfkit.tune.objective import Objective
 from perfkit.tune.progress import ReportingEvaluator, Tracker, TuneProgress
@@ -65,8 +65,10 @@ def run(
     """Search config.pbtxt variants of `sweep.model` on a live server and write the best one back.
 
     Measures the default config first, then up to `sweep.trials` variants (fewer on a grid that
-    runs out, or at `sweep.timeout_s`), each variant at most once per study; then the default
-    again at the best's client load, so the gain compares configs at the same load. The study is
+    runs out, at `sweep.timeout_s`, or after `sweep.patience` trials without improvement), each
+    variant at most once per study; then the default again at the best's client load, so the
+    gain compares configs at the same load; then, when asked, the top configs over a full load
+    sweep (`sweep.top_k`) and on another server (`sweep.validate_on`): `perfkit.tune.finish`. The study is
     stored (SQLite in the output directory unless `sweep.storage` says otherwise), so a rerun of
     the same sweep resumes it, and workers that share a storage and study name share the work.
     With no `sweep.url` the server `sweep.launch` says (the embedded perfkit_server, a local
@@ -101,8 +103,9 @@ def run(
     Raises:
         ConfigError: the model's config.pbtxt is missing (and no zoo model is named to build it),
             or the sweep does not fit the model, or it asks for a GPU objective or constraint
-            and the server exports no GPU metrics.
-        ServerUnavailable: no server answered at `sweep.url`, or the started server stopped
+            and the server exports no GPU metrics, or `sweep.validate_on` is not in explicit
+            model-control mode (checked before any trial).
+        ServerUnavailable: no server answered at `sweep.url` or `sweep.validate_on`, or the started server stopped
             answering more than `MAX_SERVER_RESTARTS` times (the result files are written first).
         KeyboardInterrupt: on Ctrl-C, after the result files are written; the interrupted trial
             is failed, and a rerun resumes the study.
@@ -172,6 +175,7 @@ def _run(
     space = space if group is None else multi.group_space(sweep)
     objective = Objective(sweep.objectives, sweep.constraints)
     objective = objective if group is None else multi.group_objective(sweep)
+    finish.check(sweep, pipeline=pipeline is not None)  # top_k, validate_on: before any trial
     trials = sweep.trials
     if sweep.search.sampler == "grid":
         trials = min(trials, space.size() + 1)
@@ -256,6 +260,7 @@ def _run(
                 else None
                 if pipeline is None
                 else ensemble.PipelineVariants(),
+                patience=sweep.patience,
             )
             try:
                 tuner.run()
@@ -280,6 +285,11 @@ def _run(
                 failure = exc
                 messages.append(f"stopped: {exc}. Rerun the same command to resume")
             messages.extend(tuner.messages)
+            finished = finish.Finished()
+            if not interrupted and failure is None:  # the top-k load sweep, --validate-on
+                finished = finish.finish(study, sweep, objective, url, note)
+                messages.extend(finished.messages)
+                interrupted = finished.interrupted
             result = output.build_result(
                 study,
                 objective,
@@ -295,6 +305,9 @@ def _run(
                     **setup.target_settings(study, target),
                     **prepared.settings(),
                 },
+            )
+            result = dataclasses.replace(
+                result, load_sweeps=finished.load_sweeps, validation=finished.validation
             )
             stopped = interrupted or failure is not None
             wb = output.WriteBack("", None, None, "stopped early: nothing written")

@@ -58,14 +58,19 @@ def server(
         yield url, info, sweep.metrics_url or server.metrics_url
 
 
-def check_explicit(sweep: TuneSweep) -> None:
-    """Preflight for a server perfkit did not start: the tuner loads each variant through the
-    model repository API, which only a server in explicit model-control mode allows. A plain
-    load of the model (what the first trial does anyway) tells; refused -> one ConfigError."""
+_URL_REMEDY = "or leave server.url unset to let perfkit start one"
+
+
+def check_explicit(sweep: TuneSweep, url: str | None = None, remedy: str = _URL_REMEDY) -> None:
+    """Preflight for a server perfkit did not start (`url`, default `sweep.url`): the tuner loads
+    each variant through the model repository API, which only a server in explicit model-control
+    mode allows. A plain load of the model (what the first trial does anyway) tells; refused ->
+    one ConfigError, ending with `remedy`."""
     from perfkit.control import ControlClient
 
-    assert sweep.url is not None
-    control = ControlClient(sweep.url, sweep.protocol, model=sweep.model, network_timeout_s=120.0)
+    url = url or sweep.url
+    assert url is not None
+    control = ControlClient(url, sweep.protocol, model=sweep.model, network_timeout_s=120.0)
     try:
         control.load_model(None)
     except PerfkitError as exc:
@@ -81,9 +86,9 @@ def check_explicit(sweep: TuneSweep) -> None:
             else "is not in explicit model-control mode"
         )
         raise ConfigError(
-            f"the server at {sweep.url} {mode}: it refused to load {sweep.model!r}, and "
+            f"the server at {url} {mode}: it refused to load {sweep.model!r}, and "
             "perfkit tune loads variants through the load API: start tritonserver with "
-            "--model-control-mode=explicit (or leave server.url unset to let perfkit start one)."
+            f"--model-control-mode=explicit ({remedy})."
         ) from exc
     finally:
         control.close()

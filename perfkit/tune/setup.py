@@ -124,6 +124,9 @@ def result_settings(sweep: TuneSweep, trials: int) -> dict[str, Any]:
         "measure": asdict(sweep.measure),
         "trials": trials,
         "timeout_s": sweep.timeout_s,
+        "patience": sweep.patience,
+        "top_k": sweep.top_k,
+        "validate_on": sweep.validate_on,
         "min_gain_pct": sweep.search.min_gain_pct,
         "default_at_best_load": "one extra measurement on top of the trials budget",
     }

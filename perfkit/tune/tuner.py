@@ -20,6 +20,9 @@ reason), so a resumed or shared study rebuilds every `TrialRecord` from storage 
 - Single objective: each window is reported to the trial; a trial clearly worse than the best after
   its first windows is pruned (never a measurement of the default config). Constraints go to the
   sampler through `Trial.set_constraint`.
+- Budgets: the loop stops at the trials budget, at the wall-time budget (`timeout_s`, checked
+  between trials), or after `patience` counted trials without improvement
+  (`perfkit.tune.stopping` states the rule); a message says which one ended the search.
 - Fair comparison: the client load is part of the space, so after the search the default config is
   also measured at the best trial's load (`ensure_default_at_best`), unless that (config, load) was
   measured already. That measurement is one extra on top of the trials budget (`A_FAIR` marks it).
@@ -43,6 +46,7 @@ from perfkit.model_repo.config import ModelConfig, format_config
 from perfkit.model_repo.repository import write_text_atomic
 from perfkit.results import TrialRecord, WindowStat
 from perfkit.tune import records as rec
+from perfkit.tune import stopping
 from perfkit.tune import storage as st
 from perfkit.tune.claim import claim_or_copy
 from perfkit.tune.evaluate import Evaluator, Outcome, PruneTrial
@@ -113,6 +117,7 @@ class Tuner:
         variants_dir: Path | None = None,
         on_trial: Callable[[TrialRecord], None] | None = None,
         variants: Variants | None = None,
+        patience: int | None = None,
     ) -> None:
         self.settings = settings
         self.space = space
@@ -125,6 +130,8 @@ class Tuner:
         self.variants_dir = variants_dir
         self.on_trial = on_trial
         self.variants: Variants = variants or ModelVariants()
+        # Stop after this many counted trials without improvement (`perfkit.tune.stopping`).
+        self.patience = patience
         self.single = len(objective.targets) == 1
         # Seconds each trial of this worker spent outside its windows, ask to tell (benchmarks).
         self.overheads_s: list[float] = []
@@ -180,13 +187,21 @@ class Tuner:
         sampler = getattr(self.study.sampler, "inner", self.study.sampler)
         while True:
             if self.budget_used() >= self.settings.trials:
+                self.messages.append(f"stopped: the trials budget ({self.settings.trials}) is used")
                 break
             if (
                 self.settings.timeout_s is not None
                 and time.monotonic() - started >= self.settings.timeout_s
             ):
-                self.messages.append(f"stopped at the time budget ({self.settings.timeout_s:g} s)")
+                self.messages.append(
+                    f"stopped: the time budget ({self.settings.timeout_s:g} s) ran out"
+                )
                 break
+            if self.patience is not None:
+                since = stopping.trials_without_improvement(self._trials(), self.objective)
+                if since >= self.patience:
+                    self.messages.append(stopping.patience_message(self.patience, since))
+                    break
             if (
                 grid
                 and isinstance(sampler, optuna.samplers.GridSampler)

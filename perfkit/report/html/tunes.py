@@ -1,5 +1,6 @@
 """The tunes section of the HTML report: the summary sentence, the overlaid figures, then per tune
-the best against the default, the config diff and every trial.
+the best against the default, the config diff, the top configs' load sweep and the validation on
+another server when the tune ran them (`perfkit.report.html.finish`), and every trial.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from collections.abc import Sequence
 from html import escape
 
 from perfkit.report import plots
+from perfkit.report.html.finish import finish_parts
 from perfkit.report.html.parts import Figures, message_list, num, table, tag
 from perfkit.report.labels import metric_axis, metric_name
 from perfkit.report.summary import summary_sentence
@@ -238,6 +240,7 @@ def tunes_section(tunes: Sequence[tuple[str, TuneResult]], fig: Figures) -> str:
         parts.append(_best_vs_default(tune))
         parts.append("<h3>config.pbtxt: default → best</h3>")
         parts.append(_config_diff(tune))
+        parts.append(finish_parts(label, tune, fig))
         parts.append("<h3>All trials</h3>")
         parts.append(_trials_table(tune))
         parts.append(message_list(tune.messages))

@@ -6,12 +6,14 @@ metadata, text kept as text). Every builder takes `(label, result)` pairs and ov
 several results compare side by side; a builder returns None when it has nothing to show.
 Times are stored in µs and drawn in ms (the report edge).
 
-`figure` holds what every figure shares, `runs` the figures of runs, `tunes` those of tunes.
+`figure` holds what every figure shares, `runs` the figures of runs, `tunes` those of tunes,
+`finish` that of a tune's top-k load sweep.
 """
 
 from __future__ import annotations
 
 from perfkit.report.plots.figure import to_svg
+from perfkit.report.plots.finish import load_sweep_curves
 from perfkit.report.plots.levels import latency_histograms, latency_over_time
 from perfkit.report.plots.runs import (
     gpu_vs_load,
@@ -35,6 +37,7 @@ __all__ = [
     "latency_histograms",
     "latency_over_time",
     "latency_vs_load",
+    "load_sweep_curves",
     "open_loop_latency",
     "param_importances",
     "pareto_front",
