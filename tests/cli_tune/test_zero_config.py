@@ -39,7 +39,8 @@ def invoke(*args: str) -> tuple[int, str]:
         # ConfigError reaches the test as is (main() maps it to exit code 3 for a user).
         assert isinstance(result.exception, ConfigError), result.output
         return 3, str(result.exception)
-    return result.exit_code, result.output
+    # Whitespace folded: the console's width differs between a terminal, pytest and xdist workers.
+    return result.exit_code, " ".join(result.output.split())
 
 
 # --- the space, from the model and the machine (pure) ---
