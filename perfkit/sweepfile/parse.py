@@ -13,10 +13,13 @@ A sweep file says what to tune and how:
     [load]         mode ("concurrency" | "request_rate"), concurrency / request_rate / batch_size
                    (an int or a list to search), shape = ["NAME:d1,d2"], input_data, baseline
     [objectives]   metric = "maximize" | "minimize"  (throughput, avg/p50/p90/p95/p99_latency,
-                   and on GPUs gpu_used_memory, gpu_free_memory, gpu_utilization, gpu_power,
+                   capacity (first, "maximize": perfkit.sweepfile.capacity), and on GPUs
+                   gpu_used_memory, gpu_free_memory, gpu_utilization, gpu_power,
                    throughput_per_watt: see GPU_METRICS)
-    [constraints]  latency_budget_ms, latency_percentile (99), min_throughput,
-                   max_gpu_memory_mb, max_gpu_power_w
+    [constraints]  latency_budget_ms (with capacity: required, or "auto"), latency_percentile
+                   (99), min_throughput, max_gpu_memory_mb, max_gpu_power_w
+    [capacity]     rate_min, rate_max, tolerance_pct, max_steps, probe_concurrency (the capacity
+                   objective's rate search)
     [budget]       trials, timeout_s
     [measure]      window_ms, stability_pct, max_windows, stability_windows, warmup_requests
     [search]       sampler ("tpe" | "nsga2" | "grid" | "random"), seed, prune, prune_ratio,
@@ -37,6 +40,7 @@ from perfkit.launch.settings import LAUNCH_KEYS, launch_from_table
 from perfkit.load.spec import parse_shapes
 from perfkit.model_repo import InvalidRepository
 from perfkit.model_repo.repository import check_model_name
+from perfkit.sweepfile import capacity as capacity_rules
 from perfkit.sweepfile.spec import (
     INSTANCE_KINDS,
     METRICS,
@@ -63,6 +67,7 @@ _SECTIONS = {
     "budget",
     "search",
     "output",
+    "capacity",
 }
 
 
@@ -272,6 +277,7 @@ def parse_sweep(text: str, source: str = "<sweep>", base_dir: Path | None = None
     o.check_unknown({"dir", "storage", "study_name"})
 
     objectives = _parse_objectives(_table(source, doc, "objectives"))
+    doc = capacity_rules.check(source, doc, objectives)
     if sampler == "tpe" and len(objectives) > 1:
         search = replace(search, sampler="nsga2")
     space = _parse_space(_table(source, doc, "space"))
@@ -301,6 +307,7 @@ def parse_sweep(text: str, source: str = "<sweep>", base_dir: Path | None = None
         output=None if out_dir is None else (base / out_dir).resolve(),
         storage=storage,
         study_name=study_name,
+        capacity=capacity_rules.parse(source, doc),
     )
 
 

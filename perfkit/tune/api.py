@@ -134,8 +134,9 @@ def _run(
     on_progress: Callable[[TuneProgress], None] | None = None,
 ) -> TuneResult:
     from perfkit.model_repo.config import config_hash, load_config
-    from perfkit.tune import ensemble
+    from perfkit.tune import capacity_live, ensemble
     from perfkit.tune import storage as st
+    from perfkit.tune.capacity import is_capacity
     from perfkit.tune.evaluate import LiveEvaluator
     from perfkit.tune.space import SearchSpace, check_instances
     from perfkit.tune.tuner import LoopSettings, Tuner, make_sampler
@@ -154,8 +155,14 @@ def _run(
         raise ConfigError(
             "server_env is for a server perfkit starts; this sweep names a server.url"
         )
+    # The capacity objective: a rate search per config (perfkit.tune.capacity_live).
+    capacity = is_capacity(sweep.objectives)
+    if capacity:
+        capacity_live.check_sweep(sweep, pipeline)
     if pipeline is None:
-        space = SearchSpace.from_specs(sweep.space, sweep.load)
+        space = SearchSpace.from_specs(
+            sweep.space, capacity_live.space_load(sweep.load) if capacity else sweep.load
+        )
         check_instances(base, sweep.space)
     else:
         space = ensemble.pipeline_space(pipeline, sweep.space, sweep.load)
@@ -211,7 +218,10 @@ def _run(
             scrape = setup.metrics_to_collect(sweep, metrics_url, note)
             if on_progress is not None and tracker is None:
                 tracker = setup.tracker(study, trials, objective, sweep, on_progress)
-            evaluator = (LiveEvaluator if pipeline is None else ensemble.PipelineEvaluator)(
+            live: Callable[..., LiveEvaluator] = (
+                capacity_live.CapacityEvaluator if capacity else LiveEvaluator
+            )
+            evaluator = (live if pipeline is None else ensemble.PipelineEvaluator)(
                 url=url,
                 protocol=sweep.protocol,
                 model=sweep.model,
@@ -219,7 +229,14 @@ def _run(
                 measure=sweep.measure,
                 metrics_url=scrape,
                 **({} if pipeline is None else {"pipeline": pipeline}),
+                **(capacity_live.evaluator_args(sweep) if capacity else {}),
             )
+            if capacity:
+                objective, line = capacity_live.with_budget(
+                    evaluator, objective, study, base, space.baseline_load(sweep.load), note
+                )
+                if line not in messages:
+                    messages.append(line)
             tuner = Tuner(
                 settings=settings,
                 space=space,
@@ -235,6 +252,8 @@ def _run(
                 on_trial=on_trial if tracker is None else setup.told(tracker, on_trial),
                 variants=None if pipeline is None else ensemble.PipelineVariants(),
             )
+            if capacity:
+                capacity_live.attach_pruning(evaluator, tuner.best_value, base, sweep.search)
             try:
                 tuner.run()
                 # The gain must compare configs, not loads: the default at the best's load.
@@ -271,6 +290,7 @@ def _run(
                 settings={
                     **setup.result_settings(sweep, trials),
                     **setup.target_settings(study, target),
+                    **(capacity_live.result_settings(evaluator) if capacity else {}),
                 },
             )
             stopped = interrupted or failure is not None

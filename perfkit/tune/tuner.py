@@ -436,6 +436,7 @@ class Tuner:
         m = outcome.measurement
         if m is not None:
             metrics = metrics_of(m)
+            metrics.update(outcome.metrics)
             metrics["load_s"] = outcome.load_s
             trial.set_user_attr(rec.A_METRICS, metrics)
             trial.set_user_attr(rec.A_MEAS, rec.encode_measurement(m))
