@@ -15,10 +15,11 @@ from perfkit.cli._launch import launch_for_tune, launch_options
 from perfkit.cli.progress import TuneView
 from perfkit.report.summary import summary_sentence
 from perfkit.results import TrialRecord, TuneResult
-from perfkit.sweepfile import SAMPLERS, load_sweep
+from perfkit.sweepfile import METRICS, SAMPLERS, load_sweep
 from perfkit.tune import output
 from perfkit.tune.objective import Objective
 
+CAPACITY = METRICS["capacity"]
 # Max rows of the top-configs table (the default is always shown too).
 TOP_N = 5
 
@@ -27,18 +28,21 @@ def _fmt(value: float | None, scale: float = 1.0, digits: int = 1) -> str:
     return "" if value is None else f"{value / scale:,.{digits}f}"
 
 
-def _row(t: TrialRecord, tag: str) -> list[str]:
+def _row(t: TrialRecord, tag: str, capacity: bool = False) -> list[str]:
     m = t.measurement
     load = ""
     if m is not None:
         load = f"{'c' if m.mode == 'concurrency' else 'r'}{m.level:g} b{m.batch_size}"
+    # Capacity: the passing rate's p99 from the scheduled send times (what the budget judged).
+    lat = (m.corrected_latency or m.latency) if capacity and m else m.latency if m else None
     return [
         tag,
         t.variant_name.removeprefix(f"{t.variant_name.rsplit('_config_', 1)[0]}_"),
         output.describe_config(t.config_pbtxt),
         load,
+        *([_fmt(t.objectives.get(CAPACITY))] if capacity else []),
         _fmt(m.throughput_infer_per_s if m else None),
-        _fmt(m.latency.p99_us if m else None, 1000.0, 2),
+        _fmt(lat.p99_us if lat else None, 1000.0, 2),
         "yes" if t.feasible else "no",
     ]
 
@@ -56,10 +60,13 @@ def results_table(result: TuneResult, objective: Objective | None = None) -> Tab
         shown = feasible[:TOP_N]
         title = f"{result.model}: top {len(shown)} config{'' if len(shown) == 1 else 's'} vs the default"
     table = Table(title=title)
-    for col in ("", "variant", "config", "load", "infer/s", "p99 ms", "ok"):
+    # The capacity objective: the highest request rate within the budget, x the batch size.
+    capacity = primary == CAPACITY
+    columns = ("", "variant", "config", "load", *(["capacity"] if capacity else []))
+    for col in (*columns, "infer/s", "p99 ms", "ok"):
         table.add_column(
             col,
-            justify="right" if col in ("infer/s", "p99 ms") else "left",
+            justify="right" if col in ("capacity", "infer/s", "p99 ms") else "left",
             no_wrap=col != "config",
         )
     for t in shown:
@@ -68,7 +75,7 @@ def results_table(result: TuneResult, objective: Objective | None = None) -> Tab
             tag = (tag + " default").strip()
         elif t.number == result.default_best_trial:
             tag = (tag + " default best").strip()
-        table.add_row(*_row(t, tag))
+        table.add_row(*_row(t, tag, capacity))
     # The default as compared (at the best's load), then its best under the constraints.
     for number, tag in (
         (result.default_trial, "default"),
@@ -76,7 +83,7 @@ def results_table(result: TuneResult, objective: Objective | None = None) -> Tab
     ):
         extra = output.trial(result, number)
         if extra is not None and all(t.number != extra.number for t in shown):
-            table.add_row(*_row(extra, tag))
+            table.add_row(*_row(extra, tag, capacity))
             shown.append(extra)
     if objective is not None:
         table.caption = output.comparison_text(result, objective) or None
@@ -90,6 +97,8 @@ def _progress(t: TrialRecord) -> None:
             f"{m.throughput_infer_per_s:,.1f} infer/s, p99 {m.latency.p99_us / 1000:.2f} ms"
             + ("" if t.feasible else " (misses constraints)")
         )
+        if t.capacity is not None:
+            detail = f"capacity {t.capacity.capacity_infer_per_s:,.1f} infer/s: {detail}"
     else:
         reason = t.reason or ""
         detail = reason if reason.startswith(f"{t.state}:") else f"{t.state}: {reason}"

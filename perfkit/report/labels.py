@@ -14,6 +14,8 @@ def metric_axis(name: str) -> tuple[str, float]:
     """Axis label and the factor that converts a stored metric to its display unit."""
     if name == "throughput_infer_per_s":
         return "Throughput (infer/s)", 1.0
+    if name == "capacity_infer_per_s":
+        return "Capacity within the latency budget (infer/s)", 1.0
     if name.endswith("_latency_us"):
         return f"{name.removesuffix('_latency_us')} latency (ms)", 1e-3
     if name.endswith("_us"):

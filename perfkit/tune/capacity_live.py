@@ -130,7 +130,13 @@ class CapacityEvaluator(LiveEvaluator):
             phase(f"rate {rate:g}/s")
             m = self._level(batch, "request_rate", rate, windows, watch)
             seen.levels[rate] = m
-            return cap.judge(m, rate, budget, pct)
+            step = cap.judge(m, rate, budget, pct)
+            logger.debug(
+                "capacity of %s: %g req/s -> %.1f infer/s, p%g %.2f ms (service %.2f ms): %s",
+                self.model, rate, step.throughput_infer_per_s, pct, step.latency_us / 1000,
+                step.service_latency_us / 1000, step.reason or "passed",
+            )  # fmt: skip
+            return step
 
         try:
             if seen.probe is None and self.capacity.rate_max is None:
