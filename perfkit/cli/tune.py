@@ -97,8 +97,13 @@ def _progress(t: TrialRecord) -> None:
             f"{m.throughput_infer_per_s:,.1f} infer/s, p99 {m.latency.p99_us / 1000:.2f} ms"
             + ("" if t.feasible else " (misses constraints)")
         )
-        if t.capacity is not None:
-            detail = f"capacity {t.capacity.capacity_infer_per_s:,.1f} infer/s: {detail}"
+        if t.capacity is not None:  # the p99 the budget judged: from the scheduled send time
+            lat = m.corrected_latency or m.latency
+            detail = (
+                f"capacity {t.capacity.capacity_infer_per_s:,.1f} infer/s at "
+                f"{t.capacity.rate_rps:g} req/s, p99 {lat.p99_us / 1000:.2f} ms"
+                + ("" if t.feasible else f" ({t.reason or 'misses constraints'})")
+            )
     else:
         reason = t.reason or ""
         detail = reason if reason.startswith(f"{t.state}:") else f"{t.state}: {reason}"
