@@ -14,11 +14,19 @@ from perfkit.errors import ConfigError
 from perfkit.load import measure_level
 from perfkit.load.spec import InputSpec, MeasureSpec, TargetSpec
 from perfkit.model_repo.config import load_config
-from perfkit.results import CapacityStep, LatencySummary, Measurement, WindowStat
-from perfkit.sweepfile import CapacitySettings, LoadSettings, MeasureSettings, parse_sweep
+from perfkit.results import CapacityRecord, CapacityStep, LatencySummary, Measurement, WindowStat
+from perfkit.sweepfile import (
+    CapacitySettings,
+    ConstraintSpec,
+    LoadSettings,
+    MeasureSettings,
+    SearchSettings,
+    parse_sweep,
+)
 from perfkit.tune import capacity as cap
 from perfkit.tune import run
-from perfkit.tune.capacity_live import CapacityEvaluator
+from perfkit.tune.capacity_live import CapacityEvaluator, attach_pruning
+from perfkit.tune.objective import Objective
 from perfkit.tune.records import decode_capacity
 from tests.fixtures.server import ServerHandle, start_server
 
@@ -276,7 +284,7 @@ SERVICE_MS = 20.0  # the planted work: one instance, no batching -> about 1000/2
 BUDGET_MS = 3 * SERVICE_MS
 PERCENTILE = 90.0  # a loaded machine's stalls hit a few requests; p90 of ~18 lets them pass
 MEASURE = MeasureSettings(
-    window_ms=300, max_windows=3, stability_windows=2, stability_pct=50, warmup_requests=8
+    window_ms=300, max_windows=2, stability_windows=2, stability_pct=50, warmup_requests=8
 )
 
 
@@ -302,10 +310,8 @@ def fixed_windows(target: TargetSpec, spec: MeasureSpec, rate: float) -> Measure
     )  # fmt: skip
 
 
-def test_capacity_matches_the_knee_of_a_fine_rate_sweep(
-    knee_server: tuple[ServerHandle, Path],
-) -> None:
-    server, repo = knee_server
+def search_capacity(server: ServerHandle, repo: Path) -> tuple[float, CapacityRecord]:
+    """The knee model's capacity as a tune trial measures it."""
     evaluator = CapacityEvaluator(
         url=server.grpc_url, protocol="grpc", model="knee", load=LoadSettings(), measure=MEASURE,
         capacity=CapacitySettings(tolerance_pct=5.0, max_steps=6), percentile=PERCENTILE,
@@ -321,30 +327,48 @@ def test_capacity_matches_the_knee_of_a_fine_rate_sweep(
     record = decode_capacity(outcome.extra["capacity"])
     assert record is not None
     capacity = outcome.metrics["capacity_infer_per_s"]
-    assert capacity == record.capacity_infer_per_s == record.rate_rps > 0
+    assert capacity == record.capacity_infer_per_s == record.rate_rps
+    assert capacity > 0
     assert outcome.metrics["p90_latency_us"] <= BUDGET_MS * 1000
-    steps = {s.rate_rps: s for s in record.steps}
-    assert len(steps) == len(record.steps)  # no rate measured twice
-    assert any(not s.passed for s in record.steps)  # the bracket closed above the capacity
+    rates = [s.rate_rps for s in record.steps]
+    assert len(rates) == len(set(rates))  # no rate measured twice
+    return capacity, record
 
-    # The fine sweep: perfkit's own request-rate measurement every 2 req/s around the plant
-    # (4 %), as the search measures each rate.
+
+def sweep_knee(server: ServerHandle) -> tuple[float | None, dict[int, bool]]:
+    """The fine sweep: perfkit's own request-rate measurement every 2 req/s (4 %) around the
+    plant, as the search measures each rate; the knee is the highest rate within the budget
+    (None unless the grid brackets it: its top rate over the budget)."""
     target = TargetSpec(url=server.grpc_url, protocol="grpc", model="knee")
     spec = MeasureSpec(
         mode="time_windows", interval_ms=MEASURE.window_ms, stability_pct=MEASURE.stability_pct,
         max_trials=MEASURE.max_windows + 1, stability_windows=MEASURE.stability_windows,
         warmup_request_count=MEASURE.warmup_requests,
     )  # fmt: skip
-    within: dict[float, bool] = {}
+    within: dict[int, bool] = {}
     for rate in range(42, 56, 2):
         m = fixed_windows(target, spec, float(rate))
         assert m.corrected_latency is not None  # open loop: latency from the scheduled send
         within[rate] = m.corrected_latency.percentile_us(PERCENTILE) <= BUDGET_MS * 1000
-    # The knee is inside the grid.
-    assert within[42], within
-    assert not within[54], within
-    knee_rps = max(rate for rate, ok in within.items() if ok)
+    passing = [rate for rate, ok in within.items() if ok]
+    return (float(max(passing)) if passing and not within[54] else None), within
+
+
+def test_capacity_matches_the_knee_of_a_fine_rate_sweep(
+    knee_server: tuple[ServerHandle, Path],
+) -> None:
+    server, repo = knee_server
+    # The other load on a shared 2-core machine comes in bursts of seconds that move any such
+    # measurement by about 10 %: when the search and the sweep disagree, a second independent
+    # pair of measurements decides.
+    for _ in range(2):
+        capacity, record = search_capacity(server, repo)
+        knee_rps, within = sweep_knee(server)
+        if knee_rps is not None and abs(capacity - knee_rps) <= 0.10 * knee_rps:
+            break
+    assert knee_rps is not None, within
     assert abs(capacity - knee_rps) <= 0.10 * knee_rps, (capacity, within, record.steps)
+    assert any(not s.passed for s in record.steps)  # the bracket closed above the capacity
 
 
 def test_tune_ranks_configs_by_capacity_end_to_end(
@@ -401,3 +425,63 @@ dir = "{tmp_path / "out"}"
     assert default.capacity is not None
     rates = [s.rate_rps for s in default.capacity.steps]
     assert len(rates) == len(set(rates))
+
+
+def quick_evaluator(server: ServerHandle, model: str, **capacity: float) -> CapacityEvaluator:
+    """An evaluator of `model` with one short window per level."""
+    return CapacityEvaluator(
+        url=server.grpc_url, protocol="grpc", model=model, load=LoadSettings(),
+        measure=MeasureSettings(
+            window_ms=150, max_windows=1, stability_windows=1, warmup_requests=2
+        ),
+        capacity=CapacitySettings(**capacity), percentile=PERCENTILE, budget_us=1000.0,
+    )  # fmt: skip
+
+
+def test_no_rate_within_the_budget_is_capacity_zero_and_infeasible(
+    knee_server: tuple[ServerHandle, Path],
+) -> None:
+    server, repo = knee_server
+    # 1 ms against a 4 ms execution: every rate fails; no probe (rate_max given).
+    evaluator = quick_evaluator(server, "knee_fast", rate_min=20.0, rate_max=40.0)
+    try:
+        outcome = evaluator.evaluate(
+            load_config(repo / "knee_fast" / "config.pbtxt"), {}, lambda w: None
+        )
+    finally:
+        evaluator.close()
+    assert outcome.error is None
+    assert outcome.measurement is not None  # the lowest rate's, for its numbers
+    assert outcome.metrics["capacity_infer_per_s"] == 0.0
+    assert "no request rate kept p90 within 1 ms" in outcome.extra["reason"]
+    record = decode_capacity(outcome.extra["capacity"])
+    assert record is not None
+    assert record.stop_reason == "rate_min"
+    assert [s.rate_rps for s in record.steps] == [40.0, 20.0]
+    assert record.probe_infer_per_s is None
+    objective = Objective((("capacity_infer_per_s", "maximize"),), ConstraintSpec())
+    assert not objective.feasible(outcome.metrics)
+
+
+def test_a_variant_whose_probe_is_far_below_the_best_is_pruned(
+    knee_server: tuple[ServerHandle, Path],
+) -> None:
+    server, repo = knee_server
+    base = load_config(repo / "knee_fast" / "config.pbtxt")
+    variant = load_config(repo / "knee" / "config.pbtxt")
+    evaluator = quick_evaluator(server, "knee")
+    attach_pruning(evaluator, lambda: 1e6, base, SearchSettings(prune_ratio=0.5))
+    assert evaluator.prune_floor is not None
+    assert evaluator.prune_floor(base) is None  # never the default config
+    assert evaluator.prune_floor(variant) == 5e5
+    try:
+        # The 20 ms model's probe is far below 5e5 infer/s: pruned before any rate level.
+        pruned = evaluator.evaluate(variant, {}, lambda w: None)
+    finally:
+        evaluator.close()
+    assert pruned.pruned
+    record = decode_capacity(pruned.extra["capacity"])
+    assert record is not None
+    assert record.stop_reason == "pruned"
+    assert not record.steps  # stopped on the probe alone
+    assert pruned.windows  # the probe's
