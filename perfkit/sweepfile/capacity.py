@@ -53,6 +53,11 @@ def check(
         )
     if dict(objectives)[CAPACITY] != "maximize":
         raise ConfigError(f'{source}:objectives.capacity: must be "maximize"')
+    if isinstance(budget, str) and budget != AUTO:
+        raise ConfigError(
+            f'{source}:constraints.latency_budget_ms: must be milliseconds or "auto", '
+            f"got {budget!r}"
+        )
     if budget is None:
         raise ConfigError(
             f"{source}:constraints.latency_budget_ms: the capacity objective needs a latency "
@@ -92,9 +97,9 @@ def parse(source: str, doc: Mapping[str, Any]) -> CapacitySettings:
     """The `[capacity]` section (defaults when absent)."""
     r = table(source, doc, "capacity")
     default = CapacitySettings()
-    rate_min = r.num("rate_min", default.rate_min, minimum=0.0) or default.rate_min
-    if rate_min <= 0:
-        raise r.fail("rate_min", f"must be > 0 requests/s, got {rate_min:g}")
+    rate_min = r.num("rate_min", default.rate_min, minimum=0.0)
+    if rate_min is None or rate_min <= 0:
+        raise r.fail("rate_min", f"must be > 0 requests/s, got {rate_min!r}")
     rate_max = r.num("rate_max", None, minimum=0.0)
     if rate_max is not None and rate_max <= rate_min:
         raise r.fail("rate_max", f"must be above rate_min ({rate_min:g}), got {rate_max:g}")

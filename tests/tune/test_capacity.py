@@ -249,6 +249,7 @@ def test_a_capacity_sweep_needs_a_budget_or_auto(tmp_path: Path) -> None:
         ("[load]\nrequest_rate = 100\n", "load.request_rate"),
         ('[load]\nmode = "request_rate"\n', "load.mode"),
         ("[capacity]\nrate_min = 5\nrate_max = 5\n", "capacity.rate_max"),
+        ("[capacity]\nrate_min = 0\n", "capacity.rate_min"),
         ("[capacity]\ntolerance_pct = 0\n", "capacity.tolerance_pct"),
         ("[capacity]\nsteps = 3\n", "capacity.steps"),
     ],
@@ -258,6 +259,12 @@ def test_a_capacity_sweep_refuses_what_it_cannot_honour(
 ) -> None:
     text = SWEEP + "[constraints]\nlatency_budget_ms = 50\n" + extra
     with pytest.raises(ConfigError, match=f"s.toml:{where}"):
+        parse_sweep(text, "s.toml", tmp_path)
+
+
+def test_a_budget_string_other_than_auto_is_refused(tmp_path: Path) -> None:
+    text = SWEEP + '[constraints]\nlatency_budget_ms = "fast"\n'
+    with pytest.raises(ConfigError, match=r"latency_budget_ms: must be milliseconds or \"auto\""):
         parse_sweep(text, "s.toml", tmp_path)
 
 
