@@ -15,8 +15,9 @@ omission). `Measurement.latency` (`done - sent`) is the service time, kept as
 A rate FAILS (`judge`) when any of its requests failed, when the corrected percentile is over the
 budget, or when the server answered clearly less than it was offered: fewer answers than
 `1 - SHORTFALL_PCT/100` of the offered count and more than `SHORTFALL_REQUESTS` short (the server
-cannot keep up; its queue grows without bound). The answers are counted over the windows after the
-first one (the first starts with an empty pipeline and would count short by one service time).
+cannot keep up; its queue grows without bound, and the requests still queued at the end are in no
+percentile). The answers are counted over the windows after the first one (the first starts with
+an empty pipeline and would count short by one service time).
 
 The search (`search`): a start rate (the closed-loop probe's throughput x `START_FRACTION`, or
 `rate_max`, or `rate_min`); then up by doubling while rates pass (the first step up stops at the
@@ -48,6 +49,8 @@ __all__ = [
 
 SHORTFALL_PCT = 10.0
 SHORTFALL_REQUESTS = 2
+# The first level at 3/4 of the probe's rate: near full utilization a short stall of the machine
+# queues requests that take long to drain, and one such level would end the bracket low.
 START_FRACTION = 0.75
 PROBE_MARGIN = 0.1
 BUDGET_FACTOR = 5.0
