@@ -200,6 +200,48 @@ class RunResult:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class CapacityStep:
+    """One request rate measured by a capacity search (`perfkit.tune.capacity`)."""
+
+    # The offered (scheduled) open-loop rate, requests/s.
+    rate_rps: float
+    # What the server answered: inferences/s over the measured windows (after the first window,
+    # when there are several: the first one starts with an empty pipeline).
+    throughput_infer_per_s: float
+    # The search's latency percentile from each request's scheduled send time (corrected for
+    # coordinated omission), and from its actual send time (the service time).
+    latency_us: float
+    service_latency_us: float
+    request_count: int
+    error_count: int
+    duration_s: float
+    passed: bool
+    # Why the rate failed ("" when it passed).
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CapacityRecord:
+    """A config's capacity under a latency budget: its rate search, every step kept."""
+
+    # The highest passing rate x the client batch size (0: no rate passed).
+    capacity_infer_per_s: float
+    # The highest passing rate, requests/s (0: none).
+    rate_rps: float
+    percentile: float
+    latency_budget_us: float
+    # Where the budget came from: "given", or how it was derived from the default config.
+    budget_source: str
+    # The final bracket: highest passing and lowest failing rate (None: no rate failed).
+    upper_rps: float | None
+    # Why the search stopped: "converged", "max_steps", "rate_max", "rate_min", "pruned", ...
+    stop_reason: str
+    # The closed-loop probe that seeded the bracket (inferences/s; None: not probed).
+    probe_infer_per_s: float | None
+    steps: tuple[CapacityStep, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class TrialRecord:
     """One tuner trial: a config variant and what it measured."""
 
@@ -223,6 +265,9 @@ class TrialRecord:
     # Several models tuned together (a sweep's [[models]]): each model's measurement, by name,
     # taken at the same time (`measurement` is the first model's); empty otherwise.
     models: dict[str, Measurement] = field(default_factory=dict)
+
+    # The capacity objective's rate search for this config (None: not a capacity tune).
+    capacity: CapacityRecord | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

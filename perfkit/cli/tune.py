@@ -19,13 +19,14 @@ from perfkit.cli.progress import TuneView
 from perfkit.cli.tune_finish import load_sweep_table, validation_table
 from perfkit.report.summary import config_summary, summary_sentence
 from perfkit.results import TrialRecord, TuneResult
-from perfkit.sweepfile import SAMPLERS
+from perfkit.sweepfile import METRICS, SAMPLERS
 from perfkit.tune import auto, output
 from perfkit.tune.describe import describe_space
 from perfkit.tune.multi import model_texts
 from perfkit.tune.objective import Objective
 from perfkit.tune.space import LOAD_DIMS, describe, split_dim
 
+CAPACITY = METRICS["capacity"]
 # Max rows of the top-configs table (the default is always shown too).
 TOP_N = 5
 
@@ -34,18 +35,21 @@ def _fmt(value: float | None, scale: float = 1.0, digits: int = 1) -> str:
     return "" if value is None else f"{value / scale:,.{digits}f}"
 
 
-def _row(t: TrialRecord, tag: str) -> list[str]:
+def _row(t: TrialRecord, tag: str, capacity: bool = False) -> list[str]:
     m = t.measurement
     load = ""
     if m is not None:
         load = f"{'c' if m.mode == 'concurrency' else 'r'}{m.level:g} b{m.batch_size}"
+    # Capacity: the passing rate's p99 from the scheduled send times (what the budget judged).
+    lat = (m.corrected_latency or m.latency) if capacity and m else m.latency if m else None
     return [
         tag,
         t.variant_name.removeprefix(f"{t.variant_name.rsplit('_config_', 1)[0]}_"),
         output.describe_config(t.config_pbtxt),
         load,
+        *([_fmt(t.objectives.get(CAPACITY))] if capacity else []),
         _fmt(m.throughput_infer_per_s if m else None),
-        _fmt(m.latency.p99_us if m else None, 1000.0, 2),
+        _fmt(lat.p99_us if lat else None, 1000.0, 2),
         "yes" if t.feasible else "no",
     ]
 
@@ -81,13 +85,19 @@ def results_table(result: TuneResult, objective: Objective | None = None) -> Tab
     table = Table(title=title)
     # Several models tuned together: each model's figures, and the weighted score ranked by.
     names = list(dict.fromkeys(n for t in result.trials for n in t.models))
-    row = (lambda t, tag: _models_row(t, tag, names, primary)) if names else _row
+    # The capacity objective: the highest request rate within the budget, x the batch size.
+    capacity = primary == CAPACITY
+
+    def row(t: TrialRecord, tag: str) -> list[str]:
+        return _models_row(t, tag, names, primary) if names else _row(t, tag, capacity)
+
     figures = [f"{n} {c}" for n in names for c in ("infer/s", "p99 ms")] + ["score"]
-    head = ["", "variant", "config", *figures] if names else ["", "variant", "config", "load"]
+    own = ["", "variant", "config", "load", *(["capacity"] if capacity else [])]
+    head = ["", "variant", "config", *figures] if names else own
     for col in (*head, *([] if names else ["infer/s", "p99 ms"]), "ok"):
         table.add_column(
             col,
-            justify="right" if col.endswith(("infer/s", "p99 ms", "score")) else "left",
+            justify="right" if col.endswith(("infer/s", "p99 ms", "score", "capacity")) else "left",
             no_wrap=col != "config",
         )
     for t in shown:
@@ -124,6 +134,13 @@ def _progress(t: TrialRecord) -> None:
             f"{m.throughput_infer_per_s:,.1f} infer/s, p99 {m.latency.p99_us / 1000:.2f} ms"
             + ("" if t.feasible else " (misses constraints)")
         )
+        if t.capacity is not None:  # the p99 the budget judged: from the scheduled send time
+            lat = m.corrected_latency or m.latency
+            detail = (
+                f"capacity {t.capacity.capacity_infer_per_s:,.1f} infer/s at "
+                f"{t.capacity.rate_rps:g} req/s, p99 {lat.p99_us / 1000:.2f} ms"
+                + ("" if t.feasible else f" ({t.reason or 'misses constraints'})")
+            )
     else:
         reason = t.reason or ""
         detail = reason if reason.startswith(f"{t.state}:") else f"{t.state}: {reason}"

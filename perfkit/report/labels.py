@@ -17,6 +17,8 @@ def metric_axis(name: str) -> tuple[str, float]:
     if name.startswith("weighted_"):  # several models' score (perfkit.tune.multi): a ratio
         inner = metric_axis(name.removeprefix("weighted_"))[0].split(" (")[0].lower()
         return f"Weighted relative {inner} (x the default)", 1.0
+    if name == "capacity_infer_per_s":
+        return "Capacity within the latency budget (infer/s)", 1.0
     if name.endswith("_latency_us"):
         return f"{name.removesuffix('_latency_us')} latency (ms)", 1e-3
     if name.endswith("_us"):

@@ -26,10 +26,13 @@ A sweep file says what to tune and how:
     [load]         mode ("concurrency" | "request_rate"), concurrency / request_rate / batch_size
                    (an int or a list to search), shape = ["NAME:d1,d2"], input_data, baseline
     [objectives]   metric = "maximize" | "minimize"  (throughput, avg/p50/p90/p95/p99_latency,
-                   and on GPUs gpu_used_memory, gpu_free_memory, gpu_utilization, gpu_power,
+                   capacity (first, "maximize": perfkit.sweepfile.capacity), and on GPUs
+                   gpu_used_memory, gpu_free_memory, gpu_utilization, gpu_power,
                    throughput_per_watt: see GPU_METRICS)
-    [constraints]  latency_budget_ms, latency_percentile (99), min_throughput,
-                   max_gpu_memory_mb, max_gpu_power_w
+    [constraints]  latency_budget_ms (with capacity: required, or "auto"), latency_percentile
+                   (99), min_throughput, max_gpu_memory_mb, max_gpu_power_w
+    [capacity]     rate_min, rate_max, tolerance_pct, max_steps, probe_concurrency (the capacity
+                   objective's rate search)
     [budget]       trials, timeout_s, patience (stop after N trials without improvement:
                    perfkit.tune.stopping), top_k (re-measure the K best configs over a full
                    load sweep after the search: perfkit.tune.finish)
@@ -52,6 +55,7 @@ from perfkit.launch.settings import LAUNCH_KEYS, launch_from_table
 from perfkit.load.spec import parse_shapes
 from perfkit.model_repo import InvalidRepository
 from perfkit.model_repo.repository import check_model_name
+from perfkit.sweepfile import capacity as capacity_rules
 from perfkit.sweepfile.knobs import check_cache, parse_knobs
 from perfkit.sweepfile.models import parse_models
 from perfkit.sweepfile.spec import (
@@ -83,6 +87,7 @@ _SECTIONS = {
     "budget",
     "search",
     "output",
+    "capacity",
 }
 
 
@@ -308,6 +313,7 @@ def parse_sweep(text: str, source: str = "<sweep>", base_dir: Path | None = None
     o.check_unknown({"dir", "storage", "study_name"})
 
     objectives = _parse_objectives(_table(source, doc, "objectives"))
+    doc = capacity_rules.check(source, doc, objectives)
     if sampler == "tpe" and len(objectives) > 1:
         search = replace(search, sampler="nsga2")
     space = _parse_space(_table(source, doc, "space"))
@@ -349,6 +355,7 @@ def parse_sweep(text: str, source: str = "<sweep>", base_dir: Path | None = None
         patience=None if patience_f is None else int(patience_f),
         top_k=top_k,
         validate_on=validate_on,
+        capacity=capacity_rules.parse(source, doc),
     )
 
 

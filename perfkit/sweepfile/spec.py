@@ -133,6 +133,9 @@ class CapacitySettings:
     rate_max: float | None = None
     tolerance_pct: float = 5.0
     max_steps: int = 12
+    # The closed-loop probe that seeds the bracket (None: twice what the config executes at once,
+    # instances x max_batch_size with dynamic batching, between 4 and 64).
+    probe_concurrency: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -14,6 +14,8 @@ Modules, for callers that assemble a tune themselves (the benchmarks do):
     storage.open_storage(url) / open_study(...)       # SQLite or PostgreSQL, resume rules
     identity.target_of(info, ...) / open_target_study # the target, the study's name and targets
     evaluate.LiveEvaluator(url=..., ...)              # load with a config override, measure one level
+    capacity.search(measure, settings, ...)           # capacity objective: rate bracket + bisection (pure)
+    capacity_live.CapacityEvaluator(...)              # ... measured on a live server, per variant
     gpu.gpu_source(metrics_url)                       # the GPUs whose metrics each trial records
     samplers.make_sampler(settings, space)            # the study's sampler, tagged per worker
     tuner.Tuner(...).run()                            # the ask/tell loop

@@ -141,8 +141,9 @@ def _run(
     on_progress: Callable[[TuneProgress], None] | None = None,
 ) -> TuneResult:
     from perfkit.model_repo.config import config_hash, load_config
-    from perfkit.tune import ensemble, multi, multi_measure
+    from perfkit.tune import capacity_live, ensemble, multi, multi_measure
     from perfkit.tune import storage as st
+    from perfkit.tune.capacity import is_capacity
     from perfkit.tune.evaluate import LiveEvaluator
     from perfkit.tune.space import SearchSpace, check_instances
     from perfkit.tune.tuner import LoopSettings, Tuner, make_sampler
@@ -167,8 +168,14 @@ def _run(
     # Format selection: candidates made and checked, "auto" resolved (perfkit.formats).
     prepared = formats.prepare(sweep, model_dir, base, note)
     sweep = prepared.sweep
+    # The capacity objective: a rate search per config (perfkit.tune.capacity_live).
+    capacity = is_capacity(sweep.objectives)
+    if capacity:
+        capacity_live.check_sweep(sweep, pipeline)
     if pipeline is None:
-        space = SearchSpace.from_specs(sweep.space, sweep.load)
+        space = SearchSpace.from_specs(
+            sweep.space, capacity_live.space_load(sweep.load) if capacity else sweep.load
+        )
         check_instances(base, sweep.space)
     else:
         space = ensemble.pipeline_space(pipeline, sweep.space, sweep.load)
@@ -229,7 +236,11 @@ def _run(
             scrape = setup.metrics_to_collect(sweep, metrics_url, note)
             if on_progress is not None and tracker is None:
                 tracker = setup.tracker(study, trials, objective, sweep, on_progress)
-            kind = LiveEvaluator if pipeline is None else ensemble.PipelineEvaluator
+            kind: Callable[..., LiveEvaluator] = (
+                LiveEvaluator if pipeline is None else ensemble.PipelineEvaluator
+            )
+            if capacity:  # refused for ensembles and several models (capacity_live.check_sweep)
+                kind = capacity_live.CapacityEvaluator
             own = multi_measure.evaluator_args(group, objective, study, pipeline)
             evaluator = (kind if group is None else multi_measure.GroupEvaluator)(
                 url=url,
@@ -239,7 +250,14 @@ def _run(
                 measure=sweep.measure,
                 metrics_url=scrape,
                 **own,
+                **(capacity_live.evaluator_args(sweep) if capacity else {}),
             )
+            if capacity:
+                objective, line = capacity_live.with_budget(
+                    evaluator, objective, study, base, space.baseline_load(sweep.load), note
+                )
+                if line not in messages:
+                    messages.append(line)
             tuner = Tuner(
                 settings=settings,
                 space=space,
@@ -262,6 +280,8 @@ def _run(
                 else ensemble.PipelineVariants(),
                 patience=sweep.patience,
             )
+            if capacity:
+                capacity_live.attach_pruning(evaluator, tuner.best_value, base, sweep.search)
             try:
                 tuner.run()
                 # The gain must compare configs, not loads: the default at the best's load.
@@ -304,6 +324,7 @@ def _run(
                     **setup.result_settings(sweep, trials),
                     **setup.target_settings(study, target),
                     **prepared.settings(),
+                    **(capacity_live.result_settings(evaluator) if capacity else {}),
                 },
             )
             result = dataclasses.replace(

@@ -23,8 +23,6 @@ and GPUs. Pure but for reading config.pbtxt files and, in `machine()`, NVML.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -93,16 +91,10 @@ def machine() -> tuple[int, int]:
 
 
 def check_objective(objective: str) -> None:
-    """Refuse an objective this build cannot measure (the capacity search lives in
-    `perfkit.tune.capacity`), before a server is started."""
+    """Refuse an unknown objective before a server is started."""
     if objective not in OBJECTIVES:
         raise ConfigError(
             f"--objective: unknown objective {objective!r}; use one of {', '.join(OBJECTIVES)}"
-        )
-    if objective == "capacity" and importlib.util.find_spec("perfkit.tune.capacity") is None:
-        raise ConfigError(
-            "--objective capacity: this perfkit has no capacity search (perfkit.tune.capacity). "
-            "Use --objective throughput with --latency-budget-ms."
         )
 
 

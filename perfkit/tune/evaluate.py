@@ -49,9 +49,11 @@ class Outcome:
     # Seconds spent inside measurement windows (the rest of a trial is overhead).
     window_s: float = 0.0
     load_s: float = 0.0
+    # Trial user attrs to set (JSON values), e.g. the capacity search's steps.
     extra: dict[str, Any] = field(default_factory=dict)
-    # Metrics beyond the measurement's own, merged into the trial's (a model group's per-model
-    # figures and weighted scores: perfkit.tune.multi_measure).
+    # Metrics over (or besides) the measurement's own, merged into the trial's: e.g. the capacity
+    # objective's capacity_infer_per_s and its passing rate's corrected latencies, or a model
+    # group's per-model figures and weighted scores (perfkit.tune.multi_measure).
     metrics: dict[str, float] = field(default_factory=dict)
 
 
@@ -208,10 +210,12 @@ class LiveEvaluator:
         level: float,
         on_window: Callable[[WindowStat], None],
         should_stop: Callable[[], bool],
+        *,
+        spec: MeasureSpec | None = None,
     ) -> Measurement:
         """`measure_level` with the server's metrics scraped from warm-up to the last window (as
         `perfkit run --collect-metrics` does), on the engine's own loop; an unstable level's
-        measurement carries them too."""
+        measurement carries them too. `spec`: the measure spec (default the sweep's)."""
         from dataclasses import replace
 
         from perfkit import interrupts
@@ -227,7 +231,7 @@ class LiveEvaluator:
             unstable: UnstableLevel | None = None
             try:
                 m = await measure_async(
-                    session, self._measure, mode, level,
+                    session, spec or self._measure, mode, level,
                     on_window=on_window, should_stop=should_stop,
                 )  # fmt: skip
             except UnstableLevel as exc:

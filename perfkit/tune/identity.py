@@ -194,6 +194,12 @@ def sweep_hash(sweep: TuneSweep, base_hash: str) -> str:
             "measure": dataclasses.asdict(sweep.measure),
             "objectives": sweep.objectives,
             "constraints": _constraints_key(sweep),
+            # The capacity objective's rate search (only then, so other studies keep their names).
+            **(
+                {"capacity": dataclasses.asdict(sweep.capacity)}
+                if any(name == "capacity_infer_per_s" for name, _ in sweep.objectives)
+                else {}
+            ),
         },
         sort_keys=True,
         default=str,

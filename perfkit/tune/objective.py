@@ -5,6 +5,11 @@ sampler (`Trial.set_constraint`, Optuna's constraints support) and infeasible tr
 Latency constraints are normalised by the budget (0.1 = 10 % over), throughput ones by the minimum,
 GPU memory and power ones by their maximum.
 
+The capacity objective (`capacity_infer_per_s`, perfkit.tune.capacity) is measured by its own
+rate search, not per window: `window_value` has nothing for it, and a config with no rate within
+the latency budget (capacity 0) violates `capacity_infer_per_s` (1.0; -1.0 when satisfied). That
+violation is the trial's, not a sampler constraint: the objective value 0 already tells the sampler.
+
 GPU metrics come from the server's nv_gpu_* families, scraped during the measurement
 (`Measurement.metrics`, per GPU UUID, perf_analyzer's aggregation: memory used the peak, utilization
 and power the mean); `gpu_metrics` turns them into the tuner's GPU keys (`GPU_KEYS`).
@@ -26,6 +31,7 @@ LATENCY_METRIC = {
 }
 
 GPU_KEYS = frozenset(GPU_METRICS.values())
+CAPACITY_KEY = "capacity_infer_per_s"
 MB = 1e6  # Model Analyzer's MB: bytes // 1e6
 
 
@@ -164,6 +170,8 @@ class Objective:
         if c.min_throughput is not None:
             value = metrics["throughput_infer_per_s"]
             out["throughput_infer_per_s"] = (c.min_throughput - value) / max(c.min_throughput, 1e-9)
+        if CAPACITY_KEY in metrics and self.primary()[0] == CAPACITY_KEY:
+            out[CAPACITY_KEY] = 1.0 if metrics[CAPACITY_KEY] <= 0 else -1.0
         for key, most in (
             ("gpu_used_memory_mb", c.max_gpu_memory_mb),
             ("gpu_power_w", c.max_gpu_power_w),
@@ -185,6 +193,7 @@ class Objective:
             return window.throughput_infer_per_s
         if name == "avg_latency_us":
             return window.latency_avg_us
+        # capacity_infer_per_s: a rate search, not a window's figure (it prunes itself).
         return None
 
     def clearly_worse(self, value: float, best: float, ratio: float) -> bool:

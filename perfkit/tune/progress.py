@@ -59,6 +59,8 @@ def value_text(name: str, value: float) -> str:
     """An objective's value in the units a user reads (ms for latencies)."""
     if name == "throughput_infer_per_s":
         return f"{value:,.1f} infer/s"
+    if name == "capacity_infer_per_s":
+        return f"capacity {value:,.1f} infer/s"
     if name.endswith("_latency_us"):
         return f"{name.split('_', 1)[0]} {value / 1000:.2f} ms"
     return f"{name} {value:.4g}"

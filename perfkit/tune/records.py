@@ -16,7 +16,7 @@ from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.exc import SQLAlchemyError
 
 from perfkit.errors import ConfigError
-from perfkit.results import Measurement, TrialRecord, WindowStat
+from perfkit.results import CapacityRecord, Measurement, TrialRecord, WindowStat
 from perfkit.tune import storage as st
 from perfkit.tune.objective import Objective
 from perfkit.tune.space import SearchSpace
@@ -33,6 +33,8 @@ A_VIOL = "constraint_violations"
 A_METRICS = "metrics"
 A_MEAS = "measurement"
 A_CONFIG = "config_pbtxt"
+# The capacity objective's search of the trial's config (`CapacityRecord` as JSON).
+A_CAPACITY = "capacity"
 A_DURATION = "duration_s"
 A_OVERHEAD = "overhead_s"
 A_WINDOW = "window_s"
@@ -66,6 +68,18 @@ def decode_measurement(value: Any) -> Measurement | None:
         return decode_value(Measurement, value, "measurement")
     except ConfigError as exc:
         logger.warning("stored measurement unreadable: %s", exc)
+        return None
+
+
+def decode_capacity(value: Any) -> CapacityRecord | None:
+    if not isinstance(value, dict):
+        return None
+    from perfkit.report.schema import decode_value
+
+    try:
+        return decode_value(CapacityRecord, value, "capacity")
+    except ConfigError as exc:
+        logger.warning("stored capacity search unreadable: %s", exc)
         return None
 
 
@@ -260,6 +274,7 @@ def record_of(t: FrozenTrial, objective: Objective) -> TrialRecord | None:
         objectives=objectives,
         constraints=violations,
         measurement=decode_measurement(attrs.get(A_MEAS)),
+        capacity=decode_capacity(attrs.get(A_CAPACITY)),
         duration_s=float(attrs.get(A_DURATION, 0.0)),
         overhead_s=float(attrs.get(A_OVERHEAD, 0.0)),
         models=_models_of(attrs),
