@@ -127,7 +127,7 @@ class CapacityEvaluator(LiveEvaluator):
         pct = self.percentile
 
         def measure(rate: float) -> cap.CapacityStep:
-            phase(f"rate {rate:g}/s")
+            phase(f"rate {rate:,.1f} req/s")
             m = self._level(batch, "request_rate", rate, windows, watch)
             seen.levels[rate] = m
             step = cap.judge(m, rate, budget, pct)
@@ -188,8 +188,8 @@ class CapacityEvaluator(LiveEvaluator):
         if lowest.error_count:
             return self._outcome(m, windows, load_s, error=lowest.reason, extra=extra)
         extra[st.REASON_ATTR] = (
-            f"no request rate kept p{pct:g} within {budget / 1000:g} ms: capacity 0 "
-            f"(lowest rate tried {lowest.rate_rps:g}/s: {lowest.reason})"
+            f"no request rate kept p{pct:g} within {budget / 1000:.2f} ms: capacity 0 "
+            f"(lowest rate tried {lowest.rate_rps:,.1f} req/s: {lowest.reason})"
         )
         return self._outcome(m, windows, load_s, extra=extra, metrics=metrics)
 
@@ -309,7 +309,7 @@ class CapacityEvaluator(LiveEvaluator):
         seen.levels[rate] = m
         if m.error_count or not m.request_count:
             raise ConfigError(
-                f"cannot derive the latency budget: at {rate:g} req/s the default config answered "
+                f"cannot derive the latency budget: at {rate:,.1f} req/s the default config answered "
                 f"{m.request_count} requests ({m.error_count} failed). Give "
                 "constraints.latency_budget_ms"
             )
@@ -317,7 +317,7 @@ class CapacityEvaluator(LiveEvaluator):
         budget = cap.derived_budget_us(low)
         source = (
             f"derived: {cap.BUDGET_FACTOR:g} x the default config's p{self.percentile:g} "
-            f"{low / 1000:.2f} ms at {rate:g} req/s (at least {cap.BUDGET_FLOOR_US / 1000:g} ms)"
+            f"{low / 1000:.2f} ms at {rate:,.1f} req/s (at least {cap.BUDGET_FLOOR_US / 1000:g} ms)"
         )
         return budget, source
 
@@ -358,7 +358,7 @@ def with_budget(
         )
     line = (
         f"capacity: the highest request rate with p{pct:g} (from the scheduled send time) within "
-        f"{evaluator.budget_us / 1000:g} ms ({evaluator.budget_source})"
+        f"{evaluator.budget_us / 1000:.2f} ms ({evaluator.budget_source})"
     )
     note(line)
     return objective, line

@@ -460,7 +460,7 @@ def test_no_rate_within_the_budget_is_capacity_zero_and_infeasible(
     assert outcome.error is None
     assert outcome.measurement is not None  # the lowest rate's, for its numbers
     assert outcome.metrics["capacity_infer_per_s"] == 0.0
-    assert "no request rate kept p90 within 1 ms" in outcome.extra["reason"]
+    assert "no request rate kept p90 within 1.00 ms" in outcome.extra["reason"]
     record = decode_capacity(outcome.extra["capacity"])
     assert record is not None
     assert record.stop_reason == "rate_min"
