@@ -21,7 +21,13 @@ a separate live grid run would mostly measure noise. Instead:
    neighbour rule included, but each suggested variant "measures" by looking up the grid's stored
    measurement. The count is the number of measured trials (the default included) until one is
    within 3 % of the grid's best feasible score. The acceptance figure is the median over seeds
-   0-2; more seeds are printed too. A random sampler is replayed the same way for comparison.
+   0-2; more seeds are printed too. A random sampler is replayed the same way for comparison, and
+   the mean draws a uniform random search needs, (N + 1) / (near + 1), says how hard the table is.
+
+The overhead is printed by part: loading the variant (the repository API), client setup + warm-up,
+and the rest (ask, the study's storage writes, tell). Take the figures on a quiet machine: other
+load on 2 cores makes p99 noisy (feasibility turns random) and the table flat. `--save-table` keeps
+a measured grid; `--load-table` replays it again (e.g. after a sampler change) without measuring.
 """
 
 from __future__ import annotations
@@ -237,6 +243,7 @@ def measure_grid(
         "model": MODEL,
         "space": space_label(space),
         "window_ms": measure.window_ms,
+        "quick": measure == QUICK,
         "grid_s": grid_s,
         "overheads_s": tuner.overheads_s,
         # One evaluation per live trial (the grid has no variant that fails to build).
@@ -334,7 +341,8 @@ def main() -> int:
         f"kept) until the top {CONFIRM_TOP} were all re-measured; "
         f"{len(grid_scores)} within the budget; grid best {best:,.1f} infer/s "
         f"({'default' if best_key == default_key else best_key}); {near} of {grid_n} variants "
-        f"are within 3 % of it",
+        f"are within 3 % of it (a uniform random search needs {(grid_n + 1) / (near + 1):.0f} "
+        f"draws on average)",
         flush=True,
     )
 
@@ -376,7 +384,7 @@ def main() -> int:
         f"loading the variant {fmt_med_max(load_s)}, client setup + warm-up "
         f"{fmt_med_max(warm_s)}, ask + study storage + tell {fmt_med_max(rest)}"
     )
-    if args.quick:
+    if data.get("quick", data["window_ms"] == QUICK.window_ms):
         print(
             "--quick: short windows make a noisy table (a smoke run); the targets are for the full run"
         )
