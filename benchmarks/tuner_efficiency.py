@@ -59,7 +59,7 @@ from perfkit.tune import records as rec
 from perfkit.tune import storage as st
 from perfkit.tune.evaluate import LiveEvaluator, Outcome, WindowWatch
 from perfkit.tune.objective import Objective, metrics_of
-from perfkit.tune.space import SearchSpace, variant_key
+from perfkit.tune.space import SearchSpace, build_variant, describe, variant_key
 from perfkit.tune.tuner import LoopSettings, Tuner, make_sampler
 
 MODEL = "mlp"
@@ -321,6 +321,15 @@ def main() -> int:
             args.save_table.write_text(json.dumps(data))
             print(f"grid table written to {args.save_table}")
     table = decode_table(data)
+    points = {variant_key(build_variant(base, p), p): p for p in space.points()}
+    found = sum(1 for k in points if k in table)
+    if args.load_table is not None and found < grid_n // 2:
+        print(
+            f"--load-table {args.load_table}: only {found} of {grid_n} variants of this checkout's "
+            f"zoo {MODEL} config are in the table (the base config changed?); measure it again",
+            file=sys.stderr,
+        )
+        return 1
 
     default_key = variant_key(base, space.baseline_load(LOAD))
     grid_scores = {
@@ -340,7 +349,7 @@ def main() -> int:
         f"{len(data['confirmed'])} leaders re-measured {CONFIRM_REPEATS} more times (median run "
         f"kept) until the top {CONFIRM_TOP} were all re-measured; "
         f"{len(grid_scores)} within the budget; grid best {best:,.1f} infer/s "
-        f"({'default' if best_key == default_key else best_key}); {near} of {grid_n} variants "
+        f"({describe(points[best_key]) if best_key in points else best_key}); {near} of {grid_n} variants "
         f"are within 3 % of it (a uniform random search needs {(grid_n + 1) / (near + 1):.0f} "
         f"draws on average)",
         flush=True,
