@@ -90,15 +90,15 @@ def judge(m: Measurement, rate_rps: float, budget_us: float, percentile: float) 
         total = m.request_count + m.error_count
         reason = f"{m.error_count} of {total} requests failed"
     elif latency > budget_us:
-        reason = f"p{percentile:g} {latency / 1000:.2f} ms over the budget {budget_us / 1000:.2f} ms"
+        reason = (
+            f"p{percentile:g} {latency / 1000:.2f} ms over the budget {budget_us / 1000:.2f} ms"
+        )
     else:
         later = [w for w in m.windows[1:] if w.duration_ns > 0]
         span_s = sum(w.duration_ns for w in later) / 1e9 if later else duration_s
         short = (rate_rps - answered) * span_s
         if short > rate_rps * span_s * SHORTFALL_PCT / 100.0 and short > SHORTFALL_REQUESTS:
-            reason = (
-                f"answered {answered:.1f} req/s of {rate_rps:,.1f} offered: the server cannot keep up"
-            )
+            reason = f"answered {answered:.1f} req/s of {rate_rps:,.1f} offered: the server cannot keep up"
     return CapacityStep(
         rate_rps=rate_rps,
         throughput_infer_per_s=answered * m.batch_size,

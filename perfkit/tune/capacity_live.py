@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -107,16 +106,10 @@ class CapacityEvaluator(LiveEvaluator):
     def evaluate(
         self, config: ModelConfig, params: Mapping[str, Any], watch: WindowWatch
     ) -> Outcome:
-        t0 = time.perf_counter_ns()
         phase = self.on_phase or (lambda doing: None)
-        phase("loading")
-        try:
-            self.load_variant(config)
-        except ServerError as exc:
-            return Outcome(
-                measurement=None, error=str(exc), load_s=(time.perf_counter_ns() - t0) / 1e9
-            )
-        load_s = (time.perf_counter_ns() - t0) / 1e9
+        load_s, refused = self.load_timed(config)
+        if refused is not None:
+            return refused
         if self.budget_us is None:
             raise RuntimeError("CapacityEvaluator.evaluate before the latency budget is set")
         budget = self.budget_us

@@ -107,16 +107,10 @@ class LiveEvaluator:
     ) -> Outcome:
         from perfkit.load import measure_level
 
-        t0 = time.perf_counter_ns()
         phase = self.on_phase or (lambda doing: None)
-        phase("loading")
-        try:
-            self.load_variant(config)
-        except ServerError as exc:
-            return Outcome(
-                measurement=None, error=str(exc), load_s=(time.perf_counter_ns() - t0) / 1e9
-            )
-        load_s = (time.perf_counter_ns() - t0) / 1e9
+        load_s, refused = self.load_timed(config)
+        if refused is not None:
+            return refused
         phase("warming up" if self.measure_settings.warmup_requests else "measuring")
         windows: list[WindowStat] = []
 
@@ -197,6 +191,18 @@ class LiveEvaluator:
             window_s=measured_s,
             load_s=load_s,
         )
+
+    def load_timed(self, config: ModelConfig) -> tuple[float, Outcome | None]:
+        """Load `config` (phase "loading"): the seconds it took, and the failed trial's Outcome
+        (with the server's reason) when the server refused it, else None."""
+        t0 = time.perf_counter_ns()
+        (self.on_phase or (lambda doing: None))("loading")
+        try:
+            self.load_variant(config)
+        except ServerError as exc:
+            load_s = (time.perf_counter_ns() - t0) / 1e9
+            return load_s, Outcome(measurement=None, error=str(exc), load_s=load_s)
+        return (time.perf_counter_ns() - t0) / 1e9, None
 
     def load_variant(self, config: ModelConfig) -> None:
         """Serve `config` as the model: a load with its config override (ServerError if refused)."""

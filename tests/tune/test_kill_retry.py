@@ -114,7 +114,10 @@ def _runs(ident_repo: Path, tmp_path: Path, n: int) -> tuple[list[list[str]], st
     runs = []
     for i in range(n):
         sweep = write_sweep(tmp_path / f"s{i}.toml", ident_repo, space=space, trials=TRIALS)
-        sweep.write_text(sweep.read_text().replace("seed = 1", f"seed = {11 + i}"))
+        text = sweep.read_text().replace("seed = 1", f"seed = {11 + i}")
+        # Windows long enough that a kill sent once the poll saw a variant measuring lands before
+        # its tell, even when loading the study for the poll is slow on a loaded machine.
+        sweep.write_text(text.replace("window_ms = 300", "window_ms = 600"))
         runs.append(["tune", str(sweep), "--output", str(out), "--study-name", "t", "--no-prune"])
     return runs, f"sqlite:///{out / 'study.db'}"
 
