@@ -215,28 +215,32 @@ def test_ambiguous_or_wrong_flags_are_refused(args: tuple[str, ...], error: str)
 def test_zero_config_tune_beats_the_default_under_the_budget(tmp_path: Path) -> None:
     """Acceptance 1: `perfkit tune -m mlp` on the embedded server, the zoo model built into an
     empty repository. The default (1 instance, no dynamic batching) is measured first at
-    concurrency 4 and again at the best's load; batching or a second instance wins clearly. The
-    budget is loose: CI shares two cores, and the p99 of every config swings with the load."""
+    concurrency 8, where dynamic batching wins clearly; five variants, so that one slow
+    measurement on a shared CI machine does not decide it. The budget is loose: CI shares two
+    cores, and the p99 of every config swings with the load."""
     repo, out = tmp_path / "repo", tmp_path / "out"
     code, output = invoke(
         "-m", "mlp", "--model-repository", str(repo), "--objective", "throughput",
-        "--latency-budget-ms", "500", "--concurrency", "4,8", "--trials", "4",
+        "--latency-budget-ms", "500", "--concurrency", "8", "--trials", "6",
         "--window-ms", "200", "--seed", "1", "--output", str(out),
     )  # fmt: skip
     assert code == 0, output
     cpus, gpus = auto.machine()
     space = auto.auto_sweep(
         "mlp", repository=tmp_path / "empty", cpus=cpus, gpus=gpus, objective="throughput",
-        latency_budget_us=500_000, concurrency=(4, 8),
+        latency_budget_us=500_000, concurrency=(8,),
     )  # fmt: skip
-    points = describe_space(space).points  # 256 on 2 cores: 2 x 4 x 2 x 2 x 4 x 2
+    points = describe_space(space).points  # the config space x the backend's knobs
     assert "mlp: search space" in output
     assert f"{points:,} points in the space" in output
 
     result = json.loads((out / "results" / "results.json").read_text())
     trials = {t["number"]: t for t in result["trials"]}
     best, default = trials[result["best_trial"]], trials[result["default_trial"]]
-    assert best["number"] != default["number"]
+    assert best["number"] != default["number"], [  # which trials, and what they measured
+        (t["params"], (t["measurement"] or {}).get("throughput_infer_per_s"))
+        for t in trials.values()
+    ]
     assert best["feasible"]
     assert best["measurement"]["latency"]["p99_us"] <= 500_000
     assert result["gain_pct"] >= result["settings"]["min_gain_pct"]
