@@ -291,7 +291,9 @@ def tune(
     """Find the best config.pbtxt for a model under the sweep's constraints and write it back.
 
     With -m MODEL and no SWEEP, the space comes from the model's config and this machine
-    (instances, max_batch_size, dynamic batching and its settings; see perfkit.tune.auto)."""
+    (instances, max_batch_size, dynamic batching and its settings, the backend's thread and
+    graph knobs; see perfkit.tune.auto), and configs are ranked by their capacity: the highest
+    request rate whose latency stays within the budget."""
     spec = tune_spec(
         sweep, model, repository=model_repository, url=url,
         latency_budget_ms=latency_budget_ms,
