@@ -10,6 +10,8 @@ Modules, for callers that assemble a tune themselves (the benchmarks do):
 
     perfkit.sweepfile.load_sweep(path) -> TuneSweep   # TOML -> frozen spec (errors name file:key)
     space.SearchSpace.from_specs(space, load)         # dimensions <-> Optuna <-> ModelConfig variants
+    knobs.machine_knobs(config, cpus=, gpus=)         # backend parameters, proto-path fields, cache
+    perfkit.formats.prepare(sweep, model_dir, ...)    # format candidates made, checked, placed
     objective.Objective(targets, constraints)         # scores and constraint violations
     storage.open_storage(url) / open_study(...)       # SQLite or PostgreSQL, resume rules
     identity.target_of(info, ...) / open_target_study # the target, the study's name and targets
@@ -24,6 +26,7 @@ Modules, for callers that assemble a tune themselves (the benchmarks do):
     records                                           # trial attrs, study queries, TrialRecord
     output.build_result / write_outputs / write_back  # TuneResult, MA layout, write-back
     multi / multi_measure                             # several models tuned together ([[models]])
+    server.server(...) / setup                        # the server a tune measures on; its set-up
     api.run                                           # all of the above, with the server's restarts
     auto.auto_sweep(model, repository=, cpus=, gpus=) # zero-config: the sweep from model + machine
     describe.describe_space(sweep)                    # what a tune searches, in words

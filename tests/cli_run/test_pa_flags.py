@@ -305,10 +305,13 @@ def test_fixed_schedule_replays_the_timestamps_in_order(recorder: Any, tmp_path:
     (experiment,) = json.loads(export.read_text())["experiments"]
     stamps = sorted(r["timestamp"] for r in experiment["requests"])
     assert len(stamps) == len(SCHEDULE_MS)
-    offsets_ms = [(t - stamps[0]) / 1e6 for t in stamps]
-    # Relative offsets as scheduled (a generous tolerance: sends are due at an absolute time).
-    for got, want in zip(offsets_ms, SCHEDULE_MS, strict=True):
-        assert want - 1 <= got <= want + 40, (offsets_ms, SCHEDULE_MS)
+    # Sends are due at absolute times from the schedule's start, which the client does not
+    # record: take the start as the one that makes the earliest send on time (the first send
+    # itself may be a little late, so it cannot be the origin). The sends' lateness then spreads
+    # over at most 40 ms (a generous tolerance on a shared machine): each keeps its offset.
+    lateness_ms = [t / 1e6 - want for t, want in zip(stamps, SCHEDULE_MS, strict=True)]
+    late = [x - min(lateness_ms) for x in lateness_ms]
+    assert all(0 <= x <= 40 for x in late), (late, stamps, SCHEDULE_MS)
 
 
 def test_fixed_schedule_refusals(run_server: ServerHandle, tmp_path: Path) -> None:
