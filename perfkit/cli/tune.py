@@ -138,7 +138,7 @@ def _progress(t: TrialRecord) -> None:
             lat = m.corrected_latency or m.latency
             detail = (
                 f"capacity {t.capacity.capacity_infer_per_s:,.1f} infer/s at "
-                f"{t.capacity.rate_rps:g} req/s, p99 {lat.p99_us / 1000:.2f} ms"
+                f"{t.capacity.rate_rps:,.1f} req/s, p99 {lat.p99_us / 1000:.2f} ms"
                 + ("" if t.feasible else f" ({t.reason or 'misses constraints'})")
             )
     else:
