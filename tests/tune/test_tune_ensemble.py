@@ -134,6 +134,9 @@ warmup_requests = 8
 sampler = "random"
 seed = 1
 min_gain_pct = 0
+# Every variant measured to the end: the checks need two measured trials, and on a loaded CI
+# machine a variant's first windows can fall below half the default's and be pruned.
+prune = false
 """
     )
     return path
